@@ -1,0 +1,38 @@
+/**
+ * The one native seam: byte moves on file descriptors, offsets and lengths in, counts out.
+ * It knows nothing of layers or pools. `src/native/index.ts` returns the Rust addon when it
+ * loads, else the pure TypeScript fallback with this identical signature.
+ *
+ * Every method validates its arguments (fd >= 0, offsets/lengths non-negative safe
+ * integers, buffers/offsets arrays of equal length) and throws a DmfsError(INVALID) on
+ * bad ones, or an IO_ERROR carrying the errno name on a failed system call. Never crashes.
+ */
+export interface BlockIo {
+  /** 'native' when the Rust addon is loaded, 'fallback' otherwise. */
+  readonly kind: 'native' | 'fallback';
+  /** Why the addon is not loaded (null when it is). */
+  readonly unavailableReason: string | null;
+
+  /**
+   * Copies lengthBytes from fdIn at inOffsetBytes to fdOut at outOffsetBytes. Tries
+   * FICLONERANGE (reflink) when offsets and length are aligned to the file system block,
+   * then copy_file_range, then pread/pwrite. Runs off the JS thread. Returns bytes copied
+   * (short only at EOF of fdIn; bytes past EOF are not written).
+   */
+  copyRange(fdIn: number, inOffsetBytes: number, fdOut: number, outOffsetBytes: number, lengthBytes: number): Promise<number>;
+
+  /** Gathered read: fills buffers[i] from offsetsBytes[i] (preadv per contiguous run). Returns total bytes read; a short read at EOF leaves the rest of that buffer untouched. */
+  readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number>;
+
+  /** Gathered write: writes buffers[i] at offsetsBytes[i] (pwritev per contiguous run). Returns total bytes written. */
+  writeBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number>;
+
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE). Resolves false when the file system or the fallback cannot punch (nothing changed). */
+  punchHole(fd: number, offsetBytes: number, lengthBytes: number): Promise<boolean>;
+
+  /** CRC-32C (Castagnoli) of data, continuing from seed (default 0). Synchronous: cheap. */
+  crc32c(data: Buffer, seed?: number): number;
+
+  /** True when FICLONERANGE works between two files in directory dirPath (probe with temp files). */
+  probeReflink(dirPath: string): Promise<boolean>;
+}

@@ -1,0 +1,266 @@
+/**
+ * The layer store contract.
+ *
+ * Vocabulary
+ * - **Layer**: a named, numbered node in a chain. Kinds:
+ *   - `base`: the empty root directory (0755 root:root) at the bottom of every chain.
+ *     There is exactly one per pool, named `base`.
+ *   - `image`: a thin snapshot of its parent. Writable only while it is being built
+ *     (state `building`, e.g. during `dmfs import`); read-only once `committed`.
+ *   - `container`: a thin snapshot of its parent that stays writable (`active`).
+ * - **Segment**: the records a layer itself holds (its own inodes, directory entries,
+ *   whiteouts and block maps). Layers point at segments by number, so `commit` can hand
+ *   a container's segment to a new image in O(1).
+ * - **Chain**: a layer and its ancestors down to `base`. Reads walk the chain top-down
+ *   and take the nearest segment that has what they look for; a hole reads as zeros.
+ * - **Whiteout**: a directory entry in an upper segment that hides a name of the layers
+ *   below. **Opaque** directory: hides every lower entry below it.
+ *
+ * Lifecycle
+ *   base ──createLayer(kind:image, building)──▶ image (building) ──seal──▶ image (committed)
+ *   image ──createLayer(kind:container)──▶ container (active, writable)
+ *   container ──commit(name)──▶ new image layer holding the container's changes; the
+ *        container continues on top of it with an empty segment
+ *   any layer without children ──removeLayer──▶ gone (deferred while open/mounted)
+ *
+ * Worked example: importing a layer
+ *   const img = await store.createLayer('debian-l1', { parent: 'base', kind: 'image', building: true });
+ *   const fs = await store.openLayer('debian-l1');            // writable while building
+ *   const root = await fs.getattr(fs.rootIno);
+ *   const etc = await fs.mkdir(fs.rootIno, 'etc', { mode: 0o755, uid: 0, gid: 0 });
+ *   const f = await fs.mknod(etc.ino, 'hostname', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+ *   await fs.write(f.ino, Buffer.from('box\n'), 0);
+ *   await fs.unlink(root.ino, 'tmp');                          // ".wh.tmp": whiteout
+ *   await fs.setOpaque(etc.ino);                               // ".wh..wh..opq"
+ *   await fs.close();
+ *   await store.sealLayer('debian-l1');                        // now read-only
+ *   // on failure instead: await store.removeLayer('debian-l1') leaves the pool as before
+ *
+ * Worked example: running a container
+ *   await store.createLayer('web-1', { parent: 'debian-l1', kind: 'container' }); // O(1)
+ *   const fs = await store.openLayer('web-1');
+ *   const a = await fs.resolve('/etc/hostname');
+ *   await fs.write(a.ino, Buffer.from('web'), 0);   // copies one block up, then writes
+ *   await fs.fsync();                               // data, then metadata, durable
+ *   await fs.close();
+ *   await store.commit('web-1', 'web-image');
+ *
+ * Units: sizes and offsets in bytes (`*Bytes`), timestamps as bigint nanoseconds since
+ * the epoch (`*Ns`). Ranges are half-open `[begin, end)`.
+ *
+ * Errors: every method throws `DmfsError` with a stable code (NOT_FOUND, EXISTS,
+ * NOT_DIR, IS_DIR, NOT_EMPTY, READ_ONLY_LAYER, POOL_FULL, LAYER_FULL, ...).
+ * "Not there" in `lookup` is `null`, not an error.
+ *
+ * Concurrency: one process may open a layer for writing at a time (others get
+ * LAYER_IN_USE); any number may open it read-only. Methods of one `LayerFs` may be
+ * called concurrently; the implementation serialises what must be serialised.
+ */
+
+/** Inode number: stable across the whole chain, unique in the pool. */
+export type Ino = number;
+
+export type FileKind = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket';
+export type LayerKind = 'base' | 'image' | 'container';
+export type LayerState = 'building' | 'committed' | 'active' | 'removing';
+
+/** POSIX st_mode type bits (as in <sys/stat.h>), so callers need no magic numbers. */
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
+export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+export const S_IFCHR = 0o020000;
+export const S_IFIFO = 0o010000;
+
+export interface Attr {
+  ino: Ino;
+  kind: FileKind;
+  /** Full st_mode: type bits | permission bits (incl. setuid/setgid/sticky). */
+  mode: number;
+  uid: number;
+  gid: number;
+  sizeBytes: number;
+  nlink: number;
+  /** Device number for chardev/blockdev (Linux makedev encoding), else 0. */
+  rdev: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  /** Allocated 512-byte sectors, for st_blocks / du. */
+  blocks512: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: Ino;
+  kind: FileKind;
+}
+
+export interface NewNodeOptions {
+  /** Full st_mode including the type bits (S_IFREG, S_IFIFO, S_IFCHR, ...). For mkdir the type bits may be omitted. */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Device number for chardev/blockdev. */
+  rdev?: number;
+}
+
+/** Fields left undefined are unchanged. Changing sizeBytes truncates or extends (with a hole). */
+export interface SetAttr {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  sizeBytes?: number;
+  atimeNs?: bigint;
+  mtimeNs?: bigint;
+  ctimeNs?: bigint;
+}
+
+export interface RenameFlags {
+  /** RENAME_NOREPLACE: fail with EXISTS if the target exists. */
+  noReplace?: boolean;
+  /** RENAME_EXCHANGE: atomically swap the two names. */
+  exchange?: boolean;
+}
+
+export interface XattrSetFlags {
+  /** XATTR_CREATE: fail with XATTR_EXISTS if present. */
+  create?: boolean;
+  /** XATTR_REPLACE: fail with NO_XATTR if absent. */
+  replace?: boolean;
+}
+
+export interface StatFs {
+  blockSizeBytes: number;
+  totalBlocks: number;
+  freeBlocks: number;
+  availBlocks: number;
+  totalInodes: number;
+  freeInodes: number;
+  nameMaxBytes: number;
+}
+
+/** One change of a layer against its parent, computed from the layer's own segment. */
+export interface LayerChange {
+  /** Absolute path inside the layer, '/'-separated, no trailing slash ('/' itself never appears). */
+  path: string;
+  /**
+   * added: the name is new in this layer (it may replace a lower entry of another kind);
+   * modified: same inode as below, content or attributes changed;
+   * deleted: a whiteout hides the lower name;
+   * opaque: the directory hides all its lower entries (it is also reported added/modified).
+   */
+  change: 'added' | 'modified' | 'deleted' | 'opaque';
+  /** Attributes in this layer; absent for `deleted`. */
+  attr?: Attr;
+}
+
+/** File-level operations on one layer. What the FUSE frontend and the image importer call. */
+export interface LayerFs {
+  readonly layerName: string;
+  readonly readOnly: boolean;
+  readonly rootIno: Ino;
+  /** The layer's virtual size limit (dm.basesize or --size). */
+  readonly sizeLimitBytes: number;
+
+  getattr(ino: Ino): Promise<Attr>;
+  /** The entry `name` in directory `dirIno`, or null when absent (or whited out). */
+  lookup(dirIno: Ino, name: string): Promise<Attr | null>;
+  /** Absolute path to attributes, without following a final symlink; throws NOT_FOUND / NOT_DIR. */
+  resolve(path: string): Promise<Attr>;
+  /** Merged entries of the chain, without '.' and '..', in a stable order. */
+  readdir(dirIno: Ino): Promise<DirEntry[]>;
+
+  mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr>;
+  mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr>;
+  symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr>;
+  /** New name for an existing non-directory inode; returns its attributes (nlink + 1). */
+  link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr>;
+  unlink(dirIno: Ino, name: string): Promise<void>;
+  rmdir(dirIno: Ino, name: string): Promise<void>;
+  rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags?: RenameFlags): Promise<void>;
+  readlink(ino: Ino): Promise<string>;
+  setattr(ino: Ino, changes: SetAttr): Promise<Attr>;
+  /** Marks a directory opaque in this layer: every lower entry below it is hidden. */
+  setOpaque(dirIno: Ino): Promise<void>;
+
+  /** Reads up to target.length bytes at offsetBytes into target; returns the count (short at EOF, 0 past it). */
+  read(ino: Ino, target: Buffer, offsetBytes: number): Promise<number>;
+  /** Writes all of data at offsetBytes (extending the file); returns data.length. */
+  write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number>;
+
+  /** Keeps an inode alive while open: an unlinked but open file stays readable until the last release. */
+  retain(ino: Ino): void;
+  release(ino: Ino): Promise<void>;
+
+  getxattr(ino: Ino, name: string): Promise<Buffer | null>;
+  listxattr(ino: Ino): Promise<string[]>;
+  setxattr(ino: Ino, name: string, value: Buffer, flags?: XattrSetFlags): Promise<void>;
+  removexattr(ino: Ino, name: string): Promise<void>;
+
+  statfs(): Promise<StatFs>;
+  /** Makes every write so far durable: data blocks first, then the metadata that points at them. */
+  fsync(): Promise<void>;
+  /** The layer's own changes against its parent. */
+  changes(): AsyncIterable<LayerChange>;
+  /** Commits and releases the layer (write lock, caches). Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface LayerInfo {
+  id: number;
+  name: string;
+  kind: LayerKind;
+  state: LayerState;
+  /** Parent layer name; null only for the base. */
+  parent: string | null;
+  createdMs: number;
+  labels: Record<string, string>;
+  sizeLimitBytes: number;
+  /** Bytes of pool space held by this layer's own segment (blocks + inline data). */
+  exclusiveBytes: number;
+  /** Bytes held by the ancestors that this layer sees through. */
+  sharedBytes: number;
+  /** Names of direct children. */
+  children: string[];
+  /** Pid and mountpoint of a live mount of this layer, if any. */
+  mounts: { pid: number; mountpoint: string; readOnly: boolean }[];
+  /** True when removal was asked while in use: it happens at the last close. */
+  deferredRemoval: boolean;
+}
+
+export interface CreateLayerOptions {
+  /** Parent layer name; default 'base'. */
+  parent?: string;
+  kind: 'image' | 'container';
+  /** Image layers only: stay writable until sealLayer (used by import). */
+  building?: boolean;
+  sizeLimitBytes?: number;
+  labels?: Record<string, string>;
+}
+
+export interface OpenLayerOptions {
+  /** Force read-only even for a container. */
+  readOnly?: boolean;
+  /** Recorded in the layer's mount list while open. */
+  mountpoint?: string;
+}
+
+/** Layer management of one pool. */
+export interface LayerStore {
+  createLayer(name: string, opts: CreateLayerOptions): Promise<LayerInfo>;
+  /** Building image → committed (read-only). */
+  sealLayer(name: string): Promise<LayerInfo>;
+  /** Container → new committed image `imageName` holding its changes; the container continues on top of it. */
+  commit(containerName: string, imageName: string): Promise<LayerInfo>;
+  /** Refuses with LAYER_HAS_CHILDREN; defers (returns deferred: true) while open elsewhere. */
+  removeLayer(name: string): Promise<{ deferred: boolean }>;
+  renameLayer(name: string, newName: string): Promise<void>;
+  setLabels(name: string, labels: Record<string, string>): Promise<void>;
+  getLayer(name: string): Promise<LayerInfo>;
+  listLayers(): Promise<LayerInfo[]>;
+  openLayer(name: string, opts?: OpenLayerOptions): Promise<LayerFs>;
+  close(): Promise<void>;
+}
