@@ -1,0 +1,331 @@
+//! dmfs native block path: a Node-API addon that only moves bytes between file
+//! descriptors. Offsets and lengths in, counts out; it knows nothing of pools or layers.
+//! `src/native/index.ts` wraps it into the `BlockIo` interface (src/native/block-io.ts).
+//!
+//! Exports (raw; the TypeScript wrapper turns errors into DmfsError):
+//!   copyRange(fdIn, inOff, fdOut, outOff, len)   -> Promise<number>
+//!   cloneRange(fdIn, inOff, fdOut, outOff, len)  -> Promise<boolean>  (FICLONERANGE only)
+//!   readBlocks(fd, buffers[], offsets[])         -> Promise<number>
+//!   writeBlocks(fd, buffers[], offsets[])        -> Promise<number>
+//!   punchHole(fd, off, len)                      -> Promise<boolean>
+//!   crc32c(buf, seed?)                           -> number  (sync)
+//!   crc32cTable(buf, seed?)                      -> number  (sync, software path only)
+//!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
+//!
+//! Errors: bad arguments throw synchronously an Error with code 'INVALID'. A failed system
+//! call rejects with an Error with code 'ERRNO', `errno` (positive) and `syscall`. A bug
+//! (panic) becomes an Error with code 'INTERNAL'; no panic ever unwinds into Node.
+//!
+//! Concurrency: the async functions run on libuv pool threads. The Buffers of
+//! readBlocks/writeBlocks are held by N-API references until the work completes; the
+//! caller must not touch their bytes meanwhile (as with fs.read).
+
+mod crc32c;
+mod napi;
+mod sys;
+
+use napi::*;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::null_mut;
+use sys::{OpErr, OpResult, Seg};
+
+/// Bumped when the exports change incompatibly; the loader refuses other versions.
+const ABI_VERSION: u32 = 1;
+
+/// Largest fd accepted (fds are C ints).
+const MAX_FD: u64 = i32::MAX as u64;
+
+// ---------------------------------------------------------------------------------------
+// Entry-point guard
+
+/// Runs one JS entry point: arguments errors are thrown, panics are caught and thrown
+/// as INTERNAL errors, never unwound across the FFI boundary.
+unsafe fn entry<const N: usize>(env: napi_env, info: napi_callback_info, f: impl FnOnce([napi_value; N]) -> JsResult<napi_value>) -> napi_value {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let argv = args::<N>(env, info)?;
+        f(argv)
+    }));
+    match r {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            throw(env, e);
+            null_mut()
+        }
+        Err(p) => {
+            throw(env, JsErr::Internal(format!("panic in dmfs native addon: {}", panic_message(&p))));
+            null_mut()
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Async jobs
+
+enum Op {
+    Copy { fd_in: i32, off_in: u64, fd_out: i32, off_out: u64, len: u64 },
+    Clone { fd_in: i32, off_in: u64, fd_out: i32, off_out: u64, len: u64 },
+    Vector { fd: i32, segs: Vec<Seg>, write: bool },
+    Punch { fd: i32, off: u64, len: u64 },
+}
+
+enum Value {
+    Number(u64),
+    Bool(bool),
+}
+
+/// One queued operation. Owned by the async work from `start` until `complete` frees it.
+struct Job {
+    op: Op,
+    outcome: Option<Result<OpResult<Value>, String>>,
+    deferred: napi_deferred,
+    work: napi_async_work,
+    /// Strong references to the Buffers whose memory `op` points into.
+    refs: Vec<napi_ref>,
+}
+
+fn run(op: &Op) -> OpResult<Value> {
+    match *op {
+        Op::Copy { fd_in, off_in, fd_out, off_out, len } => sys::copy_range(fd_in, off_in, fd_out, off_out, len).map(Value::Number),
+        Op::Clone { fd_in, off_in, fd_out, off_out, len } => sys::clone_range(fd_in, off_in, fd_out, off_out, len).map(Value::Bool),
+        Op::Vector { fd, ref segs, write } => sys::vector_io(fd, segs, write).map(Value::Number),
+        Op::Punch { fd, off, len } => sys::punch_hole(fd, off, len).map(Value::Bool),
+    }
+}
+
+/// Pool thread: no N-API calls here.
+unsafe extern "C" fn execute(_env: napi_env, data: *mut c_void) {
+    let job = &mut *(data as *mut Job);
+    let r = catch_unwind(AssertUnwindSafe(|| run(&job.op)));
+    job.outcome = Some(r.map_err(|p| panic_message(&p)));
+}
+
+unsafe fn rejection(env: napi_env, outcome: Result<OpResult<Value>, String>) -> JsResult<Result<napi_value, napi_value>> {
+    Ok(match outcome {
+        Ok(Ok(Value::Number(n))) => Ok(double(env, n as f64)?),
+        Ok(Ok(Value::Bool(b))) => Ok(boolean(env, b)?),
+        Ok(Err(OpErr::Invalid(m))) => Err(error(env, "INVALID", &m)?),
+        Ok(Err(OpErr::Sys { errno, syscall })) => {
+            let e = error(env, "ERRNO", &format!("{syscall} failed: errno {errno}"))?;
+            set_property(env, e, c"errno", int32(env, errno)?)?;
+            set_property(env, e, c"syscall", string(env, syscall)?)?;
+            Err(e)
+        }
+        Err(m) => Err(error(env, "INTERNAL", &format!("panic in dmfs native addon: {m}"))?),
+    })
+}
+
+/// JS thread: settle the promise, drop the references, free the job.
+unsafe extern "C" fn complete(env: napi_env, status: napi_status, data: *mut c_void) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let job = Box::from_raw(data as *mut Job);
+        let outcome = if status == NAPI_CANCELLED {
+            Err("async work cancelled".to_string())
+        } else {
+            job.outcome.unwrap_or_else(|| Err("async work did not run".to_string()))
+        };
+        match rejection(env, outcome) {
+            Ok(settled) => settle(env, job.deferred, settled),
+            Err(_) => {
+                // Creating the result failed (out of memory or a pending exception);
+                // reject with whatever we can make so the promise never hangs.
+                if let Ok(e) = error(env, "INTERNAL", "could not create the result") {
+                    settle(env, job.deferred, Err(e));
+                }
+            }
+        }
+        for r in job.refs {
+            unref(env, r);
+        }
+        delete_work(env, job.work);
+    }));
+}
+
+/// Queues `op` and returns its promise. On failure, releases `refs` and throws.
+unsafe fn start(env: napi_env, name: &str, op: Op, refs: Vec<napi_ref>) -> JsResult<napi_value> {
+    let release = |refs: &Vec<napi_ref>| {
+        for &r in refs {
+            unref(env, r);
+        }
+    };
+    let (deferred, promise) = match napi::promise(env) {
+        Ok(p) => p,
+        Err(e) => {
+            release(&refs);
+            return Err(e);
+        }
+    };
+    let job = Box::into_raw(Box::new(Job { op, outcome: None, deferred, work: null_mut(), refs }));
+    match queue_work(env, name, execute, complete, job as *mut c_void) {
+        Ok(w) => {
+            (*job).work = w;
+            Ok(promise)
+        }
+        Err(e) => {
+            let job = Box::from_raw(job);
+            release(&job.refs);
+            if let Ok(err) = napi::error(env, "INTERNAL", "could not queue async work") {
+                settle(env, job.deferred, Err(err));
+            }
+            Err(e)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Argument checks (the same rules as src/native/fallback.ts)
+
+unsafe fn fd_arg(env: napi_env, v: napi_value, name: &str) -> JsResult<i32> {
+    Ok(uint_arg(env, v, name, MAX_FD)? as i32)
+}
+
+fn check_end(name: &str, off: u64, len: u64) -> JsResult<()> {
+    if off + len > MAX_SAFE_INTEGER {
+        return Err(JsErr::Invalid(format!("{name} + length exceeds 2^53 - 1")));
+    }
+    Ok(())
+}
+
+unsafe fn seed_arg(env: napi_env, v: napi_value) -> JsResult<u32> {
+    if is_undefined(env, v)? {
+        return Ok(0);
+    }
+    Ok(uint_arg(env, v, "seed", u32::MAX as u64)? as u32)
+}
+
+type Range5 = (i32, u64, i32, u64, u64);
+
+unsafe fn range_args(env: napi_env, a: &[napi_value; 5]) -> JsResult<Range5> {
+    let fd_in = fd_arg(env, a[0], "fdIn")?;
+    let off_in = uint_arg(env, a[1], "inOffsetBytes", MAX_SAFE_INTEGER)?;
+    let fd_out = fd_arg(env, a[2], "fdOut")?;
+    let off_out = uint_arg(env, a[3], "outOffsetBytes", MAX_SAFE_INTEGER)?;
+    let len = uint_arg(env, a[4], "lengthBytes", MAX_SAFE_INTEGER)?;
+    check_end("inOffsetBytes", off_in, len)?;
+    check_end("outOffsetBytes", off_out, len)?;
+    Ok((fd_in, off_in, fd_out, off_out, len))
+}
+
+// ---------------------------------------------------------------------------------------
+// Exports
+
+unsafe extern "C" fn js_copy_range(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<5>(env, info, |a| {
+        let (fd_in, off_in, fd_out, off_out, len) = range_args(env, &a)?;
+        start(env, "dmfs.copyRange", Op::Copy { fd_in, off_in, fd_out, off_out, len }, Vec::new())
+    })
+}
+
+unsafe extern "C" fn js_clone_range(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<5>(env, info, |a| {
+        let (fd_in, off_in, fd_out, off_out, len) = range_args(env, &a)?;
+        start(env, "dmfs.cloneRange", Op::Clone { fd_in, off_in, fd_out, off_out, len }, Vec::new())
+    })
+}
+
+unsafe fn vector(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<napi_value> {
+    let fd = fd_arg(env, a[0], "fd")?;
+    let buffers = array_arg(env, a[1], "buffers")?;
+    let offsets = array_arg(env, a[2], "offsetsBytes")?;
+    if buffers.len() != offsets.len() {
+        return Err(JsErr::Invalid(format!("buffers ({}) and offsetsBytes ({}) differ in length", buffers.len(), offsets.len())));
+    }
+    let mut segs = Vec::with_capacity(buffers.len());
+    for (i, (&b, &o)) in buffers.iter().zip(offsets.iter()).enumerate() {
+        let (ptr, len) = bytes_arg(env, b, &format!("buffers[{i}]"))?;
+        let off = uint_arg(env, o, &format!("offsetsBytes[{i}]"), MAX_SAFE_INTEGER)?;
+        check_end(&format!("offsetsBytes[{i}]"), off, len as u64)?;
+        segs.push(Seg { ptr, len, off });
+    }
+    // All arguments are valid: only now take references (nothing to release on error above).
+    let mut refs = Vec::with_capacity(buffers.len());
+    for &b in &buffers {
+        match reference(env, b) {
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                for r in refs {
+                    unref(env, r);
+                }
+                return Err(e);
+            }
+        }
+    }
+    start(env, if write { "dmfs.writeBlocks" } else { "dmfs.readBlocks" }, Op::Vector { fd, segs, write }, refs)
+}
+
+unsafe extern "C" fn js_read_blocks(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |a| vector(env, a, false))
+}
+
+unsafe extern "C" fn js_write_blocks(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |a| vector(env, a, true))
+}
+
+unsafe extern "C" fn js_punch_hole(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |a| {
+        let fd = fd_arg(env, a[0], "fd")?;
+        let off = uint_arg(env, a[1], "offsetBytes", MAX_SAFE_INTEGER)?;
+        let len = uint_arg(env, a[2], "lengthBytes", MAX_SAFE_INTEGER)?;
+        check_end("offsetBytes", off, len)?;
+        start(env, "dmfs.punchHole", Op::Punch { fd, off, len }, Vec::new())
+    })
+}
+
+unsafe fn crc_entry(env: napi_env, info: napi_callback_info, f: fn(u32, &[u8]) -> u32) -> napi_value {
+    entry::<2>(env, info, |a| {
+        let (ptr, len) = bytes_arg(env, a[0], "data")?;
+        let seed = seed_arg(env, a[1])?;
+        // Synchronous: the bytes cannot change or move while we hold the JS thread.
+        let data: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(ptr, len) };
+        uint32(env, f(seed, data))
+    })
+}
+
+unsafe extern "C" fn js_crc32c(env: napi_env, info: napi_callback_info) -> napi_value {
+    crc_entry(env, info, crc32c::crc32c)
+}
+
+unsafe extern "C" fn js_crc32c_table(env: napi_env, info: napi_callback_info) -> napi_value {
+    crc_entry(env, info, crc32c::crc32c_table)
+}
+
+unsafe fn register(env: napi_env, exports: napi_value) -> JsResult<()> {
+    set_property(env, exports, c"copyRange", function(env, c"copyRange", js_copy_range)?)?;
+    set_property(env, exports, c"cloneRange", function(env, c"cloneRange", js_clone_range)?)?;
+    set_property(env, exports, c"readBlocks", function(env, c"readBlocks", js_read_blocks)?)?;
+    set_property(env, exports, c"writeBlocks", function(env, c"writeBlocks", js_write_blocks)?)?;
+    set_property(env, exports, c"punchHole", function(env, c"punchHole", js_punch_hole)?)?;
+    set_property(env, exports, c"crc32c", function(env, c"crc32c", js_crc32c)?)?;
+    set_property(env, exports, c"crc32cTable", function(env, c"crc32cTable", js_crc32c_table)?)?;
+    set_property(env, exports, c"abiVersion", uint32(env, ABI_VERSION)?)?;
+    let imp = if crc32c::hardware_available() { "sse4.2" } else { "table" };
+    set_property(env, exports, c"crc32cImpl", string(env, imp)?)?;
+    Ok(())
+}
+
+/// Module entry point Node looks up after dlopen.
+#[no_mangle]
+pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
+    let r = catch_unwind(AssertUnwindSafe(|| register(env, exports)));
+    match r {
+        Ok(Ok(())) => exports,
+        Ok(Err(e)) => {
+            throw(env, e);
+            null_mut()
+        }
+        Err(_) => {
+            throw(env, JsErr::Internal("panic while registering dmfs native addon".into()));
+            null_mut()
+        }
+    }
+}
