@@ -1,0 +1,112 @@
+import { parseArgs } from 'node:util';
+import { DmfsError, dmfsError, isDmfsError } from '../errors';
+import { defaultPoolRoot } from '../pool/pool-paths';
+import type { Command, CommandContext, OptionSpec } from './command';
+import { COMMAND_LOADERS, loadCommand } from './commands/index';
+
+/** Options every command accepts. */
+export const GLOBAL_OPTIONS: OptionSpec[] = [
+  { name: 'root', type: 'string', valueName: 'DIR', description: 'pool directory (default: $DMFS_ROOT, else /var/lib/dmfs as root, else $XDG_DATA_HOME/dmfs)' },
+  { name: 'json', type: 'boolean', description: 'print one JSON document on stdout' },
+  { name: 'help', type: 'boolean', short: 'h', description: 'show help for the command' },
+];
+
+function formatOptions(options: OptionSpec[]): string {
+  return options
+    .map((o) => {
+      const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.type === 'string' ? ` ${o.valueName ?? 'VALUE'}` : ''}`;
+      return `  ${flag.padEnd(30)} ${o.description}${o.multiple ? ' (repeatable)' : ''}`;
+    })
+    .join('\n');
+}
+
+export function commandHelp(cmd: Command): string {
+  const parts = [`Usage: dmfs ${cmd.name} ${cmd.usage}`.trimEnd(), '', cmd.summary];
+  if (cmd.description) parts.push('', cmd.description);
+  parts.push('', 'Options:', formatOptions([...cmd.options, ...GLOBAL_OPTIONS]));
+  return parts.join('\n') + '\n';
+}
+
+export function mainHelp(): string {
+  const rows: string[] = [];
+  for (const [name] of COMMAND_LOADERS) {
+    const cmd = loadCommand(name);
+    if (cmd) rows.push(`  ${name.padEnd(10)} ${cmd.summary}`);
+  }
+  return [
+    'Usage: dmfs COMMAND [ARGS] [OPTIONS]',
+    '',
+    'dmfs: a userspace thin-snapshot filesystem. A thin pool of blocks holds a base device,',
+    'image layers and container layers with block-level copy-on-write, mounted with FUSE.',
+    '',
+    'Commands:',
+    ...rows,
+    '',
+    'Global options:',
+    formatOptions(GLOBAL_OPTIONS),
+    '',
+    "Run 'dmfs COMMAND --help' for a command's options.",
+    'Exit codes: 0 ok, 1 failure, 2 usage error or bad input.',
+  ].join('\n') + '\n';
+}
+
+/** Parses argv for one command; throws DmfsError(USAGE) on unknown options or wrong arity. */
+export function parseCommandArgs(cmd: Command, argv: string[]): { args: string[]; opts: CommandContext['opts'] } {
+  const specs = [...cmd.options, ...GLOBAL_OPTIONS];
+  const options: Record<string, { type: 'boolean' | 'string'; short?: string; multiple?: boolean }> = {};
+  for (const o of specs) options[o.name] = { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw dmfsError('USAGE', `${(err as Error).message.replace(/\. To specify.*$/s, '')}\nRun 'dmfs ${cmd.name} --help'.`);
+  }
+  const args = parsed.positionals;
+  if (!parsed.values.help && (args.length < cmd.minArgs || args.length > cmd.maxArgs)) {
+    throw dmfsError('USAGE', `usage: dmfs ${cmd.name} ${cmd.usage}\nRun 'dmfs ${cmd.name} --help'.`);
+  }
+  return { args, opts: parsed.values as CommandContext['opts'] };
+}
+
+function errorJson(err: DmfsError): string {
+  return JSON.stringify({ error: { code: err.code, message: err.message } });
+}
+
+/** Runs the CLI; returns the exit code. Catches once: DmfsError → its exit code, anything else → 1. */
+export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Promise<number> {
+  const stdout = io.stdout ?? process.stdout;
+  const stderr = io.stderr ?? process.stderr;
+  const name = argv[0];
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    stdout.write(mainHelp());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-v') {
+    stdout.write(`${require('../../package.json').version}\n`);
+    return 0;
+  }
+  const cmd = loadCommand(name);
+  if (!cmd) {
+    stderr.write(`dmfs: unknown command '${name}'. Run 'dmfs --help' for the list.\n`);
+    return 2;
+  }
+  const wantsJson = argv.includes('--json');
+  try {
+    const { args, opts } = parseCommandArgs(cmd, argv.slice(1));
+    if (opts.help) {
+      stdout.write(commandHelp(cmd));
+      return 0;
+    }
+    const root = (opts.root as string | undefined) ?? process.env.DMFS_ROOT ?? defaultPoolRoot();
+    const code = await cmd.run({ args, opts, root, json: Boolean(opts.json), stdout, stderr });
+    return code ?? 0;
+  } catch (err) {
+    if (isDmfsError(err)) {
+      if (wantsJson) stdout.write(errorJson(err) + '\n');
+      stderr.write(`dmfs ${name}: ${err.message}\n`);
+      return err.exitCode;
+    }
+    stderr.write(`dmfs ${name}: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,598 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { dmfsError, isDmfsError } from '../errors';
+import { blockIo } from '../native';
+import { asDataBlock, type DataBlock } from './block-address';
+import { packRecord, unpackRecord } from './codec';
+import { MetadataEnv, type Table } from './metadata-env';
+import {
+  DEFAULT_POOL_OPTIONS,
+  type PoolCreateSettings,
+  type PoolOptions,
+  validateBlockSize,
+} from './pool-options';
+import { poolPaths, type PoolPaths } from './pool-paths';
+import { currentProcess, isProcessAlive, type ProcessIdentity } from './process-identity';
+import { SpaceMap } from './space-map';
+
+const fdatasync = promisify(fs.fdatasync);
+const ftruncate = promisify(fs.ftruncate);
+
+/** The pool superblock: what the pool is, fixed at creation except size and runtime options. */
+export interface Superblock {
+  v: 1;
+  poolName: string;
+  blockSizeBytes: number;
+  nrBlocks: number;
+  dataMode: 'loop' | 'direct';
+  /** Direct mode: the block device. Loop mode: null (the file is poolPaths().dataFile). */
+  dataDevice: string | null;
+  options: PoolOptions;
+  createdMs: number;
+}
+
+function packSuperblock(sb: Superblock): Buffer {
+  return packRecord(sb);
+}
+
+function unpackSuperblock(raw: Buffer): Superblock {
+  const sb = unpackRecord<Superblock>(raw);
+  if (sb?.v !== 1) throw dmfsError('METADATA_CORRUPT', `pool superblock has unknown version ${String(sb?.v)}`);
+  sb.options = { ...DEFAULT_POOL_OPTIONS, ...sb.options };
+  return sb;
+}
+
+interface OwnerRecord extends ProcessIdentity {
+  v: 1;
+}
+
+/** How many blocks one process takes from the space map at a time. */
+const RESERVATION_BATCH = 64;
+/** Recycled blocks a process keeps before giving the rest back (and punching them). */
+const RESERVATION_KEEP = 128;
+
+export interface PoolSpace {
+  blockSizeBytes: number;
+  totalBlocks: number;
+  usedBlocks: number;
+  /** Blocks that allocating writes may still take (min free space and host free space applied). */
+  availableBlocks: number;
+  /** Blocks below which allocation stops (dm.min_free_space). */
+  minFreeBlocks: number;
+}
+
+/**
+ * The thin pool: a data device of fixed-size blocks, its space map, and the metadata
+ * environment the layer store keeps its records in. Knows blocks, space and
+ * transactions — nothing of files or layers.
+ *
+ * Allocation protocol (record intent before acting, reconcile at open):
+ * 1. `takeBlock()` hands out a block from this process's reservation. Reserved blocks are
+ *    marked used in the space map and listed under this process's owner id, committed
+ *    before any data is written to them.
+ * 2. The caller writes the block's data.
+ * 3. Inside `txn`, the caller records the mapping and calls `consumeBlock(b)`.
+ * A crash between 1 and 3 leaves the block in a dead owner's reservation; `open` frees it.
+ * Freed blocks (`recycleBlock`, inside the caller's txn) return to the reservation and are
+ * punched and released to the space map by `trim()`, so a freed block is never both
+ * free and still referenced by an uncommitted transaction.
+ */
+export class ThinPool {
+  readonly paths: PoolPaths;
+  readonly env: MetadataEnv;
+  private sb: Superblock;
+  private readonly spaceMap: SpaceMap;
+  private readonly meta: Table;
+  private readonly owners: Table;
+  private readonly reserved: Table;
+  private readonly dataFd: number;
+  readonly ownerId: number;
+  /** Reserved, committed, not yet handed out. */
+  private readonly freeReserved: DataBlock[] = [];
+  private closed = false;
+  private syncing: Promise<void> | null = null;
+  private trimming: Promise<void> | null = null;
+
+  private constructor(paths: PoolPaths, env: MetadataEnv, sb: Superblock, dataFd: number) {
+    this.paths = paths;
+    this.env = env;
+    this.sb = sb;
+    this.dataFd = dataFd;
+    this.meta = env.table('pool-meta');
+    this.owners = env.table('pool-owners');
+    this.reserved = env.table('pool-reserved');
+    this.spaceMap = new SpaceMap(env, sb.nrBlocks);
+    const identity = currentProcess();
+    this.ownerId = env.txn(() => {
+      const next = this.counter('nextOwner');
+      this.owners.put(next, packRecord({ v: 1, ...identity } satisfies OwnerRecord));
+      return next;
+    });
+  }
+
+  /** Creates a new pool under root. Nothing is left behind when it fails. */
+  static async create(root: string, settings: PoolCreateSettings, options: PoolOptions): Promise<ThinPool> {
+    validateBlockSize(settings.blockSizeBytes);
+    const paths = poolPaths(root);
+    if (fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) {
+      throw dmfsError('POOL_EXISTS', `a pool already exists at ${paths.root}`);
+    }
+    let dataBytes: number;
+    let dataMode: Superblock['dataMode'] = 'loop';
+    if (settings.dataDevice) {
+      dataMode = 'direct';
+      dataBytes = blockDeviceBytes(settings.dataDevice);
+      const signature = filesystemSignature(settings.dataDevice);
+      if (signature && !settings.forceDevice) {
+        throw dmfsError(
+          'DEVICE_HAS_FILESYSTEM',
+          `${settings.dataDevice} holds a ${signature} signature; refusing to use it. Pass --force (dm.directlvm_device_force=true) to overwrite it.`,
+        );
+      }
+    } else {
+      dataBytes = settings.dataSizeBytes;
+    }
+    const nrBlocks = Math.floor(dataBytes / settings.blockSizeBytes);
+    if (nrBlocks < 16) {
+      throw dmfsError('BAD_OPTION', `data size ${dataBytes} bytes holds fewer than 16 blocks of ${settings.blockSizeBytes} bytes`);
+    }
+    const createdRoot = !fs.existsSync(paths.root);
+    try {
+      fs.mkdirSync(paths.root, { recursive: true, mode: 0o700 });
+      fs.chmodSync(paths.root, 0o700);
+      fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o700 });
+      if (dataMode === 'loop') {
+        fs.mkdirSync(path.dirname(paths.dataFile), { recursive: true, mode: 0o700 });
+        const fd = fs.openSync(paths.dataFile, 'wx', 0o600);
+        fs.ftruncateSync(fd, nrBlocks * settings.blockSizeBytes);
+        fs.closeSync(fd);
+      }
+      const env = MetadataEnv.open(paths.metadataDir, { create: true });
+      const st = fs.statSync(paths.root);
+      const sb: Superblock = {
+        v: 1,
+        poolName: `dmfs-${st.dev}-${st.ino}-pool`,
+        blockSizeBytes: settings.blockSizeBytes,
+        nrBlocks,
+        dataMode,
+        dataDevice: settings.dataDevice,
+        options,
+        createdMs: Date.now(),
+      };
+      env.txn(() => env.table('pool-meta').put('superblock', packSuperblock(sb)));
+      await env.sync();
+      await env.close();
+      return await ThinPool.open(root);
+    } catch (err) {
+      if (createdRoot) fs.rmSync(paths.root, { recursive: true, force: true });
+      else {
+        fs.rmSync(paths.metadataDir, { recursive: true, force: true });
+        if (dataMode === 'loop' && !isDmfsError(err, 'POOL_EXISTS')) fs.rmSync(path.dirname(paths.dataFile), { recursive: true, force: true });
+      }
+      throw err;
+    }
+  }
+
+  /** Opens an existing pool and frees what dead processes left reserved. */
+  static async open(root: string): Promise<ThinPool> {
+    const paths = poolPaths(root);
+    if (!fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) {
+      throw dmfsError('POOL_NOT_FOUND', `no pool at ${paths.root}. Create one with 'dmfs pool create --root ${paths.root}'.`);
+    }
+    const env = MetadataEnv.open(paths.metadataDir, { create: false });
+    const raw = env.table('pool-meta').get('superblock');
+    if (!raw) {
+      await env.close();
+      throw dmfsError('METADATA_CORRUPT', `pool at ${paths.root} has no superblock`);
+    }
+    const sb = unpackSuperblock(raw);
+    let dataFd: number;
+    try {
+      dataFd = fs.openSync(sb.dataMode === 'loop' ? paths.dataFile : sb.dataDevice!, 'r+');
+    } catch (err) {
+      await env.close();
+      throw dmfsError('IO_ERROR', `cannot open the pool's data device: ${(err as Error).message}`, err);
+    }
+    const pool = new ThinPool(paths, env, sb, dataFd);
+    await pool.reclaimDeadOwners();
+    return pool;
+  }
+
+  get superblock(): Readonly<Superblock> {
+    return this.sb;
+  }
+
+  get blockSizeBytes(): number {
+    return this.sb.blockSizeBytes;
+  }
+
+  get options(): Readonly<PoolOptions> {
+    return this.sb.options;
+  }
+
+  /** The data file or device path. */
+  get dataPath(): string {
+    return this.sb.dataMode === 'loop' ? this.paths.dataFile : this.sb.dataDevice!;
+  }
+
+  /** A persistent counter in the pool's metadata (ids); must run inside txn. Returns the next value, starting at 1. */
+  counter(name: string): number {
+    const raw = this.meta.get(`counter:${name}`);
+    const next = (raw ? raw.readUIntLE(0, 6) : 0) + 1;
+    const b = Buffer.alloc(6);
+    b.writeUIntLE(next, 0, 6);
+    this.meta.put(`counter:${name}`, b);
+    return next;
+  }
+
+  /** One atomic metadata transaction (see MetadataEnv.txn). */
+  txn<T>(fn: () => T): T {
+    return this.env.txn(fn);
+  }
+
+  table(name: string): Table {
+    return this.env.table(name);
+  }
+
+  private refreshSuperblock(): void {
+    const raw = this.meta.get('superblock');
+    if (raw) {
+      this.sb = unpackSuperblock(raw);
+      this.spaceMap.setTotalBlocks(this.sb.nrBlocks);
+    }
+  }
+
+  // ---- space ----------------------------------------------------------------
+
+  /** Space figures; available is capped by min free space and, in loop mode, by the host filesystem's free space. */
+  space(): PoolSpace {
+    this.refreshSuperblock();
+    const total = this.sb.nrBlocks;
+    // This process's unused reservation is free space as far as anyone is concerned.
+    const used = this.spaceMap.usedBlocks() - this.freeReserved.length;
+    const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+    let available = Math.max(0, total - used - minFree);
+    if (this.sb.dataMode === 'loop') {
+      const hostFree = hostFreeBytes(path.dirname(this.paths.dataFile));
+      if (hostFree !== null) {
+        // Blocks in the sparse file not yet backed by the host also need host space.
+        const allocatedBytes = fileAllocatedBytes(this.dataFd);
+        const unbacked = Math.max(0, used * this.sb.blockSizeBytes - allocatedBytes);
+        available = Math.min(available, Math.max(0, Math.floor((hostFree - unbacked) / this.sb.blockSizeBytes)));
+      }
+    }
+    return { blockSizeBytes: this.sb.blockSizeBytes, totalBlocks: total, usedBlocks: used, availableBlocks: available, minFreeBlocks: minFree };
+  }
+
+  /** Whether new layers may be created (dm.min_free_space). */
+  hasMinFreeSpace(): boolean {
+    const s = this.space();
+    return s.totalBlocks - s.usedBlocks > s.minFreeBlocks;
+  }
+
+  /**
+   * A block for new data, reserved to this process and committed as used.
+   * Null when the pool is at dm.min_free_space or the device is full.
+   */
+  takeBlock(): DataBlock | null {
+    if (!this.freeReserved.length) this.refill();
+    return this.freeReserved.pop() ?? null;
+  }
+
+  /** Returns a taken block that was not used (the caller's transaction failed). */
+  untakeBlock(block: DataBlock): void {
+    this.freeReserved.push(block);
+  }
+
+  /** Inside the caller's txn: the block is now referenced by committed metadata. */
+  consumeBlock(block: DataBlock): void {
+    this.reserved.del([this.ownerId, block]);
+  }
+
+  /** Inside the caller's txn: the block is no longer referenced; it returns to this process's reservation. */
+  recycleBlock(block: DataBlock): void {
+    this.reserved.put([this.ownerId, block], EMPTY);
+    this.env.afterCommit(() => {
+      this.freeReserved.push(block);
+      if (this.freeReserved.length > RESERVATION_KEEP * 2 && !this.trimming) setImmediate(() => void this.trim().catch(() => undefined));
+    });
+  }
+
+  private refill(): void {
+    this.env.txn(() => {
+      this.refreshSuperblock();
+      this.maybeAutoextend();
+      const total = this.sb.nrBlocks;
+      const used = this.spaceMap.usedBlocks();
+      const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+      const allowed = Math.min(RESERVATION_BATCH, total - used - minFree);
+      if (allowed <= 0) return;
+      const blocks = this.spaceMap.allocate(allowed);
+      for (const b of blocks) this.reserved.put([this.ownerId, b], EMPTY);
+      // Lowest blocks first out of pop(): keeps files roughly sequential on the device.
+      blocks.reverse();
+      this.freeReserved.push(...blocks);
+    });
+  }
+
+  /** Loop mode: grows the data file when usage crosses dm.thinp_autoextend_threshold. Runs inside txn. */
+  private maybeAutoextend(): void {
+    const o = this.sb.options;
+    if (this.sb.dataMode !== 'loop' || o.autoextendThresholdPercent <= 0) return;
+    const total = this.sb.nrBlocks;
+    const used = this.spaceMap.usedBlocks();
+    if (used * 100 < total * o.autoextendThresholdPercent) return;
+    const growBlocks = Math.max(1, Math.floor((total * o.autoextendPercent) / 100));
+    const hostFree = hostFreeBytes(path.dirname(this.paths.dataFile)) ?? Infinity;
+    const cappedBlocks = Math.min(growBlocks, Math.floor(hostFree / this.sb.blockSizeBytes));
+    if (cappedBlocks <= 0) return;
+    this.setDataBlocks(total + cappedBlocks);
+    process.emitWarning(`dmfs: data file auto-extended from ${total} to ${total + cappedBlocks} blocks`, { code: 'DMFS_AUTOEXTEND' });
+  }
+
+  private setDataBlocks(nrBlocks: number): void {
+    fs.ftruncateSync(this.dataFd, nrBlocks * this.sb.blockSizeBytes);
+    this.sb = { ...this.sb, nrBlocks };
+    this.meta.put('superblock', packSuperblock(this.sb));
+    this.spaceMap.setTotalBlocks(nrBlocks);
+  }
+
+  /** Grows the pool (loop mode: the data file; direct mode: to the device's current size). Online. */
+  async resize(newSizeBytes: number | null): Promise<{ oldBlocks: number; newBlocks: number }> {
+    return this.env.txn(() => {
+      this.refreshSuperblock();
+      const oldBlocks = this.sb.nrBlocks;
+      const bytes = this.sb.dataMode === 'direct' ? blockDeviceBytes(this.sb.dataDevice!) : newSizeBytes;
+      if (bytes === null) throw dmfsError('USAGE', 'a loop-mode pool needs the new size');
+      const newBlocks = Math.floor(bytes / this.sb.blockSizeBytes);
+      if (newBlocks < oldBlocks) throw dmfsError('NOT_SUPPORTED', `shrinking a pool is not supported (${oldBlocks} blocks now, ${newBlocks} asked)`);
+      if (newBlocks > oldBlocks) this.setDataBlocks(newBlocks);
+      return { oldBlocks, newBlocks };
+    });
+  }
+
+  /** Changes runtime options (dm.basesize, dm.min_free_space, ...). */
+  setOptions(options: PoolOptions): void {
+    this.env.txn(() => {
+      this.refreshSuperblock();
+      this.sb = { ...this.sb, options };
+      this.meta.put('superblock', packSuperblock(this.sb));
+    });
+  }
+
+  /** Gives recycled blocks beyond `keep` back to the space map, punching holes first (dm.blkdiscard). */
+  async trim(keep = RESERVATION_KEEP): Promise<void> {
+    while (this.trimming) await this.trimming;
+    if (this.freeReserved.length <= keep) return;
+    this.trimming = (async () => {
+      const excess = this.freeReserved.splice(0, this.freeReserved.length - keep);
+      if (this.sb.options.blkDiscard) await this.punch(excess);
+      this.env.txn(() => {
+        for (const b of excess) this.reserved.del([this.ownerId, b]);
+        this.spaceMap.release(excess);
+      });
+    })();
+    try {
+      await this.trimming;
+    } finally {
+      this.trimming = null;
+    }
+  }
+
+  private async punch(blocks: DataBlock[]): Promise<void> {
+    const sorted = [...blocks].sort((a, b) => a - b);
+    const bs = this.sb.blockSizeBytes;
+    for (let i = 0; i < sorted.length; ) {
+      let j = i + 1;
+      while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
+      await blockIo.punchHole(this.dataFd, sorted[i] * bs, (j - i) * bs);
+      i = j;
+    }
+  }
+
+  /** Frees blocks reserved by processes that died, and forgets those owners. Returns how many blocks. */
+  async reclaimDeadOwners(): Promise<number> {
+    const dead: number[] = [];
+    for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
+      const owner = unpackRecord<OwnerRecord>(value);
+      if ((key as number) !== this.ownerId && !isProcessAlive(owner)) dead.push(key as number);
+    }
+    let freed = 0;
+    for (const ownerId of dead) {
+      const blocks: DataBlock[] = [];
+      for (const key of this.reserved.keys([ownerId], [ownerId + 1])) blocks.push(asDataBlock((key as number[])[1]));
+      if (blocks.length && this.sb.options.blkDiscard) await this.punch(blocks);
+      this.env.txn(() => {
+        for (const b of blocks) this.reserved.del([ownerId, b]);
+        this.spaceMap.release(blocks);
+        this.owners.del(ownerId);
+      });
+      freed += blocks.length;
+    }
+    return freed;
+  }
+
+  /** Whether the process registered as ownerId is still alive. */
+  isOwnerAlive(ownerId: number): boolean {
+    if (ownerId === this.ownerId) return true;
+    const raw = this.owners.get(ownerId);
+    return raw ? isProcessAlive(unpackRecord<OwnerRecord>(raw)) : false;
+  }
+
+  /** Every block reserved by live or dead owners (for check). */
+  reservedBlocks(): Set<number> {
+    const out = new Set<number>();
+    for (const key of this.reserved.keys([0], [Number.MAX_SAFE_INTEGER])) out.add((key as number[])[1]);
+    return out;
+  }
+
+  usedBlocksFromMap(): Iterable<DataBlock> {
+    return this.spaceMap.usedBlockList();
+  }
+
+  isBlockUsed(block: DataBlock): boolean {
+    return this.spaceMap.isUsed(block);
+  }
+
+  /** check --repair: marks blocks used or free to match what metadata references. */
+  repairSpaceMap(referenced: ReadonlySet<number>): { markedUsed: number; markedFree: number } {
+    return this.env.txn(() => {
+      const reserved = this.reservedBlocks();
+      const free: DataBlock[] = [];
+      for (const b of this.spaceMap.usedBlockList()) if (!referenced.has(b) && !reserved.has(b)) free.push(b);
+      this.spaceMap.release(free);
+      let markedUsed = 0;
+      for (const b of referenced) {
+        if (!this.spaceMap.isUsed(asDataBlock(b))) {
+          // Allocate exactly this block: flip its bit through a release/allocate-free path.
+          markBlockUsed(this.env.table('space-map'), b);
+          markedUsed++;
+        }
+      }
+      this.spaceMap.recount();
+      return { markedUsed, markedFree: free.length };
+    });
+  }
+
+  // ---- data -----------------------------------------------------------------
+
+  private checkBlock(block: DataBlock): void {
+    if (!Number.isSafeInteger(block) || block < 0 || block >= this.sb.nrBlocks) {
+      this.refreshSuperblock();
+      if (!Number.isSafeInteger(block) || block < 0 || block >= this.sb.nrBlocks) {
+        throw dmfsError('METADATA_CORRUPT', `data block ${block} is outside the data device (${this.sb.nrBlocks} blocks)`);
+      }
+    }
+  }
+
+  /** Fills targets[i] from block blocks[i] at offsetsInBlock[i] (gathered). */
+  async readBlocks(blocks: readonly DataBlock[], offsetsInBlockBytes: readonly number[], targets: Buffer[]): Promise<void> {
+    const bs = this.sb.blockSizeBytes;
+    const offsets = blocks.map((b, i) => {
+      this.checkBlock(b);
+      return b * bs + offsetsInBlockBytes[i];
+    });
+    await blockIo.readBlocks(this.dataFd, targets, offsets);
+  }
+
+  /** Writes data into block at offsetInBlockBytes (data must fit in the block). */
+  async writeBlock(block: DataBlock, offsetInBlockBytes: number, data: Buffer): Promise<void> {
+    this.checkBlock(block);
+    if (offsetInBlockBytes + data.length > this.sb.blockSizeBytes) throw dmfsError('INVALID', 'write crosses a block boundary');
+    await blockIo.writeBlocks(this.dataFd, [data], [block * this.sb.blockSizeBytes + offsetInBlockBytes]);
+  }
+
+  /** Copies a whole block (native path: reflink or copy_file_range when possible). */
+  async copyBlock(from: DataBlock, to: DataBlock): Promise<void> {
+    this.checkBlock(from);
+    this.checkBlock(to);
+    const bs = this.sb.blockSizeBytes;
+    const n = await blockIo.copyRange(this.dataFd, from * bs, this.dataFd, to * bs, bs);
+    if (n < bs) {
+      // The source lies (partly) beyond the end of a short device file: the rest is zeros.
+      await blockIo.writeBlocks(this.dataFd, [Buffer.alloc(bs - n)], [to * bs + n]);
+    }
+  }
+
+  /** Flushes data blocks, then the metadata that points at them. Concurrent callers share one flush. */
+  async sync(): Promise<void> {
+    if (this.syncing) return this.syncing;
+    this.syncing = (async () => {
+      await fdatasync(this.dataFd);
+      await this.env.sync();
+    })();
+    try {
+      await this.syncing;
+    } finally {
+      this.syncing = null;
+    }
+  }
+
+  /** Gives back this process's reservation, flushes, closes. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.trim(0);
+    await this.sync();
+    this.env.txn(() => {
+      const left: DataBlock[] = [];
+      for (const key of this.reserved.keys([this.ownerId], [this.ownerId + 1])) left.push(asDataBlock((key as number[])[1]));
+      for (const b of left) this.reserved.del([this.ownerId, b]);
+      this.spaceMap.release(left);
+      this.owners.del(this.ownerId);
+    });
+    await this.env.sync();
+    fs.closeSync(this.dataFd);
+    await this.env.close();
+  }
+
+  /** Size of the data file as the host sees it (allocated bytes), loop mode; null in direct mode. */
+  dataFileAllocatedBytes(): number | null {
+    return this.sb.dataMode === 'loop' ? fileAllocatedBytes(this.dataFd) : null;
+  }
+
+  static async growFile(fd: number, bytes: number): Promise<void> {
+    await ftruncate(fd, bytes);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function markBlockUsed(chunks: Table, block: number): void {
+  const chunkIndex = Math.floor(block / 32768);
+  const raw = chunks.get(chunkIndex);
+  const bits = raw ? Buffer.from(raw) : Buffer.alloc(4096);
+  const bit = block % 32768;
+  bits[bit >> 3] |= 1 << (bit & 7);
+  chunks.put(chunkIndex, bits);
+}
+
+function fileAllocatedBytes(fd: number): number {
+  return fs.fstatSync(fd).blocks * 512;
+}
+
+function hostFreeBytes(dir: string): number | null {
+  try {
+    const s = fs.statfsSync(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return null;
+  }
+}
+
+/** Size of a block device in bytes, from sysfs. */
+function blockDeviceBytes(device: string): number {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(device);
+  } catch (err) {
+    throw dmfsError('BAD_OPTION', `data device ${device}: ${(err as Error).message}`, err);
+  }
+  if (!st.isBlockDevice()) throw dmfsError('BAD_OPTION', `data device ${device} is not a block device`);
+  const name = path.basename(fs.realpathSync(device));
+  try {
+    return Number(fs.readFileSync(`/sys/class/block/${name}/size`, 'utf8').trim()) * 512;
+  } catch (err) {
+    throw dmfsError('BAD_OPTION', `cannot read the size of ${device} from /sys/class/block/${name}/size`, err);
+  }
+}
+
+/** The filesystem (or other) signature on a device, via blkid/wipefs; null when blank. */
+function filesystemSignature(device: string): string | null {
+  try {
+    const out = execFileSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return out || 'unknown';
+  } catch (err) {
+    // blkid exits 2 when it finds nothing.
+    if ((err as { status?: number }).status === 2) return null;
+    try {
+      const out = execFileSync('wipefs', ['-n', '-p', device], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      const lines = out.trim().split('\n').filter((l) => l && !l.startsWith('#'));
+      return lines.length ? lines[0].split(',')[3] || 'unknown' : null;
+    } catch {
+      return null;
+    }
+  }
+}

@@ -1,0 +1,1120 @@
+import { LRUCache } from 'lru-cache';
+import { dmfsError } from '../errors';
+import { asDataBlock, type DataBlock } from '../pool/block-address';
+import type { Table } from '../pool/metadata-env';
+import type { ThinPool } from '../pool/thin-pool';
+import {
+  S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+  type Attr, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
+  type NewNodeOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
+} from './layer-store';
+import {
+  bmapKey, bmapRange, direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packBlockRef,
+  packDirent, packInode, packUsage, timeToNs, unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
+  type BlockRef, type DirentRecord, type InodeRecord, type StoredTime,
+} from './records';
+
+export const ROOT_INO: Ino = 1;
+const NAME_MAX_BYTES = 255;
+const XATTR_NAME_MAX_BYTES = 255;
+const XATTR_VALUE_MAX_BYTES = 64 * 1024;
+const LINK_MAX = 65000;
+const DIR_SIZE_BYTES = 4096;
+
+export function kindFromMode(mode: number): FileKind {
+  switch (mode & S_IFMT) {
+    case S_IFDIR: return 'dir';
+    case S_IFLNK: return 'symlink';
+    case S_IFCHR: return 'chardev';
+    case S_IFBLK: return 'blockdev';
+    case S_IFIFO: return 'fifo';
+    case S_IFSOCK: return 'socket';
+    case S_IFREG: case 0: return 'file';
+    default: throw dmfsError('INVALID', `unknown file type in mode ${mode.toString(8)}`);
+  }
+}
+
+const TYPE_BITS: Record<FileKind, number> = {
+  file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, chardev: S_IFCHR, blockdev: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK,
+};
+
+/** The tables the layer store keeps in the pool's metadata environment. */
+export interface StoreTables {
+  inodes: Table;
+  dirents: Table;
+  bmap: Table;
+  usage: Table;
+  orphans: Table;
+}
+
+export function openStoreTables(pool: ThinPool): StoreTables {
+  return {
+    inodes: pool.table('inodes'),
+    dirents: pool.table('dirents'),
+    bmap: pool.table('bmap'),
+    usage: pool.table('usage'),
+    orphans: pool.table('orphans'),
+  };
+}
+
+export interface ChainLayerFsOptions {
+  layerName: string;
+  /** Segments top-down: [own segment, parent's, ..., base's]. */
+  segments: number[];
+  readOnly: boolean;
+  sizeLimitBytes: number;
+  /** Called once by close(), after the final sync. */
+  onClose: () => Promise<void>;
+}
+
+/** A simple FIFO mutex keyed by inode: data-path operations on one inode run one at a time. */
+class KeyedMutex {
+  private readonly tails = new Map<number, Promise<void>>();
+  async run<T>(key: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.tails.set(key, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
+interface InodeInChain {
+  /** Index into segments (0 = own). */
+  level: number;
+  rec: InodeRecord;
+}
+
+/**
+ * A layer seen through its chain of segments. Namespace changes are single synchronous
+ * metadata transactions (atomic, no await inside); data writes put bytes into blocks this
+ * layer owns (or freshly reserved ones) before the transaction that maps them.
+ *
+ * Invariants kept by every method:
+ * - bytes of a file past its size, inside its last block, read as zeros in every segment;
+ * - no segment maps a file block at or past ceil(size / blockSize) of its own record;
+ * - a data block is referenced by at most one block-map entry in the whole pool.
+ */
+export class ChainLayerFs implements LayerFs {
+  readonly layerName: string;
+  readonly readOnly: boolean;
+  readonly rootIno = ROOT_INO;
+  readonly sizeLimitBytes: number;
+
+  private readonly segs: number[];
+  private readonly top: number;
+  private readonly t: StoreTables;
+  private readonly bs: number;
+  /** Inline block content up to this many bytes is kept in metadata instead of a data block. */
+  private readonly inlineMaxBytes: number;
+  private readonly mutex = new KeyedMutex();
+  private readonly openCounts = new Map<Ino, number>();
+  /** Lower segments never change while a chain is open: cache what they hold. */
+  private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: 65536 });
+  private readonly lowerUsageBytes: number;
+  private dirty = false;
+  private syncTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private readonly onClose: () => Promise<void>;
+
+  constructor(private readonly pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
+    this.layerName = opts.layerName;
+    this.readOnly = opts.readOnly;
+    this.sizeLimitBytes = opts.sizeLimitBytes;
+    this.segs = opts.segments;
+    this.top = opts.segments[0];
+    this.t = tables;
+    this.bs = pool.blockSizeBytes;
+    this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
+    this.onClose = opts.onClose;
+    let lower = 0;
+    for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
+    this.lowerUsageBytes = lower;
+    if (!this.readOnly) {
+      // Metadata commits at once; this makes it (and the data under it) durable at least every second.
+      this.syncTimer = setInterval(() => void this.periodicSync(), 1000);
+      this.syncTimer.unref();
+    }
+  }
+
+  // ---- records ---------------------------------------------------------------
+
+  private segmentBytes(segment: number): number {
+    const u = unpackUsage(this.t.usage.get([segment]));
+    return u.blocks * this.bs + u.inlineBytes;
+  }
+
+  /** The inode as the layer sees it: the nearest segment's record. */
+  private findInode(ino: Ino): InodeInChain | null {
+    if (!this.readOnly || this.segs.length === 1) {
+      const raw = this.t.inodes.get(inodeKey(this.top, ino));
+      if (raw) return { level: 0, rec: unpackInode(raw) };
+      if (this.segs.length === 1) return null;
+      return this.findLowerInode(ino, 1);
+    }
+    return this.findLowerInode(ino, 0);
+  }
+
+  private findLowerInode(ino: Ino, fromLevel: number): InodeInChain | null {
+    const cacheKey = ino * 64 + fromLevel;
+    const cached = this.lowerInodeCache.get(cacheKey);
+    if (cached !== undefined) return cached === 0 ? null : { level: cached.level, rec: structuredClone(cached.rec) };
+    for (let level = fromLevel; level < this.segs.length; level++) {
+      const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
+      if (raw) {
+        const found = { level, rec: unpackInode(raw) };
+        this.lowerInodeCache.set(cacheKey, { level, rec: structuredClone(found.rec) });
+        return found;
+      }
+    }
+    this.lowerInodeCache.set(cacheKey, 0);
+    return null;
+  }
+
+  private mustInode(ino: Ino): InodeInChain {
+    const found = this.findInode(ino);
+    if (!found || found.rec.nlink === 0 && !this.openCounts.get(ino) && found.rec.kind !== 'dir') {
+      throw dmfsError('NOT_FOUND', `inode ${ino} does not exist in layer ${this.layerName}`);
+    }
+    return found;
+  }
+
+  private toAttr(ino: Ino, rec: InodeRecord): Attr {
+    return {
+      ino,
+      kind: rec.kind,
+      mode: rec.mode,
+      uid: rec.uid,
+      gid: rec.gid,
+      sizeBytes: rec.kind === 'dir' ? DIR_SIZE_BYTES : rec.size,
+      nlink: rec.nlink,
+      rdev: rec.rdev,
+      atimeNs: timeToNs(rec.atime),
+      mtimeNs: timeToNs(rec.mtime),
+      ctimeNs: timeToNs(rec.ctime),
+      blocks512: rec.kind === 'file' ? this.allocatedSectors(ino, rec) : rec.kind === 'dir' ? 8 : 0,
+    };
+  }
+
+  /** st_blocks: visible mapped blocks, capped by the size rounded up to 4 KiB. */
+  private allocatedSectors(ino: Ino, rec: InodeRecord): number {
+    if (rec.size === 0) return 0;
+    const capSectors = Math.ceil(rec.size / 4096) * 8;
+    let mapped = 0;
+    let limit = Infinity;
+    for (const { level, rec: r } of this.inodeChain(ino)) {
+      const [start] = bmapRange(this.segs[level], ino);
+      const end = limit === Infinity ? bmapRange(this.segs[level], ino)[1] : bmapKey(this.segs[level], ino, limit);
+      mapped += this.t.bmap.count(start, end);
+      limit = Math.min(limit, r.inherit);
+      if (limit === 0 || mapped * (this.bs / 512) >= capSectors) break;
+    }
+    return Math.min(capSectors, mapped * (this.bs / 512));
+  }
+
+  /** Records of one inode down the chain (top-down), stopping at the segment where it was born. */
+  private inodeChain(ino: Ino): InodeInChain[] {
+    const out: InodeInChain[] = [];
+    let level = 0;
+    while (level < this.segs.length) {
+      const found = level === 0 && !this.readOnly ? this.findInodeAt(ino, 0) ?? this.findLowerInode(ino, 1) : this.findLowerInode(ino, level);
+      if (!found) break;
+      out.push(found);
+      if (found.rec.born) break;
+      level = found.level + 1;
+    }
+    return out;
+  }
+
+  private findInodeAt(ino: Ino, level: number): InodeInChain | null {
+    const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
+    return raw ? { level, rec: unpackInode(raw) } : null;
+  }
+
+  /** Inside txn: the inode's record in the own segment, copied up from below if needed. */
+  private ownRecord(ino: Ino): InodeRecord {
+    const found = this.mustInode(ino);
+    if (found.level === 0 && (!this.readOnly)) return found.rec;
+    const rec: InodeRecord = {
+      ...structuredClone(found.rec),
+      born: false,
+      opaque: false,
+      inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.bs) : 0,
+    };
+    return rec;
+  }
+
+  private putRecord(ino: Ino, rec: InodeRecord): void {
+    this.t.inodes.put(inodeKey(this.top, ino), packInode(rec));
+  }
+
+  // ---- guards ----------------------------------------------------------------
+
+  private assertWritable(): void {
+    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
+    if (this.readOnly) throw dmfsError('READ_ONLY_LAYER', `layer ${this.layerName} is read-only`);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
+  }
+
+  private checkName(name: string): void {
+    if (!name || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+      throw dmfsError('INVALID', `'${name}' is not a valid file name`);
+    }
+    if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `name of ${Buffer.byteLength(name)} bytes is longer than ${NAME_MAX_BYTES}`);
+  }
+
+  private dirRecord(dirIno: Ino): InodeInChain {
+    const d = this.mustInode(dirIno);
+    if (d.rec.kind !== 'dir') throw dmfsError('NOT_DIR', `inode ${dirIno} is not a directory`);
+    return d;
+  }
+
+  // ---- namespace lookups -----------------------------------------------------
+
+  /** The entry for name in dirIno from `fromLevel` down, honouring whiteouts and opaque/born directories. */
+  private findEntry(dirIno: Ino, name: string, fromLevel = 0): (DirentRecord & { level: number }) | null {
+    for (let level = fromLevel; level < this.segs.length; level++) {
+      const seg = this.segs[level];
+      const raw = this.t.dirents.get(direntKey(seg, dirIno, name));
+      if (raw) {
+        const d = unpackDirent(raw);
+        return isWhiteout(d) ? null : { ...d, level };
+      }
+      if (this.dirStopsAt(dirIno, level)) return null;
+    }
+    return null;
+  }
+
+  /** Whether a directory's entries in segments below `level` are hidden (opaque there, or born there). */
+  private dirStopsAt(dirIno: Ino, level: number): boolean {
+    const rec = level === 0 && !this.readOnly ? this.findInodeAt(dirIno, 0)?.rec : this.findInodeAtCached(dirIno, level);
+    return rec ? rec.born || Boolean(rec.opaque) : false;
+  }
+
+  private findInodeAtCached(ino: Ino, level: number): InodeRecord | undefined {
+    const found = this.findLowerInode(ino, level);
+    return found && found.level === level ? found.rec : undefined;
+  }
+
+  private entryKindIno(e: DirentRecord & { level: number }): { ino: Ino; kind: FileKind } {
+    if (isWhiteout(e)) throw new Error('unreachable');
+    return { ino: e.ino, kind: e.kind };
+  }
+
+  async lookup(dirIno: Ino, name: string): Promise<Attr | null> {
+    this.assertOpen();
+    this.dirRecord(dirIno);
+    if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', 'name longer than 255 bytes');
+    const e = this.findEntry(dirIno, name);
+    if (!e) return null;
+    const { ino } = this.entryKindIno(e);
+    const found = this.findInode(ino);
+    if (!found) throw dmfsError('METADATA_CORRUPT', `entry '${name}' in directory ${dirIno} points at missing inode ${ino}`);
+    return this.toAttr(ino, found.rec);
+  }
+
+  async getattr(ino: Ino): Promise<Attr> {
+    this.assertOpen();
+    return this.toAttr(ino, this.mustInode(ino).rec);
+  }
+
+  async resolve(path: string): Promise<Attr> {
+    this.assertOpen();
+    let cur = await this.getattr(ROOT_INO);
+    for (const part of path.split('/')) {
+      if (!part || part === '.') continue;
+      if (cur.kind !== 'dir') throw dmfsError('NOT_DIR', `${path}: a component is not a directory`);
+      if (part === '..') {
+        const rec = this.mustInode(cur.ino).rec;
+        cur = await this.getattr(cur.ino === ROOT_INO ? ROOT_INO : rec.parent);
+        continue;
+      }
+      const next = await this.lookup(cur.ino, part);
+      if (!next) throw dmfsError('NOT_FOUND', `${path}: no such file or directory`);
+      cur = next;
+    }
+    return cur;
+  }
+
+  /** Merged entries, name → entry, top segment first. */
+  private mergedEntries(dirIno: Ino): Map<string, { ino: Ino; kind: FileKind }> {
+    const out = new Map<string, { ino: Ino; kind: FileKind }>();
+    const hidden = new Set<string>();
+    for (let level = 0; level < this.segs.length; level++) {
+      const [start, end] = direntRange(this.segs[level], dirIno);
+      for (const { key, value } of this.t.dirents.range(start, end)) {
+        const name = (key as [number, number, string])[2];
+        if (out.has(name) || hidden.has(name)) continue;
+        const d = unpackDirent(value);
+        if (isWhiteout(d)) hidden.add(name);
+        else out.set(name, { ino: d.ino, kind: d.kind });
+      }
+      if (this.dirStopsAt(dirIno, level)) break;
+    }
+    return out;
+  }
+
+  async readdir(dirIno: Ino): Promise<DirEntry[]> {
+    this.assertOpen();
+    this.dirRecord(dirIno);
+    const entries = [...this.mergedEntries(dirIno)].map(([name, e]) => ({ name, ino: e.ino, kind: e.kind }));
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return entries;
+  }
+
+  private dirIsEmpty(dirIno: Ino): boolean {
+    return this.mergedEntries(dirIno).size === 0;
+  }
+
+  // ---- namespace changes (each one synchronous transaction) ---------------------
+
+  /** Inside txn: removes name from dirIno in the own segment, writing a whiteout when a lower segment still has it. */
+  private removeEntry(dirIno: Ino, name: string): void {
+    const own = this.t.dirents.get(direntKey(this.top, dirIno, name));
+    const lowerHas = !this.dirStopsAt(dirIno, 0) && this.findEntry(dirIno, name, 1) !== null;
+    if (lowerHas) this.t.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, whiteout: true }));
+    else if (own) this.t.dirents.del(direntKey(this.top, dirIno, name));
+  }
+
+  private touchDir(dirIno: Ino, now: StoredTime, nlinkDelta = 0): void {
+    const rec = this.ownRecord(dirIno);
+    rec.mtime = now;
+    rec.ctime = now;
+    rec.nlink += nlinkDelta;
+    this.putRecord(dirIno, rec);
+  }
+
+  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
+    const now = nowTime();
+    const ino = this.pool.counter('ino');
+    const rec: InodeRecord = {
+      v: 1,
+      kind,
+      mode: TYPE_BITS[kind] | (opts.mode & 0o7777),
+      uid: opts.uid,
+      gid: opts.gid,
+      size: kind === 'symlink' ? Buffer.byteLength(opts.target ?? '') : 0,
+      nlink: kind === 'dir' ? 2 : 1,
+      rdev: kind === 'chardev' || kind === 'blockdev' ? opts.rdev ?? 0 : 0,
+      atime: now,
+      mtime: now,
+      ctime: now,
+      inherit: 0,
+      born: true,
+      parent: dirIno,
+      name,
+      ...(opts.target !== undefined ? { target: opts.target } : {}),
+    };
+    this.putRecord(ino, rec);
+    this.t.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
+    this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
+    return { ino, rec };
+  }
+
+  private create(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): Attr {
+    this.assertWritable();
+    this.checkName(name);
+    const { ino, rec } = this.pool.txn(() => {
+      const dir = this.dirRecord(dirIno);
+      if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
+      if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
+      if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
+      return this.newInode(dirIno, name, kind, opts);
+    });
+    this.markDirty();
+    return this.toAttr(ino, rec);
+  }
+
+  async mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
+    const kind = kindFromMode(opts.mode);
+    if (kind === 'dir' || kind === 'symlink') throw dmfsError('INVALID', 'mknod cannot make directories or symlinks');
+    return this.create(dirIno, name, kind, opts);
+  }
+
+  async mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
+    return this.create(dirIno, name, 'dir', opts);
+  }
+
+  async symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr> {
+    if (!target || Buffer.byteLength(target) > 4095) throw dmfsError(target ? 'NAME_TOO_LONG' : 'NOT_FOUND', 'bad symlink target');
+    return this.create(dirIno, name, 'symlink', { ...opts, mode: 0o777, target });
+  }
+
+  async link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr> {
+    this.assertWritable();
+    this.checkName(newName);
+    const rec = this.pool.txn(() => {
+      const src = this.mustInode(ino);
+      if (src.rec.kind === 'dir') throw dmfsError('NOT_PERMITTED', 'hard links to directories are not allowed');
+      if (src.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many links');
+      this.dirRecord(newDirIno);
+      if (this.findEntry(newDirIno, newName)) throw dmfsError('EXISTS', `'${newName}' already exists`);
+      const now = nowTime();
+      const own = this.ownRecord(ino);
+      own.nlink += 1;
+      own.ctime = now;
+      this.putRecord(ino, own);
+      this.t.orphans.del(inodeKey(this.top, ino));
+      this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino, kind: own.kind }));
+      this.touchDir(newDirIno, now);
+      return own;
+    });
+    this.markDirty();
+    return this.toAttr(ino, rec);
+  }
+
+  /** Inside txn: one link of ino is gone; frees the inode's own data once nothing refers to it. */
+  private dropLink(ino: Ino, now: StoredTime): void {
+    const rec = this.ownRecord(ino);
+    rec.nlink = rec.kind === 'dir' ? 0 : Math.max(0, rec.nlink - 1);
+    rec.ctime = now;
+    if (rec.nlink > 0) {
+      this.putRecord(ino, rec);
+      return;
+    }
+    if (this.openCounts.get(ino)) {
+      this.putRecord(ino, rec);
+      this.t.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
+      return;
+    }
+    this.destroyOwn(ino, rec.kind === 'dir');
+  }
+
+  /** Inside txn: deletes every record of ino in the own segment (and its directory entries), recycling its blocks. */
+  private destroyOwn(ino: Ino, isDir: boolean): void {
+    this.t.inodes.del(inodeKey(this.top, ino));
+    this.t.orphans.del(inodeKey(this.top, ino));
+    this.truncateOwnBlocks(ino, 0);
+    if (isDir) {
+      const [start, end] = direntRange(this.top, ino);
+      for (const key of [...this.t.dirents.keys(start, end)]) this.t.dirents.del(key);
+    }
+  }
+
+  /** Inside txn: removes own block-map entries at or past fromBlock; returns the usage change. */
+  private truncateOwnBlocks(ino: Ino, fromBlock: number): void {
+    const [start, end] = bmapRange(this.top, ino, fromBlock);
+    const entries = [...this.t.bmap.range(start, end)];
+    if (!entries.length) return;
+    let blocks = 0;
+    let inlineBytes = 0;
+    for (const { key, value } of entries) {
+      const ref = unpackBlockRef(value);
+      if (typeof ref === 'number') {
+        this.pool.recycleBlock(asDataBlock(ref));
+        blocks++;
+      } else inlineBytes += ref.length;
+      this.t.bmap.del(key);
+    }
+    this.addUsage(-blocks, -inlineBytes);
+  }
+
+  private addUsage(blocks: number, inlineBytes: number): void {
+    if (!blocks && !inlineBytes) return;
+    const u = unpackUsage(this.t.usage.get([this.top]));
+    u.blocks += blocks;
+    u.inlineBytes += inlineBytes;
+    this.t.usage.put([this.top], packUsage(u));
+  }
+
+  async unlink(dirIno: Ino, name: string): Promise<void> {
+    this.assertWritable();
+    this.pool.txn(() => {
+      this.dirRecord(dirIno);
+      const e = this.findEntry(dirIno, name);
+      if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
+      const { ino, kind } = this.entryKindIno(e);
+      if (kind === 'dir') throw dmfsError('IS_DIR', `'${name}' is a directory`);
+      const now = nowTime();
+      this.removeEntry(dirIno, name);
+      this.touchDir(dirIno, now);
+      this.dropLink(ino, now);
+    });
+    this.markDirty();
+  }
+
+  async rmdir(dirIno: Ino, name: string): Promise<void> {
+    this.assertWritable();
+    if (name === '.') throw dmfsError('INVALID', "cannot remove '.'");
+    if (name === '..') throw dmfsError('NOT_EMPTY', "cannot remove '..'");
+    this.pool.txn(() => {
+      this.dirRecord(dirIno);
+      const e = this.findEntry(dirIno, name);
+      if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
+      const { ino, kind } = this.entryKindIno(e);
+      if (kind !== 'dir') throw dmfsError('NOT_DIR', `'${name}' is not a directory`);
+      if (!this.dirIsEmpty(ino)) throw dmfsError('NOT_EMPTY', `directory '${name}' is not empty`);
+      const now = nowTime();
+      this.removeEntry(dirIno, name);
+      this.touchDir(dirIno, now, -1);
+      this.destroyOwn(ino, true);
+    });
+    this.markDirty();
+  }
+
+  private isAncestor(maybeAncestor: Ino, ino: Ino): boolean {
+    let cur = ino;
+    for (let depth = 0; depth < 100000; depth++) {
+      if (cur === maybeAncestor) return true;
+      if (cur === ROOT_INO) return false;
+      cur = this.mustInode(cur).rec.parent;
+    }
+    throw dmfsError('METADATA_CORRUPT', 'directory parent chain does not reach the root');
+  }
+
+  async rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags: RenameFlags = {}): Promise<void> {
+    this.assertWritable();
+    this.checkName(newName);
+    this.pool.txn(() => {
+      this.dirRecord(oldDirIno);
+      this.dirRecord(newDirIno);
+      const se = this.findEntry(oldDirIno, oldName);
+      if (!se) throw dmfsError('NOT_FOUND', `'${oldName}' does not exist`);
+      const src = this.entryKindIno(se);
+      const de = this.findEntry(newDirIno, newName);
+      const dst = de ? this.entryKindIno(de) : null;
+      if (dst && flags.noReplace) throw dmfsError('EXISTS', `'${newName}' already exists`);
+      if (flags.exchange && !dst) throw dmfsError('NOT_FOUND', `'${newName}' does not exist`);
+      if (dst && dst.ino === src.ino) return; // same inode: POSIX says do nothing
+      if (src.kind === 'dir' && newDirIno !== oldDirIno && this.isAncestor(src.ino, newDirIno)) {
+        throw dmfsError('INVALID', 'cannot move a directory into itself');
+      }
+      if (flags.exchange && dst && dst.kind === 'dir' && newDirIno !== oldDirIno && this.isAncestor(dst.ino, oldDirIno)) {
+        throw dmfsError('INVALID', 'cannot move a directory into itself');
+      }
+      const now = nowTime();
+      if (flags.exchange && dst) {
+        this.t.dirents.put(direntKey(this.top, oldDirIno, oldName), packDirent({ v: 1, ino: dst.ino, kind: dst.kind }));
+        this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino: src.ino, kind: src.kind }));
+        this.relink(src.ino, newDirIno, newName, now);
+        this.relink(dst.ino, oldDirIno, oldName, now);
+        const dirDelta = (src.kind === 'dir' ? 1 : 0) - (dst.kind === 'dir' ? 1 : 0);
+        this.touchDir(oldDirIno, now, oldDirIno === newDirIno ? 0 : -dirDelta);
+        if (newDirIno !== oldDirIno) this.touchDir(newDirIno, now, dirDelta);
+        return;
+      }
+      if (dst) {
+        if (src.kind === 'dir' && dst.kind !== 'dir') throw dmfsError('NOT_DIR', `'${newName}' is not a directory`);
+        if (src.kind !== 'dir' && dst.kind === 'dir') throw dmfsError('IS_DIR', `'${newName}' is a directory`);
+        if (dst.kind === 'dir' && !this.dirIsEmpty(dst.ino)) throw dmfsError('NOT_EMPTY', `directory '${newName}' is not empty`);
+      }
+      this.removeEntry(oldDirIno, oldName);
+      this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino: src.ino, kind: src.kind }));
+      const srcIsDir = src.kind === 'dir' ? 1 : 0;
+      if (dst) {
+        if (dst.kind === 'dir') this.destroyOwn(dst.ino, true);
+        else this.dropLink(dst.ino, now);
+      }
+      const dstWasDir = dst?.kind === 'dir' ? 1 : 0;
+      if (oldDirIno === newDirIno) this.touchDir(oldDirIno, now, -dstWasDir);
+      else {
+        this.touchDir(oldDirIno, now, -srcIsDir);
+        this.touchDir(newDirIno, now, srcIsDir - dstWasDir);
+      }
+      this.relink(src.ino, newDirIno, newName, now);
+    });
+    this.markDirty();
+  }
+
+  private relink(ino: Ino, dirIno: Ino, name: string, now: StoredTime): void {
+    const rec = this.ownRecord(ino);
+    rec.parent = dirIno;
+    rec.name = name;
+    rec.ctime = now;
+    this.putRecord(ino, rec);
+  }
+
+  async readlink(ino: Ino): Promise<string> {
+    this.assertOpen();
+    const rec = this.mustInode(ino).rec;
+    if (rec.kind !== 'symlink') throw dmfsError('INVALID', `inode ${ino} is not a symlink`);
+    return rec.target ?? '';
+  }
+
+  async setOpaque(dirIno: Ino): Promise<void> {
+    this.assertWritable();
+    this.pool.txn(() => {
+      this.dirRecord(dirIno);
+      const rec = this.ownRecord(dirIno);
+      if (rec.born) return;
+      rec.opaque = true;
+      // Entries of this segment stay; the lower ones vanish, so recount subdirectories.
+      this.putRecord(dirIno, rec);
+      let subdirs = 0;
+      for (const e of this.mergedEntries(dirIno).values()) if (e.kind === 'dir') subdirs++;
+      rec.nlink = 2 + subdirs;
+      this.putRecord(dirIno, rec);
+      // Whiteouts under an opaque directory hide nothing: drop them.
+      const [start, end] = direntRange(this.top, dirIno);
+      for (const { key, value } of [...this.t.dirents.range(start, end)]) if (isWhiteout(unpackDirent(value))) this.t.dirents.del(key);
+    });
+    this.markDirty();
+  }
+
+  async setattr(ino: Ino, changes: SetAttr): Promise<Attr> {
+    this.assertWritable();
+    if (changes.sizeBytes !== undefined) {
+      const size = changes.sizeBytes;
+      if (!Number.isSafeInteger(size) || size < 0) throw dmfsError('INVALID', `bad size ${size}`);
+      if (size > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${size} exceeds the layer's size limit of ${this.sizeLimitBytes} bytes`);
+      await this.mutex.run(ino, () => this.truncate(ino, size));
+    }
+    const rec = this.pool.txn(() => {
+      const own = this.ownRecord(ino);
+      const now = nowTime();
+      if (changes.mode !== undefined) own.mode = (own.mode & S_IFMT) | (changes.mode & 0o7777);
+      if (changes.uid !== undefined) own.uid = changes.uid;
+      if (changes.gid !== undefined) own.gid = changes.gid;
+      if (changes.atimeNs !== undefined) own.atime = nsToTime(changes.atimeNs);
+      if (changes.mtimeNs !== undefined) own.mtime = nsToTime(changes.mtimeNs);
+      own.ctime = changes.ctimeNs !== undefined ? nsToTime(changes.ctimeNs) : now;
+      this.putRecord(ino, own);
+      return own;
+    });
+    this.markDirty();
+    return this.toAttr(ino, rec);
+  }
+
+  // ---- xattrs ----------------------------------------------------------------
+
+  async getxattr(ino: Ino, name: string): Promise<Buffer | null> {
+    this.assertOpen();
+    const v = this.mustInode(ino).rec.xattrs?.[name];
+    return v ? Buffer.from(v) : null;
+  }
+
+  async listxattr(ino: Ino): Promise<string[]> {
+    this.assertOpen();
+    return Object.keys(this.mustInode(ino).rec.xattrs ?? {}).sort();
+  }
+
+  async setxattr(ino: Ino, name: string, value: Buffer, flags: XattrSetFlags = {}): Promise<void> {
+    this.assertWritable();
+    if (!name || Buffer.byteLength(name) > XATTR_NAME_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'bad xattr name');
+    if (!/^(user|trusted|security|system)\./.test(name)) throw dmfsError('NOT_SUPPORTED', `xattr namespace of '${name}' is not supported`);
+    if (value.length > XATTR_VALUE_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'xattr value too large');
+    this.pool.txn(() => {
+      const rec = this.ownRecord(ino);
+      const has = rec.xattrs !== undefined && name in rec.xattrs;
+      if (flags.create && has) throw dmfsError('XATTR_EXISTS', `xattr ${name} exists`);
+      if (flags.replace && !has) throw dmfsError('NO_XATTR', `no xattr ${name}`);
+      rec.xattrs = { ...(rec.xattrs ?? {}), [name]: Buffer.from(value) };
+      rec.ctime = nowTime();
+      this.putRecord(ino, rec);
+    });
+    this.markDirty();
+  }
+
+  async removexattr(ino: Ino, name: string): Promise<void> {
+    this.assertWritable();
+    this.pool.txn(() => {
+      const rec = this.ownRecord(ino);
+      if (!rec.xattrs || !(name in rec.xattrs)) throw dmfsError('NO_XATTR', `no xattr ${name}`);
+      const next = { ...rec.xattrs };
+      delete next[name];
+      rec.xattrs = next;
+      rec.ctime = nowTime();
+      this.putRecord(ino, rec);
+    });
+    this.markDirty();
+  }
+
+  // ---- data --------------------------------------------------------------------
+
+  /** The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts. */
+  private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
+    for (const { level, rec } of this.inodeChain(ino)) {
+      const raw = this.t.bmap.get(bmapKey(this.segs[level], ino, idx));
+      if (raw) return { ref: unpackBlockRef(raw), level };
+      if (idx >= rec.inherit) return null;
+    }
+    return null;
+  }
+
+  async read(ino: Ino, target: Buffer, offsetBytes: number): Promise<number> {
+    this.assertOpen();
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
+    const found = this.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const size = found.rec.size;
+    if (offsetBytes >= size) return 0;
+    const length = Math.min(target.length, size - offsetBytes);
+    const blocks: DataBlock[] = [];
+    const offsets: number[] = [];
+    const targets: Buffer[] = [];
+    let pos = offsetBytes;
+    while (pos < offsetBytes + length) {
+      const idx = Math.floor(pos / this.bs);
+      const inBlock = pos - idx * this.bs;
+      const n = Math.min(this.bs - inBlock, offsetBytes + length - pos);
+      const dst = target.subarray(pos - offsetBytes, pos - offsetBytes + n);
+      const r = this.blockRef(ino, idx);
+      if (r === null) dst.fill(0);
+      else if (typeof r.ref === 'number') {
+        blocks.push(asDataBlock(r.ref));
+        offsets.push(inBlock);
+        targets.push(dst);
+      } else {
+        dst.fill(0);
+        if (inBlock < r.ref.length) r.ref.copy(dst, 0, inBlock, Math.min(r.ref.length, inBlock + n));
+      }
+      pos += n;
+    }
+    if (blocks.length) await this.pool.readBlocks(blocks, offsets, targets);
+    return length;
+  }
+
+  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes). */
+  private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
+    const buf = Buffer.alloc(length);
+    const r = this.blockRef(ino, idx);
+    if (r === null) return buf;
+    if (typeof r.ref === 'number') await this.pool.readBlocks([asDataBlock(r.ref)], [0], [buf]);
+    else r.ref.copy(buf, 0, 0, Math.min(length, r.ref.length));
+    return buf;
+  }
+
+  private takeBlockOrThrow(): DataBlock {
+    const b = this.pool.takeBlock();
+    if (b === null) throw dmfsError('POOL_FULL', 'the thin pool is out of data space (at dm.min_free_space); free space with dmfs rm or grow it with dmfs pool resize');
+    return b;
+  }
+
+  private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
+    if (newBlocks <= 0 && newInlineBytes <= 0) return;
+    const used = this.lowerUsageBytes + this.segmentBytes(this.top);
+    if (used + newBlocks * this.bs + newInlineBytes > this.sizeLimitBytes) {
+      throw dmfsError('LAYER_FULL', `layer ${this.layerName} is full (size limit ${this.sizeLimitBytes} bytes)`);
+    }
+  }
+
+  async write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
+    this.assertWritable();
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
+    if (data.length === 0) return 0;
+    const end = offsetBytes + data.length;
+    if (end > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.sizeLimitBytes} bytes`);
+    await this.mutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
+    this.markDirty();
+    return data.length;
+  }
+
+  private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
+    const found = this.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const end = offsetBytes + data.length;
+    const newSize = Math.max(found.rec.size, end);
+    const lastIdx = Math.floor((newSize - 1) / this.bs);
+    const taken: DataBlock[] = [];
+    const mapped: { idx: number; ref: BlockRef; replacesInline: number }[] = [];
+    const ownWrites: Promise<void>[] = [];
+    try {
+      for (let pos = offsetBytes; pos < end; ) {
+        const idx = Math.floor(pos / this.bs);
+        const inBlock = pos - idx * this.bs;
+        const n = Math.min(this.bs - inBlock, end - pos);
+        const slice = data.subarray(pos - offsetBytes, pos - offsetBytes + n);
+        pos += n;
+        const ownRaw = this.t.bmap.get(bmapKey(this.top, ino, idx));
+        const own = ownRaw ? unpackBlockRef(ownRaw) : null;
+        if (typeof own === 'number') {
+          ownWrites.push(this.pool.writeBlock(asDataBlock(own), inBlock, slice));
+          continue;
+        }
+        const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
+        const ownInlineLen = own ? own.length : 0;
+        if (contentLen <= this.inlineMaxBytes) {
+          const buf = own ? Buffer.concat([own, Buffer.alloc(Math.max(0, contentLen - own.length))]).subarray(0, contentLen) : await this.blockContent(ino, idx, contentLen);
+          const merged = Buffer.from(buf);
+          slice.copy(merged, inBlock);
+          mapped.push({ idx, ref: merged, replacesInline: ownInlineLen });
+          continue;
+        }
+        const fresh = this.takeBlockOrThrow();
+        taken.push(fresh);
+        if (inBlock === 0 && n === this.bs) {
+          await this.pool.writeBlock(fresh, 0, slice);
+        } else if (own) {
+          const full = Buffer.alloc(this.bs);
+          own.copy(full);
+          slice.copy(full, inBlock);
+          await this.pool.writeBlock(fresh, 0, full);
+        } else {
+          const lower = this.blockRef(ino, idx);
+          if (lower && typeof lower.ref === 'number') {
+            // Copy-on-write of one block: the native path (reflink / copy_file_range), then the change.
+            await this.pool.copyBlock(asDataBlock(lower.ref), fresh);
+            await this.pool.writeBlock(fresh, inBlock, slice);
+          } else {
+            const full = Buffer.alloc(this.bs);
+            if (lower) (lower.ref as Buffer).copy(full);
+            slice.copy(full, inBlock);
+            await this.pool.writeBlock(fresh, 0, full);
+          }
+        }
+        mapped.push({ idx, ref: fresh, replacesInline: ownInlineLen });
+      }
+      await Promise.all(ownWrites);
+      const newBlocks = mapped.filter((m) => typeof m.ref === 'number').length;
+      const inlineDelta = mapped.reduce((s, m) => s + (typeof m.ref === 'number' ? 0 : m.ref.length) - m.replacesInline, 0);
+      this.pool.txn(() => {
+        this.checkLayerSpace(newBlocks, inlineDelta);
+        const rec = this.ownRecord(ino);
+        for (const m of mapped) {
+          this.t.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
+          if (typeof m.ref === 'number') this.pool.consumeBlock(asDataBlock(m.ref));
+        }
+        this.addUsage(newBlocks, inlineDelta);
+        const now = nowTime();
+        rec.size = Math.max(rec.size, end);
+        rec.mtime = now;
+        rec.ctime = now;
+        // Writing drops setuid (and setgid with group-exec), as ext4 does for unprivileged writers; the kernel asks via setattr for those.
+        this.putRecord(ino, rec);
+      });
+    } catch (err) {
+      for (const b of taken) this.pool.untakeBlock(b);
+      throw err;
+    }
+  }
+
+  /** Truncates or extends a regular file (under the inode's mutex). */
+  private async truncate(ino: Ino, size: number): Promise<void> {
+    const found = this.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const oldSize = found.rec.size;
+    if (size >= oldSize) {
+      if (size === oldSize) return;
+      this.pool.txn(() => {
+        const rec = this.ownRecord(ino);
+        rec.size = size;
+        const now = nowTime();
+        rec.mtime = now;
+        rec.ctime = now;
+        this.putRecord(ino, rec);
+      });
+      return;
+    }
+    const keepBlocks = Math.ceil(size / this.bs);
+    const partialIdx = size % this.bs === 0 ? -1 : Math.floor(size / this.bs);
+    const tailLen = size - partialIdx * this.bs;
+    // The partial last block: copy-on-write with the tail zeroed, so a crash before the
+    // commit leaves the old content, and lower segments never show past the cut.
+    let partialRef: BlockRef | null = null;
+    let taken: DataBlock | null = null;
+    if (partialIdx >= 0) {
+      const current = this.blockRef(ino, partialIdx);
+      if (current) {
+        const content = await this.blockContent(ino, partialIdx, tailLen);
+        if (tailLen <= this.inlineMaxBytes) partialRef = content;
+        else {
+          taken = this.takeBlockOrThrow();
+          const full = Buffer.alloc(this.bs);
+          content.copy(full);
+          await this.pool.writeBlock(taken, 0, full);
+          partialRef = taken;
+        }
+      }
+    }
+    try {
+      this.pool.txn(() => {
+        const rec = this.ownRecord(ino);
+        const from = partialIdx >= 0 ? partialIdx : keepBlocks;
+        this.truncateOwnBlocks(ino, from);
+        if (partialRef !== null) {
+          this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
+          if (typeof partialRef === 'number') {
+            this.pool.consumeBlock(asDataBlock(partialRef));
+            this.addUsage(1, 0);
+          } else this.addUsage(0, partialRef.length);
+        }
+        rec.inherit = Math.min(rec.inherit, Math.floor(size / this.bs));
+        rec.size = size;
+        const now = nowTime();
+        rec.mtime = now;
+        rec.ctime = now;
+        this.putRecord(ino, rec);
+      });
+    } catch (err) {
+      if (taken !== null) this.pool.untakeBlock(taken);
+      throw err;
+    }
+  }
+
+  // ---- open handles ------------------------------------------------------------
+
+  retain(ino: Ino): void {
+    this.openCounts.set(ino, (this.openCounts.get(ino) ?? 0) + 1);
+  }
+
+  async release(ino: Ino): Promise<void> {
+    const n = (this.openCounts.get(ino) ?? 0) - 1;
+    if (n > 0) {
+      this.openCounts.set(ino, n);
+      return;
+    }
+    this.openCounts.delete(ino);
+    if (this.readOnly || this.closed) return;
+    await this.mutex.run(ino, async () => {
+      this.pool.txn(() => {
+        if (!this.t.orphans.has(inodeKey(this.top, ino))) return;
+        const raw = this.t.inodes.get(inodeKey(this.top, ino));
+        const rec = raw ? unpackInode(raw) : null;
+        if (!rec || rec.nlink === 0) this.destroyOwn(ino, false);
+        else this.t.orphans.del(inodeKey(this.top, ino));
+      });
+    });
+  }
+
+  // ---- whole layer -------------------------------------------------------------
+
+  async statfs(): Promise<StatFs> {
+    this.assertOpen();
+    const space = this.pool.space();
+    const limitBlocks = Math.floor(this.sizeLimitBytes / this.bs);
+    const usedInLayer = Math.ceil((this.lowerUsageBytes + this.segmentBytes(this.top)) / this.bs);
+    const free = Math.max(0, Math.min(limitBlocks - usedInLayer, space.totalBlocks - space.usedBlocks));
+    const avail = Math.max(0, Math.min(limitBlocks - usedInLayer, space.availableBlocks));
+    return {
+      blockSizeBytes: this.bs,
+      totalBlocks: limitBlocks,
+      freeBlocks: free,
+      availBlocks: this.readOnly ? 0 : avail,
+      totalInodes: 1 << 30,
+      freeInodes: (1 << 30) - Math.min(1 << 29, this.pool.table('inodes').count([this.top], [this.top + 1])),
+      nameMaxBytes: NAME_MAX_BYTES,
+    };
+  }
+
+  private markDirty(): void {
+    this.dirty = true;
+  }
+
+  private async periodicSync(): Promise<void> {
+    if (!this.dirty || this.closed) return;
+    try {
+      await this.fsync();
+      await this.pool.trim();
+    } catch {
+      // The next tick or an explicit fsync reports the error.
+    }
+  }
+
+  async fsync(): Promise<void> {
+    this.dirty = false;
+    await this.pool.sync();
+  }
+
+  /** Path of a directory inode from its parent links ('' for the root). */
+  private dirPath(dirIno: Ino): string {
+    const parts: string[] = [];
+    let cur = dirIno;
+    for (let depth = 0; cur !== ROOT_INO; depth++) {
+      if (depth > 100000) throw dmfsError('METADATA_CORRUPT', 'directory parent chain does not reach the root');
+      const rec = this.mustInode(cur).rec;
+      parts.push(rec.name);
+      cur = rec.parent;
+    }
+    return parts.reverse().map((p) => '/' + p).join('');
+  }
+
+  /** Whether the directory is reachable from the root of this layer (not under a removed directory). */
+  private reachable(dirIno: Ino): boolean {
+    let cur = dirIno;
+    for (let depth = 0; cur !== ROOT_INO; depth++) {
+      if (depth > 100000) return false;
+      const found = this.findInode(cur);
+      if (!found || found.rec.kind !== 'dir' || found.rec.nlink === 0) return false;
+      const e = this.findEntry(found.rec.parent, found.rec.name);
+      if (!e || isWhiteout(e) || e.ino !== cur) return false;
+      cur = found.rec.parent;
+    }
+    return true;
+  }
+
+  async *changes(): AsyncIterable<LayerChange> {
+    this.assertOpen();
+    const out = new Map<string, LayerChange>();
+    const seenIno = new Set<Ino>();
+    const addSubtree = async (dirIno: Ino, path: string): Promise<void> => {
+      for (const e of await this.readdir(dirIno)) {
+        const p = `${path}/${e.name}`;
+        const attr = await this.getattr(e.ino);
+        if (!out.has(p)) out.set(p, { path: p, change: 'added', attr });
+        if (e.kind === 'dir') await addSubtree(e.ino, p);
+      }
+    };
+    // Entries this segment added or whited out.
+    const [dStart, dEnd] = [[this.top], [this.top + 1]];
+    const addedLowerDirs: { ino: Ino; path: string }[] = [];
+    for (const { key, value } of this.t.dirents.range(dStart, dEnd)) {
+      const [, dirIno, name] = key as [number, number, string];
+      if (!this.reachable(dirIno)) continue;
+      const path = `${this.dirPath(dirIno)}/${name}`;
+      const d = unpackDirent(value);
+      if (isWhiteout(d)) {
+        out.set(path, { path, change: 'deleted' });
+        continue;
+      }
+      const found = this.findInode(d.ino);
+      if (!found) continue;
+      seenIno.add(d.ino);
+      out.set(path, { path, change: 'added', attr: this.toAttr(d.ino, found.rec) });
+      if (d.kind === 'dir' && !found.rec.born) addedLowerDirs.push({ ino: d.ino, path });
+    }
+    // Inodes this segment changed in place (content or attributes), found by their link.
+    for (const { key, value } of this.t.inodes.range([this.top], [this.top + 1])) {
+      const ino = (key as [number, number])[1];
+      const rec = unpackInode(value);
+      if (rec.born || rec.nlink === 0) continue;
+      if (ino === ROOT_INO) {
+        if (rec.opaque) out.set('/', { path: '/', change: 'opaque', attr: this.toAttr(ino, rec) });
+        continue;
+      }
+      if (!this.reachable(rec.parent)) continue;
+      const e = this.findEntry(rec.parent, rec.name);
+      if (!e || isWhiteout(e) || e.ino !== ino) continue;
+      const path = `${this.dirPath(rec.parent)}/${rec.name}`;
+      if (rec.opaque) out.set(`${path}\0opaque`, { path, change: 'opaque', attr: this.toAttr(ino, rec) });
+      if (!out.has(path)) out.set(path, { path, change: 'modified', attr: this.toAttr(ino, rec) });
+    }
+    // A directory moved here from a lower path brings its lower contents along: all new at this path.
+    for (const d of addedLowerDirs) await addSubtree(d.ino, d.path);
+    const list = [...out.values()].filter((c) => c.path !== '/' || c.change === 'opaque');
+    list.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.change === 'opaque' ? -1 : 1));
+    for (const c of list) yield c;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    this.syncTimer = null;
+    if (!this.readOnly) {
+      // Files still open at close: their orphans are freed now (the handles die with the layer).
+      this.pool.txn(() => {
+        for (const key of [...this.t.orphans.keys([this.top], [this.top + 1])]) {
+          const ino = (key as [number, number])[1];
+          const raw = this.t.inodes.get(inodeKey(this.top, ino));
+          if (!raw || unpackInode(raw).nlink === 0) this.destroyOwn(ino, false);
+          else this.t.orphans.del(key);
+        }
+      });
+      await this.pool.sync();
+    }
+    this.closed = true;
+    await this.onClose();
+  }
+}

@@ -1,0 +1,186 @@
+import type { ThinPool } from '../pool/thin-pool';
+import { openStoreTables } from './chain-layer-fs';
+import {
+  isWhiteout, packUsage, unpackBlockRef, unpackDirent, unpackInode, unpackLayer, unpackUsage,
+} from './records';
+import type { ThinLayerStore } from './thin-layer-store';
+
+export interface CheckProblem {
+  /** Stable kind of problem, e.g. LEAKED_BLOCK, DOUBLE_MAPPED, DANGLING_ENTRY. */
+  kind: string;
+  message: string;
+  repaired: boolean;
+}
+
+export interface CheckReport {
+  ok: boolean;
+  problems: CheckProblem[];
+  stats: {
+    layers: number;
+    segments: number;
+    inodes: number;
+    entries: number;
+    mappedBlocks: number;
+    usedBlocks: number;
+    reservedBlocks: number;
+  };
+}
+
+/**
+ * Verifies metadata against itself and the space map (like thin_check): every mapped
+ * block in range, used, and mapped once; no used block unreferenced (leak); usage
+ * counters equal to the maps; parent chains valid; no records of unknown segments; no
+ * directory entry pointing at a missing inode; every record decodes. With `repair`,
+ * fixes the space map and counters and drops unreachable records, and says so.
+ */
+export async function checkPool(pool: ThinPool, _store: ThinLayerStore, opts: { repair?: boolean } = {}): Promise<CheckReport> {
+  const t = openStoreTables(pool);
+  const problems: CheckProblem[] = [];
+  const repair = Boolean(opts.repair);
+  const report = (kind: string, message: string, repaired = false) => problems.push({ kind, message, repaired });
+
+  const layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].flatMap(({ key, value }) => {
+    try {
+      return [unpackLayer(value)];
+    } catch (err) {
+      report('CORRUPT_RECORD', `layer record ${String(key)}: ${(err as Error).message}`);
+      return [];
+    }
+  });
+  const byId = new Map(layers.map((l) => [l.id, l]));
+  const segments = new Set(layers.map((l) => l.segment));
+  for (const l of layers) {
+    let cur = l;
+    for (let depth = 0; cur.parentId !== null; depth++) {
+      const p = byId.get(cur.parentId);
+      if (!p || depth > 10000) {
+        report('BROKEN_CHAIN', `layer '${l.name}' has a broken parent chain at layer ${cur.parentId}`);
+        break;
+      }
+      cur = p;
+    }
+    if (l.state !== 'removing' && cur.kind !== 'base') report('BROKEN_CHAIN', `layer '${l.name}' does not reach the base layer`);
+  }
+
+  // Block maps: in range, used, mapped once; usage per segment.
+  const nrBlocks = pool.superblock.nrBlocks;
+  const referenced = new Set<number>();
+  const usage = new Map<number, { blocks: number; inlineBytes: number }>();
+  const badKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
+  let mappedBlocks = 0;
+  for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
+    const [seg] = key as number[];
+    if (!segments.has(seg)) {
+      report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer`, repair);
+      badKeys.push({ table: 'bmap', key });
+      continue;
+    }
+    let ref;
+    try {
+      ref = unpackBlockRef(value);
+    } catch (err) {
+      report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`);
+      continue;
+    }
+    const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
+    if (typeof ref === 'number') {
+      mappedBlocks++;
+      u.blocks++;
+      if (ref < 0 || ref >= nrBlocks) report('BLOCK_OUT_OF_RANGE', `${(key as number[]).join(':')} maps data block ${ref}, past the device's ${nrBlocks}`);
+      else if (referenced.has(ref)) report('DOUBLE_MAPPED', `data block ${ref} is mapped more than once (again by ${(key as number[]).join(':')})`);
+      else referenced.add(ref);
+    } else u.inlineBytes += ref.length;
+    usage.set(seg, u);
+  }
+
+  // Inodes and entries.
+  const inodeKeys = new Set<string>();
+  const inos = new Set<number>();
+  let nrInodes = 0;
+  for (const { key, value } of t.inodes.range([0], [Number.MAX_SAFE_INTEGER])) {
+    const [seg, ino] = key as number[];
+    if (!segments.has(seg)) {
+      report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer`, repair);
+      badKeys.push({ table: 'inodes', key });
+      continue;
+    }
+    try {
+      unpackInode(value);
+    } catch (err) {
+      report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`);
+      continue;
+    }
+    nrInodes++;
+    inodeKeys.add(`${seg}:${ino}`);
+    inos.add(ino);
+  }
+  let nrEntries = 0;
+  for (const { key, value } of t.dirents.range([0], [Number.MAX_SAFE_INTEGER])) {
+    const [seg, dirIno, name] = key as [number, number, string];
+    if (!segments.has(seg)) {
+      report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer`, repair);
+      badKeys.push({ table: 'dirents', key });
+      continue;
+    }
+    let d;
+    try {
+      d = unpackDirent(value);
+    } catch (err) {
+      report('CORRUPT_RECORD', `directory entry ${seg}:${dirIno}:${name}: ${(err as Error).message}`);
+      continue;
+    }
+    nrEntries++;
+    if (!isWhiteout(d) && !inos.has(d.ino)) {
+      report('DANGLING_ENTRY', `entry '${name}' in directory ${dirIno} (segment ${seg}) points at missing inode ${d.ino}`, repair);
+      badKeys.push({ table: 'dirents', key });
+    }
+  }
+
+  // Space map against references and reservations.
+  const reserved = pool.reservedBlocks();
+  let usedBlocks = 0;
+  const leaked: number[] = [];
+  for (const b of pool.usedBlocksFromMap()) {
+    usedBlocks++;
+    if (!referenced.has(b) && !reserved.has(b)) leaked.push(b);
+  }
+  for (const b of leaked.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it`, repair);
+  if (leaked.length > 20) report('LEAKED_BLOCK', `${leaked.length - 20} more leaked blocks`, repair);
+  const unmarked = [...referenced].filter((b) => !pool.isBlockUsed(b as never));
+  for (const b of unmarked.slice(0, 20)) report('FREE_BUT_MAPPED', `data block ${b} is mapped but marked free`, repair);
+  if (unmarked.length > 20) report('FREE_BUT_MAPPED', `${unmarked.length - 20} more mapped-but-free blocks`, repair);
+  for (const b of reserved) {
+    if (referenced.has(b)) report('RESERVED_AND_MAPPED', `data block ${b} is both reserved and mapped`);
+  }
+
+  for (const seg of segments) {
+    const stored = unpackUsage(t.usage.get([seg]));
+    const actual = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
+    if (stored.blocks !== actual.blocks || stored.inlineBytes !== actual.inlineBytes) {
+      report('USAGE_MISMATCH', `segment ${seg} counts ${stored.blocks} blocks / ${stored.inlineBytes} inline bytes, maps hold ${actual.blocks} / ${actual.inlineBytes}`, repair);
+      if (repair) pool.txn(() => t.usage.put([seg], packUsage({ v: 1, ...actual })));
+    }
+  }
+
+  if (repair) {
+    pool.txn(() => {
+      for (const { table, key } of badKeys) t[table].del(key as never);
+    });
+    if (leaked.length || unmarked.length) pool.repairSpaceMap(referenced);
+    await pool.sync();
+  }
+
+  return {
+    ok: problems.every((p) => p.repaired),
+    problems,
+    stats: {
+      layers: layers.length,
+      segments: segments.size,
+      inodes: nrInodes,
+      entries: nrEntries,
+      mappedBlocks,
+      usedBlocks,
+      reservedBlocks: reserved.size,
+    },
+  };
+}

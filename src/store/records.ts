@@ -1,0 +1,192 @@
+import { dmfsError } from '../errors';
+import { packRecord, unpackRecord } from '../pool/codec';
+import type { FileKind, LayerKind, LayerState } from './layer-store';
+
+/**
+ * On-disk records of the layer store. Each has a version field `v` and one pack/unpack
+ * pair. Keys (ordered-binary arrays) are built only by the `*Key` helpers below.
+ *
+ * Tables:
+ *   layers      [layerId]                 → LayerRecord
+ *   layer-names [name]                    → layerId (uint)
+ *   inodes      [segment, ino]            → InodeRecord   (the inode as this segment sees it)
+ *   dirents     [segment, dirIno, name]   → DirentRecord  (entry or whiteout)
+ *   bmap        [segment, ino, fileBlock] → BlockRef      (data block number, or inline bytes)
+ *   usage       [segment]                 → SegmentUsage
+ *   orphans     [segment, ino]            → ''            (nlink 0 but open; freed at release or recovery)
+ *   holders     [layerId, ownerId]        → HolderRecord  (open handles: writer lock, mounts)
+ */
+
+/** Timestamps are stored as [seconds, nanoseconds]: exact and compact. */
+export type StoredTime = [number, number];
+
+export function timeToNs(t: StoredTime): bigint {
+  return BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
+}
+
+export function nsToTime(ns: bigint): StoredTime {
+  let sec = ns / 1_000_000_000n;
+  let nsec = ns % 1_000_000_000n;
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return [Number(sec), Number(nsec)];
+}
+
+export function nowTime(): StoredTime {
+  const ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  return nsToTime(ns);
+}
+
+export interface InodeRecord {
+  v: 1;
+  kind: FileKind;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  nlink: number;
+  rdev: number;
+  atime: StoredTime;
+  mtime: StoredTime;
+  ctime: StoredTime;
+  /** Symlink target. */
+  target?: string;
+  /** xattr name → value. */
+  xattrs?: Record<string, Buffer>;
+  /**
+   * File blocks [0, inherit) may come from lower segments; blocks at or past it are
+   * only this segment's (holes otherwise). 0 for inodes born in this segment.
+   */
+  inherit: number;
+  /** Born in this segment (no lower segment knows it). */
+  born: boolean;
+  /** Directories: hides every lower entry. */
+  opaque?: boolean;
+  /** One link of this inode: parent directory and name. Exact for directories (one link). */
+  parent: number;
+  name: string;
+}
+
+export function packInode(r: InodeRecord): Buffer {
+  return packRecord(r);
+}
+
+export function unpackInode(raw: Buffer): InodeRecord {
+  const r = unpackRecord<InodeRecord>(raw);
+  if (r?.v !== 1) throw dmfsError('METADATA_CORRUPT', `inode record has unknown version ${String((r as { v?: unknown })?.v)}`);
+  if (r.xattrs) for (const k of Object.keys(r.xattrs)) r.xattrs[k] = Buffer.from(r.xattrs[k]);
+  return r;
+}
+
+export type DirentRecord = { v: 1; ino: number; kind: FileKind } | { v: 1; whiteout: true };
+
+export function packDirent(r: DirentRecord): Buffer {
+  return packRecord(r);
+}
+
+export function unpackDirent(raw: Buffer): DirentRecord {
+  const r = unpackRecord<DirentRecord>(raw);
+  if (r?.v !== 1) throw dmfsError('METADATA_CORRUPT', 'directory entry record has an unknown version');
+  return r;
+}
+
+export function isWhiteout(r: DirentRecord): r is { v: 1; whiteout: true } {
+  return 'whiteout' in r;
+}
+
+/** A file block's content: a data block number, or bytes kept inline in metadata (shorter than a block; the rest reads as zeros). */
+export type BlockRef = number | Buffer;
+
+export function packBlockRef(ref: BlockRef): Buffer {
+  if (typeof ref === 'number') {
+    const b = Buffer.alloc(7);
+    b[0] = 0;
+    b.writeUIntLE(ref, 1, 6);
+    return b;
+  }
+  return Buffer.concat([Buffer.from([1]), ref]);
+}
+
+export function unpackBlockRef(raw: Buffer): BlockRef {
+  if (raw[0] === 0 && raw.length === 7) return raw.readUIntLE(1, 6);
+  if (raw[0] === 1) return Buffer.from(raw.subarray(1));
+  throw dmfsError('METADATA_CORRUPT', 'block map entry has an unknown tag');
+}
+
+export interface LayerRecord {
+  v: 1;
+  id: number;
+  name: string;
+  kind: LayerKind;
+  state: LayerState;
+  parentId: number | null;
+  /** Segment holding this layer's own records. */
+  segment: number;
+  createdMs: number;
+  labels: Record<string, string>;
+  sizeLimitBytes: number;
+  /** Removal asked while in use: done at the last close. */
+  deferredRemoval: boolean;
+  /** Building image layers: the pool owner building it (removed at recovery if that owner died). */
+  builderOwnerId?: number;
+}
+
+export function packLayer(r: LayerRecord): Buffer {
+  return packRecord(r);
+}
+
+export function unpackLayer(raw: Buffer): LayerRecord {
+  const r = unpackRecord<LayerRecord>(raw);
+  if (r?.v !== 1) throw dmfsError('METADATA_CORRUPT', 'layer record has an unknown version');
+  return r;
+}
+
+export interface SegmentUsage {
+  v: 1;
+  /** Data blocks referenced by the segment's block maps. */
+  blocks: number;
+  /** Bytes of inline block content. */
+  inlineBytes: number;
+}
+
+export function packUsage(r: SegmentUsage): Buffer {
+  return packRecord(r);
+}
+
+export function unpackUsage(raw: Buffer | undefined): SegmentUsage {
+  if (!raw) return { v: 1, blocks: 0, inlineBytes: 0 };
+  const r = unpackRecord<SegmentUsage>(raw);
+  if (r?.v !== 1) throw dmfsError('METADATA_CORRUPT', 'segment usage record has an unknown version');
+  return r;
+}
+
+export interface HolderRecord {
+  v: 1;
+  /** Writable open: at most one holder per layer. */
+  writable: boolean;
+  mountpoint: string | null;
+  readOnly: boolean;
+  pid: number;
+}
+
+export function packHolder(r: HolderRecord): Buffer {
+  return packRecord(r);
+}
+
+export function unpackHolder(raw: Buffer): HolderRecord {
+  const r = unpackRecord<HolderRecord>(raw);
+  if (r?.v !== 1) throw dmfsError('METADATA_CORRUPT', 'holder record has an unknown version');
+  return r;
+}
+
+// ---- keys ------------------------------------------------------------------
+
+export const inodeKey = (segment: number, ino: number) => [segment, ino];
+export const direntKey = (segment: number, dirIno: number, name: string) => [segment, dirIno, name];
+/** [start, end) of a directory's entries in one segment. */
+export const direntRange = (segment: number, dirIno: number): [number[], number[]] => [[segment, dirIno], [segment, dirIno + 1]];
+export const bmapKey = (segment: number, ino: number, fileBlock: number) => [segment, ino, fileBlock];
+export const bmapRange = (segment: number, ino: number, fromBlock = 0): [number[], number[]] => [[segment, ino, fromBlock], [segment, ino + 1]];
+export const segmentRange = (segment: number): [number[], number[]] => [[segment], [segment + 1]];
