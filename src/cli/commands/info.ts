@@ -1,0 +1,46 @@
+import { formatBytes } from '../../pool/sizes';
+import type { Command } from '../command';
+import { printJson, withPool } from '../output';
+
+export const command: Command = {
+  name: 'info',
+  summary: "pool figures, as 'docker info' showed them for devicemapper",
+  usage: '[--json]',
+  options: [],
+  minArgs: 0,
+  maxArgs: 0,
+  async run(ctx) {
+    const info = await withPool(ctx, (pool) => pool.info());
+    if (ctx.json) {
+      printJson(ctx, info);
+      return 0;
+    }
+    const rows: [string, string][] = [
+      ['Pool Name', info.poolName],
+      ['Pool Blocksize', formatBytes(info.poolBlocksizeBytes)],
+      ['Base Device Size', formatBytes(info.baseDeviceSizeBytes)],
+      ['Backing Filesystem', info.backingFilesystem],
+      ['Data Mode', info.dataMode],
+      [info.dataMode === 'loop' ? 'Data file' : 'Data device', info.dataFile],
+      ['Metadata file', info.metadataFile],
+      ['Data Space Used', formatBytes(info.dataSpaceUsedBytes)],
+      ['Data Space Total', formatBytes(info.dataSpaceTotalBytes)],
+      ['Data Space Available', formatBytes(info.dataSpaceAvailableBytes)],
+      ...(info.dataFileAllocatedBytes !== null ? [['Data File On Disk', formatBytes(info.dataFileAllocatedBytes)] as [string, string]] : []),
+      ['Metadata Space Used', formatBytes(info.metadataSpaceUsedBytes)],
+      ['Metadata Space Total', formatBytes(info.metadataSpaceTotalBytes)],
+      ['Metadata Space Available', formatBytes(info.metadataSpaceAvailableBytes)],
+      ['Thin Pool Minimum Free Space', `${formatBytes(info.minFreeSpaceBytes)} (${info.minFreeSpacePercent}%)`],
+      ['Auto-extend', info.autoextendThresholdPercent ? `at ${info.autoextendThresholdPercent}% by ${info.autoextendPercent}%` : 'off'],
+      ['Discard (blkdiscard)', String(info.blkDiscard)],
+      ['Deferred Removal Enabled', String(info.deferredRemovalEnabled)],
+      ['Deferred Deletion Enabled', String(info.deferredDeletionEnabled)],
+      ['Deferred Deleted Device Count', String(info.deferredDeletedDeviceCount)],
+      ['Native Block Path', info.nativeBlockPath],
+      ['Layers', `${info.layers.total} (base ${info.layers.base}, images ${info.layers.images}, containers ${info.layers.containers}, building ${info.layers.building})`],
+    ];
+    const width = Math.max(...rows.map(([k]) => k.length));
+    ctx.stdout.write(rows.map(([k, v]) => ` ${(k + ':').padEnd(width + 1)} ${v}`).join('\n') + '\n');
+    return 0;
+  },
+};

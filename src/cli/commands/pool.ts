@@ -1,0 +1,105 @@
+import * as fs from 'node:fs';
+import { Pool } from '../../api';
+import { dmfsError } from '../../errors';
+import { parseSizeBytes, formatBytes } from '../../pool/sizes';
+import type { Command, CommandContext } from '../command';
+import { listOpt, printJson, stringOpt, withPool } from '../output';
+
+async function create(ctx: CommandContext): Promise<number> {
+  const size = stringOpt(ctx, 'size');
+  const blockSize = stringOpt(ctx, 'block-size');
+  const pool = await Pool.create({
+    root: ctx.root,
+    ...(size !== undefined ? { sizeBytes: parseSizeBytes(size, '--size') } : {}),
+    ...(blockSize !== undefined ? { blockSizeBytes: parseSizeBytes(blockSize, '--block-size') } : {}),
+    ...(stringOpt(ctx, 'data-device') ? { dataDevice: stringOpt(ctx, 'data-device') } : {}),
+    force: Boolean(ctx.opts.force),
+    options: listOpt(ctx, 'opt'),
+    ...(stringOpt(ctx, 'config') ? { configFile: stringOpt(ctx, 'config') } : {}),
+  });
+  try {
+    const info = await pool.info();
+    if (ctx.json) printJson(ctx, { root: pool.root, ...info });
+    else {
+      ctx.stdout.write(
+        `Created pool ${info.poolName} at ${pool.root}: ${formatBytes(info.dataSpaceTotalBytes)} of ${formatBytes(info.poolBlocksizeBytes)} blocks (${info.dataMode} mode, ${info.dataFile}).\n` +
+          `Next: dmfs create NAME --root ${pool.root}   or   dmfs import IMAGE --root ${pool.root}\n`,
+      );
+    }
+  } finally {
+    await pool.close();
+  }
+  return 0;
+}
+
+async function resize(ctx: CommandContext): Promise<number> {
+  const sizeText = ctx.args[1];
+  const r = await withPool(ctx, (pool) => pool.resize(sizeText === undefined ? null : parseSizeBytes(sizeText, 'SIZE')));
+  if (ctx.json) printJson(ctx, r);
+  else ctx.stdout.write(`Pool data space: ${formatBytes(r.oldBytes)} -> ${formatBytes(r.newBytes)}\n`);
+  return 0;
+}
+
+async function set(ctx: CommandContext): Promise<number> {
+  const pairs = ctx.args.slice(1);
+  if (!pairs.length) throw dmfsError('USAGE', 'usage: dmfs pool set dm.NAME=VALUE...');
+  const options = await withPool(ctx, async (pool) => pool.setOptions(pairs));
+  if (ctx.json) printJson(ctx, options);
+  else ctx.stdout.write(`Updated: ${pairs.join(', ')}\n`);
+  return 0;
+}
+
+async function destroy(ctx: CommandContext): Promise<number> {
+  if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
+  await withPool(ctx, async (pool) => {
+    const mounted = (await pool.store.listLayers()).filter((l) => l.mounts.length);
+    if (mounted.length) throw dmfsError('LAYER_IN_USE', `layers are mounted (${mounted.map((l) => l.mounts[0].mountpoint).join(', ')}); unmount them first`);
+  });
+  fs.rmSync(ctx.root, { recursive: true, force: true });
+  if (ctx.json) printJson(ctx, { destroyed: ctx.root });
+  else ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
+  return 0;
+}
+
+export const command: Command = {
+  name: 'pool',
+  summary: 'create, resize, configure or destroy the thin pool',
+  usage: 'create [--size 100G] [--block-size 64K] [--data-device DEV [--force]] [--opt dm.X=Y...] [--config FILE]\n       dmfs pool resize [SIZE]\n       dmfs pool set dm.X=Y...\n       dmfs pool destroy --force',
+  description: [
+    'create: a new pool under --root. Loop mode (default): a sparse data file of --size.',
+    'Direct mode: --data-device names a raw block device; one holding a filesystem is refused unless --force.',
+    'Options keep Docker devicemapper names: dm.basesize (10G), dm.min_free_space (10%),',
+    'dm.thinp_autoextend_threshold / dm.thinp_autoextend_percent, dm.blkdiscard (true), dm.blocksize, dm.loopdatasize,',
+    'dm.use_deferred_removal, dm.use_deferred_deletion, dm.directlvm_device, dm.directlvm_device_force.',
+    '--config reads a daemon.json-style file: {"storage-opts": ["dm.basesize=20G"]}.',
+    'resize: grows the data space online (loop mode: to SIZE; direct mode: to the device size).',
+    'set: changes runtime options of an existing pool.',
+  ].join('\n'),
+  options: [
+    { name: 'size', type: 'string', valueName: 'SIZE', description: 'loop data file size (default 100G)' },
+    { name: 'block-size', type: 'string', valueName: 'SIZE', description: 'block size, power of two 64K..1M (default 64K)' },
+    { name: 'data-device', type: 'string', valueName: 'DEV', description: 'direct mode: raw block device' },
+    { name: 'force', type: 'boolean', description: 'use a device holding a filesystem / confirm destroy' },
+    { name: 'opt', type: 'string', multiple: true, valueName: 'dm.X=Y', description: 'pool option' },
+    { name: 'config', type: 'string', valueName: 'FILE', description: 'daemon.json-style config file' },
+  ],
+  minArgs: 1,
+  maxArgs: Infinity,
+  async run(ctx) {
+    const sub = ctx.args[0];
+    switch (sub) {
+      case 'create':
+        if (ctx.args.length !== 1) throw dmfsError('USAGE', 'usage: dmfs pool create [OPTIONS]');
+        return create(ctx);
+      case 'resize':
+        if (ctx.args.length > 2) throw dmfsError('USAGE', 'usage: dmfs pool resize [SIZE]');
+        return resize(ctx);
+      case 'set':
+        return set(ctx);
+      case 'destroy':
+        return destroy(ctx);
+      default:
+        throw dmfsError('USAGE', `unknown pool sub-command '${sub}' (create, resize, set, destroy)`);
+    }
+  },
+};
