@@ -184,7 +184,8 @@ export function tryLoadNative(addonPath: string = nativeAddonPath()): NativeLoad
   const cached = loads.get(addonPath);
   if (cached) return cached;
   let result: NativeLoad;
-  const shown = path.relative(process.cwd(), addonPath) || addonPath;
+  const rel = path.relative(process.cwd(), addonPath);
+  const shown = rel === '' || rel.startsWith('..') || path.isAbsolute(rel) ? addonPath : rel;
   if (!fs.existsSync(addonPath)) {
     result = { blockIo: null, reason: `${shown} is not built (needs cargo: node scripts/build-native.js)` };
   } else {
