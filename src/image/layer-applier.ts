@@ -1,0 +1,363 @@
+/**
+ * Applies an OCI layer changeset (a stream of tar entries) to one building image layer
+ * through `LayerFs`, as the OCI image spec ("Applying changesets") says:
+ *
+ * - `.wh.NAME` removes NAME (and everything below it) of the lower layers; entries of
+ *   this same layer are kept whatever the order in the archive (a whiteout of a
+ *   directory this layer also writes into makes that directory opaque instead).
+ * - `.wh..wh..opq` makes its directory opaque: every lower entry below it is hidden;
+ *   this layer's entries stay. Other `.wh..wh.*` names are reserved and skipped.
+ * - An entry replaces whatever is at its name: a file replaces a directory (with its
+ *   subtree), a directory replaces a file; a later duplicate entry wins; a directory
+ *   entry over a directory only updates its attributes and xattrs.
+ * - Hard links name a file of this or a lower layer by path; symlinks are stored as
+ *   text and never followed.
+ *
+ * Untrusted input: every path is split by `entryComponents` (`..` refused) and walked
+ * component by component with `lookup` from the layer root. A symlink met as an
+ * intermediate component is UNSAFE_PATH: nothing is ever written through one, and no
+ * path is ever handed to anything that would follow one. Missing parents are created
+ * (0755 root:root), as GNU tar and umoci do.
+ *
+ * Times: a file's mtime/atime come from its entry; a directory's from its entry too,
+ * applied once the whole layer is written (children change their parent's mtime);
+ * a directory this layer changes without an entry for it keeps the time it had.
+ */
+import { dmfsError, isDmfsError } from '../errors';
+import type { Attr, Ino, LayerFs } from '../store/layer-store';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG } from '../store/layer-store';
+import { entryComponents, NAME_MAX_BYTES, whiteoutOf } from './entry-path';
+import type { TarEntry, TarItem } from './tar-reader';
+import { makedev } from './tar-writer';
+
+export interface ApplyOptions {
+  /** Largest file accepted (FILE_TOO_BIG past it); default the layer's size limit. */
+  maxFileBytes?: number;
+  /** Called after each entry with the count so far. */
+  onEntry?: (entriesDone: number) => void;
+}
+
+export interface ApplyStats {
+  entries: number;
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  devices: number;
+  whiteouts: number;
+  opaques: number;
+  /** File content bytes written. */
+  contentBytes: number;
+}
+
+const WRITE_COALESCE_BYTES = 1 << 20;
+
+interface DirTimes {
+  mtimeNs: bigint;
+  atimeNs: bigint;
+  /** True when a directory entry of this layer gave them. */
+  explicit: boolean;
+}
+
+export class LayerApplier {
+  private readonly dirCache = new Map<string, Ino>();
+  /** Paths ('a/b') that entries of this layer wrote. */
+  private readonly written = new Set<string>();
+  /** Paths of directories with something written below them in this layer. */
+  private readonly writtenUnder = new Set<string>();
+  private readonly dirTimes = new Map<Ino, DirTimes>();
+  private readonly maxFileBytes: number;
+  readonly stats: ApplyStats = {
+    entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, devices: 0, whiteouts: 0, opaques: 0, contentBytes: 0,
+  };
+
+  constructor(private readonly fs: LayerFs, private readonly opts: ApplyOptions = {}) {
+    this.maxFileBytes = opts.maxFileBytes ?? fs.sizeLimitBytes;
+    this.dirCache.set('', fs.rootIno);
+  }
+
+  /** Applies every entry, then the deferred directory times. */
+  async apply(items: AsyncIterable<TarItem>): Promise<ApplyStats> {
+    for await (const item of items) {
+      await this.applyEntry(item);
+      this.stats.entries++;
+      this.opts.onEntry?.(this.stats.entries);
+    }
+    await this.finish();
+    return this.stats;
+  }
+
+  async applyEntry({ entry, body }: TarItem): Promise<void> {
+    const comps = entryComponents(entry.path);
+    if (comps.length === 0) {
+      if (entry.type !== 'dir') throw dmfsError('BAD_IMAGE', `the root entry ${JSON.stringify(entry.path)} is a ${entry.type}`);
+      await this.updateDir(this.fs.rootIno, entry, await this.fs.getattr(this.fs.rootIno));
+      this.setDirTimes(this.fs.rootIno, entry);
+      return;
+    }
+    const base = comps[comps.length - 1];
+    const parentComps = comps.slice(0, -1);
+    const wo = whiteoutOf(base);
+    if (wo?.kind === 'reserved') return;
+    const parent = await this.resolveDir(parentComps, true);
+    const parentPath = parentComps.join('/');
+    if (wo?.kind === 'opaque') {
+      await this.fs.setOpaque(parent);
+      this.markWritten(parentPath);
+      this.stats.opaques++;
+      return;
+    }
+    if (wo?.kind === 'whiteout') {
+      if (Buffer.byteLength(wo.name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `whiteout name too long: ${base.slice(0, 64)}...`);
+      await this.whiteout(parent, parentPath, wo.name);
+      this.stats.whiteouts++;
+      return;
+    }
+    const path = comps.join('/');
+    const existing = await this.fs.lookup(parent, base);
+
+    if (entry.type === 'dir') {
+      let ino: Ino;
+      if (existing?.kind === 'dir') {
+        ino = existing.ino;
+        await this.updateDir(ino, entry, existing);
+      } else {
+        if (existing) await this.remove(parent, base, existing, path);
+        await this.touchDir(parent);
+        const a = await this.fs.mkdir(parent, base, { mode: S_IFDIR | entry.mode, uid: entry.uid, gid: entry.gid });
+        ino = a.ino;
+        await this.setXattrs(ino, entry, false);
+      }
+      this.dirCache.set(path, ino);
+      this.setDirTimes(ino, entry);
+      this.markWritten(path);
+      this.stats.dirs++;
+      return;
+    }
+
+    if (entry.type === 'file' && entry.sizeBytes > this.maxFileBytes) {
+      throw dmfsError('FILE_TOO_BIG', `${path}: ${entry.sizeBytes} bytes exceeds the layer limit of ${this.maxFileBytes}`);
+    }
+    let linkTarget: Attr | null = null;
+    if (entry.type === 'hardlink') {
+      linkTarget = await this.resolveLinkTarget(entry);
+      if (existing && existing.ino === linkTarget.ino) {
+        this.markWritten(path); // Already this very file (a link to itself, or a repeated link).
+        this.stats.hardlinks++;
+        return;
+      }
+    }
+    if (existing) await this.remove(parent, base, existing, path);
+    await this.touchDir(parent);
+
+    let node: Attr;
+    switch (entry.type) {
+      case 'file': {
+        node = await this.fs.mknod(parent, base, { mode: S_IFREG | entry.mode, uid: entry.uid, gid: entry.gid });
+        await this.writeContent(node.ino, entry, body, path);
+        this.stats.files++;
+        break;
+      }
+      case 'symlink':
+        node = await this.fs.symlink(parent, base, entry.linkPath, { uid: entry.uid, gid: entry.gid });
+        this.stats.symlinks++;
+        break;
+      case 'chardev':
+      case 'blockdev':
+        node = await this.fs.mknod(parent, base, {
+          mode: (entry.type === 'chardev' ? S_IFCHR : S_IFBLK) | entry.mode,
+          uid: entry.uid,
+          gid: entry.gid,
+          rdev: makedev(entry.devMajor, entry.devMinor),
+        });
+        this.stats.devices++;
+        break;
+      case 'fifo':
+        node = await this.fs.mknod(parent, base, { mode: S_IFIFO | entry.mode, uid: entry.uid, gid: entry.gid });
+        this.stats.devices++;
+        break;
+      case 'hardlink':
+        await this.fs.link(linkTarget!.ino, parent, base);
+        this.markWritten(path);
+        this.stats.hardlinks++;
+        return;
+      default:
+        throw dmfsError('BAD_IMAGE', `unexpected entry type ${String((entry as TarEntry).type)}`);
+    }
+    await this.setXattrs(node.ino, entry, false);
+    const after = await this.fs.setattr(node.ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs });
+    if (entry.type !== 'symlink' && (after.mode & 0o7777) !== entry.mode) {
+      // A write may clear setuid/setgid bits; the entry's mode is what counts.
+      await this.fs.setattr(node.ino, { mode: (after.mode & S_IFMT) | entry.mode });
+    }
+    this.markWritten(path);
+  }
+
+  /** Applies the deferred directory times. Called by `apply`; call it after feeding `applyEntry` by hand. */
+  async finish(): Promise<void> {
+    for (const [ino, t] of this.dirTimes) {
+      try {
+        const cur = await this.fs.getattr(ino);
+        if (cur.mtimeNs !== t.mtimeNs || (t.explicit && cur.atimeNs !== t.atimeNs)) {
+          await this.fs.setattr(ino, { mtimeNs: t.mtimeNs, atimeNs: t.atimeNs });
+        }
+      } catch (err) {
+        if (!isDmfsError(err, 'NOT_FOUND')) throw err;
+      }
+    }
+    this.dirTimes.clear();
+  }
+
+  private markWritten(path: string): void {
+    this.written.add(path);
+    let p = path;
+    for (;;) {
+      const slash = p.lastIndexOf('/');
+      p = slash < 0 ? '' : p.slice(0, slash);
+      if (this.writtenUnder.has(p)) break;
+      this.writtenUnder.add(p);
+      if (p === '') break;
+    }
+  }
+
+  /** Remembers a directory's times before this layer first changes its entries. */
+  private async touchDir(ino: Ino): Promise<void> {
+    if (this.dirTimes.has(ino)) return;
+    const a = await this.fs.getattr(ino);
+    this.dirTimes.set(ino, { mtimeNs: a.mtimeNs, atimeNs: a.atimeNs, explicit: false });
+  }
+
+  private setDirTimes(ino: Ino, entry: TarEntry): void {
+    this.dirTimes.set(ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs, explicit: true });
+  }
+
+  /** The directory at `comps`, walking with lookup and never through a symlink; creates missing ones when asked. */
+  private async resolveDir(comps: readonly string[], create: boolean): Promise<Ino> {
+    let ino = this.fs.rootIno;
+    let path = '';
+    for (let i = 0; i < comps.length; i++) {
+      path = i === 0 ? comps[0] : `${path}/${comps[i]}`;
+      const cached = this.dirCache.get(path);
+      if (cached !== undefined) {
+        ino = cached;
+        continue;
+      }
+      const a = await this.fs.lookup(ino, comps[i]);
+      if (a === null) {
+        if (!create) throw dmfsError('BAD_IMAGE', `/${path} does not exist`);
+        await this.touchDir(ino);
+        const made = await this.fs.mkdir(ino, comps[i], { mode: S_IFDIR | 0o755, uid: 0, gid: 0 });
+        this.markWritten(path);
+        ino = made.ino;
+      } else if (a.kind === 'dir') {
+        ino = a.ino;
+      } else if (a.kind === 'symlink') {
+        throw dmfsError('UNSAFE_PATH', `/${comps.join('/')} goes through the symlink /${path}`);
+      } else {
+        throw dmfsError('BAD_IMAGE', `/${comps.join('/')}: /${path} is not a directory`);
+      }
+      this.dirCache.set(path, ino);
+    }
+    return ino;
+  }
+
+  private async resolveLinkTarget(entry: TarEntry): Promise<Attr> {
+    const comps = entryComponents(entry.linkPath);
+    if (comps.length === 0) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to the root`);
+    const base = comps[comps.length - 1];
+    if (whiteoutOf(base) !== null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to a whiteout name`);
+    const dir = await this.resolveDir(comps.slice(0, -1), false);
+    const a = await this.fs.lookup(dir, base);
+    if (a === null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} does not exist`);
+    if (a.kind === 'dir') throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} is a directory`);
+    return a;
+  }
+
+  private async whiteout(parent: Ino, parentPath: string, name: string): Promise<void> {
+    const path = parentPath === '' ? name : `${parentPath}/${name}`;
+    const existing = await this.fs.lookup(parent, name);
+    if (existing === null) return; // Nothing below to hide.
+    if (this.written.has(path) || this.writtenUnder.has(path)) {
+      // This layer's own entry stays; only what is below goes.
+      if (existing.kind === 'dir') await this.fs.setOpaque(existing.ino);
+      return;
+    }
+    await this.remove(parent, name, existing, path);
+  }
+
+  /** Removes `name` (a whole subtree for a directory) from the merged view of this layer. */
+  private async remove(parent: Ino, name: string, a: Attr, path: string): Promise<void> {
+    await this.touchDir(parent);
+    if (a.kind !== 'dir') {
+      await this.fs.unlink(parent, name);
+      return;
+    }
+    // Hide everything of the lower layers at once, then remove this layer's own entries.
+    await this.fs.setOpaque(a.ino);
+    for (const child of await this.fs.readdir(a.ino)) {
+      const ca = await this.fs.lookup(a.ino, child.name);
+      if (ca) await this.remove(a.ino, child.name, ca, `${path}/${child.name}`);
+    }
+    await this.fs.rmdir(parent, name);
+    this.dirTimes.delete(a.ino);
+    this.forget(path);
+  }
+
+  private forget(path: string): void {
+    const prefix = `${path}/`;
+    this.dirCache.delete(path);
+    for (const k of this.dirCache.keys()) if (k.startsWith(prefix)) this.dirCache.delete(k);
+    if (this.writtenUnder.has(path)) {
+      this.writtenUnder.delete(path);
+      for (const k of this.writtenUnder) if (k.startsWith(prefix)) this.writtenUnder.delete(k);
+      for (const k of this.written) if (k.startsWith(prefix)) this.written.delete(k);
+    }
+    this.written.delete(path);
+  }
+
+  private async updateDir(ino: Ino, entry: TarEntry, cur: Attr): Promise<void> {
+    if ((cur.mode & 0o7777) !== entry.mode || cur.uid !== entry.uid || cur.gid !== entry.gid) {
+      await this.fs.setattr(ino, { mode: S_IFDIR | entry.mode, uid: entry.uid, gid: entry.gid });
+    }
+    await this.setXattrs(ino, entry, true);
+  }
+
+  /** Sets the entry's xattrs; with `replace`, also removes xattrs the entry does not carry. */
+  private async setXattrs(ino: Ino, entry: TarEntry, replace: boolean): Promise<void> {
+    if (replace) {
+      for (const name of await this.fs.listxattr(ino)) {
+        if (!entry.xattrs.has(name)) await this.fs.removexattr(ino, name);
+      }
+    }
+    for (const [name, value] of entry.xattrs) await this.fs.setxattr(ino, name, value);
+  }
+
+  private async writeContent(ino: Ino, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, path: string): Promise<void> {
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let pendingOffset = 0;
+    let end = 0;
+    const flush = async (): Promise<void> => {
+      if (pendingBytes === 0) return;
+      const data = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes);
+      await this.fs.write(ino, data, pendingOffset);
+      pending = [];
+      pendingBytes = 0;
+    };
+    for await (const { offsetBytes, data } of body) {
+      if (offsetBytes + data.length > entry.sizeBytes) throw dmfsError('BAD_IMAGE', `${path}: content beyond the declared size`);
+      if (pendingBytes > 0 && offsetBytes !== pendingOffset + pendingBytes) await flush();
+      if (pendingBytes === 0) pendingOffset = offsetBytes;
+      pending.push(data);
+      pendingBytes += data.length;
+      end = offsetBytes + data.length;
+      this.stats.contentBytes += data.length;
+      if (pendingBytes >= WRITE_COALESCE_BYTES) await flush();
+    }
+    await flush();
+    if (end < entry.sizeBytes) {
+      // Sparse tail (or an all-hole file): extend with a hole.
+      await this.fs.setattr(ino, { sizeBytes: entry.sizeBytes });
+    }
+  }
+}
