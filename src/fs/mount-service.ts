@@ -1,0 +1,191 @@
+/**
+ * Serves one layer on one mountpoint until it is unmounted: by `stop()` (SIGINT/SIGTERM)
+ * or from outside (`dmfs umount`, `umount`, `fusermount -u`), which the service notices
+ * when libfuse's session loop ends (polled: the patched binding's loop-done flag). A lazy
+ * unmount (`umount -l`) keeps serving the files still open until the last one closes.
+ * Either way it ends the same: release open handles, sync (data, then metadata), close
+ * the layer.
+ *
+ * Cache policy: a read-only layer is immutable, so the kernel keeps its page cache across
+ * opens (kernel_cache) and dentries/attributes for an hour. A writable layer has a single
+ * writer (this mount), so the kernel's caches stay coherent; attributes are kept 1 s and
+ * pages while mtime/size are unchanged (auto_cache).
+ */
+import type { LayerFs } from '../store/layer-store';
+import { FuseMount, type FuseMountOptions } from './fuse-adapter';
+import { createOperations, type LayerOperations } from './operations';
+import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
+import { isDmfsError } from '../errors';
+
+export interface MountServiceOptions {
+  layer: LayerFs;
+  /** Absolute path of an existing directory. */
+  mountpoint: string;
+  allowOther?: boolean;
+  debug?: boolean;
+  /** One line per event (mount, unmount, errors). */
+  log?: (line: string) => void;
+  /** How often to check whether the session ended (an unmount from outside). */
+  watchIntervalMs?: number;
+}
+
+export interface StopResult {
+  reason: string;
+  /** The error of the final sync/close, if any (the pool may have lost the last second). */
+  error: Error | null;
+}
+
+/** FUSE request size limit of libfuse 2 (32 pages). */
+const MAX_IO_BYTES = 128 * 1024;
+
+export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean } = {}): FuseMountOptions {
+  const ro = layer.readOnly;
+  return {
+    fsName: `dmfs:${layer.layerName}`,
+    readOnly: ro,
+    allowOther: extra.allowOther,
+    debug: extra.debug,
+    entryTimeoutS: ro ? 3600 : 1,
+    attrTimeoutS: ro ? 3600 : 1,
+    negativeTimeoutS: ro ? 3600 : 1,
+    kernelCache: ro,
+    autoCache: !ro,
+    maxWriteBytes: MAX_IO_BYTES,
+    blockSizeBytes,
+  };
+}
+
+export class MountService {
+  readonly stopped: Promise<StopResult>;
+  private resolveStopped!: (r: StopResult) => void;
+  private stopping: Promise<StopResult> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private mountId: number | null = null;
+
+  private constructor(
+    readonly layer: LayerFs,
+    readonly mountpoint: string,
+    private readonly ops: LayerOperations,
+    private fuse: FuseMount | null,
+    private readonly log: (line: string) => void,
+  ) {
+    this.stopped = new Promise((r) => (this.resolveStopped = r));
+  }
+
+  /** Mounts and returns once the mount is live. On failure nothing stays mounted; the layer stays open (the caller's). */
+  static async start(opts: MountServiceOptions): Promise<MountService> {
+    const log = opts.log ?? (() => undefined);
+    const statfs = await opts.layer.statfs();
+    const ops = createOperations(opts.layer);
+    const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
+    const fuse = await FuseMount.mount(opts.mountpoint, ops, fuseOpts);
+    const service = new MountService(opts.layer, opts.mountpoint, ops, fuse, log);
+    try {
+      const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
+      service.mountId = entries.length ? entries[entries.length - 1].mountId : null;
+    } catch (err) {
+      await unmountFuse(opts.mountpoint, { lazy: true }).catch(() => undefined);
+      fuse.detach();
+      throw err;
+    }
+    log(`mounted layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'})`);
+    const interval = opts.watchIntervalMs ?? 1000;
+    service.timer = setInterval(() => service.checkSession(), interval);
+    service.timer.unref();
+    return service;
+  }
+
+  get openHandles(): number {
+    return this.ops.openHandles;
+  }
+
+  private async isMounted(): Promise<boolean> {
+    const table = await readMountTable();
+    return table.some((m) => (this.mountId !== null ? m.mountId === this.mountId : m.mountpoint === this.mountpoint && m.fstype === FUSE_FSTYPE));
+  }
+
+  /** The session ends when the kernel connection goes: after `umount`/`fusermount -u` (a lazy one: once the last file is closed). */
+  private checkSession(): void {
+    if (!this.stopping && this.fuse?.ended) void this.stop('unmounted');
+  }
+
+  private async waitSessionEnd(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.fuse && !this.fuse.ended) {
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return true;
+  }
+
+  /**
+   * Unmounts (lazily if files are still open, like libfuse on SIGTERM), then releases the
+   * handles, syncs and closes the layer. Idempotent; resolves with the outcome.
+   */
+  stop(reason = 'stop requested'): Promise<StopResult> {
+    if (!this.stopping) this.stopping = this.doStop(reason);
+    return this.stopping;
+  }
+
+  private async doStop(reason: string): Promise<StopResult> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    let error: Error | null = null;
+    try {
+      if (!this.fuse?.ended && (await this.isMounted())) {
+        let lazy = false;
+        try {
+          await unmountFuse(this.mountpoint);
+        } catch (err) {
+          if (!isDmfsError(err, 'LAYER_IN_USE')) throw err;
+          this.log(`${this.mountpoint} is busy: detaching lazily; files still open there lose access`);
+          await unmountFuse(this.mountpoint, { lazy: true });
+          lazy = true;
+        }
+        // After a normal unmount the session ends at once; let in-flight requests finish.
+        if (!lazy && !(await this.waitSessionEnd(5000))) this.log('session did not end 5 s after the unmount; closing anyway');
+      }
+    } catch (err) {
+      error = err as Error;
+      this.log(`unmount failed: ${error.message}`);
+    }
+    this.fuse?.detach();
+    this.fuse = null;
+    try {
+      await this.ops.shutdown();
+    } catch (err) {
+      error = error ?? (err as Error);
+      this.log(`final sync failed: ${(err as Error).message}`);
+    }
+    try {
+      await this.layer.close();
+    } catch (err) {
+      error = error ?? (err as Error);
+      this.log(`closing layer failed: ${(err as Error).message}`);
+    }
+    this.log(`unmounted ${this.mountpoint} (${reason})${error ? `: ${error.message}` : ''}`);
+    const result = { reason, error };
+    this.resolveStopped(result);
+    return result;
+  }
+
+  /** SIGINT/SIGTERM stop the service; SIGHUP is ignored (a daemon has no terminal). Returns the remover. */
+  installSignalHandlers(): () => void {
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (this.stopping) {
+        this.log(`${sig}: already stopping`);
+        return;
+      }
+      void this.stop(sig);
+    };
+    const onHup = () => undefined;
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGHUP', onHup);
+    return () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.off('SIGHUP', onHup);
+    };
+  }
+}

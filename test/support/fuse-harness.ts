@@ -1,0 +1,148 @@
+/**
+ * Shared helpers of the FUSE integration tests: can FUSE run here (and must it), shell
+ * commands run asynchronously, and mounting a LayerFs in this process.
+ *
+ * Never touch a mountpoint served by this process with synchronous calls (execSync,
+ * fs.*Sync): the event loop that answers FUSE would be blocked waiting for itself.
+ */
+import { execFile } from 'node:child_process';
+import { accessSync, constants as fsConstants, existsSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { loadFuseNative } from '../../src/fs/fuse-adapter';
+import { MountService } from '../../src/fs/mount-service';
+import type { LayerFs } from '../../src/store/layer-store';
+import { MemoryLayerFs, type MemoryLayerFsOptions } from './memory-layer-fs';
+
+export interface FuseReadiness {
+  usable: boolean;
+  reason: string | null;
+  /** CI=true with root and /dev/fuse: FUSE tests must run, never skip. */
+  mustRun: boolean;
+}
+
+function onPath(name: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((dir) => {
+    if (!dir) return false;
+    try {
+      accessSync(path.join(dir, name), fsConstants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+let readiness: FuseReadiness | null = null;
+
+export function fuseReadiness(): FuseReadiness {
+  if (readiness) return readiness;
+  const root = process.getuid?.() === 0;
+  const devFuse = existsSync('/dev/fuse');
+  const mustRun = process.env.CI === 'true' && root && devFuse;
+  let reason: string | null = null;
+  if (!root) reason = 'not root (FUSE integration tests mount as root)';
+  else if (!devFuse) reason = '/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)';
+  else {
+    try {
+      closeSync(openSync('/dev/fuse', 'r+'));
+    } catch (err) {
+      reason = `/dev/fuse cannot be opened: ${(err as Error).message}`;
+    }
+  }
+  if (!reason) {
+    const lib = loadFuseNative();
+    if ('error' in lib) reason = lib.error;
+  }
+  if (!reason && !onPath('fusermount') && !onPath('fusermount3') && !onPath('umount')) reason = 'no fusermount/umount on PATH';
+  readiness = { usable: reason === null, reason, mustRun };
+  return readiness;
+}
+
+/**
+ * describe() when FUSE is usable; otherwise a skipped describe with the reason printed,
+ * or — under CI with root and /dev/fuse — a failing test, because there it must run.
+ */
+export function describeFuse(name: string, fn: () => void): void {
+  const r = fuseReadiness();
+  if (r.usable) {
+    describe(name, fn);
+  } else if (r.mustRun) {
+    describe(name, () => {
+      it('FUSE must be usable under CI with root and /dev/fuse', () => {
+        throw new Error(`FUSE unusable: ${r.reason}`);
+      });
+    });
+  } else {
+    // eslint-disable-next-line no-console
+    console.log(`skipping "${name}": ${r.reason}`);
+    describe.skip(name, fn);
+  }
+}
+
+export interface ShResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a bash command line asynchronously (pipefail on). */
+export function sh(cmd: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<ShResult> {
+  return new Promise((resolve) => {
+    execFile(
+      'bash',
+      ['-c', `set -o pipefail\n${cmd}`],
+      { cwd: opts.cwd, env: { ...process.env, LC_ALL: 'C', ...opts.env }, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 120_000 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
+  });
+}
+
+/** Like sh, but throws with the output when the command fails; returns stdout. */
+export async function run(cmd: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<string> {
+  const r = await sh(cmd, opts);
+  if (r.code !== 0) throw new Error(`command failed (${r.code}): ${cmd}\n${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+export function tempDir(prefix: string): string {
+  return mkdtempSync(path.join(os.tmpdir(), `dmfs-${prefix}-`));
+}
+
+export function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export interface InProcessMount {
+  mnt: string;
+  layer: LayerFs;
+  service: MountService;
+  unmount(): Promise<void>;
+}
+
+/** Mounts a LayerFs in this process (watching for external unmounts every 200 ms). */
+export async function mountLayer(layer: LayerFs, mnt?: string): Promise<InProcessMount> {
+  const dir = mnt ?? path.join(tempDir('mnt'), 'm');
+  await fsp.mkdir(dir, { recursive: true });
+  const lines: string[] = [];
+  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log: (l) => lines.push(l) });
+  return {
+    mnt: dir,
+    layer,
+    service,
+    async unmount() {
+      const r = await service.stop('test done');
+      if (r.error) throw r.error;
+    },
+  };
+}
+
+export async function mountMemory(opts: MemoryLayerFsOptions = {}): Promise<InProcessMount & { layer: MemoryLayerFs }> {
+  const layer = new MemoryLayerFs(opts);
+  const m = await mountLayer(layer);
+  return { ...m, layer };
+}
