@@ -314,6 +314,9 @@ unsafe fn register(env: napi_env, exports: napi_value) -> JsResult<()> {
 }
 
 /// Module entry point Node looks up after dlopen.
+///
+/// # Safety
+/// Called by Node only, on the JS thread, with a live `env` and the `exports` object.
 #[no_mangle]
 pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
     let r = catch_unwind(AssertUnwindSafe(|| register(env, exports)));
