@@ -268,8 +268,11 @@ export class ThinPool {
 
   /** Whether new layers may be created (dm.min_free_space). */
   hasMinFreeSpace(): boolean {
-    const s = this.space();
-    return s.totalBlocks - s.usedBlocks > s.minFreeBlocks;
+    this.refreshSuperblock();
+    const total = this.sb.nrBlocks;
+    const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+    // Reservations count as used here: they are what allocating writes will consume first.
+    return total - this.spaceMap.usedBlocks() > minFree;
   }
 
   /**
