@@ -215,8 +215,16 @@ export class FallbackBlockIo implements BlockIo {
   async readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number> {
     checkVector('readBlocks', fd, buffers, offsetsBytes);
     try {
+      // Reads of distinct buffers are independent: issue them together (the libuv pool
+      // runs several at once). Writes stay in order: overlapping ranges must end as the
+      // addon's sequential pwritev leaves them.
+      // allSettled: no read still fills a buffer after the call has settled.
+      const results = await Promise.allSettled(buffers.map((b, i) => readFull(fd, b, b.byteLength, offsetsBytes[i])));
       let total = 0;
-      for (let i = 0; i < buffers.length; i++) total += await readFull(fd, buffers[i], buffers[i].byteLength, offsetsBytes[i]);
+      for (const r of results) {
+        if (r.status === 'rejected') throw r.reason;
+        total += r.value;
+      }
       return total;
     } catch (err) {
       throw ioError('readBlocks', err);
