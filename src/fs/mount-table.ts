@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { dmfsError } from '../errors';
+import { isProcessAlive } from '../pool/process-identity';
 
 export const FUSE_FSTYPE = 'fuse.dmfs';
 
@@ -121,6 +122,8 @@ export async function unmountFuse(mountpoint: string, opts: { lazy?: boolean } =
 export interface MountRecord {
   version: 1;
   pid: number;
+  /** /proc/PID/stat start time of the serving process (see pool/process-identity). */
+  startTicks: number;
   layer: string;
   mountpoint: string;
   readOnly: boolean;
@@ -167,22 +170,12 @@ export async function removeFile(file: string): Promise<void> {
   await fsp.rm(file, { force: true });
 }
 
-/** The marker in a mount daemon's argv; umount signals only processes that carry it. */
+/** The marker in a background mount daemon's argv (for ps; identity is checked by start time). */
 export const DAEMON_ARG = '--dmfs-mount-daemon';
 
-/** True when pid is alive and is a dmfs mount daemon (not a recycled pid). */
-export async function isMountDaemon(pid: number): Promise<boolean> {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  try {
-    const cmdline = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8');
-    return cmdline.split('\0').includes(DAEMON_ARG);
-  } catch {
-    return false;
-  }
+/** True when the process that wrote the record still runs (same pid and start time: not a recycled pid). */
+export function isRecordOwnerAlive(rec: MountRecord): boolean {
+  return isProcessAlive({ pid: rec.pid, startTicks: rec.startTicks });
 }
 
 /** Waits until pid has exited; false on timeout. */

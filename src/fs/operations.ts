@@ -13,7 +13,7 @@
  *   `LayerFs.retain`) and serve the hidden name from a map, so it never shows in readdir,
  *   never blocks `rmdir`, and `fstat` on the open file keeps working.
  */
-import { constants as osConstants } from 'node:os';
+import { constants as fsConstants } from 'node:fs';
 import { dmfsError, isDmfsError } from '../errors';
 import type { Attr, DirEntry, Ino, LayerFs, StatFs } from '../store/layer-store';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/layer-store';
@@ -22,8 +22,9 @@ import type { CallerContext, FuseOperations, TimeSpec } from './fuse-adapter';
 import { GroupSync } from './group-sync';
 import { HandleTable } from './handle-table';
 
-const { O_ACCMODE, O_RDONLY } = osConstants as unknown as { O_ACCMODE?: number; O_RDONLY: number };
-const ACCMODE = O_ACCMODE ?? 3;
+const O_RDONLY = fsConstants.O_RDONLY;
+/** O_ACCMODE (not exported by Node): the two low bits hold O_RDONLY / O_WRONLY / O_RDWR. */
+const ACCMODE = 3;
 const S_ISGID = 0o2000;
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
@@ -296,10 +297,18 @@ export function createOperations(layer: LayerFs, options: OperationsOptions = {}
     },
 
     async unlink(path) {
-      const { dirIno, name } = await parentOf(path);
-      if (HIDDEN_NAME.test(name) && hidden.delete(name)) return;
-      await layer.unlink(dirIno, name);
-      dentries.delete(dirIno, name);
+      // libfuse removes the hidden name after the last release, possibly below a directory gone since.
+      // The entry is dropped at that release already, so a missing hidden name is fine.
+      const last = path.slice(path.lastIndexOf('/') + 1);
+      const isHidden = HIDDEN_NAME.test(last);
+      if (isHidden && hidden.delete(last)) return;
+      try {
+        const { dirIno, name } = await parentOf(path);
+        await layer.unlink(dirIno, name);
+        dentries.delete(dirIno, name);
+      } catch (err) {
+        if (!(isHidden && isDmfsError(err, 'NOT_FOUND'))) throw err;
+      }
     },
 
     async rmdir(path) {

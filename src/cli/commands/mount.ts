@@ -8,7 +8,7 @@ import {
   DAEMON_ARG,
   findMount,
   FUSE_FSTYPE,
-  isMountDaemon,
+  isRecordOwnerAlive,
   mountRunPaths,
   probeMountpoint,
   readMountRecord,
@@ -18,6 +18,7 @@ import {
   type MountRecord,
 } from '../../fs/mount-table';
 import { poolPaths } from '../../pool/pool-paths';
+import { currentProcess } from '../../pool/process-identity';
 import type { Command, CommandContext } from '../command';
 
 /** What the daemon needs to serve one mount; crosses the process boundary as JSON. */
@@ -57,7 +58,7 @@ export async function prepareMountpoint(mountpoint: string, runDir: string): Pro
   const rec = await readMountRecord(paths.record);
   const entry = await findMount(mountpoint);
   if (entry?.fstype === FUSE_FSTYPE) {
-    const owner = rec && (await isMountDaemon(rec.pid)) ? ` (layer ${rec.layer}, pid ${rec.pid})` : '';
+    const owner = rec && isRecordOwnerAlive(rec) ? ` (layer ${rec.layer}, pid ${rec.pid})` : '';
     throw dmfsError('LAYER_IN_USE', `${mountpoint} is already a dmfs mount${owner}; run dmfs umount ${mountpoint} first`);
   }
   if (rec) await removeFile(paths.record);
@@ -84,7 +85,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     const removeSignals = service.installSignalHandlers();
     const rec: MountRecord = {
       version: 1,
-      pid: process.pid,
+      ...currentProcess(),
       layer: spec.layer,
       mountpoint: spec.mountpoint,
       readOnly: layer.readOnly,

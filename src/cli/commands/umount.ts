@@ -4,7 +4,7 @@ import { dmfsError } from '../../errors';
 import {
   findMount,
   FUSE_FSTYPE,
-  isMountDaemon,
+  isRecordOwnerAlive,
   mountRunPaths,
   probeMountpoint,
   readMountRecord,
@@ -33,7 +33,7 @@ export async function umount(mountpointArg: string, root: string, opts: { lazy?:
   const mountpoint = path.resolve(mountpointArg);
   const paths = mountRunPaths(poolPaths(root).runDir, mountpoint);
   const rec = await readMountRecord(paths.record);
-  const daemonPid = rec && (await isMountDaemon(rec.pid)) ? rec.pid : null;
+  const daemonPid = rec && isRecordOwnerAlive(rec) ? rec.pid : null;
 
   if ((await probeMountpoint(mountpoint)) === 'dead') {
     // The daemon died and left the kernel mount behind: detach it, drop its record.
