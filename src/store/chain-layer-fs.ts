@@ -701,7 +701,9 @@ export class ChainLayerFs implements LayerFs {
   async setxattr(ino: Ino, name: string, value: Buffer, flags: XattrSetFlags = {}): Promise<void> {
     this.assertWritable();
     if (!name || Buffer.byteLength(name) > XATTR_NAME_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'bad xattr name');
-    if (!/^(user|trusted|security|system)\./.test(name)) throw dmfsError('NOT_SUPPORTED', `xattr namespace of '${name}' is not supported`);
+    // POSIX ACLs (system.posix_acl_*) are refused, as on a filesystem mounted without ACL
+    // support: storing them uninterpreted would make tools like `cp -a` skip their chmod.
+    if (!/^(user|trusted|security)\./.test(name)) throw dmfsError('NOT_SUPPORTED', `xattr namespace of '${name}' is not supported`);
     if (value.length > XATTR_VALUE_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'xattr value too large');
     this.pool.txn(() => {
       const rec = this.ownRecord(ino);
