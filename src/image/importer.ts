@@ -305,9 +305,8 @@ export class Importer {
         finalName = name;
         if (layers.length > 0 && layers[layers.length - 1].name === top) layers[layers.length - 1].name = name;
       }
-    } else if (layers.every((l) => l.reused)) {
-      alreadyPresent = true;
     }
+    if (layers.length > 0 && layers.every((l) => l.reused)) alreadyPresent = true;
     const cfg = configLabel(src.config);
     if (cfg !== null) {
       const info = await this.store.getLayer(finalName);

@@ -332,29 +332,38 @@ export class LayerApplier {
     for (const [name, value] of entry.xattrs) await this.fs.setxattr(ino, name, value);
   }
 
+  /**
+   * Writes a file's chunks, coalesced into writes that end on WRITE_COALESCE_BYTES
+   * boundaries of the file (a multiple of every pool block size), so each block is
+   * written once and whole except the file's last one.
+   */
   private async writeContent(ino: Ino, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, path: string): Promise<void> {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
     let pendingOffset = 0;
     let end = 0;
-    const flush = async (): Promise<void> => {
+    const flush = async (all: boolean): Promise<void> => {
       if (pendingBytes === 0) return;
       const data = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes);
-      await this.fs.write(ino, data, pendingOffset);
-      pending = [];
-      pendingBytes = 0;
+      const alignedEnd = Math.floor((pendingOffset + pendingBytes) / WRITE_COALESCE_BYTES) * WRITE_COALESCE_BYTES;
+      const n = all ? pendingBytes : alignedEnd - pendingOffset;
+      if (n <= 0) return;
+      await this.fs.write(ino, data.subarray(0, n), pendingOffset);
+      pending = n < pendingBytes ? [data.subarray(n)] : [];
+      pendingBytes -= n;
+      pendingOffset += n;
     };
     for await (const { offsetBytes, data } of body) {
       if (offsetBytes + data.length > entry.sizeBytes) throw dmfsError('BAD_IMAGE', `${path}: content beyond the declared size`);
-      if (pendingBytes > 0 && offsetBytes !== pendingOffset + pendingBytes) await flush();
+      if (pendingBytes > 0 && offsetBytes !== pendingOffset + pendingBytes) await flush(true);
       if (pendingBytes === 0) pendingOffset = offsetBytes;
       pending.push(data);
       pendingBytes += data.length;
       end = offsetBytes + data.length;
       this.stats.contentBytes += data.length;
-      if (pendingBytes >= WRITE_COALESCE_BYTES) await flush();
+      if (pendingBytes >= WRITE_COALESCE_BYTES) await flush(false);
     }
-    await flush();
+    await flush(true);
     if (end < entry.sizeBytes) {
       // Sparse tail (or an all-hole file): extend with a hole.
       await this.fs.setattr(ino, { sizeBytes: entry.sizeBytes });

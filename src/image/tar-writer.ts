@@ -135,6 +135,7 @@ export class TarWriter {
     const isFile = entry.type === 'file';
     const sizeBytes = isFile ? entry.sizeBytes ?? (Buffer.isBuffer(body) ? body.length : 0) : 0;
     let path = entry.path.replace(/^\/+/, '');
+    if (entry.type === 'dir' && (path === '' || path === '.')) path = './';
     if (entry.type === 'dir' && !path.endsWith('/')) path += '/';
     if (path.length === 0 || path === '/') throw dmfsError('INVALID', 'tar: empty entry path');
     const linkPath = entry.linkPath ?? '';
