@@ -11,8 +11,15 @@ import {
 import {
   bmapKey, bmapRange, direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packBlockRef,
   packDirent, packInode, packUsage, timeToNs, unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
-  type BlockRef, type DirentRecord, type InodeRecord, type StoredTime,
+  isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
+import { blockIo } from '../native';
+
+interface BlockRead {
+  ref: DataRef;
+  inBlock: number;
+  dst: Buffer;
+}
 
 export const ROOT_INO: Ino = 1;
 const NAME_MAX_BYTES = 255;
@@ -119,6 +126,8 @@ export class ChainLayerFs implements LayerFs {
   /** Lower segments never change while a chain is open: cache what they hold. */
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: 65536 });
   private readonly lowerUsageBytes: number;
+  /** Data blocks whose content matched their checksum when this layer last read them whole. */
+  private readonly verified = new LRUCache<number, true>({ max: 262144 });
   private dirty = false;
   private syncTimer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -510,8 +519,9 @@ export class ChainLayerFs implements LayerFs {
     let inlineBytes = 0;
     for (const { key, value } of entries) {
       const ref = unpackBlockRef(value);
-      if (typeof ref === 'number') {
-        this.pool.recycleBlock(asDataBlock(ref));
+      if (isDataRef(ref)) {
+        this.pool.recycleBlock(asDataBlock(ref.block));
+        this.verified.delete(ref.block);
         blocks++;
       } else inlineBytes += ref.length;
       this.t.bmap.del(key);
@@ -752,9 +762,7 @@ export class ChainLayerFs implements LayerFs {
     const size = found.rec.size;
     if (offsetBytes >= size) return 0;
     const length = Math.min(target.length, size - offsetBytes);
-    const blocks: DataBlock[] = [];
-    const offsets: number[] = [];
-    const targets: Buffer[] = [];
+    const reads: BlockRead[] = [];
     let pos = offsetBytes;
     while (pos < offsetBytes + length) {
       const idx = Math.floor(pos / this.bs);
@@ -763,28 +771,67 @@ export class ChainLayerFs implements LayerFs {
       const dst = target.subarray(pos - offsetBytes, pos - offsetBytes + n);
       const r = this.blockRef(ino, idx);
       if (r === null) dst.fill(0);
-      else if (typeof r.ref === 'number') {
-        blocks.push(asDataBlock(r.ref));
-        offsets.push(inBlock);
-        targets.push(dst);
-      } else {
+      else if (isDataRef(r.ref)) reads.push({ ref: r.ref, inBlock, dst });
+      else {
         dst.fill(0);
         if (inBlock < r.ref.length) r.ref.copy(dst, 0, inBlock, Math.min(r.ref.length, inBlock + n));
       }
       pos += n;
     }
-    if (blocks.length) await this.pool.readBlocks(blocks, offsets, targets);
+    if (reads.length) await this.readVerified(reads);
     return length;
   }
 
-  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes). */
+  /**
+   * Reads data blocks into their targets, verifying each block's CRC-32C the first time
+   * this layer reads it (a whole-block read); later partial reads of a verified block read
+   * only what they need. A mismatch is DATA_CORRUPT (EIO), never garbage.
+   */
+  private async readVerified(reads: BlockRead[]): Promise<void> {
+    const blocks: DataBlock[] = [];
+    const offsets: number[] = [];
+    const targets: Buffer[] = [];
+    const checks: { ref: DataRef; full: Buffer; copyTo: { dst: Buffer; inBlock: number } | null }[] = [];
+    for (const r of reads) {
+      const whole = r.inBlock === 0 && r.dst.length === this.bs;
+      if (!whole && this.verified.has(r.ref.block)) {
+        blocks.push(asDataBlock(r.ref.block));
+        offsets.push(r.inBlock);
+        targets.push(r.dst);
+        continue;
+      }
+      const full = whole ? r.dst : Buffer.allocUnsafe(this.bs);
+      blocks.push(asDataBlock(r.ref.block));
+      offsets.push(0);
+      targets.push(full);
+      checks.push({ ref: r.ref, full, copyTo: whole ? null : { dst: r.dst, inBlock: r.inBlock } });
+    }
+    await this.pool.readBlocks(blocks, offsets, targets);
+    for (const c of checks) {
+      if (blockIo.crc32c(c.full) !== c.ref.crc) {
+        this.verified.delete(c.ref.block);
+        throw dmfsError('DATA_CORRUPT', `data block ${c.ref.block} of layer ${this.layerName} fails its checksum`);
+      }
+      this.verified.set(c.ref.block, true);
+      if (c.copyTo) c.full.copy(c.copyTo.dst, 0, c.copyTo.inBlock, c.copyTo.inBlock + c.copyTo.dst.length);
+    }
+  }
+
+  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
   private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
     const buf = Buffer.alloc(length);
     const r = this.blockRef(ino, idx);
     if (r === null) return buf;
-    if (typeof r.ref === 'number') await this.pool.readBlocks([asDataBlock(r.ref)], [0], [buf]);
+    if (isDataRef(r.ref)) await this.readVerified([{ ref: r.ref, inBlock: 0, dst: buf }]);
     else r.ref.copy(buf, 0, 0, Math.min(length, r.ref.length));
     return buf;
+  }
+
+  /** A whole data block's content, verified against its checksum. */
+  private async dataBlockContent(ref: DataRef): Promise<Buffer> {
+    const full = Buffer.allocUnsafe(this.bs);
+    await this.readVerified([{ ref, inBlock: 0, dst: full }]);
+    return full;
   }
 
   private takeBlockOrThrow(): DataBlock {
@@ -820,72 +867,87 @@ export class ChainLayerFs implements LayerFs {
     const newSize = Math.max(found.rec.size, end);
     const lastIdx = Math.floor((newSize - 1) / this.bs);
     const taken: DataBlock[] = [];
-    const mapped: { idx: number; ref: BlockRef; replacesInline: number }[] = [];
-    const ownWrites: Promise<void>[] = [];
+    /** New block-map entries; `fresh` marks blocks taken from the reservation. */
+    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
     try {
       for (let pos = offsetBytes; pos < end; ) {
         const idx = Math.floor(pos / this.bs);
         const inBlock = pos - idx * this.bs;
         const n = Math.min(this.bs - inBlock, end - pos);
         const slice = data.subarray(pos - offsetBytes, pos - offsetBytes + n);
+        const whole = inBlock === 0 && n === this.bs;
         pos += n;
         const ownRaw = this.t.bmap.get(bmapKey(this.top, ino, idx));
         const own = ownRaw ? unpackBlockRef(ownRaw) : null;
-        if (typeof own === 'number') {
-          ownWrites.push(this.pool.writeBlock(asDataBlock(own), inBlock, slice));
+        if (own && isDataRef(own)) {
+          // The layer's own block: written in place; its checksum follows the new content.
+          let crc: number;
+          if (whole) crc = blockIo.crc32c(slice);
+          else {
+            const merged = await this.dataBlockContent(own);
+            slice.copy(merged, inBlock);
+            crc = blockIo.crc32c(merged);
+          }
+          this.verified.delete(own.block);
+          await this.pool.writeBlock(asDataBlock(own.block), inBlock, slice);
+          mapped.push({ idx, ref: { block: own.block, crc }, fresh: false, replacesInline: 0 });
           continue;
         }
         const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
         const ownInlineLen = own ? own.length : 0;
         if (contentLen <= this.inlineMaxBytes) {
-          const buf = own ? Buffer.concat([own, Buffer.alloc(Math.max(0, contentLen - own.length))]).subarray(0, contentLen) : await this.blockContent(ino, idx, contentLen);
-          const merged = Buffer.from(buf);
+          const merged = Buffer.alloc(contentLen);
+          if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
+          else (await this.blockContent(ino, idx, contentLen)).copy(merged);
           slice.copy(merged, inBlock);
-          mapped.push({ idx, ref: merged, replacesInline: ownInlineLen });
+          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen });
           continue;
         }
         const fresh = this.takeBlockOrThrow();
         taken.push(fresh);
-        if (inBlock === 0 && n === this.bs) {
+        let crc: number;
+        const lower = whole || own ? null : this.blockRef(ino, idx);
+        if (whole) {
           await this.pool.writeBlock(fresh, 0, slice);
-        } else if (own) {
+          crc = blockIo.crc32c(slice);
+        } else if (lower && isDataRef(lower.ref)) {
+          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the change.
+          await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
+          const copied = Buffer.allocUnsafe(this.bs);
+          await this.pool.readBlocks([fresh], [0], [copied]);
+          if (blockIo.crc32c(copied) !== lower.ref.crc) {
+            throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.layerName}) fails its checksum`);
+          }
+          slice.copy(copied, inBlock);
+          crc = blockIo.crc32c(copied);
+          await this.pool.writeBlock(fresh, inBlock, slice);
+        } else {
           const full = Buffer.alloc(this.bs);
-          own.copy(full);
+          if (own) own.copy(full);
+          else if (lower) (lower.ref as Buffer).copy(full);
           slice.copy(full, inBlock);
           await this.pool.writeBlock(fresh, 0, full);
-        } else {
-          const lower = this.blockRef(ino, idx);
-          if (lower && typeof lower.ref === 'number') {
-            // Copy-on-write of one block: the native path (reflink / copy_file_range), then the change.
-            await this.pool.copyBlock(asDataBlock(lower.ref), fresh);
-            await this.pool.writeBlock(fresh, inBlock, slice);
-          } else {
-            const full = Buffer.alloc(this.bs);
-            if (lower) (lower.ref as Buffer).copy(full);
-            slice.copy(full, inBlock);
-            await this.pool.writeBlock(fresh, 0, full);
-          }
+          crc = blockIo.crc32c(full);
         }
-        mapped.push({ idx, ref: fresh, replacesInline: ownInlineLen });
+        mapped.push({ idx, ref: { block: fresh, crc }, fresh: true, replacesInline: ownInlineLen });
       }
-      await Promise.all(ownWrites);
-      const newBlocks = mapped.filter((m) => typeof m.ref === 'number').length;
-      const inlineDelta = mapped.reduce((s, m) => s + (typeof m.ref === 'number' ? 0 : m.ref.length) - m.replacesInline, 0);
+      const newBlocks = mapped.filter((m) => m.fresh).length;
+      const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
       this.pool.txn(() => {
         this.checkLayerSpace(newBlocks, inlineDelta);
         const rec = this.ownRecord(ino);
         for (const m of mapped) {
           this.t.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
-          if (typeof m.ref === 'number') this.pool.consumeBlock(asDataBlock(m.ref));
+          if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
         }
         this.addUsage(newBlocks, inlineDelta);
         const now = nowTime();
         rec.size = Math.max(rec.size, end);
         rec.mtime = now;
         rec.ctime = now;
-        // Writing drops setuid (and setgid with group-exec), as ext4 does for unprivileged writers; the kernel asks via setattr for those.
         this.putRecord(ino, rec);
       });
+      for (const m of mapped) if (isDataRef(m.ref)) this.verified.set(m.ref.block, true);
     } catch (err) {
       for (const b of taken) this.pool.untakeBlock(b);
       throw err;
@@ -927,7 +989,7 @@ export class ChainLayerFs implements LayerFs {
           const full = Buffer.alloc(this.bs);
           content.copy(full);
           await this.pool.writeBlock(taken, 0, full);
-          partialRef = taken;
+          partialRef = { block: taken, crc: blockIo.crc32c(full) };
         }
       }
     }
@@ -938,8 +1000,8 @@ export class ChainLayerFs implements LayerFs {
         this.truncateOwnBlocks(ino, from);
         if (partialRef !== null) {
           this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
-          if (typeof partialRef === 'number') {
-            this.pool.consumeBlock(asDataBlock(partialRef));
+          if (isDataRef(partialRef)) {
+            this.pool.consumeBlock(asDataBlock(partialRef.block));
             this.addUsage(1, 0);
           } else this.addUsage(0, partialRef.length);
         }

@@ -1,4 +1,5 @@
 import { dmfsError } from '../errors';
+import { blockIo } from '../native';
 import { packRecord, unpackRecord } from '../pool/codec';
 import type { FileKind, LayerKind, LayerState } from './layer-store';
 
@@ -96,22 +97,43 @@ export function isWhiteout(r: DirentRecord): r is { v: 1; whiteout: true } {
   return 'whiteout' in r;
 }
 
-/** A file block's content: a data block number, or bytes kept inline in metadata (shorter than a block; the rest reads as zeros). */
-export type BlockRef = number | Buffer;
+/**
+ * A file block's content: a data block with the CRC-32C of its whole content, or bytes
+ * kept inline in metadata (shorter than a block; the rest reads as zeros).
+ */
+export type BlockRef = DataRef | Buffer;
+export interface DataRef {
+  block: number;
+  crc: number;
+}
 
+export function isDataRef(ref: BlockRef): ref is DataRef {
+  return !Buffer.isBuffer(ref);
+}
+
+/** [0][block: 6 bytes LE][crc: 4 bytes LE] or [1][crc of bytes: 4 bytes LE][bytes]. */
 export function packBlockRef(ref: BlockRef): Buffer {
-  if (typeof ref === 'number') {
-    const b = Buffer.alloc(7);
+  if (isDataRef(ref)) {
+    const b = Buffer.alloc(11);
     b[0] = 0;
-    b.writeUIntLE(ref, 1, 6);
+    b.writeUIntLE(ref.block, 1, 6);
+    b.writeUInt32LE(ref.crc >>> 0, 7);
     return b;
   }
-  return Buffer.concat([Buffer.from([1]), ref]);
+  const b = Buffer.alloc(5 + ref.length);
+  b[0] = 1;
+  b.writeUInt32LE(blockIo.crc32c(ref), 1);
+  ref.copy(b, 5);
+  return b;
 }
 
 export function unpackBlockRef(raw: Buffer): BlockRef {
-  if (raw[0] === 0 && raw.length === 7) return raw.readUIntLE(1, 6);
-  if (raw[0] === 1) return Buffer.from(raw.subarray(1));
+  if (raw[0] === 0 && raw.length === 11) return { block: raw.readUIntLE(1, 6), crc: raw.readUInt32LE(7) };
+  if (raw[0] === 1 && raw.length >= 5) {
+    const bytes = Buffer.from(raw.subarray(5));
+    if (blockIo.crc32c(bytes) !== raw.readUInt32LE(1)) throw dmfsError('METADATA_CORRUPT', 'inline block content fails its checksum');
+    return bytes;
+  }
   throw dmfsError('METADATA_CORRUPT', 'block map entry has an unknown tag');
 }
 

@@ -7,7 +7,7 @@ import type {
   CreateLayerOptions, LayerFs, LayerInfo, LayerStore, OpenLayerOptions,
 } from './layer-store';
 import {
-  inodeKey, nowTime, packHolder, packInode, packLayer, packUsage, segmentRange, unpackBlockRef, unpackHolder,
+  inodeKey, isDataRef, nowTime, packHolder, packInode, packLayer, packUsage, segmentRange, unpackBlockRef, unpackHolder,
   unpackLayer, unpackUsage, type HolderRecord, type LayerRecord,
 } from './records';
 
@@ -270,8 +270,8 @@ export class ThinLayerStore implements LayerStore {
           for (const { key, value } of batch) {
             if (table === this.tables.bmap) {
               const ref = unpackBlockRef(value);
-              if (typeof ref === 'number') {
-                this.pool.recycleBlock(asDataBlock(ref));
+              if (isDataRef(ref)) {
+                this.pool.recycleBlock(asDataBlock(ref.block));
                 blocks++;
               } else inlineBytes += ref.length;
             }
@@ -429,10 +429,10 @@ export class ThinLayerStore implements LayerStore {
     const out = new Map<number, string>();
     for (const { key, value } of this.tables.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
       const ref = unpackBlockRef(value);
-      if (typeof ref === 'number') {
+      if (isDataRef(ref)) {
         const where = (key as number[]).join(':');
-        if (out.has(ref)) throw dmfsError('METADATA_CORRUPT', `data block ${ref} is mapped twice (${out.get(ref)} and ${where})`);
-        out.set(ref, where);
+        if (out.has(ref.block)) throw dmfsError('METADATA_CORRUPT', `data block ${ref.block} is mapped twice (${out.get(ref.block)} and ${where})`);
+        out.set(ref.block, where);
       }
     }
     return out;

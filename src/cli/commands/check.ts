@@ -4,13 +4,16 @@ import { printJson, withPool } from '../output';
 export const command: Command = {
   name: 'check',
   summary: 'verify pool metadata and space map (like thin_check); --repair fixes what it can',
-  usage: '[--repair] [--json]',
+  usage: '[--repair] [--data] [--json]',
   description: 'Exit 0 when the pool is consistent (or was repaired), 1 when problems remain.',
-  options: [{ name: 'repair', type: 'boolean', description: 'fix the space map, counters and unreachable records' }],
+  options: [
+    { name: 'repair', type: 'boolean', description: 'fix the space map, counters and unreachable records' },
+    { name: 'data', type: 'boolean', description: 'also read every mapped data block and verify its checksum' },
+  ],
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
-    const report = await withPool(ctx, (pool) => pool.check({ repair: Boolean(ctx.opts.repair) }));
+    const report = await withPool(ctx, (pool) => pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) }));
     if (ctx.json) printJson(ctx, report);
     else {
       const s = report.stats;
