@@ -284,8 +284,18 @@ const NO_CONTEXT: CallerContext = { uid: 0, gid: 0, pid: 0, umask: 0o022 };
  * operation being dispatched; it must be read synchronously on entry (fuse-native sets it
  * just before calling the handler).
  */
-export function toNativeHandlers(ops: FuseOperations, blockSizeBytes: number, context: () => CallerContext): Record<string, unknown> {
-  const fail = (cb: Cb, err: unknown, ...rest: unknown[]) => cb(negErrno(err), ...rest);
+export function toNativeHandlers(
+  ops: FuseOperations,
+  blockSizeBytes: number,
+  context: () => CallerContext,
+  onUnexpected: (err: unknown) => void = () => undefined,
+): Record<string, unknown> {
+  // A DmfsError is an answer; anything else is a bug or an I/O failure worth a log line.
+  const errno = (err: unknown): number => {
+    if (!(err instanceof DmfsError)) onUnexpected(err);
+    return negErrno(err);
+  };
+  const fail = (cb: Cb, err: unknown, ...rest: unknown[]) => cb(errno(err), ...rest);
   const v = (p: Promise<unknown>, cb: Cb) => {
     p.then(() => cb(0), (err) => fail(cb, err));
   };
@@ -312,11 +322,11 @@ export function toNativeHandlers(ops: FuseOperations, blockSizeBytes: number, co
     create: (path: string, mode: number, cb: Cb) => num(ops.create(path, mode, context()), cb),
     read: (path: string, fh: number, buf: Buffer, len: number, offset: number, cb: Cb) => {
       const target = buf.length === len ? buf : buf.subarray(0, len);
-      ops.read(path, fh, target, offset).then((n) => cb(n), (err) => cb(negErrno(err)));
+      ops.read(path, fh, target, offset).then((n) => cb(n), (err) => cb(errno(err)));
     },
     write: (path: string, fh: number, buf: Buffer, len: number, offset: number, cb: Cb) => {
       const data = buf.length === len ? buf : buf.subarray(0, len);
-      ops.write(path, fh, data, offset).then((n) => cb(n), (err) => cb(negErrno(err)));
+      ops.write(path, fh, data, offset).then((n) => cb(n), (err) => cb(errno(err)));
     },
     release: (path: string, fh: number, cb: Cb) => v(ops.release(path, fh), cb),
     flush: (path: string, fh: number, cb: Cb) => v(ops.flush(path, fh), cb),
@@ -370,12 +380,12 @@ export class FuseMount {
    * exist and not be a dead FUSE mount (see mount-table.ts). Throws FUSE_UNAVAILABLE when
    * fuse-native cannot load, MOUNT_FAILED when libfuse refuses.
    */
-  static async mount(mountpoint: string, ops: FuseOperations, opts: FuseMountOptions): Promise<FuseMount> {
+  static async mount(mountpoint: string, ops: FuseOperations, opts: FuseMountOptions, onUnexpected?: (err: unknown) => void): Promise<FuseMount> {
     const lib = loadFuseNative();
     if ('error' in lib) throw dmfsError('FUSE_UNAVAILABLE', lib.error);
     let native: NativeFuse | null = null;
     const context = () => native?.context ?? NO_CONTEXT;
-    const handlers = toNativeHandlers(ops, opts.blockSizeBytes, context);
+    const handlers = toNativeHandlers(ops, opts.blockSizeBytes, context, onUnexpected);
     native = new lib.Fuse(mountpoint, handlers, {
       // Every option rides in fsname (see fuseOptionList); fuse-native adds nothing else.
       fsname: fuseOptionList(opts).join(',').slice('fsname='.length),

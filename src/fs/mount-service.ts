@@ -8,11 +8,11 @@
  *
  * Cache policy: a read-only layer is immutable, so the kernel keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour. A writable layer has a single
- * writer (this mount), so the kernel's caches stay coherent; attributes are kept 1 s and
- * pages while mtime/size are unchanged (auto_cache).
+ * writer (this mount): dentries are kept 1 s, pages while mtime/size are unchanged
+ * (auto_cache), attributes not at all (see attrTimeoutS).
  */
 import type { LayerFs } from '../store/layer-store';
-import { FuseMount, type FuseMountOptions } from './fuse-adapter';
+import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
 import { createOperations, type LayerOperations } from './operations';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { isDmfsError } from '../errors';
@@ -46,7 +46,10 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
     allowOther: extra.allowOther,
     debug: extra.debug,
     entryTimeoutS: ro ? 3600 : 1,
-    attrTimeoutS: ro ? 3600 : 1,
+    // 0 for writable layers: libfuse 2's path API gives each hard link its own kernel
+    // inode, so a cached st_nlink/st_ctime of the other names would go stale after
+    // link/unlink (tar then reports "file changed as we read it").
+    attrTimeoutS: ro ? 3600 : 0,
     negativeTimeoutS: ro ? 3600 : 1,
     kernelCache: ro,
     autoCache: !ro,
@@ -78,7 +81,7 @@ export class MountService {
     const statfs = await opts.layer.statfs();
     const ops = createOperations(opts.layer);
     const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
-    const fuse = await FuseMount.mount(opts.mountpoint, ops, fuseOpts);
+    const fuse = await FuseMount.mount(opts.mountpoint, ops, fuseOpts, (err) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`));
     const service = new MountService(opts.layer, opts.mountpoint, ops, fuse, log);
     try {
       const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);

@@ -33,6 +33,7 @@ const XATTR_REPLACE = 2;
 export const NAME_MAX_BYTES = 255;
 
 const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
+const POSIX_ACL_XATTRS: ReadonlySet<string> = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
 export interface OperationsOptions {
   /** Bound of the (dir inode, name) -> inode cache. */
@@ -336,6 +337,10 @@ export function createOperations(layer: LayerFs, options: OperationsOptions = {}
     },
 
     async setxattr(path, name, value, flags) {
+      // The kernel checks permissions from the mode alone (default_permissions, no
+      // FUSE_POSIX_ACL in libfuse 2): an ACL stored here would be shown but not enforced.
+      // Refusing makes cp/tar fall back to chmod, which is what takes effect.
+      if (POSIX_ACL_XATTRS.has(name)) throw dmfsError('NOT_SUPPORTED', 'POSIX ACLs are not supported; use chmod');
       // value is FUSE's buffer: copy, it is freed when we answer.
       await layer.setxattr(await inoOf(path), name, Buffer.from(value), {
         create: (flags & XATTR_CREATE) !== 0,

@@ -121,6 +121,8 @@ export interface InProcessMount {
   mnt: string;
   layer: LayerFs;
   service: MountService;
+  /** The service's log lines so far. */
+  log: string[];
   unmount(): Promise<void>;
 }
 
@@ -129,11 +131,15 @@ export async function mountLayer(layer: LayerFs, mnt?: string): Promise<InProces
   const dir = mnt ?? path.join(tempDir('mnt'), 'm');
   await fsp.mkdir(dir, { recursive: true });
   const lines: string[] = [];
-  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log: (l) => lines.push(l) });
+  // Unexpected errors (answered EIO) show in the test output at once.
+  // eslint-disable-next-line no-console
+  const log = (l: string) => (lines.push(l), /unexpected/.test(l) && console.error(l));
+  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log });
   return {
     mnt: dir,
     layer,
     service,
+    log: lines,
     async unmount() {
       const r = await service.stop('test done');
       if (r.error) throw r.error;
