@@ -160,6 +160,8 @@ export class Importer {
   private readonly created: string[] = [];
   private readonly renames: { from: string; to: string }[] = [];
   private bytesDone = 0;
+  /** Reports progress with the current layer and entry counts. */
+  private tick: () => void = () => {};
 
   constructor(private readonly store: LayerStore, private readonly opts: ImportOptions = {}) {}
 
@@ -206,9 +208,14 @@ export class Importer {
     const history = historyPerLayer(src.config, src.layers.length);
     const bytesTotal = src.layers.every((l) => l.blobSizeBytes !== null)
       ? src.layers.reduce((s, l) => s + (l.blobSizeBytes ?? 0), 0) : null;
+    let curLayers = 0;
+    let curEntries = 0;
     const report = (layersDone: number, entriesDone: number): void => {
+      curLayers = layersDone;
+      curEntries = entriesDone;
       this.opts.onProgress?.({ layersDone, layersTotal: total, bytesDone: this.bytesDone, bytesTotal, entriesDone });
     };
+    this.tick = () => report(curLayers, curEntries);
 
     const layers: ImportedLayer[] = [];
     let parent = 'base';
@@ -343,6 +350,7 @@ export class Importer {
       for await (const chunk of ls!.open()) {
         rawTap.update(chunk);
         self.bytesDone += chunk.length;
+        self.tick();
         if (ls!.blobSizeBytes !== null && rawTap.sizeBytes > ls!.blobSizeBytes) {
           throw dmfsError('BAD_IMAGE', `${ls!.description}: more bytes than the ${ls!.blobSizeBytes} declared`);
         }
