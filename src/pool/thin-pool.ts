@@ -250,8 +250,8 @@ export class ThinPool {
   space(): PoolSpace {
     this.refreshSuperblock();
     const total = this.sb.nrBlocks;
-    // This process's unused reservation is free space as far as anyone is concerned.
-    const used = this.spaceMap.usedBlocks() - this.freeReserved.length;
+    // Blocks reserved by live processes but not yet written are free as far as anyone is concerned.
+    const used = this.spaceMap.usedBlocks() - this.reserved.count([0], [Number.MAX_SAFE_INTEGER]);
     const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
     let available = Math.max(0, total - used - minFree);
     if (this.sb.dataMode === 'loop') {
