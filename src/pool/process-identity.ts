@@ -7,10 +7,12 @@ export interface ProcessIdentity {
   startTicks: number;
 }
 
+/** Start time of a running process; null when it does not exist or is a zombie (dead, not yet reaped). */
 export function processStartTicks(pid: number): number | null {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return null;
     return Number(fields[19]);
   } catch {
     return null;
