@@ -22,6 +22,8 @@ export interface Table {
   range(start: TableKey, end: TableKey, opts?: { limit?: number; reverse?: boolean }): Iterable<{ key: TableKey; value: Buffer }>;
   keys(start: TableKey, end: TableKey, opts?: { limit?: number }): Iterable<TableKey>;
   count(start: TableKey, end: TableKey): number;
+  /** Every key of the table, in order. */
+  allKeys(): Iterable<TableKey>;
 }
 
 class LmdbTable implements Table {
@@ -47,6 +49,9 @@ class LmdbTable implements Table {
   }
   count(start: TableKey, end: TableKey): number {
     return this.db.getKeysCount({ start, end });
+  }
+  allKeys() {
+    return this.db.getKeys({}) as Iterable<TableKey>;
   }
 }
 

@@ -227,6 +227,24 @@ export class ThinPool {
     return next;
   }
 
+  /** Inside txn: makes the counter's next value at least `next` (restore). */
+  raiseCounter(name: string, next: number): void {
+    const raw = this.meta.get(`counter:${name}`);
+    const current = raw ? raw.readUIntLE(0, 6) : 0;
+    if (current >= next - 1) return;
+    const b = Buffer.alloc(6);
+    b.writeUIntLE(next - 1, 0, 6);
+    this.meta.put(`counter:${name}`, b);
+  }
+
+  /** Whether any process other than this one has the pool open. */
+  hasOtherLiveOwners(): boolean {
+    for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
+      if ((key as number) !== this.ownerId && isProcessAlive(unpackRecord<OwnerRecord>(value))) return true;
+    }
+    return false;
+  }
+
   /** One atomic metadata transaction (see MetadataEnv.txn). */
   txn<T>(fn: () => T): T {
     return this.env.txn(fn);

@@ -19,6 +19,8 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [string, () => Command]> = 
   ['save', () => require('./save').command],
   ['diff', () => require('./diff').command],
   ['check', () => require('./check').command],
+  ['dump', () => require('./dump').command],
+  ['restore', () => require('./restore').command],
   ['doctor', () => require('./doctor').command],
 ];
 

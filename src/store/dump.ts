@@ -1,0 +1,133 @@
+import { dmfsError } from '../errors';
+import type { ThinPool } from '../pool/thin-pool';
+import { openStoreTables } from './chain-layer-fs';
+import {
+  isDataRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef, unpackDirent,
+  unpackInode, unpackLayer, unpackUsage, type DirentRecord, type InodeRecord, type LayerRecord, type SegmentUsage,
+} from './records';
+
+/**
+ * Metadata dump (like thin_dump): every layer and every record of its segment as
+ * readable JSON. Inline block bytes and xattr values are base64. `restore` reads a whole
+ * dump back into a pool with the same data device (like thin_restore).
+ */
+export interface MetadataDump {
+  dmfsDump: 1;
+  pool: { poolName: string; blockSizeBytes: number; nrBlocks: number };
+  /** A dump of selected layers cannot be restored. */
+  partial: boolean;
+  layers: LayerRecord[];
+  segments: Record<string, SegmentDump>;
+}
+
+export interface SegmentDump {
+  usage: SegmentUsage;
+  inodes: [number, JsonInode][];
+  entries: [number, string, DirentRecord][];
+  blocks: [number, number, { block: number; crc: number } | { inline: string }][];
+  orphans: number[];
+}
+
+type JsonInode = Omit<InodeRecord, 'xattrs'> & { xattrs?: Record<string, string> };
+
+export function dumpMetadata(pool: ThinPool, opts: { layers?: string[] } = {}): MetadataDump {
+  const t = openStoreTables(pool);
+  let layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].map(({ value }) => unpackLayer(value));
+  if (opts.layers?.length) {
+    const wanted = new Set(opts.layers);
+    for (const name of wanted) {
+      if (!layers.some((l) => l.name === name)) throw dmfsError('LAYER_NOT_FOUND', `no layer named '${name}'`);
+    }
+    layers = layers.filter((l) => wanted.has(l.name));
+  }
+  const segments: Record<string, SegmentDump> = {};
+  for (const l of layers) {
+    const seg = l.segment;
+    const s: SegmentDump = { usage: unpackUsage(t.usage.get([seg])), inodes: [], entries: [], blocks: [], orphans: [] };
+    for (const { key, value } of t.inodes.range([seg], [seg + 1])) {
+      const rec = unpackInode(value);
+      const json: JsonInode = { ...rec, xattrs: undefined };
+      if (rec.xattrs) json.xattrs = Object.fromEntries(Object.entries(rec.xattrs).map(([k, v]) => [k, v.toString('base64')]));
+      else delete json.xattrs;
+      s.inodes.push([(key as number[])[1], json]);
+    }
+    for (const { key, value } of t.dirents.range([seg], [seg + 1])) {
+      const [, dirIno, name] = key as [number, number, string];
+      s.entries.push([dirIno, name, unpackDirent(value)]);
+    }
+    for (const { key, value } of t.bmap.range([seg], [seg + 1])) {
+      const [, ino, fileBlock] = key as number[];
+      const ref = unpackBlockRef(value);
+      s.blocks.push([ino, fileBlock, isDataRef(ref) ? { block: ref.block, crc: ref.crc } : { inline: ref.toString('base64') }]);
+    }
+    for (const key of t.orphans.keys([seg], [seg + 1])) s.orphans.push((key as number[])[1]);
+    segments[String(seg)] = s;
+  }
+  const sb = pool.superblock;
+  return {
+    dmfsDump: 1,
+    pool: { poolName: sb.poolName, blockSizeBytes: sb.blockSizeBytes, nrBlocks: sb.nrBlocks },
+    partial: Boolean(opts.layers?.length),
+    layers,
+    segments,
+  };
+}
+
+/**
+ * Replaces the pool's layer metadata with a dump: every store table is rewritten and the
+ * space map rebuilt from the block maps. Refused while another process has the pool open,
+ * for partial dumps, and for dumps of another block size or a larger device.
+ */
+export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promise<{ layers: number; blocks: number }> {
+  if (dump?.dmfsDump !== 1) throw dmfsError('BAD_IMAGE', 'not a dmfs metadata dump (dmfsDump: 1)');
+  if (dump.partial) throw dmfsError('INVALID', 'a dump of selected layers (--layer) cannot be restored; dump the whole pool');
+  const sb = pool.superblock;
+  if (dump.pool.blockSizeBytes !== sb.blockSizeBytes) throw dmfsError('INVALID', `dump has ${dump.pool.blockSizeBytes}-byte blocks, this pool ${sb.blockSizeBytes}`);
+  if (pool.hasOtherLiveOwners()) throw dmfsError('LAYER_IN_USE', 'another process has the pool open (a mount?); stop it before restoring');
+  const t = openStoreTables(pool);
+  const tables = [pool.table('layers'), pool.table('layer-names'), pool.table('holders'), t.inodes, t.dirents, t.bmap, t.usage, t.orphans];
+  const referenced = new Set<number>();
+  let maxIno = 1;
+  let maxLayer = 0;
+  let maxSegment = 0;
+  pool.txn(() => {
+    for (const table of tables) for (const key of [...table.allKeys()]) table.del(key);
+    for (const l of dump.layers) {
+      if (l.v !== 1 || typeof l.id !== 'number' || typeof l.segment !== 'number') throw dmfsError('BAD_IMAGE', 'a layer record of the dump is malformed');
+      pool.table('layers').put(l.id, packLayer(l));
+      const id = Buffer.alloc(6);
+      id.writeUIntLE(l.id, 0, 6);
+      if (l.state !== 'removing') pool.table('layer-names').put(l.name, id);
+      maxLayer = Math.max(maxLayer, l.id);
+      maxSegment = Math.max(maxSegment, l.segment);
+    }
+    for (const [segText, s] of Object.entries(dump.segments)) {
+      const seg = Number(segText);
+      t.usage.put([seg], packUsage(s.usage));
+      for (const [ino, json] of s.inodes) {
+        const rec: InodeRecord = { ...json, xattrs: undefined } as InodeRecord;
+        if (json.xattrs) rec.xattrs = Object.fromEntries(Object.entries(json.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')]));
+        else delete rec.xattrs;
+        t.inodes.put([seg, ino], packInode(rec));
+        maxIno = Math.max(maxIno, ino);
+      }
+      for (const [dirIno, name, d] of s.entries) t.dirents.put([seg, dirIno, name], packDirent(d));
+      for (const [ino, fileBlock, ref] of s.blocks) {
+        if ('inline' in ref) t.bmap.put([seg, ino, fileBlock], packBlockRef(Buffer.from(ref.inline, 'base64')));
+        else {
+          if (ref.block >= sb.nrBlocks) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block}, past this device's ${sb.nrBlocks}`);
+          if (referenced.has(ref.block)) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block} twice`);
+          referenced.add(ref.block);
+          t.bmap.put([seg, ino, fileBlock], packBlockRef(ref));
+        }
+      }
+      for (const ino of s.orphans) t.orphans.put([seg, ino], Buffer.alloc(0));
+    }
+    pool.raiseCounter('ino', maxIno + 1);
+    pool.raiseCounter('layer', maxLayer + 1);
+    pool.raiseCounter('segment', maxSegment + 1);
+  });
+  pool.repairSpaceMap(referenced);
+  await pool.sync();
+  return { layers: dump.layers.length, blocks: referenced.size };
+}
