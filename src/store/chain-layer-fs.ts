@@ -126,6 +126,7 @@ export class ChainLayerFs implements LayerFs {
   /** Lower segments never change while a chain is open: cache what they hold. */
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: 65536 });
   private readonly lowerUsageBytes: number;
+  private readonly lowerMappedCache = new LRUCache<string, number>({ max: 65536 });
   /** Data blocks whose content matched their checksum when this layer last read them whole. */
   private readonly verified = new LRUCache<number, true>({ max: 262144 });
   private dirty = false;
@@ -212,20 +213,35 @@ export class ChainLayerFs implements LayerFs {
     };
   }
 
-  /** st_blocks: visible mapped blocks, capped by the size rounded up to 4 KiB. */
+  /**
+   * st_blocks: visible mapped blocks, capped by the size rounded up to 4 KiB. The own
+   * segment's count is kept in the inode record; lower counts are cached (immutable).
+   */
   private allocatedSectors(ino: Ino, rec: InodeRecord): number {
     if (rec.size === 0) return 0;
     const capSectors = Math.ceil(rec.size / 4096) * 8;
     let mapped = 0;
     let limit = Infinity;
     for (const { level, rec: r } of this.inodeChain(ino)) {
-      const [start] = bmapRange(this.segs[level], ino);
-      const end = limit === Infinity ? bmapRange(this.segs[level], ino)[1] : bmapKey(this.segs[level], ino, limit);
-      mapped += this.t.bmap.count(start, end);
+      const seg = this.segs[level];
+      const mutable = level === 0 && !this.readOnly;
+      if (limit === Infinity && r.mapped !== undefined) mapped += r.mapped;
+      else if (mutable) mapped += this.countMapped(seg, ino, limit);
+      else {
+        const key = `${seg}:${ino}:${limit}`;
+        let n = this.lowerMappedCache.get(key);
+        if (n === undefined) this.lowerMappedCache.set(key, (n = this.countMapped(seg, ino, limit)));
+        mapped += n;
+      }
       limit = Math.min(limit, r.inherit);
       if (limit === 0 || mapped * (this.bs / 512) >= capSectors) break;
     }
     return Math.min(capSectors, mapped * (this.bs / 512));
+  }
+
+  private countMapped(seg: number, ino: Ino, limit: number): number {
+    const [start, fullEnd] = bmapRange(seg, ino);
+    return this.t.bmap.count(start, limit === Infinity ? fullEnd : bmapKey(seg, ino, limit));
   }
 
   /** Records of one inode down the chain (top-down), stopping at the segment where it was born. */
@@ -256,6 +272,7 @@ export class ChainLayerFs implements LayerFs {
       born: false,
       opaque: false,
       inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.bs) : 0,
+      mapped: 0,
     };
     return rec;
   }
@@ -419,6 +436,7 @@ export class ChainLayerFs implements LayerFs {
       mtime: now,
       ctime: now,
       inherit: 0,
+      mapped: 0,
       born: true,
       parent: dirIno,
       name,
@@ -510,11 +528,11 @@ export class ChainLayerFs implements LayerFs {
     }
   }
 
-  /** Inside txn: removes own block-map entries at or past fromBlock; returns the usage change. */
-  private truncateOwnBlocks(ino: Ino, fromBlock: number): void {
+  /** Inside txn: removes own block-map entries at or past fromBlock; returns how many. */
+  private truncateOwnBlocks(ino: Ino, fromBlock: number): number {
     const [start, end] = bmapRange(this.top, ino, fromBlock);
     const entries = [...this.t.bmap.range(start, end)];
-    if (!entries.length) return;
+    if (!entries.length) return 0;
     let blocks = 0;
     let inlineBytes = 0;
     for (const { key, value } of entries) {
@@ -527,6 +545,7 @@ export class ChainLayerFs implements LayerFs {
       this.t.bmap.del(key);
     }
     this.addUsage(-blocks, -inlineBytes);
+    return entries.length;
   }
 
   private addUsage(blocks: number, inlineBytes: number): void {
@@ -869,6 +888,8 @@ export class ChainLayerFs implements LayerFs {
     const taken: DataBlock[] = [];
     /** New block-map entries; `fresh` marks blocks taken from the reservation. */
     const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
+    /** Block-map entries this write adds (where the own segment had none). */
+    let newEntries = 0;
     try {
       for (let pos = offsetBytes; pos < end; ) {
         const idx = Math.floor(pos / this.bs);
@@ -879,6 +900,7 @@ export class ChainLayerFs implements LayerFs {
         pos += n;
         const ownRaw = this.t.bmap.get(bmapKey(this.top, ino, idx));
         const own = ownRaw ? unpackBlockRef(ownRaw) : null;
+        if (!own) newEntries++;
         if (own && isDataRef(own)) {
           // The layer's own block: written in place; its checksum follows the new content.
           let crc: number;
@@ -941,6 +963,7 @@ export class ChainLayerFs implements LayerFs {
           if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
         }
         this.addUsage(newBlocks, inlineDelta);
+        rec.mapped = (rec.mapped ?? this.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
         const now = nowTime();
         rec.size = Math.max(rec.size, end);
         rec.mtime = now;
@@ -997,7 +1020,8 @@ export class ChainLayerFs implements LayerFs {
       this.pool.txn(() => {
         const rec = this.ownRecord(ino);
         const from = partialIdx >= 0 ? partialIdx : keepBlocks;
-        this.truncateOwnBlocks(ino, from);
+        const before = rec.mapped ?? this.countMapped(this.top, ino, Infinity);
+        rec.mapped = before - this.truncateOwnBlocks(ino, from) + (partialRef !== null ? 1 : 0);
         if (partialRef !== null) {
           this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
           if (isDataRef(partialRef)) {

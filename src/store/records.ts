@@ -61,6 +61,8 @@ export interface InodeRecord {
    * only this segment's (holes otherwise). 0 for inodes born in this segment.
    */
   inherit: number;
+  /** Block-map entries this segment holds for the inode (st_blocks without a scan). */
+  mapped?: number;
   /** Born in this segment (no lower segment knows it). */
   born: boolean;
   /** Directories: hides every lower entry. */

@@ -53,6 +53,20 @@ export function layerFsConformance(name: string, make: () => Promise<{ fs: Layer
       expect(await fs.read(a.ino, Buffer.alloc(4), 300000)).toBe(0);
     });
 
+    test('st_blocks follows allocation: a sparse file reports what is mapped, not its size', async () => {
+      const a = await file(fs.rootIno, 'sparse');
+      await fs.write(a.ino, Buffer.alloc(65536, 1), 10 * 1024 * 1024);
+      const attr = await fs.getattr(a.ino);
+      expect(attr.sizeBytes).toBe(10 * 1024 * 1024 + 65536);
+      expect(attr.blocks512).toBeGreaterThan(0);
+      expect(attr.blocks512).toBeLessThanOrEqual(2 * 128);
+      await fs.setattr(a.ino, { sizeBytes: 0 });
+      expect((await fs.getattr(a.ino)).blocks512).toBe(0);
+      const b = await file(fs.rootIno, 'dense');
+      await fs.write(b.ino, Buffer.alloc(1024 * 1024, 1), 0);
+      expect((await fs.getattr(b.ino)).blocks512).toBe(2048);
+    });
+
     test('truncate down zeroes the cut part when extended again', async () => {
       const a = await file(fs.rootIno, 'a');
       await fs.write(a.ino, Buffer.alloc(150000, 9), 0);

@@ -58,18 +58,25 @@ test('creating a container on a parent of 100k blocks takes the same time as on 
     await fs.close();
     await pool.store.sealLayer('big');
     expect((await pool.store.getLayer("big")).exclusiveBytes).toBeGreaterThanOrEqual(100_000 * 64 * 1024);
+    // Interleaved, medians: other load on the machine hits both sides alike.
     let serial = 0;
-    const time = async (parent: string, n: number) => {
+    const once = async (parent: string) => {
       const t0 = process.hrtime.bigint();
-      for (let i = 0; i < n; i++) await pool.store.createLayer(`${parent}-c${serial++}`, { parent, kind: 'container' });
-      return Number(process.hrtime.bigint() - t0) / 1e6 / n;
+      await pool.store.createLayer(`${parent}-c${serial++}`, { parent, kind: 'container' });
+      return Number(process.hrtime.bigint() - t0) / 1e6;
     };
-    await time('empty', 3); // warm up
-    const onEmpty = await time('empty', 20);
-    const onBig = await time('big', 20);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const empty: number[] = [];
+    const big: number[] = [];
+    for (let i = 0; i < 25; i++) {
+      empty.push(await once('empty'));
+      big.push(await once('big'));
+    }
+    const onEmpty = median(empty);
+    const onBig = median(big);
     // eslint-disable-next-line no-console
-    console.log(`create container: on empty parent ${onEmpty.toFixed(2)} ms, on 100k-block parent ${onBig.toFixed(2)} ms`);
-    expect(onBig).toBeLessThan(Math.max(onEmpty * 3, 5));
+    console.log(`create container (median of 25): on empty parent ${onEmpty.toFixed(2)} ms, on 100k-block parent ${onBig.toFixed(2)} ms`);
+    expect(onBig).toBeLessThan(Math.max(onEmpty * 3, 15));
     expect(onBig).toBeLessThan(50);
   } finally {
     await remove();
