@@ -1,0 +1,67 @@
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { DMFS_BIN, ensureBuiltDist } from '../../support/built-dist';
+
+beforeAll(() => ensureBuiltDist());
+
+function dmfs(root: string, ...args: string[]) {
+  return spawnSync(process.execPath, [DMFS_BIN, ...args, '--root', root], { encoding: 'utf8' });
+}
+
+function state(root: string): string {
+  const ls = JSON.parse(dmfs(root, 'ls', '--json').stdout) as Record<string, unknown>[];
+  const info = JSON.parse(dmfs(root, 'info', '--json').stdout);
+  return JSON.stringify({ layers: ls.map((l) => [l.name, l.kind, l.state, l.exclusiveBytes]), used: info.dataSpaceUsedBytes });
+}
+
+test('dmfs import and dmfs commit killed part-way leave the pool as before or as after, never between', async () => {
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-kill-import-'));
+  const root = path.join(base, 'pool');
+  try {
+    // A layer tar big enough to be caught mid-import: 60 MiB in 600 files.
+    const tree = path.join(base, 'tree');
+    for (let d = 0; d < 6; d++) {
+      fs.mkdirSync(path.join(tree, `d${d}`), { recursive: true });
+      for (let f = 0; f < 100; f++) fs.writeFileSync(path.join(tree, `d${d}`, `f${f}`), Buffer.alloc(100 * 1024, (d * 100 + f) % 255));
+    }
+    const tar = path.join(base, 'layer.tar');
+    expect(spawnSync('tar', ['-C', tree, '-cf', tar, '.']).status).toBe(0);
+    expect(dmfs(root, 'pool', 'create', '--size', '4G').status).toBe(0);
+    expect(dmfs(root, 'create', 'c0').status).toBe(0);
+    const before = state(root);
+    const outcomes: string[] = [];
+    for (let round = 0; round < 6; round++) {
+      const child = spawn(process.execPath, [DMFS_BIN, 'import', tar, '--name', `img${round}`, '--root', root], { stdio: 'ignore' });
+      await new Promise((r) => setTimeout(r, 150 + round * 120));
+      child.kill('SIGKILL');
+      await new Promise((r) => child.on('exit', r));
+      const after = state(root);
+      const imported = JSON.parse(dmfs(root, 'ls', '--json').stdout).some((l: { name: string }) => l.name === `img${round}`);
+      if (imported) {
+        outcomes.push(`round ${round}: finished before the kill`);
+        expect(dmfs(root, 'rm', `img${round}`).status).toBe(0);
+        expect(state(root)).toBe(before);
+      } else {
+        outcomes.push(`round ${round}: killed mid-import, rolled back`);
+        expect(after).toBe(before);
+      }
+      const check = JSON.parse(dmfs(root, 'check', '--json').stdout);
+      expect(check.problems).toEqual([]);
+    }
+    // commit is one metadata transaction: killed or not, the layer set is before or after.
+    const child = spawn(process.execPath, [DMFS_BIN, 'commit', 'c0', 'snap', '--root', root], { stdio: 'ignore' });
+    await new Promise((r) => setTimeout(r, 60));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    const names = (JSON.parse(dmfs(root, 'ls', '--json').stdout) as { name: string; parent: string }[]).map((l) => `${l.name}<-${l.parent}`).sort();
+    expect([['base<-null', 'c0<-base'], ['base<-null', 'c0<-snap', 'snap<-base']]).toContainEqual(names);
+    expect(JSON.parse(dmfs(root, 'check', '--json').stdout).ok).toBe(true);
+    // eslint-disable-next-line no-console
+    console.log(outcomes.join('\n'));
+    expect(outcomes.some((o) => o.includes('rolled back'))).toBe(true);
+  } finally {
+    fs.rmSync(base, { recursive: true, force: true });
+  }
+});
