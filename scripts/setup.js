@@ -179,13 +179,33 @@ function sourceFingerprint() {
   return h.digest('hex');
 }
 
+function newestSourceMtimeMs() {
+  let newest = 0;
+  const visit = (dir) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) visit(p);
+      else newest = Math.max(newest, fs.statSync(p).mtimeMs);
+    }
+  };
+  visit(path.join(ROOT, 'src'));
+  for (const f of ['tsconfig.json', 'package.json']) newest = Math.max(newest, fs.statSync(path.join(ROOT, f)).mtimeMs);
+  return newest;
+}
+
 function dist() {
   const want = sourceFingerprint();
   let have = null;
   try {
     have = fs.readFileSync(STAMP, 'utf8').trim();
   } catch { /* no stamp */ }
-  if (have === want && fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) return;
+  const mainJs = path.join(ROOT, 'dist', 'cli', 'main.js');
+  if (have === want && fs.existsSync(mainJs)) return;
+  // No stamp yet (e.g. npm ci just ran `prepare`): fresh when built after every source.
+  if (have === null && fs.existsSync(mainJs) && fs.statSync(mainJs).mtimeMs >= newestSourceMtimeMs()) {
+    if (!CHECK) fs.writeFileSync(STAMP, `${want}\n`);
+    return;
+  }
   if (CHECK) {
     log('dist/: stale (npm run build)');
     problems++;
