@@ -1,7 +1,7 @@
 import { tempPool } from '../../support/temp-pool';
 import { S_IFREG } from '../../../src/store/layer-store';
 
-test('smoke: image, container, cow, whiteout', async () => {
+test('image, container, one-block copy-on-write, whiteout, changes and space figures', async () => {
   const { pool, remove } = await tempPool();
   try {
     const s = pool.store;
@@ -32,9 +32,11 @@ test('smoke: image, container, cow, whiteout', async () => {
     expect(changes).toEqual([['/etc', 'modified'], ['/etc/big', 'modified'], ['/etc/small', 'deleted']]);
     await fs.close();
     const ls = await s.listLayers();
-    console.log(ls.map((l) => [l.name, l.exclusiveBytes, l.sharedBytes]));
-    const info = await pool.info();
-    console.log(info);
+    expect(ls.map((l) => [l.name, l.exclusiveBytes, l.sharedBytes])).toEqual([
+      ['base', 0, 0],
+      ['img', 5 * 65536 + 5, 0], // 300 KiB: 4 full blocks + a 44 KiB tail block (over the 32 KiB inline limit); 'hello' inline
+      ['c', 65536, 5 * 65536 + 5],
+    ]);
     const chk = await pool.check();
     expect(chk.problems).toEqual([]);
   } finally {
