@@ -67,6 +67,65 @@ async function xattrsOf(fs: LayerFs, ino: number): Promise<Map<string, Buffer>> 
   return out;
 }
 
+async function sameContent(a: LayerFs, aAttr: Attr, b: LayerFs, bAttr: Attr): Promise<boolean> {
+  if (aAttr.sizeBytes !== bAttr.sizeBytes) return false;
+  const x = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+  const y = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+  for (let off = 0; off < aAttr.sizeBytes; off += READ_CHUNK_BYTES) {
+    const want = Math.min(READ_CHUNK_BYTES, aAttr.sizeBytes - off);
+    const n = await a.read(aAttr.ino, x.subarray(0, want), off);
+    const m = await b.read(bAttr.ino, y.subarray(0, want), off);
+    if (n !== m || !x.subarray(0, n).equals(y.subarray(0, m))) return false;
+  }
+  return true;
+}
+
+async function sameXattrs(a: LayerFs, aIno: number, b: LayerFs, bIno: number): Promise<boolean> {
+  const ax = await xattrsOf(a, aIno);
+  const bx = await xattrsOf(b, bIno);
+  if (ax.size !== bx.size) return false;
+  for (const [k, v] of ax) if (!bx.get(k)?.equals(v)) return false;
+  return true;
+}
+
+/**
+ * True when a `modified` non-directory differs from the parent layer's only in what a
+ * tar cannot carry anyway (link count, ctime): e.g. another name of it was unlinked.
+ * Emitting it would replace the file and cut it off from its other names.
+ */
+async function onlyLinkCountChanged(fs: LayerFs, attr: Attr, path: string, parentFs: LayerFs): Promise<boolean> {
+  let lower: Attr;
+  try {
+    lower = await parentFs.resolve(path);
+  } catch {
+    return false;
+  }
+  if (lower.ino !== attr.ino || lower.kind !== attr.kind) return false;
+  if (lower.mode !== attr.mode || lower.uid !== attr.uid || lower.gid !== attr.gid || lower.rdev !== attr.rdev) return false;
+  if (lower.mtimeNs !== attr.mtimeNs || lower.sizeBytes !== attr.sizeBytes) return false;
+  if (!(await sameXattrs(fs, attr.ino, parentFs, lower.ino))) return false;
+  if (attr.kind === 'symlink') return (await fs.readlink(attr.ino)) === (await parentFs.readlink(lower.ino));
+  if (attr.kind === 'file') return sameContent(fs, attr, parentFs, lower);
+  return true;
+}
+
+/** Every name of each inode in `inos`, found by one walk of the layer's merged tree. */
+async function namesOf(fs: LayerFs, inos: Set<number>): Promise<Map<number, { path: string; attr: Attr }[]>> {
+  const out = new Map<number, { path: string; attr: Attr }[]>();
+  const visit = async (dirIno: number, dirPath: string): Promise<void> => {
+    for (const e of await fs.readdir(dirIno)) {
+      const p = join(dirPath, e.name);
+      if (e.kind === 'dir') await visit(e.ino, p);
+      else if (inos.has(e.ino)) {
+        if (!out.has(e.ino)) out.set(e.ino, []);
+        out.get(e.ino)!.push({ path: p, attr: await fs.getattr(e.ino) });
+      }
+    }
+  };
+  await visit(fs.rootIno, '/');
+  return out;
+}
+
 /** Plans the entries of a layer's changes, in output order. */
 async function planChanges(fs: LayerFs, parentFs: LayerFs | null): Promise<Planned[]> {
   const plan: Planned[] = [];
@@ -77,8 +136,13 @@ async function planChanges(fs: LayerFs, parentFs: LayerFs | null): Promise<Plann
     else if (c.change === 'deleted') plan.push({ kind: 'whiteout', path: c.path });
     else if (c.path !== '/' && c.attr) nodes.push({ path: c.path, attr: c.attr, change: c.change });
   }
+  const planned = new Set<string>();
   for (const n of nodes) {
+    if (n.change === 'modified' && n.attr.kind !== 'dir' && parentFs !== null && (await onlyLinkCountChanged(fs, n.attr, n.path, parentFs))) {
+      continue;
+    }
     plan.push({ kind: 'node', path: n.path, attr: n.attr });
+    planned.add(n.path);
     if (n.attr.kind === 'dir' && n.change === 'added' && !opaque.has(n.path) && parentFs !== null) {
       // A new directory over a lower one of the same path: the lower entries must not show.
       try {
@@ -86,6 +150,26 @@ async function planChanges(fs: LayerFs, parentFs: LayerFs | null): Promise<Plann
         if (lower.kind === 'dir') opaque.add(n.path);
       } catch {
         // Nothing below: nothing to hide.
+      }
+    }
+  }
+  // A changed file with several names: every name goes in, so applying the tar keeps
+  // them one inode (the first carries the content, the others link to it).
+  const counts = new Map<number, { nlink: number; seen: number }>();
+  for (const p of plan) {
+    if (p.kind !== 'node' || p.attr.kind === 'dir' || p.attr.nlink < 2) continue;
+    const c = counts.get(p.attr.ino) ?? { nlink: p.attr.nlink, seen: 0 };
+    c.seen++;
+    counts.set(p.attr.ino, c);
+  }
+  const incomplete = new Set([...counts].filter(([, c]) => c.seen < c.nlink).map(([ino]) => ino));
+  if (incomplete.size > 0) {
+    for (const names of (await namesOf(fs, incomplete)).values()) {
+      for (const { path, attr } of names) {
+        if (!planned.has(path)) {
+          plan.push({ kind: 'node', path, attr });
+          planned.add(path);
+        }
       }
     }
   }

@@ -99,18 +99,21 @@ export class LayerApplier {
     const parentComps = comps.slice(0, -1);
     const wo = whiteoutOf(base);
     if (wo?.kind === 'reserved') return;
-    const parent = await this.resolveDir(parentComps, true);
     const parentPath = parentComps.join('/');
+    if (wo?.kind === 'whiteout') {
+      if (Buffer.byteLength(wo.name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `whiteout name too long: ${base.slice(0, 64)}...`);
+      // A whiteout below a missing name or a non-directory hides nothing (umoci writes
+      // `d/.wh.x` after replacing directory d by a file): no parents are made for it.
+      const dir = await this.resolveDir(parentComps, 'or-null');
+      if (dir !== null) await this.whiteout(dir, parentPath, wo.name);
+      this.stats.whiteouts++;
+      return;
+    }
+    const parent = (await this.resolveDir(parentComps, true))!;
     if (wo?.kind === 'opaque') {
       await this.fs.setOpaque(parent);
       this.markWritten(parentPath);
       this.stats.opaques++;
-      return;
-    }
-    if (wo?.kind === 'whiteout') {
-      if (Buffer.byteLength(wo.name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `whiteout name too long: ${base.slice(0, 64)}...`);
-      await this.whiteout(parent, parentPath, wo.name);
-      this.stats.whiteouts++;
       return;
     }
     const path = comps.join('/');
@@ -231,8 +234,14 @@ export class LayerApplier {
     this.dirTimes.set(ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs, explicit: true });
   }
 
-  /** The directory at `comps`, walking with lookup and never through a symlink; creates missing ones when asked. */
-  private async resolveDir(comps: readonly string[], create: boolean): Promise<Ino> {
+  /**
+   * The directory at `comps`, walking with lookup and never through a symlink (UNSAFE_PATH).
+   * Missing directories: created with `true`, BAD_IMAGE with `false`; with 'or-null' a
+   * missing name or a non-directory gives null.
+   */
+  private async resolveDir(comps: readonly string[], create: boolean): Promise<Ino>;
+  private async resolveDir(comps: readonly string[], create: 'or-null'): Promise<Ino | null>;
+  private async resolveDir(comps: readonly string[], create: boolean | 'or-null'): Promise<Ino | null> {
     let ino = this.fs.rootIno;
     let path = '';
     for (let i = 0; i < comps.length; i++) {
@@ -244,6 +253,7 @@ export class LayerApplier {
       }
       const a = await this.fs.lookup(ino, comps[i]);
       if (a === null) {
+        if (create === 'or-null') return null;
         if (!create) throw dmfsError('BAD_IMAGE', `/${path} does not exist`);
         await this.touchDir(ino);
         const made = await this.fs.mkdir(ino, comps[i], { mode: S_IFDIR | 0o755, uid: 0, gid: 0 });
@@ -254,6 +264,7 @@ export class LayerApplier {
       } else if (a.kind === 'symlink') {
         throw dmfsError('UNSAFE_PATH', `/${comps.join('/')} goes through the symlink /${path}`);
       } else {
+        if (create === 'or-null') return null;
         throw dmfsError('BAD_IMAGE', `/${comps.join('/')}: /${path} is not a directory`);
       }
       this.dirCache.set(path, ino);
