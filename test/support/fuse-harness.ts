@@ -127,14 +127,15 @@ export interface InProcessMount {
 }
 
 /** Mounts a LayerFs in this process (watching for external unmounts every 200 ms). */
-export async function mountLayer(layer: LayerFs, mnt?: string): Promise<InProcessMount> {
+export async function mountLayer(layer: LayerFs, mnt?: string, opts: { allowOther?: boolean } = {}): Promise<InProcessMount> {
   const dir = mnt ?? path.join(tempDir('mnt'), 'm');
   await fsp.mkdir(dir, { recursive: true });
+  if (opts.allowOther) await fsp.chmod(path.dirname(dir), 0o755); // let other users reach it
   const lines: string[] = [];
   // Unexpected errors (answered EIO) show in the test output at once.
   // eslint-disable-next-line no-console
   const log = (l: string) => (lines.push(l), /unexpected/.test(l) && console.error(l));
-  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log });
+  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log, allowOther: opts.allowOther });
   return {
     mnt: dir,
     layer,

@@ -46,6 +46,8 @@ export interface MemoryLayerFsOptions {
   sizeLimitBytes?: number;
   /** Wall clock in ns (tests may freeze it). */
   nowNs?: () => bigint;
+  /** First inode number after the root (tests use numbers above 2^32). */
+  firstIno?: number;
 }
 
 function kindOf(mode: number): FileKind {
@@ -80,6 +82,7 @@ export class MemoryLayerFs implements LayerFs {
     this.readOnly = opts.readOnly ?? false;
     this.sizeLimitBytes = opts.sizeLimitBytes ?? 1 << 30;
     this.now = opts.nowNs ?? (() => BigInt(Date.now()) * 1_000_000n);
+    this.nextIno = opts.firstIno ?? 2;
     const t = this.now();
     this.nodes.set(1, this.makeNode(1, S_IFDIR | 0o755, 0, 0, t));
     this.nodes.get(1)!.nlink = 2;
