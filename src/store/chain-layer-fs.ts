@@ -6,7 +6,7 @@ import type { ThinPool } from '../pool/thin-pool';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
   type Attr, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
-  type NewNodeOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
+  fileKindOfMode, type NewNodeOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
 import {
   bmapKey, bmapRange, direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packBlockRef,
@@ -29,15 +29,10 @@ const LINK_MAX = 65000;
 const DIR_SIZE_BYTES = 4096;
 
 export function kindFromMode(mode: number): FileKind {
-  switch (mode & S_IFMT) {
-    case S_IFDIR: return 'dir';
-    case S_IFLNK: return 'symlink';
-    case S_IFCHR: return 'chardev';
-    case S_IFBLK: return 'blockdev';
-    case S_IFIFO: return 'fifo';
-    case S_IFSOCK: return 'socket';
-    case S_IFREG: case 0: return 'file';
-    default: throw dmfsError('INVALID', `unknown file type in mode ${mode.toString(8)}`);
+  try {
+    return fileKindOfMode(mode);
+  } catch {
+    throw dmfsError('INVALID', `unknown file type in mode ${mode.toString(8)}`);
   }
 }
 

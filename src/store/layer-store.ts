@@ -74,6 +74,20 @@ export const S_IFDIR = 0o040000;
 export const S_IFCHR = 0o020000;
 export const S_IFIFO = 0o010000;
 
+/** The file kind named by st_mode's type bits (0 means a regular file, as mknod(2) takes it). */
+export function fileKindOfMode(mode: number): FileKind {
+  switch (mode & S_IFMT) {
+    case S_IFDIR: return 'dir';
+    case S_IFLNK: return 'symlink';
+    case S_IFCHR: return 'chardev';
+    case S_IFBLK: return 'blockdev';
+    case S_IFIFO: return 'fifo';
+    case S_IFSOCK: return 'socket';
+    case S_IFREG: case 0: return 'file';
+    default: throw new RangeError(`unknown file type in mode 0${mode.toString(8)}`);
+  }
+}
+
 export interface Attr {
   ino: Ino;
   kind: FileKind;
