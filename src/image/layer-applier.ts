@@ -46,8 +46,12 @@ export interface ApplyStats {
   devices: number;
   whiteouts: number;
   opaques: number;
-  /** File content bytes written. */
+  /** File content bytes in the layer tar. */
   contentBytes: number;
+  /** Files that replaced a lower file and were rewritten in place, block by block. */
+  rewrittenInPlace: number;
+  /** Bytes of those files that matched the lower file and were not written (shared blocks). */
+  sharedBytes: number;
 }
 
 const WRITE_COALESCE_BYTES = 1 << 20;
@@ -69,7 +73,9 @@ export class LayerApplier {
   private readonly maxFileBytes: number;
   readonly stats: ApplyStats = {
     entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, devices: 0, whiteouts: 0, opaques: 0, contentBytes: 0,
+    rewrittenInPlace: 0, sharedBytes: 0,
   };
+  private blockBytes = 0;
 
   constructor(private readonly fs: LayerFs, private readonly opts: ApplyOptions = {}) {
     this.maxFileBytes = opts.maxFileBytes ?? fs.sizeLimitBytes;
@@ -149,6 +155,13 @@ export class LayerApplier {
         this.stats.hardlinks++;
         return;
       }
+    }
+    if (
+      entry.type === 'file' && existing?.kind === 'file' && existing.nlink === 1 && entry.sparse === null &&
+      !this.written.has(path) && (await this.worthRewriting(existing, entry))
+    ) {
+      await this.rewriteInPlace(existing, entry, body, path);
+      return;
     }
     if (existing) await this.remove(parent, base, existing, path);
     await this.touchDir(parent);
@@ -343,12 +356,71 @@ export class LayerApplier {
     for (const [name, value] of entry.xattrs) await this.fs.setxattr(ino, name, value);
   }
 
+  /** Big enough to share blocks with: both the lower file and the new one span a pool block. */
+  private async worthRewriting(existing: Attr, entry: TarEntry): Promise<boolean> {
+    if (this.blockBytes === 0) this.blockBytes = (await this.fs.statfs()).blockSizeBytes;
+    return existing.sizeBytes >= this.blockBytes && entry.sizeBytes >= this.blockBytes;
+  }
+
+  /**
+   * A file entry replacing a lower single-link file: keep the inode and write only the
+   * pool blocks whose bytes differ, so the unchanged ones stay shared with the lower
+   * layer (a 4 KiB change to a large file costs one block, not the file). The merged
+   * view is the same as unlink-and-create; only the inode number is the lower one.
+   */
+  private async rewriteInPlace(existing: Attr, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, path: string): Promise<void> {
+    const ino = existing.ino;
+    if ((existing.mode & 0o7777) !== entry.mode || existing.uid !== entry.uid || existing.gid !== entry.gid) {
+      await this.fs.setattr(ino, { mode: S_IFREG | entry.mode, uid: entry.uid, gid: entry.gid });
+    }
+    const bs = this.blockBytes;
+    let lowerBuf = Buffer.alloc(2 * WRITE_COALESCE_BYTES);
+    const writeChanged = async (data: Buffer, offsetBytes: number): Promise<void> => {
+      if (lowerBuf.length < data.length) lowerBuf = Buffer.alloc(data.length);
+      let n = 0;
+      while (n < data.length) {
+        const got = await this.fs.read(ino, lowerBuf.subarray(n, data.length), offsetBytes + n);
+        if (got <= 0) break;
+        n += got;
+      }
+      // Runs of differing blocks, [runBegin, runEnd) relative to data.
+      let runBegin = -1;
+      const flushRun = async (upTo: number): Promise<void> => {
+        if (runBegin < 0) return;
+        await this.fs.write(ino, data.subarray(runBegin, upTo), offsetBytes + runBegin);
+        runBegin = -1;
+      };
+      // Block boundaries are those of the file: offsetBytes is a multiple of WRITE_COALESCE_BYTES, or 0.
+      for (let b = 0; b < data.length; b += bs) {
+        const end = Math.min(b + bs, data.length);
+        if (end <= n && data.subarray(b, end).equals(lowerBuf.subarray(b, end))) {
+          await flushRun(b);
+          this.stats.sharedBytes += end - b;
+        } else if (runBegin < 0) runBegin = b;
+      }
+      await flushRun(data.length);
+    };
+    await this.writeContent(ino, entry, body, path, writeChanged, existing.sizeBytes);
+    this.stats.files++;
+    this.stats.rewrittenInPlace++;
+    await this.setXattrs(ino, entry, true);
+    await this.fs.setattr(ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs });
+    this.markWritten(path);
+  }
+
   /**
    * Writes a file's chunks, coalesced into writes that end on WRITE_COALESCE_BYTES
    * boundaries of the file (a multiple of every pool block size), so each block is
    * written once and whole except the file's last one.
    */
-  private async writeContent(ino: Ino, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, path: string): Promise<void> {
+  private async writeContent(
+    ino: Ino,
+    entry: TarEntry,
+    body: AsyncIterable<{ offsetBytes: number; data: Buffer }>,
+    path: string,
+    write: (data: Buffer, offsetBytes: number) => Promise<unknown> = (d, o) => this.fs.write(ino, d, o),
+    currentSizeBytes = 0,
+  ): Promise<void> {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
     let pendingOffset = 0;
@@ -359,7 +431,7 @@ export class LayerApplier {
       const alignedEnd = Math.floor((pendingOffset + pendingBytes) / WRITE_COALESCE_BYTES) * WRITE_COALESCE_BYTES;
       const n = all ? pendingBytes : alignedEnd - pendingOffset;
       if (n <= 0) return;
-      await this.fs.write(ino, data.subarray(0, n), pendingOffset);
+      await write(data.subarray(0, n), pendingOffset);
       pending = n < pendingBytes ? [data.subarray(n)] : [];
       pendingBytes -= n;
       pendingOffset += n;
@@ -375,8 +447,8 @@ export class LayerApplier {
       if (pendingBytes >= WRITE_COALESCE_BYTES) await flush(false);
     }
     await flush(true);
-    if (end < entry.sizeBytes) {
-      // Sparse tail (or an all-hole file): extend with a hole.
+    if (Math.max(end, currentSizeBytes) !== entry.sizeBytes) {
+      // A sparse tail (or an all-hole file) extends with a hole; a shorter rewrite truncates.
       await this.fs.setattr(ino, { sizeBytes: entry.sizeBytes });
     }
   }

@@ -198,6 +198,38 @@ describe.each(storeFactories())('import into %s store', (_label, make) => {
     expect(tree.get('/link')!.target).toBe('etc/os-release');
   });
 
+  test('a file replaced with a few changed bytes keeps the unchanged blocks shared', async () => {
+    const base = Buffer.alloc(8 * 1024 * 1024 + 100);
+    for (let i = 0; i < base.length; i++) base[i] = (i * 13 + (i >> 16)) & 0xff;
+    const touched = Buffer.from(base);
+    touched.write('4 KiB change', 5 * 1024 * 1024 + 3);
+    const shorter = base.subarray(0, 3 * 1024 * 1024 + 7);
+    const longer = Buffer.concat([base, Buffer.alloc(200_000, 9)]);
+    const oci = path.join(work, 'oci');
+    await buildOci(oci, [
+      { entries: [file('db', base, { mode: 0o600 }), file('short', base), file('long', base), file('linked', base), hardlink('linked2', 'linked')] },
+      { entries: [file('db', touched, { mode: 0o640, uid: 7 }), file('short', shorter), file('long', longer), file('linked', touched)] },
+    ]);
+    const res = await importImage(t.store, oci, { name: 'rw' });
+    const tree = await readTree(t.store, 'rw');
+    expect(tree.get('/db')).toMatchObject({ content: sha256(touched), mode: 0o640, uid: 7, sizeBytes: touched.length });
+    expect(tree.get('/short')).toMatchObject({ content: sha256(shorter), sizeBytes: shorter.length });
+    expect(tree.get('/long')).toMatchObject({ content: sha256(longer), sizeBytes: longer.length });
+    // A file with other names is replaced, not rewritten: the other name keeps the old content.
+    expect(tree.get('/linked')!.content).toBe(sha256(touched));
+    expect(tree.get('/linked2')!.content).toBe(sha256(base));
+    expect(tree.get('/linked')!.ino).not.toBe(tree.get('/linked2')!.ino);
+    const lower = await readTree(t.store, (await t.store.getLayer('rw')).parent!);
+    expect(lower.get('/db')!.content).toBe(sha256(base));
+    expect(res.layers[1].contentBytes).toBe(touched.length + shorter.length + longer.length + touched.length);
+    if (t.label === 'pool') {
+      // db: one block; short: a truncation; long: the grown tail; linked: a whole new file (8 MiB).
+      const top = await t.store.getLayer('rw');
+      expect(top.exclusiveBytes).toBeLessThan(touched.length + 2 * 1024 * 1024);
+      expect(top.exclusiveBytes).toBeGreaterThanOrEqual(touched.length);
+    }
+  });
+
   describe('failures leave the pool as it was', () => {
     async function expectRejected(layers: LayerSpec[], code: string, opts: { tamper?: (blobs: string[]) => void } = {}): Promise<void> {
       const oci = path.join(work, `oci-${Math.random().toString(36).slice(2)}`);
