@@ -93,6 +93,7 @@ export class ThinPool {
   private readonly freeReserved: DataBlock[] = [];
   private closed = false;
   private syncing: Promise<void> | null = null;
+  private syncQueued: Promise<void> | null = null;
   private trimming: Promise<void> | null = null;
 
   private constructor(paths: PoolPaths, env: MetadataEnv, sb: Superblock, dataFd: number) {
@@ -517,18 +518,33 @@ export class ThinPool {
     }
   }
 
-  /** Flushes data blocks, then the metadata that points at them. Concurrent callers share one flush. */
+  /**
+   * Flushes data blocks, then the metadata that points at them. A caller always gets a
+   * flush that started after its call: while one runs, later callers share the single
+   * flush queued behind it (group commit).
+   */
   async sync(): Promise<void> {
-    if (this.syncing) return this.syncing;
-    this.syncing = (async () => {
+    if (!this.syncing) return this.startSync();
+    if (!this.syncQueued) {
+      this.syncQueued = this.syncing.catch(() => undefined).then(() => {
+        this.syncQueued = null;
+        return this.startSync();
+      });
+    }
+    return this.syncQueued;
+  }
+
+  private startSync(): Promise<void> {
+    const run = (async () => {
       await fdatasync(this.dataFd);
       await this.env.sync();
     })();
-    try {
-      await this.syncing;
-    } finally {
-      this.syncing = null;
-    }
+    this.syncing = run;
+    const clear = () => {
+      if (this.syncing === run) this.syncing = null;
+    };
+    run.then(clear, clear);
+    return run;
   }
 
   /** Gives back this process's reservation, flushes, closes. Idempotent. */
