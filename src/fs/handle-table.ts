@@ -3,8 +3,6 @@ import type { Ino } from '../store/layer-store';
 export interface Handle {
   ino: Ino;
   writable: boolean;
-  /** Written through since the last flush/fsync of this handle. */
-  dirty: boolean;
 }
 
 /**
@@ -28,7 +26,7 @@ export class HandleTable {
     let fh = this.next;
     while (this.handles.has(fh)) fh = fh >= HandleTable.MAX_FH - 1 ? 1 : fh + 1;
     this.next = fh >= HandleTable.MAX_FH - 1 ? 1 : fh + 1;
-    this.handles.set(fh, { ino, writable, dirty: false });
+    this.handles.set(fh, { ino, writable });
     this.openPerIno.set(ino, (this.openPerIno.get(ino) ?? 0) + 1);
     return fh;
   }
