@@ -175,7 +175,9 @@ describe.each(storeFactories())('import into %s store', (_label, make) => {
     expect([...ociTree.keys()].sort()).toEqual([...dockerTree.keys()].sort());
 
     const tar = await writeTar(layers[0].entries!);
-    for (const [ext, data] of [['tar', tar], ['tar.gz', zlib.gzipSync(tar)]] as const) {
+    const { execFileSync } = await import('node:child_process');
+    const zst = execFileSync('zstd', ['-q', '-c'], { input: tar });
+    for (const [ext, data] of [['tar', tar], ['tar.gz', zlib.gzipSync(tar)], ['tar.zst', zst]] as const) {
       const f = path.join(work, `single.${ext}`);
       fs.writeFileSync(f, data);
       const r = await importImage(t.store, f, { name: `single-${ext.replace('.', '-')}` });
@@ -184,6 +186,14 @@ describe.each(storeFactories())('import into %s store', (_label, make) => {
       expect(tree.get('/etc/passwd')!.content).toBe('root:x:0:0\n');
       expect((await t.store.getLayer(r.name)).labels[LABELS.diffId]).toBe(sha256(tar));
     }
+
+    // An extracted `docker save` directory.
+    const dockerDir = path.join(work, 'docker-dir');
+    fs.mkdirSync(dockerDir);
+    execFileSync('tar', ['-C', dockerDir, '-xf', docker]);
+    const dd = await importImage(t.store, dockerDir, { name: 'from-docker-dir' });
+    expect(dd.format).toBe('docker-dir');
+    expect(dd.alreadyPresent).toBe(true);
 
     const rootfs = path.join(work, 'rootfs');
     fs.mkdirSync(path.join(rootfs, 'etc'), { recursive: true });
