@@ -293,6 +293,33 @@ describe('hostile or corrupt archives', () => {
     expect(await codeOf(readAll(tar))).toBe('NOT_SUPPORTED');
   });
 
+  test('hundreds of thousands of tiny entries stream in bounded memory', async () => {
+    const COUNT = 300_000;
+    const template = rawHeader({ name: 'f', size: 1 });
+    async function* lots(): AsyncGenerator<Buffer> {
+      const batch: Buffer[] = [];
+      for (let i = 0; i < COUNT; i++) {
+        const h = Buffer.from(template);
+        h.fill(0, 0, 100);
+        h.write(`d${i % 100}/f${i}`, 0, 'latin1');
+        fixChecksum(h);
+        batch.push(h, pad512(Buffer.from('x')));
+        if (batch.length >= 512) yield Buffer.concat(batch.splice(0));
+      }
+      yield Buffer.concat([...batch, END]);
+    }
+    global.gc?.();
+    const before = process.memoryUsage().heapUsed;
+    let n = 0;
+    let peak = before;
+    for await (const { entry } of readTar(lots())) {
+      if (entry.type === 'file') n++;
+      if (n % 10_000 === 0) peak = Math.max(peak, process.memoryUsage().heapUsed);
+    }
+    expect(n).toBe(COUNT);
+    expect(peak - before).toBeLessThan(64 * 1024 * 1024);
+  }, 60_000);
+
   test('historic signed checksums are accepted', async () => {
     const h = rawHeader({ name: 'caf\u00e9' });
     h.fill(0x20, 148, 156);
