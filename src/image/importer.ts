@@ -218,6 +218,7 @@ export class Importer {
     this.tick = () => report(curLayers, curEntries);
 
     const layers: ImportedLayer[] = [];
+    const toSeal: string[] = [];
     let parent = 'base';
     let parentChain: string | null = null;
     for (let i = 0; i < total; i++) {
@@ -265,7 +266,8 @@ export class Importer {
         // chainIds([a, b])[1] = sha256(a + " " + b): the parent's chain id stands in for its diff id list.
         await this.store.setLabels(layerName, { ...labels, [LABELS.diffId]: result.diffId, [LABELS.chainId]: chainId });
       }
-      await this.store.sealLayer(layerName);
+      // Sealed together at the end, bottom-up: a killed import leaves only building layers, which the next open removes.
+      toSeal.push(layerName);
       layers.push({
         name: layerName, diffId: result.diffId ?? ls?.diffId ?? null, chainId, reused: false,
         entries: result.stats.entries, contentBytes: result.stats.contentBytes, blobBytes: result.blobBytes,
@@ -277,6 +279,7 @@ export class Importer {
 
     // Point the name at the top layer.
     const top = parent;
+    for (const layerName of toSeal) await this.store.sealLayer(this.currentName(layerName));
     const topInfo = await this.store.getLayer(top);
     let finalName = top;
     let alreadyPresent = false;
@@ -323,6 +326,13 @@ export class Importer {
       name: finalName, format: src.format, layers, alreadyPresent,
       bytesRead: this.bytesDone, durationMs: Date.now() - started,
     };
+  }
+
+  /** The name a layer created by this import has now (renames follow it). */
+  private currentName(name: string): string {
+    let cur = name;
+    for (const r of this.renames) if (r.from === cur) cur = r.to;
+    return cur;
   }
 
   private async rename(from: string, to: string): Promise<void> {

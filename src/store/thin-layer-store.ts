@@ -154,7 +154,9 @@ export class ThinLayerStore implements LayerStore {
     const rec = this.pool.txn(() => {
       if (this.names.get(name)) throw dmfsError('LAYER_EXISTS', `a layer named '${name}' already exists`);
       const parent = this.layerByName(parentName);
-      if (parent.state === 'building') throw dmfsError('WRONG_LAYER_KIND', `parent '${parentName}' is still being built`);
+      // A chain of image layers may be built in one go (an import) by one process, and sealed bottom-up at the end.
+      const sameBuilder = opts.kind === 'image' && opts.building && parent.builderOwnerId === this.pool.ownerId;
+      if (parent.state === 'building' && !sameBuilder) throw dmfsError('WRONG_LAYER_KIND', `parent '${parentName}' is still being built`);
       if (parent.deferredRemoval || parent.state === 'removing') throw dmfsError('WRONG_LAYER_KIND', `parent '${parentName}' is being removed`);
       if (parent.kind === 'container') {
         throw dmfsError('WRONG_LAYER_KIND', `parent '${parentName}' is a container; commit it first ('dmfs commit ${parentName} IMAGE') and build on the image`);
@@ -187,6 +189,9 @@ export class ThinLayerStore implements LayerStore {
     const rec = this.pool.txn(() => {
       const r = this.layerByName(name);
       if (r.state !== 'building') throw dmfsError('WRONG_LAYER_KIND', `layer '${name}' is not being built`);
+      if (r.parentId !== null && this.layerById(r.parentId).state === 'building') {
+        throw dmfsError('WRONG_LAYER_KIND', `layer '${name}' sits on a layer still being built; seal that one first`);
+      }
       if (this.liveHolders(r.id).some((h) => h.writable && h.ownerId !== this.pool.ownerId)) {
         throw dmfsError('LAYER_IN_USE', `layer '${name}' is open for writing elsewhere`);
       }
@@ -393,7 +398,8 @@ export class ThinLayerStore implements LayerStore {
         report.holders += dead.length;
       }
     }
-    for (const l of this.allLayers()) {
+    // Children before parents (children have larger ids): a dead import's chain of building layers goes top-down.
+    for (const l of this.allLayers().sort((a, b) => b.id - a.id)) {
       if (l.state === 'removing') {
         await this.finishRemoval(l.id);
         report.removals++;
