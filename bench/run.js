@@ -16,6 +16,8 @@
 //   --json FILE        also write every sample as JSON
 //   --cpu-prof DIR     CPU profile of every mount daemon into DIR (bench/profile-summary.js reads them)
 //   --keep             leave the scratch directory (pools, uppers) in place
+//   --dmfs DIR         measure the dmfs of another checkout (its bin/dmfs.js and dist/), e.g. to
+//                      compare a patch against this tree on the same machine
 //
 // Every system mounts a fresh writable layer on the same content: dmfs a container layer
 // on an image layer imported from the lower directory, overlayfs and fuse-overlayfs an
@@ -27,7 +29,7 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const U = require('./lib/util');
 const { ensureRootfs, ensureRandomFile } = require('./lib/dataset');
-const { Dmfs } = require('./lib/dmfs');
+const { Dmfs, useTree, tree } = require('./lib/dmfs');
 const { DmfsSystem, OverlaySystem } = require('./lib/peers');
 const io = require('./lib/io');
 const { summarize, table, writeSection } = require('./lib/report');
@@ -39,7 +41,7 @@ const ALL = ['seqread', 'seqwrite', 'cow', 'randread', 'metadata', 'snapshot', '
 // ---- options -------------------------------------------------------------------------------
 
 function parseArgs(argv) {
-  const o = { quick: false, rounds: null, only: ALL, dir: '/var/tmp/dmfs-bench', cache: '/var/tmp/dmfs-bench-cache', write: false, json: null, cpuProf: null, keep: false };
+  const o = { quick: false, rounds: null, only: ALL, dir: '/var/tmp/dmfs-bench', cache: '/var/tmp/dmfs-bench-cache', write: false, json: null, cpuProf: null, keep: false, dmfs: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -55,6 +57,7 @@ function parseArgs(argv) {
     else if (a === '--json') o.json = path.resolve(val());
     else if (a === '--cpu-prof') o.cpuProf = path.resolve(val());
     else if (a === '--keep') o.keep = true;
+    else if (a === '--dmfs') o.dmfs = path.resolve(val());
     else if (a === '-h' || a === '--help') usage(null);
     else usage(`unknown option ${a}`);
   }
@@ -73,9 +76,10 @@ function usage(msg) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
+if (opts.dmfs) useTree(opts.dmfs);
 const cfg = opts.quick
   ? { rounds: opts.rounds ?? 1, bigBytes: GiB, fioSeconds: 2, largeFiles: 1, metaRounds: 1, metaSlice: true, snapRounds: 2, containers: 100 }
-  : { rounds: opts.rounds ?? 5, bigBytes: GiB, fioSeconds: 10, largeFiles: 10, metaRounds: Math.min(opts.rounds ?? 3, 3), metaSlice: false, snapRounds: opts.rounds ?? 5, containers: 100 };
+  : { rounds: opts.rounds ?? 5, bigBytes: GiB, fioSeconds: 5, largeFiles: 10, metaRounds: Math.min(opts.rounds ?? 3, 3), metaSlice: false, snapRounds: opts.rounds ?? 5, containers: 100 };
 
 const log = (m) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${U.loadAvg()}] ${m}\n`);
 
@@ -89,7 +93,7 @@ function preflight() {
   if (!U.tryRun('sh', ['-c', 'command -v fio'])) problems.push('fio missing (apt-get install fio)');
   if (!/\boverlay\b/.test(fs.readFileSync('/proc/filesystems', 'utf8'))) U.tryRun('modprobe', ['overlay']);
   if (!/\boverlay\b/.test(fs.readFileSync('/proc/filesystems', 'utf8'))) problems.push('kernel overlayfs unavailable');
-  if (!fs.existsSync(path.join(REPO, 'dist', 'index.js'))) problems.push('dist/ missing: npm run build');
+  if (!fs.existsSync(path.join(tree(), 'dist', 'index.js'))) problems.push(`${path.join(tree(), 'dist')} missing: npm run build`);
   if (problems.length) {
     process.stderr.write(`bench: cannot run here:\n  - ${problems.join('\n  - ')}\n`);
     process.exit(1);
@@ -101,8 +105,8 @@ function machine() {
   let probe = opts.dir;
   while (!fs.existsSync(probe)) probe = path.dirname(probe);
   const fsrc = U.tryRun('findmnt', ['-no', 'SOURCE,FSTYPE', '-T', probe])?.trim().replace(/\s+/, ' ') ?? '?';
-  const git = U.tryRun('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'])?.trim() ?? '?';
-  const dirty = U.tryRun('git', ['-C', REPO, 'status', '--porcelain', '--', 'src'])?.trim() ? ' + uncommitted src/ changes' : '';
+  const git = U.tryRun('git', ['-C', tree(), 'rev-parse', '--short', 'HEAD'])?.trim() ?? `(not a git checkout: ${tree()})`;
+  const dirty = U.tryRun('git', ['-C', tree(), 'status', '--porcelain', '--', 'src'])?.trim() ? ' + uncommitted src/ changes' : '';
   return {
     cpu: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
     memGiB: Math.round(os.totalmem() / GiB),
@@ -228,15 +232,28 @@ const workloads = {
 
   cow() {
     const { systems } = ctx;
-    const sets = { coldFirst: sampleSet(systems), coldSecond: sampleSet(systems), warmFirst: sampleSet(systems), warmSecond: sampleSet(systems), bytes: sampleSet(systems) };
+    const modes = ['cold', 'used', 'warm'];
+    const sets = { bytes: sampleSet(systems) };
+    for (const m of modes) {
+      sets[`${m}First`] = sampleSet(systems);
+      sets[`${m}Second`] = sampleSet(systems);
+    }
     const mid = Math.floor(cfg.bigBytes / 2) + 8 * KiB;
     rounds(cfg.rounds, systems, (s) => {
-      for (const mode of ['cold', 'warm']) {
+      // cold: a fresh mount, caches dropped. used: the same after the container did some
+      // work (read a lower file, wrote a new one), caches dropped. warm: the lower file read
+      // just before (page cache warm).
+      for (const mode of modes) {
         const c = s.sys.fresh(s.main, `cow-${mode}`);
         cleanups.push(() => c.close());
         const file = path.join(c.mnt, 'bench', 'big.bin');
-        if (mode === 'cold') U.dropCaches();
-        else io.seqRead(file);
+        if (mode === 'used') {
+          fs.readFileSync(path.join(c.mnt, 'etc', 'os-release'));
+          fs.writeFileSync(path.join(c.mnt, 'tmp', 'used'), 'x'.repeat(10000));
+          fs.statSync(file);
+        }
+        if (mode === 'warm') io.seqRead(file);
+        else U.dropCaches();
         const r = io.cowWrites(file, mid);
         sets[`${mode}First`][s.sys.name].push(r.firstMs);
         sets[`${mode}Second`][s.sys.name].push(r.secondMs);
@@ -247,8 +264,9 @@ const workloads = {
     });
     const g = '3. copy-on-write: 4 KiB writes into the middle of a 1 GiB image file';
     const headline = { text: '≤ 0.01 × both (100x faster) and < 10 ms', check: (v, r) => r.overlayfs <= 0.01 && r['fuse-overlayfs'] <= 0.01 && v.dmfs < 10 };
-    rows.push({ id: 'cow-first-cold', group: g, name: 'first write: open(O_RDWR) + pwrite, caches dropped', unit: 'ms', better: 'lower', samples: sets.coldFirst, target: headline, digits: 3 });
-    rows.push({ id: 'cow-second-cold', group: g, name: 'second write (next 4 KiB), after the cold first', unit: 'ms', better: 'lower', samples: sets.coldSecond, digits: 3 });
+    rows.push({ id: 'cow-first-cold', group: g, name: 'first write: open(O_RDWR) + pwrite, fresh mount, caches dropped', unit: 'ms', better: 'lower', samples: sets.coldFirst, target: headline, digits: 3 });
+    rows.push({ id: 'cow-second-cold', group: g, name: 'second write (next 4 KiB), after it', unit: 'ms', better: 'lower', samples: sets.coldSecond, digits: 3 });
+    rows.push({ id: 'cow-first-used', group: g, name: 'first write, mount used before (read a file, wrote one), caches dropped', unit: 'ms', better: 'lower', samples: sets.usedFirst, target: headline, digits: 3 });
     rows.push({ id: 'cow-first-warm', group: g, name: 'first write, lower file in page cache', unit: 'ms', better: 'lower', samples: sets.warmFirst, target: headline, digits: 3 });
     rows.push({ id: 'cow-second-warm', group: g, name: 'second write, warm', unit: 'ms', better: 'lower', samples: sets.warmSecond, digits: 3 });
     rows.push({ id: 'cow-bytes', group: g, name: 'space taken by the writable layer after the first write', unit: 'KiB', better: 'lower', samples: sets.bytes });
@@ -303,7 +321,7 @@ const workloads = {
     rows.push({ id: 'meta-rm', group: g, name: 'rm -rf', unit: 'ms', better: 'lower', samples: s.rm, target: t });
   },
 
-  snapshot() {
+  async snapshot() {
     const { systems } = ctx;
     const g = '6. snapshot cost: a new writable layer';
     for (const size of ['small', 'large']) {
@@ -320,8 +338,18 @@ const workloads = {
         c.close();
         cleanups.pop();
       });
+      // The layer operation itself: createLayer through the Node API in one open pool.
+      const api = [];
+      await ctx.dmfs.withPool(async (pool) => {
+        for (let r = 0; r < Math.max(cfg.snapRounds, 5); r++) {
+          const name = `api-${size}-${r}`;
+          api.push(await U.timeMs(() => pool.store.createLayer(name, { kind: 'container', parent: `snap-${size}` })));
+          await pool.store.removeLayer(name);
+        }
+      });
       const label = size === 'small' ? ctx.smallLabel : ctx.largeLabel;
       const t50 = { text: '< 50 ms', check: (v) => v.dmfs < 50 };
+      rows.push({ id: `snap-${size}-api`, group: g, name: `${label} image: createLayer (Node API, pool open)`, unit: 'ms', better: 'lower', samples: { dmfs: api }, target: t50, digits: 2 });
       rows.push({ id: `snap-${size}-create`, group: g, name: `${label} image: dmfs create (CLI wall) / mkdir upper+work`, unit: 'ms', better: 'lower', samples: create, target: t50, digits: 2 });
       rows.push({ id: `snap-${size}-inside`, group: g, name: `${label} image: dmfs create, inside the CLI (pool open..close)`, unit: 'ms', better: 'lower', samples: { dmfs: inside.dmfs }, target: t50, digits: 2 });
       rows.push({ id: `snap-${size}-total`, group: g, name: `${label} image: create → mounted → listable`, unit: 'ms', better: 'lower', samples: total, digits: 1 });
@@ -331,7 +359,9 @@ const workloads = {
   async space() {
     const { dmfs } = ctx;
     const g = '7. space';
-    const before = ctx.poolBytes(dmfs.info());
+    const info0 = dmfs.info();
+    const before = ctx.poolBytes(info0);
+    const hostBefore = (info0.dataFileAllocatedBytes ?? 0) + allocatedBytes(info0.metadataFile);
     const names = Array.from({ length: cfg.containers }, (_, i) => `idle-${i}`);
     let how;
     if (opts.quick) {
@@ -341,7 +371,9 @@ const workloads = {
       for (const n of names) dmfs.create(n, 'rootfs');
       how = 'dmfs create';
     }
-    const grown = ctx.poolBytes(dmfs.info()) - before;
+    const info1 = dmfs.info();
+    const grown = ctx.poolBytes(info1) - before;
+    const hostGrown = (info1.dataFileAllocatedBytes ?? 0) + allocatedBytes(info1.metadataFile) - hostBefore;
     dmfs.rm(...names);
     // overlay: an upper and a work directory per container.
     const ovl = path.join(opts.dir, 'space-ovl');
@@ -356,6 +388,7 @@ const workloads = {
     rows.push({ id: 'space-image-host', group: g, name: 'rootfs image: host bytes (data file allocated + metadata file growth)', unit: 'MiB', better: 'lower', samples: { dmfs: [ctx.imageHostBytes / MiB], overlayfs: [rootfsMiB], 'fuse-overlayfs': [rootfsMiB] } });
     rows.push({ id: 'space-import', group: g, name: `rootfs import (${ctx.imageHow}) / tar -xf into the lower dir + sync`, unit: 'ms', better: 'lower', samples: { dmfs: [ctx.importMs], overlayfs: [ctx.extractMs], 'fuse-overlayfs': [ctx.extractMs] } });
     rows.push({ id: 'space-100', group: g, name: `${cfg.containers} idle containers on the rootfs image (${how}): pool growth / upper+work dirs`, unit: 'KiB', better: 'lower', samples: { dmfs: [grown / KiB], overlayfs: [ovlBytes / KiB], 'fuse-overlayfs': [ovlBytes / KiB] }, target: { text: '< 1 MiB', check: (v) => v.dmfs < 1024 } });
+    rows.push({ id: 'space-100-host', group: g, name: `${cfg.containers} idle containers: host bytes growth (data file + metadata file)`, unit: 'KiB', better: 'lower', samples: { dmfs: [hostGrown / KiB], overlayfs: [ovlBytes / KiB], 'fuse-overlayfs': [ovlBytes / KiB] }, target: { text: '< 1 MiB', check: (v) => v.dmfs < 1024 } });
   },
 };
 
@@ -425,14 +458,16 @@ async function setup() {
   cleanups.push(() => dmfs.poolDestroy());
   dmfs.poolCreate('40G', ['dm.min_free_space=0', 'dm.basesize=20G']);
   const poolBytes = (i) => i.dataSpaceUsedBytes + i.metadataSpaceUsedBytes;
+  // Host bytes: what the data file and the metadata file occupy on the disk, read together with the figures.
   const hostBytes = (i) => (i.dataFileAllocatedBytes ?? 0) + allocatedBytes(i.metadataFile);
   const i0 = dmfs.info();
+  const host0 = hostBytes(i0);
   ctx.importMs = await U.timeMs(async () => {
     ctx.imageHow = await dmfs.importTree(rootfsLower, 'rootfs');
   });
   const i1 = dmfs.info();
   ctx.imageBytes = poolBytes(i1) - poolBytes(i0);
-  ctx.imageHostBytes = hostBytes(i1) - hostBytes(i0);
+  ctx.imageHostBytes = hostBytes(i1) - host0;
   ctx.poolBytes = poolBytes;
   ctx.dmfs = dmfs;
   await dmfs.addImageLayer(benchLower, 'bench-img', 'rootfs');

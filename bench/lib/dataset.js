@@ -107,6 +107,7 @@ function generateTree(dir, seed = 6800) {
     fs.symlinkSync(path.relative(dirs[0], target), path.join(dirs[1 + Math.floor(rand() * (dirs.length - 1))], `l${i.toString(36)}`));
   }
   for (let i = 0; i < 4; i++) fs.linkSync(files[i * 97], path.join(dirs[1], `h${i}`));
+  fs.writeFileSync(path.join(dir, 'etc', 'os-release'), 'ID=generated\n');
 }
 
 /**

@@ -6,8 +6,15 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const { run, timeMsSync, MiB, prngFill } = require('./util');
 
-const ROOT = path.join(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'dmfs.js');
+// The dmfs tree under test: this checkout, or another one (bench/run.js --dmfs DIR) to
+// compare two builds on one machine.
+let ROOT = path.join(__dirname, '..', '..');
+let BIN = path.join(ROOT, 'bin', 'dmfs.js');
+
+function useTree(dir) {
+  ROOT = path.resolve(dir);
+  BIN = path.join(ROOT, 'bin', 'dmfs.js');
+}
 
 class Dmfs {
   /**
@@ -242,4 +249,4 @@ async function buildImageFromTree(pool, srcDir, name, parent) {
   await pool.store.sealLayer(name);
 }
 
-module.exports = { Dmfs, BIN };
+module.exports = { Dmfs, useTree, tree: () => ROOT };
