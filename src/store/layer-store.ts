@@ -249,7 +249,11 @@ export interface CreateLayerOptions {
   /** Parent layer name; default 'base'. */
   parent?: string;
   kind: 'image' | 'container';
-  /** Image layers only: stay writable until sealLayer (used by import). */
+  /**
+   * Image layers only: stay writable until sealLayer (used by import). A building layer
+   * may sit on a building parent of the same process, so a whole chain can be built and
+   * then sealed bottom-up; if that process dies, the next open removes the whole chain.
+   */
   building?: boolean;
   sizeLimitBytes?: number;
   labels?: Record<string, string>;

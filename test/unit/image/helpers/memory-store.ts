@@ -102,7 +102,10 @@ export class MemoryStore implements LayerStore {
   async createLayer(name: string, opts: CreateLayerOptions): Promise<LayerInfo> {
     if (this.layers.has(name)) throw dmfsError('LAYER_EXISTS', `layer ${name} exists`);
     const parent = this.get(opts.parent ?? 'base');
-    if (parent.state === 'building') throw dmfsError('WRONG_LAYER_KIND', `parent ${parent.name} is still building`);
+    // One process builds a chain of image layers in one go; anything else waits for the seal.
+    if (parent.state === 'building' && !(opts.kind === 'image' && opts.building)) {
+      throw dmfsError('WRONG_LAYER_KIND', `parent ${parent.name} is still building`);
+    }
     const l = this.newLayer(name, opts.kind, parent, opts.labels ?? {});
     l.state = opts.kind === 'image' ? (opts.building ? 'building' : 'committed') : 'active';
     return this.info(l);
@@ -111,6 +114,7 @@ export class MemoryStore implements LayerStore {
   async sealLayer(name: string): Promise<LayerInfo> {
     const l = this.get(name);
     if (l.state !== 'building') throw dmfsError('WRONG_LAYER_KIND', `${name} is not building`);
+    if (l.parent && l.parent.state === 'building') throw dmfsError('WRONG_LAYER_KIND', `${name} sits on a layer still being built`);
     l.state = 'committed';
     return this.info(l);
   }
