@@ -17,7 +17,7 @@ import type {
   StatFs,
   XattrSetFlags,
 } from '../../src/store/layer-store';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../../src/store/layer-store';
+import { fileKindOfMode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../../src/store/layer-store';
 
 const PAGE = 4096;
 const NAME_MAX = 255;
@@ -50,17 +50,6 @@ export interface MemoryLayerFsOptions {
   firstIno?: number;
 }
 
-function kindOf(mode: number): FileKind {
-  switch (mode & S_IFMT) {
-    case S_IFDIR: return 'dir';
-    case S_IFLNK: return 'symlink';
-    case S_IFCHR: return 'chardev';
-    case S_IFBLK: return 'blockdev';
-    case S_IFIFO: return 'fifo';
-    case S_IFSOCK: return 'socket';
-    default: return 'file';
-  }
-}
 
 export class MemoryLayerFs implements LayerFs {
   readonly layerName: string;
@@ -101,7 +90,7 @@ export class MemoryLayerFs implements LayerFs {
   }
 
   private makeNode(ino: Ino, mode: number, uid: number, gid: number, t: bigint): Node {
-    const kind = kindOf(mode);
+    const kind = fileKindOfMode(mode);
     return {
       ino, kind, mode, uid, gid, nlink: 1, rdev: 0, sizeBytes: 0,
       atimeNs: t, mtimeNs: t, ctimeNs: t,

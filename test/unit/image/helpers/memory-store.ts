@@ -9,7 +9,7 @@ import type {
   Attr, CreateLayerOptions, DirEntry, FileKind, Ino, LayerChange, LayerFs, LayerInfo, LayerStore,
   NewNodeOptions, OpenLayerOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
 } from '../../../../src/store/layer-store';
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK } from '../../../../src/store/layer-store';
+import { fileKindOfMode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK } from '../../../../src/store/layer-store';
 
 interface Node {
   attr: Attr;
@@ -32,17 +32,6 @@ interface Layer {
   openWriters: number;
 }
 
-function kindOf(mode: number): FileKind {
-  switch (mode & S_IFMT) {
-    case S_IFDIR: return 'dir';
-    case S_IFLNK: return 'symlink';
-    case S_IFCHR: return 'chardev';
-    case S_IFBLK: return 'blockdev';
-    case S_IFIFO: return 'fifo';
-    case S_IFSOCK: return 'socket';
-    default: return 'file';
-  }
-}
 
 const ROOT_INO = 1;
 
@@ -67,7 +56,7 @@ export class MemoryStore implements LayerStore {
 
   private attr(ino: Ino, mode: number, uid: number, gid: number, rdev: number): Attr {
     return {
-      ino, kind: kindOf(mode), mode, uid, gid, sizeBytes: 0, nlink: 1, rdev,
+      ino, kind: fileKindOfMode(mode), mode, uid, gid, sizeBytes: 0, nlink: 1, rdev,
       atimeNs: this.now, mtimeNs: this.now, ctimeNs: this.now, blocks512: 0,
     };
   }
