@@ -1,0 +1,89 @@
+/**
+ * The same differential testing with the targets in image layers: a tree imported as a
+ * directory (`dmfs import DIR`), a second image layer built through a mount (xattrs, a
+ * whiteout, a cross-layer hard link, an opaque directory), and a container on top. The ext4
+ * oracle is the same tree copied with `cp -a` and changed by the same script. Every case
+ * works on lower files: whiteouts, opaque directories, copy-up of attributes and of blocks,
+ * hard links across layers, the dpkg replacement pattern, and timestamps.
+ */
+import { describeFuse, run } from '../support/fuse-harness';
+import { LAYER_CASES, LAYER_DATA_CASES, LOWER_OVERLAY_SCRIPT, LOWER_TREE_SCRIPT } from '../support/posix-cases';
+import {
+  defineProbeTests, ext4Oracle, GiB, mountForAll, mountImageContainer, openTempDir, type Oracle, type PosixMount, type ProbeResults, runProbe,
+} from '../support/posix-harness';
+import { Pool } from '../../src/api';
+import { importImage } from '../../src/image/importer';
+
+/**
+ * Case name -> report row: R2 each name of a hard link is its own kernel inode under libfuse
+ * 2's path API; with attr_timeout 1 s (de2bc15) the other names show old attributes and,
+ * through libfuse's auto_cache, old data for up to a second; an open descriptor, forever.
+ */
+const KNOWN: Record<string, string> = {
+  'layers: hard links of the image, checked right after each change (write, chmod, link, unlink, truncate, rename over)': 'R2 hard-link aliases',
+  'layers: hard links of the image, both names open while one is written': 'R2 hard-link aliases',
+};
+
+const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
+
+describeFuse('POSIX on image layers: dmfs container over an imported image vs ext4', () => {
+  let oracle: Oracle;
+  let m: PosixMount;
+  let ext4: ProbeResults;
+  let dmfs: ProbeResults;
+
+  beforeAll(async () => {
+    oracle = await ext4Oracle();
+    m = await mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir);
+    // The cases share one tree (each in its own top-level directory): run them in order.
+    ext4 = await runProbe(oracle.dir, CASES);
+    dmfs = await runProbe(m.mnt, CASES);
+  }, 60_000);
+
+  afterAll(async () => {
+    await m?.close();
+    await oracle?.cleanup();
+  });
+
+  it('after the cases both trees list the same (modes, owners, link counts, sizes, xattrs, content)', async () => {
+    const listing = (d: string) =>
+      run(`cd ${d} && { find . -mindepth 1 -type d -printf '%p %y %#m %U:%G %n\\n'; find . ! -type d -printf '%p %y %#m %U:%G %n %s %l\\n'; } | sort`);
+    expect(await listing(m.mnt)).toBe(await listing(oracle.dir));
+    const xattrs = (d: string) => run(`cd ${d} && { getfattr -R -h -d -m - -e hex . 2>/dev/null || true; } | sed '/^$/d' | sort`);
+    expect(await xattrs(m.mnt)).toBe(await xattrs(oracle.dir));
+    await run(`diff -r --no-dereference ${oracle.dir} ${m.mnt}`);
+  });
+
+  defineProbeTests(CASES, KNOWN, () => ({ ext4, dmfs }));
+
+  it('find -newer, du and df see the container changes', async () => {
+    for (const d of [oracle.dir, m.mnt]) await run(`touch -d '2000-01-01' ${d}/ref && sleep 0.02 && echo changed > ${d}/unl/keep`);
+    const newer = (d: string) => run(`cd ${d} && find . -newer ref -type f | sort`);
+    expect(await newer(m.mnt)).toBe(await newer(oracle.dir));
+    const du = Number((await run(`du -sk ${m.mnt}/trc`)).split(/\s/)[0]);
+    expect(du).toBeGreaterThan(100);
+    expect(await run(`df -P ${m.mnt} | tail -1`)).toMatch(/^dmfs:c /);
+  });
+
+  it('no unexpected errors were logged by the mount', () => {
+    expect(m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+  });
+});
+
+describeFuse('dmfs import DIR keeps what cp -a keeps', () => {
+  // R3: src/image/dir-source.ts reads no xattrs (its TODO: no xattr call in the native seam).
+  test.failing('xattrs of the source tree (user.*, security.capability) reach the image [known difference, report row R3 import drops xattrs]', async () => {
+    const src = openTempDir('posix-import');
+    await run(`cd ${src} && echo f > f && cp /usr/bin/true ping && setfattr -n user.k -v v f && setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 ping`);
+    const pool = await Pool.create({ root: openTempDir('posix-import-pool'), sizeBytes: 4 * GiB });
+    await importImage(pool.store, src, { name: 'img' });
+    await pool.store.createLayer('c', { parent: 'img', kind: 'container' });
+    const m = await mountForAll(pool, await pool.store.openLayer('c'), [src]);
+    try {
+      const dump = (d: string) => run(`cd ${d} && getfattr -h -d -m - -e hex f ping 2>/dev/null | grep -v '^$'`);
+      expect(await dump(m.mnt)).toBe(await dump(src));
+    } finally {
+      await m.close();
+    }
+  });
+});
