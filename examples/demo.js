@@ -42,7 +42,21 @@ function main() {
   makeTable();
   say('The pool');
   const info = dmfs(['info', '--json'], { allowFail: true, quiet: true });
-  if (info.status !== 0) dmfs(['pool', 'create', '--size', '20G']);
+  if (info.status !== 0) {
+    const code = (() => {
+      try {
+        return JSON.parse(info.stdout).error.code;
+      } catch {
+        return null;
+      }
+    })();
+    // Anything but "no pool yet" needs the user (the default pool may hold their layers).
+    if (code !== 'POOL_NOT_FOUND') {
+      process.stderr.write(`demo: the default pool cannot be used: ${info.stderr}`);
+      process.exit(info.status || 1);
+    }
+    dmfs(['pool', 'create', '--size', '20G']);
+  }
   else process.stdout.write(`using the existing pool (${JSON.parse(info.stdout).dataFile})\n`);
 
   // Re-runs: take away what an earlier demo left.

@@ -214,6 +214,8 @@ export interface FuseMountOptions {
   /** st_blksize of every file. */
   blockSizeBytes: number;
   debug?: boolean;
+  /** Honour setuid bits and device nodes (mount as root without nosuid,nodev). */
+  suidDev?: boolean;
 }
 
 /** The libfuse option list. fuse-native forwards only a fixed set, so all of it rides in `fsname`. */
@@ -229,6 +231,13 @@ export function fuseOptionList(o: FuseMountOptions): string[] {
     `attr_timeout=${o.attrTimeoutS}`,
     `negative_timeout=${o.negativeTimeoutS}`,
   ];
+  // libfuse 2 adds nosuid,nodev unless told otherwise; ext4 (and a container's rootfs)
+  // has neither, so setuid binaries and device nodes in an image work. Root only.
+  if (o.suidDev) list.push('suid', 'dev');
+  // The page cache of a writable layer is checked against fresh attributes at every open:
+  // libfuse 2's path API gives each hard link its own kernel inode, and another name's
+  // cached attributes could otherwise keep stale pages for up to attr_timeout.
+  if (o.autoCache) list.push('ac_attr_timeout=0');
   if (o.readOnly) list.push('ro');
   if (o.allowOther) list.push('allow_other');
   if (o.kernelCache) list.push('kernel_cache');

@@ -8,8 +8,8 @@
  *
  * Cache policy: a read-only layer is immutable, so the kernel keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour. A writable layer has a single
- * writer (this mount): dentries and attributes are kept 1 s, pages while mtime/size are
- * unchanged (auto_cache); see attrTimeoutS.
+ * writer (this mount): dentries are kept 1 s, pages while mtime/size are unchanged
+ * (auto_cache), attributes not at all (see attrTimeoutS).
  */
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
@@ -38,7 +38,7 @@ export interface StopResult {
 /** FUSE request size limit of libfuse 2 (32 pages). */
 const MAX_IO_BYTES = 128 * 1024;
 
-export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean } = {}): FuseMountOptions {
+export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean; noSuidDev?: boolean } = {}): FuseMountOptions {
   const ro = layer.readOnly;
   return {
     fsName: `dmfs:${layer.layerName}`,
@@ -46,17 +46,20 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
     allowOther: extra.allowOther,
     debug: extra.debug,
     entryTimeoutS: ro ? 3600 : 1,
-    // 1 s for writable layers, as fuse-overlayfs does. With 0 every path component of every
-    // syscall costs a GETATTR round trip (default_permissions needs the directories'
-    // modes): tar -x of 8,800 entries made ~30 requests per file. The price: libfuse 2's
-    // path API gives each hard link its own kernel inode, so another name of a file just
-    // linked, unlinked or written may show the old st_nlink/st_ctime/size for up to 1 s.
-    attrTimeoutS: ro ? 3600 : 1,
+    // 0 for writable layers. libfuse 2's path API gives each hard link its own kernel
+    // inode, so with any attribute cache another name of a file just linked, unlinked or
+    // written shows the old st_nlink/st_ctime/size (tar -c then fails with "file changed
+    // as we read it"). The price is a GETATTR round trip per path component per syscall
+    // (default_permissions needs the directories' modes): metadata-heavy work such as
+    // tar -x is several times slower than fuse-overlayfs (BENCHMARKS.md). The way out is
+    // the low-level FUSE API, where all names of an inode share one kernel inode.
+    attrTimeoutS: ro ? 3600 : 0,
     negativeTimeoutS: ro ? 3600 : 1,
     kernelCache: ro,
     autoCache: !ro,
     maxWriteBytes: MAX_IO_BYTES,
     blockSizeBytes,
+    suidDev: (process.getuid?.() ?? -1) === 0 && !extra.noSuidDev,
   };
 }
 

@@ -3,6 +3,13 @@ import * as path from 'node:path';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { dmfsError } from '../errors';
 
+/**
+ * On-disk format of the metadata environment, kept in a file beside it (readable without
+ * opening LMDB): the record layout version and the LMDB build that writes the file.
+ */
+export const METADATA_FORMAT = 'dmfs-metadata-1 lmdb-2.9';
+const FORMAT_FILE = 'FORMAT';
+
 /** lmdb's TransactionFlags: abortable, committed before returning, flushed later by us. */
 const TXN_FLAGS = 1 | 2 | 0x10000;
 
@@ -70,10 +77,27 @@ export class MetadataEnv {
   private constructor(private readonly root: RootDatabase<Buffer, Key>, readonly dir: string) {}
 
   static open(dir: string, opts: { create: boolean }): MetadataEnv {
-    if (!opts.create && !fs.existsSync(path.join(dir, 'data.mdb'))) {
-      throw dmfsError('POOL_NOT_FOUND', `no pool metadata at ${dir}`);
+    const marker = path.join(dir, FORMAT_FILE);
+    if (!opts.create) {
+      if (!fs.existsSync(path.join(dir, 'data.mdb'))) throw dmfsError('POOL_NOT_FOUND', `no pool metadata at ${dir}`);
+      // The LMDB build's on-disk format must match: another build's file can abort the process.
+      let found = '';
+      try {
+        found = fs.readFileSync(marker, 'utf8').trim();
+      } catch {
+        /* missing: an older dmfs */
+      }
+      if (found !== METADATA_FORMAT) {
+        const root = path.dirname(dir);
+        throw dmfsError(
+          'POOL_FORMAT',
+          `the pool at ${root} has metadata format '${found || 'unknown'}', this dmfs reads '${METADATA_FORMAT}'. ` +
+            `Recreate it: dmfs pool destroy --force --root ${root} && dmfs pool create --root ${root}`,
+        );
+      }
     }
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (opts.create) fs.writeFileSync(marker, METADATA_FORMAT + '\n', { mode: 0o600 });
     const root = open<Buffer, Key>({
       path: dir,
       maxDbs: 32,

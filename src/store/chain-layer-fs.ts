@@ -979,7 +979,7 @@ export class ChainLayerFs implements LayerFs {
     if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
     const oldSize = found.rec.size;
     if (size >= oldSize) {
-      if (size === oldSize) return;
+      // Same size still counts as a change (O_TRUNC of an empty file, `: > f`): mtime and ctime move, as on ext4.
       this.pool.txn(() => {
         const rec = this.ownRecord(ino);
         rec.size = size;

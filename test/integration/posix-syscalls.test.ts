@@ -18,11 +18,10 @@ import {
 /**
  * Case name -> report row (QA report of the commit that added this file; diagnosis in short):
  * R2  libfuse 2's path API gives every name of a hard-linked file its own kernel inode: the
- *     page cache of one name never learns of writes through another (fix: low-level API);
- *     with attr_timeout 1 s (de2bc15) other names also show old st_nlink/st_ctime and, at a
- *     fresh open, old data (libfuse's auto_cache check waits ac_attr_timeout = 1 s).
+ *     page cache of a descriptor already open on one name never learns of writes through
+ *     another (fix: low-level API). Attributes and fresh opens are right (attr_timeout 0,
+ *     ac_attr_timeout 0 on writable layers).
  * R4  paths cross fuse-native as UTF-8 JS strings: non-UTF-8 bytes become U+FFFD, names alias.
- * R5  ChainLayerFs.truncate returns early when the size is unchanged: mtime stays.
  * R7  atime is never updated on read/readdir (ext4: relatime).
  * R8  libfuse 2 has no rename flags: renameat2(NOREPLACE/EXCHANGE) is EINVAL.
  * R10 system.posix_acl_* refused on purpose (libfuse 2 cannot make the kernel enforce ACLs).
@@ -33,10 +32,6 @@ import {
 const KNOWN: Record<string, string> = {
   'names: bytes that are not UTF-8 (Latin-1 names, symlink targets) are kept as they are': 'R4 non-UTF-8 names',
   'link: a descriptor open on one name sees writes made through the other': 'R2 hard-link aliases',
-  'link: writing through one name is seen through the other at the next open': 'R2 hard-link aliases',
-  'link: right after link, unlink and rename, the other names show the new st_nlink and st_ctime': 'R2 hard-link aliases',
-  'open: O_TRUNC of an empty file moves mtime and ctime': 'R5 same-size truncate',
-  'truncate: truncate(2) and ftruncate(2) to the current size move mtime and ctime': 'R5 same-size truncate',
   'rename: renameat2 RENAME_NOREPLACE and RENAME_EXCHANGE': 'R8 renameat2',
   'atime: a read after a write moves atime (relatime), readdir of a changed directory too': 'R7 atime',
   'xattr: POSIX ACLs (system.posix_acl_access with a named user), setfacl -b': 'R10 POSIX ACLs',
@@ -74,13 +69,13 @@ describeFuse('POSIX syscalls: dmfs container layer vs ext4', () => {
     sh(`cp /usr/bin/id ${dir}/suid-id && chmod 4755 ${dir}/suid-id && setpriv --reuid=65534 --regid=65534 --clear-groups ${dir}/suid-id -u`);
 
   // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
-  test.failing('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid) [known difference, report row R1 nosuid,nodev]', async () => {
+  test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
     const [e, d] = [await suidProbe(oracle.dir), await suidProbe(m.mnt)];
     expect(e.stdout.trim()).toBe('0');
     expect(d.stdout.trim()).toBe(e.stdout.trim());
   });
 
-  test.failing('a character device node in the mount can be opened, as on ext4 (the mount is not nodev) [known difference, report row R1 nosuid,nodev]', async () => {
+  test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
     const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
     const [e, d] = [await devProbe(oracle.dir), await devProbe(m.mnt)];
     expect(e.code).toBe(0);

@@ -167,7 +167,7 @@ describeFuse('tools in a dmfs container layer vs ext4', () => {
 
   // R2: each name of a hard link is its own kernel inode; with attr_timeout 1 s the other name
   // shows the old link count and, at a fresh open, the old content for up to a second.
-  test.failing('hard-linked files: sed -i, echo >>, rm through one name; the other name at once [known difference, report row R2 hard-link aliases]', async () => {
+  test('hard-linked files: sed -i, echo >>, rm through one name; the other name at once', async () => {
     const go = (d: string) =>
       run(`
         mkdir ${d}/hl && cd ${d}/hl

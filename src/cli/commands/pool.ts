@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { Pool } from '../../api';
-import { dmfsError } from '../../errors';
+import { dmfsError, isDmfsError } from '../../errors';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
 import { listOpt, printJson, stringOpt, withPool } from '../output';
@@ -51,10 +51,15 @@ async function set(ctx: CommandContext): Promise<number> {
 
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
-  await withPool(ctx, async (pool) => {
-    const mounted = (await pool.store.listLayers()).filter((l) => l.mounts.length);
-    if (mounted.length) throw dmfsError('LAYER_IN_USE', `layers are mounted (${mounted.map((l) => l.mounts[0].mountpoint).join(', ')}); unmount them first`);
-  });
+  try {
+    await withPool(ctx, async (pool) => {
+      const mounted = (await pool.store.listLayers()).filter((l) => l.mounts.length);
+      if (mounted.length) throw dmfsError('LAYER_IN_USE', `layers are mounted (${mounted.map((l) => l.mounts[0].mountpoint).join(', ')}); unmount them first`);
+    });
+  } catch (err) {
+    // A pool this build cannot read can still be destroyed (that is how to recreate it).
+    if (!isDmfsError(err, 'POOL_FORMAT')) throw err;
+  }
   fs.rmSync(ctx.root, { recursive: true, force: true });
   if (ctx.json) printJson(ctx, { destroyed: ctx.root });
   else ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);

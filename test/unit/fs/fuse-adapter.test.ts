@@ -162,7 +162,7 @@ describe('mount options', () => {
     const rwList = fuseOptionList(mountOptionsFor(rw, 65536, { allowOther: true }));
     expect(roList).toEqual(expect.arrayContaining(['ro', 'kernel_cache', 'entry_timeout=3600', 'attr_timeout=3600']));
     expect(roList).not.toContain('auto_cache');
-    expect(rwList).toEqual(expect.arrayContaining(['auto_cache', 'attr_timeout=1', 'allow_other', 'default_permissions']));
+    expect(rwList).toEqual(expect.arrayContaining(['auto_cache', 'ac_attr_timeout=0', 'attr_timeout=0', 'allow_other', 'default_permissions']));
     expect(rwList).not.toContain('kernel_cache');
   });
 });
