@@ -11,6 +11,7 @@
  * writer (this mount): dentries are kept 1 s, pages while mtime/size are unchanged
  * (auto_cache), attributes not at all (see attrTimeoutS).
  */
+import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
 import { createOperations, type LayerOperations } from './operations';
@@ -33,6 +34,22 @@ export interface StopResult {
   reason: string;
   /** The error of the final sync/close, if any (the pool may have lost the last second). */
   error: Error | null;
+}
+
+/** Read-ahead of the mount's backing device: FUSE's default 128 KiB keeps ~2 READs in flight. */
+const READ_AHEAD_KB = 1024;
+
+/**
+ * Raises the read-ahead of the mount (root only; best effort). The device comes from
+ * /proc/self/mountinfo, never from stat of our own mountpoint, which would wait on ourselves.
+ */
+async function raiseReadAhead(device: string, log: (line: string) => void): Promise<void> {
+  if ((process.getuid?.() ?? -1) !== 0) return;
+  try {
+    await writeFile(`/sys/class/bdi/${device}/read_ahead_kb`, String(READ_AHEAD_KB));
+  } catch (err) {
+    log(`read-ahead left at the default: ${(err as Error).message}`);
+  }
 }
 
 /** FUSE request size limit of libfuse 2 (32 pages). */
@@ -91,6 +108,7 @@ export class MountService {
     try {
       const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
       service.mountId = entries.length ? entries[entries.length - 1].mountId : null;
+      if (entries.length) await raiseReadAhead(entries[entries.length - 1].device, log);
     } catch (err) {
       await unmountFuse(opts.mountpoint, { lazy: true }).catch(() => undefined);
       fuse.detach();

@@ -14,6 +14,8 @@ export const FUSE_FSTYPE = 'fuse.dmfs';
 
 export interface MountEntry {
   mountId: number;
+  /** The mount's device, "MAJ:MIN" (also its backing-device name under /sys/class/bdi). */
+  device: string;
   mountpoint: string;
   fstype: string;
   source: string;
@@ -39,6 +41,7 @@ export function parseMountInfo(text: string): MountEntry[] {
     if (left.length < 6 || right.length < 3) continue;
     out.push({
       mountId: Number(left[0]),
+      device: left[2],
       mountpoint: unescapeMountField(left[4]),
       mountOptions: left[5].split(','),
       fstype: right[0],

@@ -170,12 +170,13 @@ export class ChainLayerFs implements LayerFs {
   private findLowerInode(ino: Ino, fromLevel: number): InodeInChain | null {
     const cacheKey = ino * 64 + fromLevel;
     const cached = this.lowerInodeCache.get(cacheKey);
-    if (cached !== undefined) return cached === 0 ? null : { level: cached.level, rec: structuredClone(cached.rec) };
+    // Cached records are frozen and shared: writers copy them up through ownRecord (which clones).
+    if (cached !== undefined) return cached === 0 ? null : cached;
     for (let level = fromLevel; level < this.segs.length; level++) {
       const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
       if (raw) {
-        const found = { level, rec: unpackInode(raw) };
-        this.lowerInodeCache.set(cacheKey, { level, rec: structuredClone(found.rec) });
+        const found: InodeInChain = { level, rec: Object.freeze(unpackInode(raw)) };
+        this.lowerInodeCache.set(cacheKey, found);
         return found;
       }
     }
