@@ -506,6 +506,16 @@ export class ThinPool {
     await blockIo.writeBlocks(this.dataFd, [data], [block * this.sb.blockSizeBytes + offsetInBlockBytes]);
   }
 
+  /** Writes several (block, offset in block, data) pieces in one gathered call. */
+  async writeBlocks(pieces: readonly { block: DataBlock; offset: number; data: Buffer }[]): Promise<void> {
+    const bs = this.sb.blockSizeBytes;
+    for (const p of pieces) {
+      this.checkBlock(p.block);
+      if (p.offset + p.data.length > bs) throw dmfsError('INVALID', 'write crosses a block boundary');
+    }
+    await blockIo.writeBlocks(this.dataFd, pieces.map((p) => p.data), pieces.map((p) => p.block * bs + p.offset));
+  }
+
   /** Copies a whole block (native path: reflink or copy_file_range when possible). */
   async copyBlock(from: DataBlock, to: DataBlock): Promise<void> {
     this.checkBlock(from);

@@ -886,6 +886,8 @@ export class ChainLayerFs implements LayerFs {
     const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
     /** Block-map entries this write adds (where the own segment had none). */
     let newEntries = 0;
+    /** Data to put into blocks, issued together (one gathered write) before the commit. */
+    const pendingWrites: { block: DataBlock; offset: number; data: Buffer }[] = [];
     try {
       for (let pos = offsetBytes; pos < end; ) {
         const idx = Math.floor(pos / this.bs);
@@ -907,7 +909,7 @@ export class ChainLayerFs implements LayerFs {
             crc = blockIo.crc32c(merged);
           }
           this.verified.delete(own.block);
-          await this.pool.writeBlock(asDataBlock(own.block), inBlock, slice);
+          pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
           mapped.push({ idx, ref: { block: own.block, crc }, fresh: false, replacesInline: 0 });
           continue;
         }
@@ -926,7 +928,7 @@ export class ChainLayerFs implements LayerFs {
         let crc: number;
         const lower = whole || own ? null : this.blockRef(ino, idx);
         if (whole) {
-          await this.pool.writeBlock(fresh, 0, slice);
+          pendingWrites.push({ block: fresh, offset: 0, data: slice });
           crc = blockIo.crc32c(slice);
         } else if (lower && isDataRef(lower.ref)) {
           // Copy-on-write of one block: the native path (reflink / copy_file_range), then the change.
@@ -938,17 +940,18 @@ export class ChainLayerFs implements LayerFs {
           }
           slice.copy(copied, inBlock);
           crc = blockIo.crc32c(copied);
-          await this.pool.writeBlock(fresh, inBlock, slice);
+          pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
         } else {
           const full = Buffer.alloc(this.bs);
           if (own) own.copy(full);
           else if (lower) (lower.ref as Buffer).copy(full);
           slice.copy(full, inBlock);
-          await this.pool.writeBlock(fresh, 0, full);
+          pendingWrites.push({ block: fresh, offset: 0, data: full });
           crc = blockIo.crc32c(full);
         }
         mapped.push({ idx, ref: { block: fresh, crc }, fresh: true, replacesInline: ownInlineLen });
       }
+      if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
       const newBlocks = mapped.filter((m) => m.fresh).length;
       const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
       this.pool.txn(() => {
