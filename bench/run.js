@@ -100,13 +100,13 @@ function preflight() {
   }
 }
 
-function machine() {
+function machine(treeDir) {
   const cpus = os.cpus();
   let probe = opts.dir;
   while (!fs.existsSync(probe)) probe = path.dirname(probe);
   const fsrc = U.tryRun('findmnt', ['-no', 'SOURCE,FSTYPE', '-T', probe])?.trim().replace(/\s+/, ' ') ?? '?';
-  const git = U.tryRun('git', ['-C', tree(), 'rev-parse', '--short', 'HEAD'])?.trim() ?? `(not a git checkout: ${tree()})`;
-  const dirty = U.tryRun('git', ['-C', tree(), 'status', '--porcelain', '--', 'src'])?.trim() ? ' + uncommitted src/ changes' : '';
+  const git = U.tryRun('git', ['-C', treeDir, 'rev-parse', '--short', 'HEAD'])?.trim() ?? `(not a git checkout: ${treeDir})`;
+  const dirty = U.tryRun('git', ['-C', treeDir, 'status', '--porcelain', '--', 'src'])?.trim() ? ' + uncommitted src/ changes' : '';
   return {
     cpu: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
     memGiB: Math.round(os.totalmem() / GiB),
@@ -410,6 +410,19 @@ async function setup() {
   if (opts.cpuProf) fs.mkdirSync(opts.cpuProf, { recursive: true });
   ctx.dmfsOpts = opts.cpuProf ? { cpuProfDir: opts.cpuProf } : {};
 
+  if (!opts.dmfs) {
+    // Run from a copy of this checkout's build: other engineers rebuild dist/ in the shared
+    // checkout, and a rebuild in the middle of a run must not change the code under test.
+    const copy = path.join(opts.dir, 'dmfs-build');
+    fs.mkdirSync(path.join(copy, 'native'), { recursive: true });
+    for (const d of ['bin', 'dist']) fs.cpSync(path.join(REPO, d), path.join(copy, d), { recursive: true });
+    fs.copyFileSync(path.join(REPO, 'package.json'), path.join(copy, 'package.json'));
+    const addon = path.join(REPO, 'native', 'dmfs_native.node');
+    if (fs.existsSync(addon)) fs.copyFileSync(addon, path.join(copy, 'native', 'dmfs_native.node'));
+    fs.symlinkSync(path.join(REPO, 'node_modules'), path.join(copy, 'node_modules'));
+    useTree(copy);
+  }
+
   log('rootfs');
   ctx.rootfs = ensureRootfs(opts.cache, log);
   log(`rootfs: ${ctx.rootfs.source}, ${ctx.rootfs.entries} entries, ${U.fmtBytes(ctx.rootfs.apparentBytes)}`);
@@ -498,7 +511,7 @@ async function setup() {
 
 async function main() {
   preflight();
-  const m = machine();
+  const m = machine(opts.dmfs ?? REPO);
   const t0 = Date.now();
   const loadStart = U.loadAvg();
   log(`${opts.quick ? 'quick' : 'full'} run: ${opts.only.join(', ')}; ${cfg.rounds} round(s)`);
