@@ -346,6 +346,16 @@ export function createOperations(layer: LayerFs, options: OperationsOptions = {}
       return layer.listxattr(await inoOf(path));
     },
 
+    // Only reached without default_permissions, where the caller is the mounting user (as a
+    // rule root): existence, and X_OK needs an execute bit on anything but a directory.
+    async access(path, mode) {
+      const attr = await attrOf(path);
+      if (mode & fsConstants.X_OK && attr.kind !== 'dir' && (attr.mode & 0o111) === 0) {
+        throw dmfsError('ACCESS_DENIED', `${path} is not executable`);
+      }
+      if (mode & fsConstants.W_OK && layer.readOnly) throw dmfsError('READ_ONLY_LAYER', 'read-only layer');
+    },
+
     async removexattr(path, name) {
       const ino = await inoOf(path);
       // No ACL is ever stored, so removing one succeeds as on ext4 when the file has none.

