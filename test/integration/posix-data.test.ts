@@ -7,7 +7,7 @@
 import { describeFuse, run, sh } from '../support/fuse-harness';
 import { DATA_CASES } from '../support/posix-cases';
 import {
-  defineProbeTests, ext4Oracle, mountFreshContainer, PYTHON, type Oracle, type PosixMount, type ProbeResults, runProbe,
+  defineProbeTests, mountFreshContainer, probeSession, PYTHON,
 } from '../support/posix-harness';
 
 /**
@@ -20,25 +20,11 @@ const KNOWN: Record<string, string> = {
 };
 
 describeFuse('POSIX data path: dmfs container layer vs ext4', () => {
-  let oracle: Oracle;
-  let m: PosixMount;
-  let ext4: ProbeResults;
-  let dmfs: ProbeResults;
-
-  beforeAll(async () => {
-    oracle = await ext4Oracle();
-    m = await mountFreshContainer();
-    [ext4, dmfs] = await Promise.all([runProbe(oracle.dir, DATA_CASES), runProbe(m.mnt, DATA_CASES)]);
-  }, 60_000);
-
-  afterAll(async () => {
-    await m?.close();
-    await oracle?.cleanup();
-  });
+  const s = probeSession(DATA_CASES, () => mountFreshContainer());
 
   it('the fsx and concurrency cases found no mismatch against their own model', () => {
     for (const c of DATA_CASES.filter((x) => x.steps[0][0] === 'fsx' || x.steps[0][0].startsWith('parallel'))) {
-      const r = dmfs[c.name]?.[0] ?? '(not run)';
+      const r = s.dmfs[c.name]?.[0] ?? '(not run)';
       expect({ c: c.name, r }).toEqual({ c: c.name, r: expect.stringMatching(/^ok:/) });
       expect({ c: c.name, r }).not.toEqual({ c: c.name, r: expect.stringMatching(/mismatch|\[[^\]]*[1-9]/) });
       const m = /lines=(\d+) good=(\d+)/.exec(r);
@@ -46,22 +32,22 @@ describeFuse('POSIX data path: dmfs container layer vs ext4', () => {
     }
   });
 
-  defineProbeTests(DATA_CASES, KNOWN, () => ({ ext4, dmfs }));
+  defineProbeTests(DATA_CASES, KNOWN, () => s);
 
   it('cp --sparse=always of a sparse file keeps it sparse (du) and identical (cmp); cp out of the mount too', async () => {
-    const host = `${oracle.dir}/sparse-src`;
+    const host = `${s.oracle.dir}/sparse-src`;
     await run(`truncate -s 64M ${host} && dd if=/dev/urandom of=${host} bs=1M count=2 seek=30 conv=notrunc status=none`);
-    await run(`cp --sparse=always ${host} ${m.mnt}/sparse && cmp ${host} ${m.mnt}/sparse`);
-    const kib = Number((await run(`du -k ${m.mnt}/sparse`)).split(/\s/)[0]);
+    await run(`cp --sparse=always ${host} ${s.m.mnt}/sparse && cmp ${host} ${s.m.mnt}/sparse`);
+    const kib = Number((await run(`du -k ${s.m.mnt}/sparse`)).split(/\s/)[0]);
     expect(kib).toBeGreaterThanOrEqual(2048);
     expect(kib).toBeLessThan(4096);
-    await run(`cp ${m.mnt}/sparse ${oracle.dir}/sparse-back && cmp ${host} ${oracle.dir}/sparse-back`);
-    expect(Number((await run(`du -k ${oracle.dir}/sparse-back`)).split(/\s/)[0])).toBeLessThan(4096);
+    await run(`cp ${s.m.mnt}/sparse ${s.oracle.dir}/sparse-back && cmp ${host} ${s.oracle.dir}/sparse-back`);
+    expect(Number((await run(`du -k ${s.oracle.dir}/sparse-back`)).split(/\s/)[0])).toBeLessThan(4096);
   });
 
   it('sync, sync -f, syncfs and fsync of a directory succeed', async () => {
-    await run(`echo data > ${m.mnt}/synced && sync && sync -f ${m.mnt}/synced && sync -d ${m.mnt}/synced`);
-    await run(`${PYTHON} -c "import os; fd = os.open('${m.mnt}', os.O_RDONLY); os.fsync(fd); os.close(fd)"`);
+    await run(`echo data > ${s.m.mnt}/synced && sync && sync -f ${s.m.mnt}/synced && sync -d ${s.m.mnt}/synced`);
+    await run(`${PYTHON} -c "import os; fd = os.open('${s.m.mnt}', os.O_RDONLY); os.fsync(fd); os.close(fd)"`);
   });
 
   it('a writer and a reader in two processes: reads during rewrites show only bytes that were written', async () => {
@@ -69,7 +55,7 @@ describeFuse('POSIX data path: dmfs container layer vs ext4', () => {
     // a read may mix two letters (no atomicity across 1 MiB, as on ext4) but never shows
     // anything else.
     const script = `
-      f=${m.mnt}/shared
+      f=${s.m.mnt}/shared
       head -c 8388608 /dev/zero > $f
       ( for i in $(seq 1 40); do c=$(echo ABCDEFGHIJKLMNOPQRSTUVWXYZ | cut -c$((1 + i % 26))); head -c 1048576 /dev/zero | tr '\\0' "$c" | dd of=$f bs=1M seek=$((i % 8)) conv=notrunc status=none; done ) &
       bad=0
@@ -84,11 +70,11 @@ describeFuse('POSIX data path: dmfs container layer vs ext4', () => {
   });
 
   it('direct I/O: dd oflag=direct / iflag=direct round-trips (open(O_DIRECT) is accepted)', async () => {
-    const r = await sh(`head -c 1048576 /dev/urandom > ${oracle.dir}/direct-src && dd if=${oracle.dir}/direct-src of=${m.mnt}/direct bs=64k oflag=direct status=none && dd if=${m.mnt}/direct bs=64k iflag=direct status=none | cmp - ${oracle.dir}/direct-src`);
+    const r = await sh(`head -c 1048576 /dev/urandom > ${s.oracle.dir}/direct-src && dd if=${s.oracle.dir}/direct-src of=${s.m.mnt}/direct bs=64k oflag=direct status=none && dd if=${s.m.mnt}/direct bs=64k iflag=direct status=none | cmp - ${s.oracle.dir}/direct-src`);
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
   });
 
   it('no unexpected errors were logged by the mount', () => {
-    expect(m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+    expect(s.m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
   });
 });

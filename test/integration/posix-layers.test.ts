@@ -9,7 +9,7 @@
 import { describeFuse, run } from '../support/fuse-harness';
 import { LAYER_CASES, LAYER_DATA_CASES, LOWER_OVERLAY_SCRIPT, LOWER_TREE_SCRIPT } from '../support/posix-cases';
 import {
-  defineProbeTests, ext4Oracle, GiB, mountForAll, mountImageContainer, openTempDir, type Oracle, type PosixMount, type ProbeResults, runProbe,
+  defineProbeTests, GiB, mountForAll, mountImageContainer, openTempDir, probeSession,
 } from '../support/posix-harness';
 import { Pool } from '../../src/api';
 import { importImage } from '../../src/image/importer';
@@ -26,46 +26,30 @@ const KNOWN: Record<string, string> = {
 const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
 
 describeFuse('POSIX on image layers: dmfs container over an imported image vs ext4', () => {
-  let oracle: Oracle;
-  let m: PosixMount;
-  let ext4: ProbeResults;
-  let dmfs: ProbeResults;
-
-  beforeAll(async () => {
-    oracle = await ext4Oracle();
-    m = await mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir);
-    // The cases share one tree (each in its own top-level directory): run them in order.
-    ext4 = await runProbe(oracle.dir, CASES);
-    dmfs = await runProbe(m.mnt, CASES);
-  }, 60_000);
-
-  afterAll(async () => {
-    await m?.close();
-    await oracle?.cleanup();
-  });
+  const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir), { sequential: true });
 
   it('after the cases both trees list the same (modes, owners, link counts, sizes, xattrs, content)', async () => {
     const listing = (d: string) =>
       run(`cd ${d} && { find . -mindepth 1 -type d -printf '%p %y %#m %U:%G %n\\n'; find . ! -type d -printf '%p %y %#m %U:%G %n %s %l\\n'; } | sort`);
-    expect(await listing(m.mnt)).toBe(await listing(oracle.dir));
+    expect(await listing(s.m.mnt)).toBe(await listing(s.oracle.dir));
     const xattrs = (d: string) => run(`cd ${d} && { getfattr -R -h -d -m - -e hex . 2>/dev/null || true; } | sed '/^$/d' | sort`);
-    expect(await xattrs(m.mnt)).toBe(await xattrs(oracle.dir));
-    await run(`diff -r --no-dereference ${oracle.dir} ${m.mnt}`);
+    expect(await xattrs(s.m.mnt)).toBe(await xattrs(s.oracle.dir));
+    await run(`diff -r --no-dereference ${s.oracle.dir} ${s.m.mnt}`);
   });
 
-  defineProbeTests(CASES, KNOWN, () => ({ ext4, dmfs }));
+  defineProbeTests(CASES, KNOWN, () => s);
 
   it('find -newer, du and df see the container changes', async () => {
-    for (const d of [oracle.dir, m.mnt]) await run(`touch -d '2000-01-01' ${d}/ref && sleep 0.02 && echo changed > ${d}/unl/keep`);
+    for (const d of [s.oracle.dir, s.m.mnt]) await run(`touch -d '2000-01-01' ${d}/ref && sleep 0.02 && echo changed > ${d}/unl/keep`);
     const newer = (d: string) => run(`cd ${d} && find . -newer ref -type f | sort`);
-    expect(await newer(m.mnt)).toBe(await newer(oracle.dir));
-    const du = Number((await run(`du -sk ${m.mnt}/trc`)).split(/\s/)[0]);
+    expect(await newer(s.m.mnt)).toBe(await newer(s.oracle.dir));
+    const du = Number((await run(`du -sk ${s.m.mnt}/trc`)).split(/\s/)[0]);
     expect(du).toBeGreaterThan(100);
-    expect(await run(`df -P ${m.mnt} | tail -1`)).toMatch(/^dmfs:c /);
+    expect(await run(`df -P ${s.m.mnt} | tail -1`)).toMatch(/^dmfs:c /);
   });
 
   it('no unexpected errors were logged by the mount', () => {
-    expect(m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+    expect(s.m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
   });
 });
 

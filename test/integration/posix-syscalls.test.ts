@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { describeFuse, run, sh } from '../support/fuse-harness';
 import { SYSCALL_CASES } from '../support/posix-cases';
 import {
-  defineProbeTests, ext4Oracle, mountFreshContainer, openTempDir, PYTHON, removeDirs, type Oracle, type PosixMount, type ProbeResults, runProbe,
+  defineProbeTests, mountFreshContainer, openTempDir, probeSession, PYTHON, removeDirs,
 } from '../support/posix-harness';
 
 /**
@@ -41,27 +41,13 @@ const KNOWN: Record<string, string> = {
 };
 
 describeFuse('POSIX syscalls: dmfs container layer vs ext4', () => {
-  let oracle: Oracle;
-  let m: PosixMount;
-  let ext4: ProbeResults;
-  let dmfs: ProbeResults;
-
-  beforeAll(async () => {
-    oracle = await ext4Oracle();
-    m = await mountFreshContainer();
-    [ext4, dmfs] = await Promise.all([runProbe(oracle.dir, SYSCALL_CASES), runProbe(m.mnt, SYSCALL_CASES)]);
-  }, 60_000);
-
-  afterAll(async () => {
-    await m?.close();
-    await oracle?.cleanup();
-  });
+  const s = probeSession(SYSCALL_CASES, () => mountFreshContainer());
 
   it('the oracle is ext4', () => {
-    expect(oracle.fsType).toBe('ext2/ext3');
+    expect(s.oracle.fsType).toBe('ext2/ext3');
   });
 
-  defineProbeTests(SYSCALL_CASES, KNOWN, () => ({ ext4, dmfs }));
+  defineProbeTests(SYSCALL_CASES, KNOWN, () => s);
 
   // ---- mount-level behaviour -------------------------------------------------------------
 
@@ -70,14 +56,14 @@ describeFuse('POSIX syscalls: dmfs container layer vs ext4', () => {
 
   // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
   test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
-    const [e, d] = [await suidProbe(oracle.dir), await suidProbe(m.mnt)];
+    const [e, d] = [await suidProbe(s.oracle.dir), await suidProbe(s.m.mnt)];
     expect(e.stdout.trim()).toBe('0');
     expect(d.stdout.trim()).toBe(e.stdout.trim());
   });
 
   test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
     const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
-    const [e, d] = [await devProbe(oracle.dir), await devProbe(m.mnt)];
+    const [e, d] = [await devProbe(s.oracle.dir), await devProbe(s.m.mnt)];
     expect(e.code).toBe(0);
     expect({ code: d.code, out: d.stdout }).toEqual({ code: e.code, out: e.stdout });
   });
@@ -103,23 +89,23 @@ fcntl.flock(fd, fcntl.LOCK_EX); print('flock ok')
     const file = path.join(dir, 'sockets.py');
     writeFileSync(file, script);
     const go = (d: string) => run(`${PYTHON} ${file} ${d}`);
-    await run(`mkdir -p ${oracle.dir}/sockets ${m.mnt}/sockets`);
+    await run(`mkdir -p ${s.oracle.dir}/sockets ${s.m.mnt}/sockets`);
     try {
-      expect(await go(`${m.mnt}/sockets`)).toBe(await go(`${oracle.dir}/sockets`));
+      expect(await go(`${s.m.mnt}/sockets`)).toBe(await go(`${s.oracle.dir}/sockets`));
     } finally {
       await removeDirs(dir);
     }
   });
 
   it('chattr/lsattr: the flags ioctl is refused (EOPNOTSUPP/ENOTTY), not answered wrongly', async () => {
-    await run(`touch ${m.mnt}/attrs-file`);
-    const r = await sh(`lsattr ${m.mnt}/attrs-file; chattr +i ${m.mnt}/attrs-file`);
+    await run(`touch ${s.m.mnt}/attrs-file`);
+    const r = await sh(`lsattr ${s.m.mnt}/attrs-file; chattr +i ${s.m.mnt}/attrs-file`);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/Operation not supported|Inappropriate ioctl/);
-    await run(`echo still-writable > ${m.mnt}/attrs-file`);
+    await run(`echo still-writable > ${s.m.mnt}/attrs-file`);
   });
 
   it('no unexpected errors were logged by the mount', () => {
-    expect(m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+    expect(s.m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
   });
 });

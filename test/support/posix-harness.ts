@@ -198,3 +198,35 @@ export function defineProbeTests(cases: ProbeCase[], known: Record<string, strin
     else test(c.name, body);
   }
 }
+
+/** What a probe session holds once its beforeAll has run. */
+export interface ProbeSession {
+  oracle: Oracle;
+  m: PosixMount;
+  ext4: ProbeResults;
+  dmfs: ProbeResults;
+}
+
+/**
+ * Registers the beforeAll/afterAll of a differential suite: an ext4 oracle directory, a
+ * dmfs mount from `mount`, the probe of `cases` on both (side by side, or one after the
+ * other when the cases share one tree), and the clean-up.
+ */
+export function probeSession(cases: ProbeCase[], mount: (oracle: Oracle) => Promise<PosixMount>, opts: { sequential?: boolean } = {}): ProbeSession {
+  const s = {} as ProbeSession;
+  beforeAll(async () => {
+    s.oracle = await ext4Oracle();
+    s.m = await mount(s.oracle);
+    if (opts.sequential) {
+      s.ext4 = await runProbe(s.oracle.dir, cases);
+      s.dmfs = await runProbe(s.m.mnt, cases);
+    } else {
+      [s.ext4, s.dmfs] = await Promise.all([runProbe(s.oracle.dir, cases), runProbe(s.m.mnt, cases)]);
+    }
+  }, 60_000);
+  afterAll(async () => {
+    await s.m?.close();
+    await s.oracle?.cleanup();
+  });
+  return s;
+}
