@@ -3,9 +3,11 @@
  * a root filesystem on disk imports through the same `LayerApplier` as a tar layer.
  * Walks with lstat and opens files with O_NOFOLLOW: symlinks are stored, never
  * followed. Hard links (same device and inode) become hardlink entries. Sockets are
- * skipped (tar cannot hold them either). Extended attributes are not read (Node has
- * no xattr API): TODO read them once a native xattr call exists in the native seam.
+ * skipped (tar cannot hold them either). Extended attributes in the user, trusted and
+ * security namespaces (e.g. security.capability) are read in one `getfattr -R` pass
+ * (Debian's attr package; Node has no xattr API); without getfattr they are left out.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { dmfsError } from '../errors';
@@ -47,8 +49,60 @@ async function* fileBody(file: string, sizeBytes: number): AsyncGenerator<TarChu
   if (offset < sizeBytes) throw dmfsError('BAD_IMAGE', `${file} shrank while being imported`);
 }
 
+const KEPT_XATTR = /^(user|trusted|security)\./;
+
+/** getfattr's escaping of file names: `\ooo` octal bytes. */
+function unescapeGetfattrName(text: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const m = text[i] === '\\' ? /^[0-7]{3}/.exec(text.slice(i + 1)) : null;
+    if (m) {
+      bytes.push(parseInt(m[0], 8));
+      i += 3;
+    } else for (const b of Buffer.from(text[i])) bytes.push(b);
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
+
+/** Parses `getfattr -d -e base64 --absolute-names` output: absolute path -> name -> value. */
+export function parseGetfattr(text: string): Map<string, Map<string, Buffer>> {
+  const out = new Map<string, Map<string, Buffer>>();
+  let cur: Map<string, Buffer> | null = null;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      cur = new Map();
+      out.set(unescapeGetfattrName(line.slice(8)), cur);
+      continue;
+    }
+    const eq = line.indexOf('=');
+    if (!cur || eq <= 0) continue;
+    const name = line.slice(0, eq);
+    const raw = line.slice(eq + 1);
+    if (!KEPT_XATTR.test(name)) continue;
+    const value = raw.startsWith('0s') ? Buffer.from(raw.slice(2), 'base64')
+      : raw.startsWith('0x') ? Buffer.from(raw.slice(2), 'hex')
+      : Buffer.from(raw.replace(/^"|"$/g, ''));
+    cur.set(name, value);
+  }
+  return out;
+}
+
+/** Every kept xattr under root (one getfattr pass); empty when getfattr is not installed. */
+async function readXattrs(root: string): Promise<Map<string, Map<string, Buffer>>> {
+  return new Promise((resolve) => {
+    const child = spawn('getfattr', ['-R', '-P', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => chunks.push(d));
+    child.on('error', () => resolve(new Map()));
+    // A non-zero exit (an unreadable file) still leaves what it could read.
+    child.on('close', () => resolve(parseGetfattr(Buffer.concat(chunks).toString('utf8'))));
+  });
+}
+
 /** Entries of `root` in tar order (parents first, names sorted), the root itself first as '.'. */
-export async function* walkDirectory(root: string): AsyncGenerator<TarItem> {
+export async function* walkDirectory(rootArg: string): AsyncGenerator<TarItem> {
+  const root = path.resolve(rootArg);
+  const xattrs = await readXattrs(root);
   const links = new Map<string, string>();
   const empty = async function* (): AsyncGenerator<TarChunk> {};
 
@@ -79,7 +133,7 @@ export async function* walkDirectory(root: string): AsyncGenerator<TarItem> {
       atimeNs: st.atimeNs,
       devMajor: type === 'chardev' || type === 'blockdev' ? major(st.rdev) : 0,
       devMinor: type === 'chardev' || type === 'blockdev' ? minor(st.rdev) : 0,
-      xattrs: new Map(),
+      xattrs: type === 'hardlink' ? new Map() : xattrs.get(abs) ?? new Map(),
       sparse: null,
       headerOffsetBytes: 0,
       dataOffsetBytes: 0,

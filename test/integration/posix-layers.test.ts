@@ -54,8 +54,7 @@ describeFuse('POSIX on image layers: dmfs container over an imported image vs ex
 });
 
 describeFuse('dmfs import DIR keeps what cp -a keeps', () => {
-  // R3: src/image/dir-source.ts reads no xattrs (its TODO: no xattr call in the native seam).
-  test.failing('xattrs of the source tree (user.*, security.capability) reach the image [known difference, report row R3 import drops xattrs]', async () => {
+  test('xattrs of the source tree (user.*, security.capability) reach the image', async () => {
     const src = openTempDir('posix-import');
     await run(`cd ${src} && echo f > f && cp /usr/bin/true ping && setfattr -n user.k -v v f && setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 ping`);
     const pool = await Pool.create({ root: openTempDir('posix-import-pool'), sizeBytes: 4 * GiB });
