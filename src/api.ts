@@ -166,7 +166,7 @@ export class Pool {
 
   /** Consistency check (like thin_check); with repair, fixes what can be fixed. */
   async check(opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
-    return checkPool(this.thinPool, this.store, opts);
+    return checkPool(this.thinPool, opts);
   }
 
   async close(): Promise<void> {

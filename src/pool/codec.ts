@@ -12,6 +12,17 @@ import { blockIo } from '../native';
  */
 export const recordCodec = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
 
+/** Counters and ids stored bare: 6 bytes little-endian (safe integers up to 2^48). */
+export function packUint48(n: number): Buffer {
+  const b = Buffer.alloc(6);
+  b.writeUIntLE(n, 0, 6);
+  return b;
+}
+
+export function unpackUint48(raw: Buffer | undefined): number {
+  return raw ? raw.readUIntLE(0, 6) : 0;
+}
+
 export function packRecord(value: unknown): Buffer {
   const body = recordCodec.pack(value);
   const out = Buffer.allocUnsafe(body.length + 4);

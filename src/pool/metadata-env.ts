@@ -173,15 +173,6 @@ export class MetadataEnv {
     return { usedBytes: used, totalBytes: stats.mapSize };
   }
 
-  /** Size of the environment file on disk. */
-  fileBytes(): number {
-    try {
-      return fs.statSync(path.join(this.dir, 'data.mdb')).size;
-    } catch {
-      return 0;
-    }
-  }
-
   async close(): Promise<void> {
     await this.sync().catch(() => undefined);
     if (this.dataMdbFd !== null) fs.closeSync(this.dataMdbFd);

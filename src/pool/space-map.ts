@@ -1,4 +1,5 @@
 import { asDataBlock, type DataBlock } from './block-address';
+import { packUint48, unpackUint48 } from './codec';
 import type { MetadataEnv, Table } from './metadata-env';
 
 /** Bits per space-map chunk record: 4 KiB of bitmap covers 32768 data blocks. */
@@ -32,14 +33,11 @@ export class SpaceMap {
   }
 
   usedBlocks(): number {
-    const raw = this.counters.get(COUNTER_KEY);
-    return raw ? raw.readUIntLE(0, 6) : 0;
+    return unpackUint48(this.counters.get(COUNTER_KEY));
   }
 
   private setUsed(n: number): void {
-    const b = Buffer.alloc(6);
-    b.writeUIntLE(n, 0, 6);
-    this.counters.put(COUNTER_KEY, b);
+    this.counters.put(COUNTER_KEY, packUint48(n));
   }
 
   private chunk(index: number): Buffer {
@@ -88,6 +86,15 @@ export class SpaceMap {
       this.setUsed(this.usedBlocks() + out.length);
     }
     return out;
+  }
+
+  /** Marks one block used without searching (check --repair; the caller recounts). */
+  markUsed(block: DataBlock): void {
+    const chunkIndex = Math.floor(block / BLOCKS_PER_CHUNK);
+    const bits = this.chunk(chunkIndex);
+    const bit = block % BLOCKS_PER_CHUNK;
+    bits[bit >> 3] |= 1 << (bit & 7);
+    this.chunks.put(chunkIndex, bits);
   }
 
   /** Marks blocks free. Freeing a free block is metadata corruption and throws. */

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { dmfsError, isDmfsError } from '../errors';
 import { blockIo } from '../native';
 import { asDataBlock, type DataBlock } from './block-address';
-import { packRecord, unpackRecord } from './codec';
+import { packRecord, packUint48, unpackRecord, unpackUint48 } from './codec';
 import { MetadataEnv, type Table } from './metadata-env';
 import {
   DEFAULT_POOL_OPTIONS,
@@ -18,7 +18,6 @@ import { currentProcess, isProcessAlive, type ProcessIdentity } from './process-
 import { SpaceMap } from './space-map';
 
 const fdatasync = promisify(fs.fdatasync);
-const ftruncate = promisify(fs.ftruncate);
 
 /** The pool superblock: what the pool is, fixed at creation except size and runtime options. */
 export interface Superblock {
@@ -220,22 +219,15 @@ export class ThinPool {
 
   /** A persistent counter in the pool's metadata (ids); must run inside txn. Returns the next value, starting at 1. */
   counter(name: string): number {
-    const raw = this.meta.get(`counter:${name}`);
-    const next = (raw ? raw.readUIntLE(0, 6) : 0) + 1;
-    const b = Buffer.alloc(6);
-    b.writeUIntLE(next, 0, 6);
-    this.meta.put(`counter:${name}`, b);
+    const next = unpackUint48(this.meta.get(`counter:${name}`)) + 1;
+    this.meta.put(`counter:${name}`, packUint48(next));
     return next;
   }
 
   /** Inside txn: makes the counter's next value at least `next` (restore). */
   raiseCounter(name: string, next: number): void {
-    const raw = this.meta.get(`counter:${name}`);
-    const current = raw ? raw.readUIntLE(0, 6) : 0;
-    if (current >= next - 1) return;
-    const b = Buffer.alloc(6);
-    b.writeUIntLE(next - 1, 0, 6);
-    this.meta.put(`counter:${name}`, b);
+    if (unpackUint48(this.meta.get(`counter:${name}`)) >= next - 1) return;
+    this.meta.put(`counter:${name}`, packUint48(next - 1));
   }
 
   /** Whether any process other than this one has the pool open. */
@@ -265,13 +257,18 @@ export class ThinPool {
 
   // ---- space ----------------------------------------------------------------
 
+  /** Blocks that must stay free (dm.min_free_space) on a device of `total` blocks. */
+  private minFreeBlocks(total: number): number {
+    return Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+  }
+
   /** Space figures; available is capped by min free space and, in loop mode, by the host filesystem's free space. */
   space(): PoolSpace {
     this.refreshSuperblock();
     const total = this.sb.nrBlocks;
     // Blocks reserved by live processes but not yet written are free as far as anyone is concerned.
     const used = this.spaceMap.usedBlocks() - this.reserved.count([0], [Number.MAX_SAFE_INTEGER]);
-    const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+    const minFree = this.minFreeBlocks(total);
     let available = Math.max(0, total - used - minFree);
     if (this.sb.dataMode === 'loop') {
       const hostFree = hostFreeBytes(path.dirname(this.paths.dataFile));
@@ -289,7 +286,7 @@ export class ThinPool {
   hasMinFreeSpace(): boolean {
     this.refreshSuperblock();
     const total = this.sb.nrBlocks;
-    const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+    const minFree = this.minFreeBlocks(total);
     // Reservations count as used here: they are what allocating writes will consume first.
     return total - this.spaceMap.usedBlocks() > minFree;
   }
@@ -328,7 +325,7 @@ export class ThinPool {
       this.maybeAutoextend();
       const total = this.sb.nrBlocks;
       const used = this.spaceMap.usedBlocks();
-      const minFree = Math.ceil((total * this.sb.options.minFreeSpacePercent) / 100);
+      const minFree = this.minFreeBlocks(total);
       const allowed = Math.min(RESERVATION_BATCH, total - used - minFree);
       if (allowed <= 0) return;
       const blocks = this.spaceMap.allocate(allowed);
@@ -468,8 +465,7 @@ export class ThinPool {
       let markedUsed = 0;
       for (const b of referenced) {
         if (!this.spaceMap.isUsed(asDataBlock(b))) {
-          // Allocate exactly this block: flip its bit through a release/allocate-free path.
-          markBlockUsed(this.env.table('space-map'), b);
+          this.spaceMap.markUsed(asDataBlock(b));
           markedUsed++;
         }
       }
@@ -497,13 +493,6 @@ export class ThinPool {
       return b * bs + offsetsInBlockBytes[i];
     });
     await blockIo.readBlocks(this.dataFd, targets, offsets);
-  }
-
-  /** Writes data into block at offsetInBlockBytes (data must fit in the block). */
-  async writeBlock(block: DataBlock, offsetInBlockBytes: number, data: Buffer): Promise<void> {
-    this.checkBlock(block);
-    if (offsetInBlockBytes + data.length > this.sb.blockSizeBytes) throw dmfsError('INVALID', 'write crosses a block boundary');
-    await blockIo.writeBlocks(this.dataFd, [data], [block * this.sb.blockSizeBytes + offsetInBlockBytes]);
   }
 
   /** Writes several (block, offset in block, data) pieces in one gathered call. */
@@ -580,21 +569,10 @@ export class ThinPool {
     return this.sb.dataMode === 'loop' ? fileAllocatedBytes(this.dataFd) : null;
   }
 
-  static async growFile(fd: number, bytes: number): Promise<void> {
-    await ftruncate(fd, bytes);
-  }
 }
 
 const EMPTY = Buffer.alloc(0);
 
-function markBlockUsed(chunks: Table, block: number): void {
-  const chunkIndex = Math.floor(block / 32768);
-  const raw = chunks.get(chunkIndex);
-  const bits = raw ? Buffer.from(raw) : Buffer.alloc(4096);
-  const bit = block % 32768;
-  bits[bit >> 3] |= 1 << (bit & 7);
-  chunks.put(chunkIndex, bits);
-}
 
 function fileAllocatedBytes(fd: number): number {
   return fs.fstatSync(fd).blocks * 512;

@@ -10,7 +10,7 @@ import {
 } from './layer-store';
 import {
   bmapKey, bmapRange, direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packBlockRef,
-  packDirent, packInode, packUsage, timeToNs, unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
+  packDirent, packInode, packUsage, timeToNs, usageBytes, unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
@@ -152,8 +152,7 @@ export class ChainLayerFs implements LayerFs {
   // ---- records ---------------------------------------------------------------
 
   private segmentBytes(segment: number): number {
-    const u = unpackUsage(this.t.usage.get([segment]));
-    return u.blocks * this.bs + u.inlineBytes;
+    return usageBytes(this.t.usage.get([segment]), this.bs);
   }
 
   /** The inode as the layer sees it: the nearest segment's record. */
@@ -1010,7 +1009,7 @@ export class ChainLayerFs implements LayerFs {
           taken = this.takeBlockOrThrow();
           const full = Buffer.alloc(this.bs);
           content.copy(full);
-          await this.pool.writeBlock(taken, 0, full);
+          await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
           partialRef = { block: taken, crc: blockIo.crc32c(full) };
         }
       }

@@ -6,7 +6,6 @@ import {
   isDataRef, isWhiteout, packUsage, unpackBlockRef, unpackDirent, unpackInode, unpackLayer, unpackUsage,
   type DataRef,
 } from './records';
-import type { ThinLayerStore } from './thin-layer-store';
 
 export interface CheckProblem {
   /** Stable kind of problem, e.g. LEAKED_BLOCK, DOUBLE_MAPPED, DANGLING_ENTRY. */
@@ -37,7 +36,7 @@ export interface CheckReport {
  * fixes the space map and counters and drops unreachable records, and says so.
  * With `data`, also reads every mapped data block and checks its CRC-32C.
  */
-export async function checkPool(pool: ThinPool, _store: ThinLayerStore, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
   const t = openStoreTables(pool);
   const problems: CheckProblem[] = [];
   const repair = Boolean(opts.repair);

@@ -1,4 +1,5 @@
 import { dmfsError } from '../errors';
+import { packUint48 } from '../pool/codec';
 import type { ThinPool } from '../pool/thin-pool';
 import { openStoreTables } from './chain-layer-fs';
 import {
@@ -95,9 +96,7 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
     for (const l of dump.layers) {
       if (l.v !== 1 || typeof l.id !== 'number' || typeof l.segment !== 'number') throw dmfsError('BAD_IMAGE', 'a layer record of the dump is malformed');
       pool.table('layers').put(l.id, packLayer(l));
-      const id = Buffer.alloc(6);
-      id.writeUIntLE(l.id, 0, 6);
-      if (l.state !== 'removing') pool.table('layer-names').put(l.name, id);
+      if (l.state !== 'removing') pool.table('layer-names').put(l.name, packUint48(l.id));
       maxLayer = Math.max(maxLayer, l.id);
       maxSegment = Math.max(maxSegment, l.segment);
     }

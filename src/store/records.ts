@@ -186,6 +186,12 @@ export function unpackUsage(raw: Buffer | undefined): SegmentUsage {
   return r;
 }
 
+/** Pool bytes a segment holds: its data blocks plus its inline block bytes. */
+export function usageBytes(raw: Buffer | undefined, blockSizeBytes: number): number {
+  const u = unpackUsage(raw);
+  return u.blocks * blockSizeBytes + u.inlineBytes;
+}
+
 export interface HolderRecord {
   v: 1;
   /** Writable open: at most one holder per layer. */

@@ -1,5 +1,6 @@
 import { dmfsError } from '../errors';
 import { asDataBlock } from '../pool/block-address';
+import { packUint48, unpackUint48 } from '../pool/codec';
 import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
 import { ChainLayerFs, ROOT_INO, openStoreTables, type StoreTables } from './chain-layer-fs';
@@ -8,7 +9,7 @@ import type {
 } from './layer-store';
 import {
   inodeKey, isDataRef, nowTime, packHolder, packInode, packLayer, packUsage, segmentRange, unpackBlockRef, unpackHolder,
-  unpackLayer, unpackUsage, type HolderRecord, type LayerRecord,
+  unpackLayer, unpackUsage, usageBytes, type HolderRecord, type LayerRecord,
 } from './records';
 
 export const BASE_LAYER_NAME = 'base';
@@ -68,7 +69,7 @@ export class ThinLayerStore implements LayerStore {
 
   private putLayer(rec: LayerRecord): void {
     this.layers.put(rec.id, packLayer(rec));
-    this.names.put(rec.name, idBytes(rec.id));
+    this.names.put(rec.name, packUint48(rec.id));
   }
 
   private layerById(id: number): LayerRecord {
@@ -80,7 +81,7 @@ export class ThinLayerStore implements LayerStore {
   private layerByName(name: string): LayerRecord {
     const raw = this.names.get(name);
     if (!raw) throw dmfsError('LAYER_NOT_FOUND', `no layer named '${name}'. List layers with 'dmfs ls'.`);
-    return this.layerById(raw.readUIntLE(0, 6));
+    return this.layerById(unpackUint48(raw));
   }
 
   private allLayers(): LayerRecord[] {
@@ -108,8 +109,7 @@ export class ThinLayerStore implements LayerStore {
   }
 
   private segmentBytes(segment: number): number {
-    const u = unpackUsage(this.tables.usage.get([segment]));
-    return u.blocks * this.pool.blockSizeBytes + u.inlineBytes;
+    return usageBytes(this.tables.usage.get([segment]), this.pool.blockSizeBytes);
   }
 
   private info(rec: LayerRecord, all: LayerRecord[]): LayerInfo {
@@ -430,34 +430,10 @@ export class ThinLayerStore implements LayerStore {
     return report;
   }
 
-  /** Every data block referenced by any segment, with the first referrer (for check). */
-  referencedBlocks(): Map<number, string> {
-    const out = new Map<number, string>();
-    for (const { key, value } of this.tables.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
-      const ref = unpackBlockRef(value);
-      if (isDataRef(ref)) {
-        const where = (key as number[]).join(':');
-        if (out.has(ref.block)) throw dmfsError('METADATA_CORRUPT', `data block ${ref.block} is mapped twice (${out.get(ref.block)} and ${where})`);
-        out.set(ref.block, where);
-      }
-    }
-    return out;
-  }
-
   async close(): Promise<void> {
     for (const fs of [...this.open]) await fs.close();
   }
 
-  /** For check: segments of every layer that is not being removed. */
-  liveSegments(): Map<number, string> {
-    const out = new Map<number, string>();
-    for (const l of this.allLayers()) out.set(l.segment, l.name);
-    return out;
-  }
+
 }
 
-function idBytes(id: number): Buffer {
-  const b = Buffer.alloc(6);
-  b.writeUIntLE(id, 0, 6);
-  return b;
-}
