@@ -1,20 +1,11 @@
 import * as zlib from 'node:zlib';
 import { decompress, detectCompression, ZstdFramer } from '../../../src/image/decompress';
-import { chunked, sh } from './helpers/tar-helpers';
+import { chunked, codeOf, sh } from './helpers/tar-helpers';
 
 async function collect(src: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const c of src) parts.push(c);
   return Buffer.concat(parts);
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return (err as { code: string }).code;
-  }
-  return 'no error';
 }
 
 const sample = Buffer.from(Array.from({ length: 200_000 }, (_, i) => `line ${i % 977} ${i}\n`).join(''));

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { readTar } from '../../../src/image/tar-reader';
 import { devMajorOf, devMinorOf, makedev } from '../../../src/image/tar-writer';
 import {
-  chunked, END, fixChecksum, pad512, paxBlock, rawHeader, readAll, sh, tmpdir, writeTar,
+  chunked, END, fixChecksum, pad512, paxBlock, rawHeader, readAll, sh, tmpdir, writeTar, codeOf,
 } from './helpers/tar-helpers';
 
 const LONG_DIR = 'd'.repeat(120);
@@ -182,15 +182,6 @@ describe('end of archive', () => {
     expect(await readAll(Buffer.concat([file, END, Buffer.from('trailing garbage')]))).toHaveLength(1);
   });
 });
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return (err as { code: string }).code;
-  }
-  return 'no error';
-}
 
 describe('hostile or corrupt archives', () => {
   const good = Buffer.concat([rawHeader({ name: 'f', size: 3 }), pad512(Buffer.from('abc')), END]);

@@ -98,3 +98,13 @@ export function paxBlock(name: string, records: Record<string, string | Buffer>)
 }
 
 export const END = Buffer.alloc(1024);
+
+/** The error code a promise rejects with, or 'no error'. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return (err as { code: string }).code;
+  }
+  return 'no error';
+}
