@@ -10,6 +10,9 @@
 //!   punchHole(fd, off, len)                      -> Promise<boolean>
 //!   crc32c(buf, seed?)                           -> number  (sync)
 //!   crc32cTable(buf, seed?)                      -> number  (sync, software path only)
+//!   readBlocksNowait / writeBlocksNowait(fd, buffers[], offsets[]) -> n | -1  (sync, page cache only)
+//!   fuseWatch(fd, onReadable, spinMicros) -> id, fuseUnwatch(id)  (see fuse_dev.rs)
+//!   fuseRead(fd, buf) -> n | -errno, fuseWrite(fd, buf) -> n | -errno  (sync, never throw for errno)
 //!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
 //!
 //! Errors: bad arguments throw synchronously an Error with code 'INVALID'. A failed system
@@ -21,6 +24,7 @@
 //! caller must not touch their bytes meanwhile (as with fs.read).
 
 mod crc32c;
+mod fuse_dev;
 mod napi;
 mod sys;
 
@@ -31,7 +35,7 @@ use std::ptr::null_mut;
 use sys::{OpErr, OpResult, Seg};
 
 /// Bumped when the exports change incompatibly; the loader refuses other versions.
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 
 /// Largest fd accepted (fds are C ints).
 const MAX_FD: u64 = i32::MAX as u64;
@@ -233,7 +237,7 @@ unsafe extern "C" fn js_clone_range(env: napi_env, info: napi_callback_info) -> 
     })
 }
 
-unsafe fn vector(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<napi_value> {
+unsafe fn segments(env: napi_env, a: &[napi_value; 3]) -> JsResult<(i32, Vec<napi_value>, Vec<Seg>)> {
     let fd = fd_arg(env, a[0], "fd")?;
     let buffers = array_arg(env, a[1], "buffers")?;
     let offsets = array_arg(env, a[2], "offsetsBytes")?;
@@ -247,6 +251,11 @@ unsafe fn vector(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<nap
         check_end(&format!("offsetsBytes[{i}]"), off, len as u64)?;
         segs.push(Seg { ptr, len, off });
     }
+    Ok((fd, buffers, segs))
+}
+
+unsafe fn vector(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<napi_value> {
+    let (fd, buffers, segs) = segments(env, &a)?;
     // All arguments are valid: only now take references (nothing to release on error above).
     let mut refs = Vec::with_capacity(buffers.len());
     for &b in &buffers {
@@ -269,6 +278,24 @@ unsafe extern "C" fn js_read_blocks(env: napi_env, info: napi_callback_info) -> 
 
 unsafe extern "C" fn js_write_blocks(env: napi_env, info: napi_callback_info) -> napi_value {
     entry::<3>(env, info, |a| vector(env, a, true))
+}
+
+/// readBlocksNowait / writeBlocksNowait: the bytes moved, or -1 when the caller must use
+/// the asynchronous call (see sys::vector_io_nowait). Synchronous, on the JS thread.
+unsafe fn vector_nowait(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<napi_value> {
+    let (fd, _buffers, segs) = segments(env, &a)?;
+    match sys::vector_io_nowait(fd, &segs, write) {
+        Some(n) => double(env, n as f64),
+        None => int32(env, -1),
+    }
+}
+
+unsafe extern "C" fn js_read_blocks_nowait(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |a| vector_nowait(env, a, false))
+}
+
+unsafe extern "C" fn js_write_blocks_nowait(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |a| vector_nowait(env, a, true))
 }
 
 unsafe extern "C" fn js_punch_hole(env: napi_env, info: napi_callback_info) -> napi_value {
@@ -299,7 +326,45 @@ unsafe extern "C" fn js_crc32c_table(env: napi_env, info: napi_callback_info) ->
     crc_entry(env, info, crc32c::crc32c_table)
 }
 
+unsafe extern "C" fn js_fuse_watch(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<3>(env, info, |[fd, cb, spin]| {
+        let fd = uint_arg(env, fd, "fd", MAX_FD)? as i32;
+        uint32(env, fuse_dev::watch(env, fd, cb, spin)?)
+    })
+}
+
+unsafe extern "C" fn js_fuse_unwatch(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<1>(env, info, |[id]| {
+        fuse_dev::unwatch(uint_arg(env, id, "id", u32::MAX as u64)? as u32);
+        boolean(env, true)
+    })
+}
+
+unsafe extern "C" fn js_fuse_read(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<2>(env, info, |[fd, buf]| {
+        let fd = uint_arg(env, fd, "fd", MAX_FD)? as i32;
+        let (ptr, len) = bytes_arg(env, buf, "buf")?;
+        let slice = if len == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(ptr, len) };
+        double(env, fuse_dev::read_once(fd, slice) as f64)
+    })
+}
+
+unsafe extern "C" fn js_fuse_write(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<2>(env, info, |[fd, buf]| {
+        let fd = uint_arg(env, fd, "fd", MAX_FD)? as i32;
+        let (ptr, len) = bytes_arg(env, buf, "buf")?;
+        let slice = if len == 0 { &[][..] } else { std::slice::from_raw_parts(ptr as *const u8, len) };
+        double(env, fuse_dev::write_once(fd, slice) as f64)
+    })
+}
+
 unsafe fn register(env: napi_env, exports: napi_value) -> JsResult<()> {
+    set_property(env, exports, c"readBlocksNowait", function(env, c"readBlocksNowait", js_read_blocks_nowait)?)?;
+    set_property(env, exports, c"writeBlocksNowait", function(env, c"writeBlocksNowait", js_write_blocks_nowait)?)?;
+    set_property(env, exports, c"fuseWatch", function(env, c"fuseWatch", js_fuse_watch)?)?;
+    set_property(env, exports, c"fuseUnwatch", function(env, c"fuseUnwatch", js_fuse_unwatch)?)?;
+    set_property(env, exports, c"fuseRead", function(env, c"fuseRead", js_fuse_read)?)?;
+    set_property(env, exports, c"fuseWrite", function(env, c"fuseWrite", js_fuse_write)?)?;
     set_property(env, exports, c"copyRange", function(env, c"copyRange", js_copy_range)?)?;
     set_property(env, exports, c"cloneRange", function(env, c"cloneRange", js_clone_range)?)?;
     set_property(env, exports, c"readBlocks", function(env, c"readBlocks", js_read_blocks)?)?;

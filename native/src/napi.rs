@@ -20,6 +20,8 @@ pub type napi_deferred = *mut c_void;
 pub type napi_async_work = *mut c_void;
 pub type napi_ref = *mut c_void;
 pub type napi_status = i32;
+pub type napi_async_context = *mut c_void;
+pub type napi_handle_scope = *mut c_void;
 
 pub const NAPI_OK: napi_status = 0;
 pub const NAPI_CANCELLED: napi_status = 11;
@@ -41,7 +43,6 @@ extern "C" {
     fn napi_set_named_property(env: napi_env, object: napi_value, name: *const c_char, value: napi_value) -> napi_status;
     fn napi_get_cb_info(env: napi_env, info: napi_callback_info, argc: *mut usize, argv: *mut napi_value, this_arg: *mut napi_value, data: *mut *mut c_void) -> napi_status;
     fn napi_typeof(env: napi_env, value: napi_value, result: *mut i32) -> napi_status;
-    fn napi_get_value_double(env: napi_env, value: napi_value, result: *mut f64) -> napi_status;
     fn napi_is_typedarray(env: napi_env, value: napi_value, result: *mut bool) -> napi_status;
     fn napi_get_typedarray_info(env: napi_env, value: napi_value, kind: *mut i32, length: *mut usize, data: *mut *mut c_void, arraybuffer: *mut napi_value, byte_offset: *mut usize) -> napi_status;
     fn napi_is_array(env: napi_env, value: napi_value, result: *mut bool) -> napi_status;
@@ -54,7 +55,6 @@ extern "C" {
     fn napi_create_string_utf8(env: napi_env, s: *const c_char, length: usize, result: *mut napi_value) -> napi_status;
     fn napi_create_error(env: napi_env, code: napi_value, msg: napi_value, result: *mut napi_value) -> napi_status;
     fn napi_throw(env: napi_env, error: napi_value) -> napi_status;
-    fn napi_is_exception_pending(env: napi_env, result: *mut bool) -> napi_status;
     fn napi_create_promise(env: napi_env, deferred: *mut napi_deferred, promise: *mut napi_value) -> napi_status;
     fn napi_resolve_deferred(env: napi_env, deferred: napi_deferred, resolution: napi_value) -> napi_status;
     fn napi_reject_deferred(env: napi_env, deferred: napi_deferred, rejection: napi_value) -> napi_status;
@@ -63,6 +63,22 @@ extern "C" {
     fn napi_delete_async_work(env: napi_env, work: napi_async_work) -> napi_status;
     fn napi_create_reference(env: napi_env, value: napi_value, initial_refcount: u32, result: *mut napi_ref) -> napi_status;
     fn napi_delete_reference(env: napi_env, reference: napi_ref) -> napi_status;
+}
+
+// Used directly by fuse_dev.rs, which calls into JS from a libuv callback.
+extern "C" {
+    pub fn napi_open_handle_scope(env: napi_env, result: *mut napi_handle_scope) -> napi_status;
+    pub fn napi_close_handle_scope(env: napi_env, scope: napi_handle_scope) -> napi_status;
+    pub fn napi_get_reference_value(env: napi_env, reference: napi_ref, result: *mut napi_value) -> napi_status;
+    pub fn napi_get_global(env: napi_env, result: *mut napi_value) -> napi_status;
+    pub fn napi_create_object(env: napi_env, result: *mut napi_value) -> napi_status;
+    pub fn napi_async_init(env: napi_env, resource: napi_value, name: napi_value, result: *mut napi_async_context) -> napi_status;
+    pub fn napi_async_destroy(env: napi_env, context: napi_async_context) -> napi_status;
+    pub fn napi_make_callback(env: napi_env, context: napi_async_context, recv: napi_value, func: napi_value, argc: usize, argv: *const napi_value, result: *mut napi_value) -> napi_status;
+    pub fn napi_is_exception_pending(env: napi_env, result: *mut bool) -> napi_status;
+    pub fn napi_get_and_clear_last_exception(env: napi_env, result: *mut napi_value) -> napi_status;
+    pub fn napi_fatal_exception(env: napi_env, err: napi_value) -> napi_status;
+    pub fn napi_get_value_double(env: napi_env, value: napi_value, result: *mut f64) -> napi_status;
 }
 
 /// Why a JS entry point failed. `Invalid` becomes an Error with code 'INVALID'.

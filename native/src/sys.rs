@@ -30,6 +30,8 @@ extern "C" {
     fn pwrite64(fd: c_int, buf: *const c_void, count: usize, offset: i64) -> isize;
     fn preadv64(fd: c_int, iov: *const Iovec, iovcnt: c_int, offset: i64) -> isize;
     fn pwritev64(fd: c_int, iov: *const Iovec, iovcnt: c_int, offset: i64) -> isize;
+    fn preadv64v2(fd: c_int, iov: *const Iovec, iovcnt: c_int, offset: i64, flags: c_int) -> isize;
+    fn pwritev64v2(fd: c_int, iov: *const Iovec, iovcnt: c_int, offset: i64, flags: c_int) -> isize;
     fn copy_file_range(fd_in: c_int, off_in: *mut i64, fd_out: c_int, off_out: *mut i64, len: usize, flags: c_uint) -> isize;
     fn fallocate64(fd: c_int, mode: c_int, offset: i64, len: i64) -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
@@ -41,6 +43,8 @@ const FALLOC_FL_KEEP_SIZE: c_int = 0x01;
 const FALLOC_FL_PUNCH_HOLE: c_int = 0x02;
 /// Linux UIO_MAXIOV: most iovecs one preadv/pwritev accepts.
 const IOV_MAX: usize = 1024;
+/// preadv2/pwritev2: fail with EAGAIN instead of waiting (page cache only).
+const RWF_NOWAIT: c_int = 0x08;
 /// Bounce buffer of the pread/pwrite copy path; the TypeScript fallback uses the same.
 pub const COPY_CHUNK_BYTES: usize = 1 << 20;
 /// Largest single copy_file_range request (the kernel caps it near 2 GiB anyway).
@@ -297,6 +301,45 @@ pub fn vector_io(fd: i32, segs: &[Seg], write: bool) -> OpResult<u64> {
         total += vector_run(fd, &segs[b..e], write)?;
     }
     Ok(total)
+}
+
+/// Set once the file system has refused non-blocking writes (EOPNOTSUPP): not tried again.
+static WRITE_NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// readBlocks / writeBlocks without waiting: every run in one preadv2/pwritev2 with
+/// RWF_NOWAIT, on the calling thread. Some(bytes) when all of it moved at once (data in
+/// the page cache, no writeback throttling); None when any part would have waited, came
+/// short or failed: the caller then does the whole transfer the blocking way (repeating
+/// what moved here is harmless: same bytes, same offsets).
+pub fn vector_io_nowait(fd: i32, segs: &[Seg], write: bool) -> Option<u64> {
+    use std::sync::atomic::Ordering;
+    if write && WRITE_NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut total = 0u64;
+    for (b, e) in runs(segs) {
+        let run = &segs[b..e];
+        let iov: Vec<Iovec> = run.iter().filter(|s| s.len > 0).map(|s| Iovec { base: s.ptr as *mut c_void, len: s.len }).collect();
+        let want: usize = iov.iter().map(|v| v.len).sum();
+        let n = unsafe {
+            if write {
+                pwritev64v2(fd, iov.as_ptr(), iov.len() as c_int, run[0].off as i64, RWF_NOWAIT)
+            } else {
+                preadv64v2(fd, iov.as_ptr(), iov.len() as c_int, run[0].off as i64, RWF_NOWAIT)
+            }
+        };
+        if n < 0 {
+            if write && matches!(last_errno(), EOPNOTSUPP | EINVAL | ENOSYS) {
+                WRITE_NOWAIT_UNSUPPORTED.store(true, Ordering::Relaxed);
+            }
+            return None;
+        }
+        if n as usize != want {
+            return None;
+        }
+        total += want as u64;
+    }
+    Some(total)
 }
 
 /// fallocate(PUNCH_HOLE | KEEP_SIZE). Ok(false) when the file system cannot punch.

@@ -14,12 +14,42 @@
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
-import { createOperations, type LayerOperations } from './operations';
+import { createOperations } from './operations';
+import { createKernelOperations, type KernelOperationsOptions } from './kernel-operations';
+import { KernelSession, kernelTransportUnavailable } from './kernel-session';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
-import { isDmfsError } from '../errors';
+import { dmfsError, isDmfsError } from '../errors';
+
+/**
+ * Which FUSE transport serves the mount. 'kernel': dmfs speaks the protocol on /dev/fuse
+ * itself (kernel-session.ts; root and the native addon needed). 'libfuse2': fuse-native.
+ * 'auto': kernel when it can, else libfuse2. DMFS_FUSE_TRANSPORT sets the default.
+ */
+export type FuseTransport = 'auto' | 'kernel' | 'libfuse2';
+
+export function transportFromEnv(value: string | undefined = process.env.DMFS_FUSE_TRANSPORT): FuseTransport {
+  if (value === undefined || value === '' || value === 'auto') return 'auto';
+  if (value === 'kernel' || value === 'libfuse2') return value;
+  throw dmfsError('BAD_CONFIG', `DMFS_FUSE_TRANSPORT must be 'auto', 'kernel' or 'libfuse2', got '${value}'`);
+}
+
+/** The live session, whichever transport: ended once unmounted; detach frees it. */
+interface FuseSessionHandle {
+  readonly ended: boolean;
+  detach(): void;
+}
+
+/** The operations side, whichever transport. */
+interface ServedOperations {
+  shutdown(): Promise<void>;
+  requestCounts?(): Record<string, number>;
+  readonly openHandles: number;
+}
 
 export interface MountServiceOptions {
   layer: LayerFs;
+  /** Default: DMFS_FUSE_TRANSPORT, else 'auto'. */
+  transport?: FuseTransport;
   /** Absolute path of an existing directory. */
   mountpoint: string;
   allowOther?: boolean;
@@ -80,6 +110,28 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
   };
 }
 
+/**
+ * Cache policy of the kernel transport. Node ids are store inodes and this mount is the
+ * layer's only writer (lower layers are immutable), so every change passes through the
+ * kernel, which updates or invalidates what it cached: names and attributes are kept for
+ * an hour on every layer, and so are directory listings (the kernel drops a cached
+ * listing when the directory changes through it). The writeback cache stays off: with it
+ * write(2) would return before the store has the data, so a full pool or the layer's size
+ * limit would surface as EIO at close instead of ENOSPC/EFBIG at the write, and a killed
+ * daemon would lose writes already acknowledged.
+ */
+export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexpected: (err: unknown) => void): KernelOperationsOptions {
+  return {
+    blockSizeBytes,
+    entryTimeoutS: 3600,
+    attrTimeoutS: 3600,
+    negativeTimeoutS: 3600,
+    writebackCache: false,
+    cacheDirs: true,
+    onUnexpected,
+  };
+}
+
 export class MountService {
   readonly stopped: Promise<StopResult>;
   private resolveStopped!: (r: StopResult) => void;
@@ -90,8 +142,10 @@ export class MountService {
   private constructor(
     readonly layer: LayerFs,
     readonly mountpoint: string,
-    private readonly ops: LayerOperations,
-    private fuse: FuseMount | null,
+    private readonly ops: ServedOperations,
+    private fuse: FuseSessionHandle | null,
+    /** 'kernel' or 'libfuse2': the transport serving this mount. */
+    readonly transport: 'kernel' | 'libfuse2',
     private readonly log: (line: string) => void,
   ) {
     this.stopped = new Promise((r) => (this.resolveStopped = r));
@@ -101,10 +155,35 @@ export class MountService {
   static async start(opts: MountServiceOptions): Promise<MountService> {
     const log = opts.log ?? (() => undefined);
     const statfs = await opts.layer.statfs();
-    const ops = createOperations(opts.layer);
     const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
-    const fuse = await FuseMount.mount(opts.mountpoint, ops, fuseOpts, (err) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`));
-    const service = new MountService(opts.layer, opts.mountpoint, ops, fuse, log);
+    const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
+    const wanted = opts.transport ?? transportFromEnv();
+    const kernelBlocked = wanted === 'libfuse2' ? 'libfuse2 asked for' : kernelTransportUnavailable();
+    if (wanted === 'kernel' && kernelBlocked) throw dmfsError('FUSE_UNAVAILABLE', kernelBlocked);
+    let ops: ServedOperations;
+    let fuse: FuseSessionHandle;
+    // eslint-disable-next-line prefer-const
+    let service: MountService | undefined;
+    let transport: 'kernel' | 'libfuse2';
+    if (!kernelBlocked && !opts.debug) {
+      const kernelOps = createKernelOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      fuse = await KernelSession.mount(opts.mountpoint, kernelOps, {
+        source: fuseOpts.fsName,
+        readOnly: fuseOpts.readOnly,
+        allowOther: fuseOpts.allowOther,
+        suidDev: Boolean(fuseOpts.suidDev),
+      }, onUnexpected);
+      ops = kernelOps;
+      transport = 'kernel';
+      const session = fuse as KernelSession;
+      session.onEnded = () => queueMicrotask(() => service?.checkSession());
+    } else {
+      const pathOps = createOperations(opts.layer);
+      fuse = await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected);
+      ops = pathOps;
+      transport = 'libfuse2';
+    }
+    service = new MountService(opts.layer, opts.mountpoint, ops, fuse, transport, log);
     try {
       const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
       service.mountId = entries.length ? entries[entries.length - 1].mountId : null;
@@ -114,7 +193,7 @@ export class MountService {
       fuse.detach();
       throw err;
     }
-    log(`mounted layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'})`);
+    log(`mounted layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'}, ${transport} transport)`);
     const interval = opts.watchIntervalMs ?? 1000;
     service.timer = setInterval(() => service.checkSession(), interval);
     service.timer.unref();
@@ -131,7 +210,7 @@ export class MountService {
   }
 
   /** The session ends when the kernel connection goes: after `umount`/`fusermount -u` (a lazy one: once the last file is closed). */
-  private checkSession(): void {
+  checkSession(): void {
     if (!this.stopping && this.fuse?.ended) void this.stop('unmounted');
   }
 
@@ -177,6 +256,7 @@ export class MountService {
     }
     this.fuse?.detach();
     this.fuse = null;
+    if (this.ops.requestCounts) this.log(`FUSE requests: ${JSON.stringify(this.ops.requestCounts())}`);
     try {
       await this.ops.shutdown();
     } catch (err) {

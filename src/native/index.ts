@@ -28,7 +28,7 @@ export type { BlockIo } from './block-io';
 export { FallbackBlockIo, crc32cTable } from './fallback';
 
 /** ABI the wrapper below speaks; must equal ABI_VERSION in native/src/lib.rs. */
-export const NATIVE_ABI_VERSION = 1;
+export const NATIVE_ABI_VERSION = 2;
 
 /** Bytes written and cloned by probeReflink: a multiple of every file system block size. */
 const PROBE_BYTES = 64 * 1024;
@@ -46,6 +46,43 @@ export interface RawAddon {
   crc32c(data: Buffer, seed?: number): number;
   /** The software (table) path even where SSE4.2 exists; for tests. */
   crc32cTable(data: Buffer, seed?: number): number;
+  /** Synchronous, page cache only: bytes moved, or -1 when the asynchronous call is needed. */
+  readBlocksNowait(fd: number, buffers: Buffer[], offsetsBytes: number[]): number;
+  writeBlocksNowait(fd: number, buffers: Buffer[], offsetsBytes: number[]): number;
+  fuseWatch(fd: number, onReadable: () => void, spinMicros: () => number): number;
+  fuseUnwatch(id: number): void;
+  fuseRead(fd: number, buf: Buffer): number;
+  fuseWrite(fd: number, buf: Buffer): number;
+}
+
+/**
+ * The addon's FUSE device calls (native/src/fuse_dev.rs), used by the kernel FUSE
+ * transport only. read/write return a byte count or a negative errno; they never throw
+ * for a system error.
+ */
+export interface FuseDevice {
+  /**
+   * Calls onReadable on the JS thread while fd is readable (level-triggered); returns a
+   * watch id. After each call (and its microtasks) spinMicros() > 0 busy-polls fd that many
+   * µs before the thread sleeps.
+   */
+  watch(fd: number, onReadable: () => void, spinMicros: () => number): number;
+  unwatch(id: number): void;
+  read(fd: number, buf: Buffer): number;
+  write(fd: number, buf: Buffer): number;
+}
+
+/**
+ * The FUSE device calls, or why they are unavailable. Follows DMFS_NATIVE: 'off' means no
+ * addon at all (the FUSE frontend then uses fuse-native).
+ */
+export function loadFuseDevice(mode: string | undefined = process.env.DMFS_NATIVE): { device: FuseDevice } | { reason: string } {
+  if (mode === 'off') return { reason: 'DMFS_NATIVE=off' };
+  const load = tryLoadNative();
+  if (!load.blockIo) return { reason: load.reason };
+  // N-API functions ignore `this`: hand them out unbound, with no wrapper on the hot path.
+  const raw = load.blockIo.addon;
+  return { device: { watch: raw.fuseWatch, unwatch: raw.fuseUnwatch, read: raw.fuseRead, write: raw.fuseWrite } };
 }
 
 /** The package root: the nearest ancestor holding dmfs's package.json (same from src/ and dist/). */
@@ -106,8 +143,14 @@ export class NativeBlockIo implements BlockIo {
     }
   }
 
+  // Reads and writes first try the page cache on this thread (RWF_NOWAIT): a cached
+  // transfer then costs one system call instead of two thread hand-offs through the libuv
+  // pool, which on a small VM are most of a FUSE request's time. Anything that would wait
+  // (disk reads, writeback throttling) goes to the pool as before.
   async readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number> {
     try {
+      const n = this.addon.readBlocksNowait(fd, buffers, offsetsBytes);
+      if (n >= 0) return n;
       return await this.addon.readBlocks(fd, buffers, offsetsBytes);
     } catch (err) {
       throw fromAddon('readBlocks', err);
@@ -116,6 +159,8 @@ export class NativeBlockIo implements BlockIo {
 
   async writeBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number> {
     try {
+      const n = this.addon.writeBlocksNowait(fd, buffers, offsetsBytes);
+      if (n >= 0) return n;
       return await this.addon.writeBlocks(fd, buffers, offsetsBytes);
     } catch (err) {
       throw fromAddon('writeBlocks', err);

@@ -16,23 +16,18 @@ import {
 } from '../support/posix-harness';
 
 /**
- * Case name -> report row (QA report of the commit that added this file; diagnosis in short):
- * R2  libfuse 2's path API gives every name of a hard-linked file its own kernel inode: the
- *     page cache of a descriptor already open on one name never learns of writes through
- *     another (fix: low-level API). Attributes and fresh opens are right (attr_timeout 0,
- *     ac_attr_timeout 0 on writable layers).
- * R4  paths cross fuse-native as UTF-8 JS strings: non-UTF-8 bytes become U+FFFD, names alias.
+ * Case name -> report row (QA report of the commit that added this file; diagnosis in short).
+ * Fixed since by the kernel transport (src/fs/kernel-session.ts; the libfuse 2 transport
+ * still has them): R2 hard-link aliases (node id = inode now), R8 renameat2 flags (RENAME2).
+ * R4  names are decoded as UTF-8 into the store's strings: non-UTF-8 bytes become U+FFFD.
  * R7  atime is never updated on read/readdir (ext4: relatime).
- * R8  libfuse 2 has no rename flags: renameat2(NOREPLACE/EXCHANGE) is EINVAL.
- * R10 system.posix_acl_* refused on purpose (libfuse 2 cannot make the kernel enforce ACLs).
- * R11 O_TMPFILE needs FUSE_TMPFILE (not in libfuse 2): EOPNOTSUPP.
+ * R10 system.posix_acl_* refused on purpose (the kernel would not enforce stored ACLs).
+ * R11 O_TMPFILE needs FUSE_TMPFILE, not implemented: EOPNOTSUPP.
  * R12 listxattr shows trusted.* to unprivileged callers (ext4 hides them).
- * R13 no statx birth time (libfuse 2 has no statx; the store keeps no btime).
+ * R13 no statx birth time (no FUSE_STATX; the store keeps no btime).
  */
 const KNOWN: Record<string, string> = {
   'names: bytes that are not UTF-8 (Latin-1 names, symlink targets) are kept as they are': 'R4 non-UTF-8 names',
-  'link: a descriptor open on one name sees writes made through the other': 'R2 hard-link aliases',
-  'rename: renameat2 RENAME_NOREPLACE and RENAME_EXCHANGE': 'R8 renameat2',
   'atime: a read after a write moves atime (relatime), readdir of a changed directory too': 'R7 atime',
   'xattr: POSIX ACLs (system.posix_acl_access with a named user), setfacl -b': 'R10 POSIX ACLs',
   'xattr: an unprivileged listxattr does not show trusted.*': 'R12 trusted.* listing',

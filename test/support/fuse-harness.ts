@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadFuseNative } from '../../src/fs/fuse-adapter';
-import { MountService } from '../../src/fs/mount-service';
+import { MountService, type FuseTransport } from '../../src/fs/mount-service';
 import type { LayerFs } from '../../src/store/layer-store';
 import { MemoryLayerFs, type MemoryLayerFsOptions } from './memory-layer-fs';
 
@@ -87,13 +87,25 @@ export interface ShResult {
   stderr: string;
 }
 
-/** Runs a bash command line asynchronously (pipefail on). */
+let scratchCwd: string | null = null;
+
+/**
+ * Where commands run unless told otherwise: an empty scratch directory, never the
+ * repository, so a script whose `cd MOUNTPOINT` fails (a dead mount) cannot run
+ * `git init`, `make` or `rm` in the working tree.
+ */
+function defaultCwd(): string {
+  if (!scratchCwd || !existsSync(scratchCwd)) scratchCwd = mkdtempSync(path.join(os.tmpdir(), 'dmfs-sh-cwd-'));
+  return scratchCwd;
+}
+
+/** Runs a bash command line asynchronously (pipefail on), in opts.cwd or a scratch directory. */
 export function sh(cmd: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<ShResult> {
   return new Promise((resolve) => {
     execFile(
       'bash',
       ['-c', `set -o pipefail\n${cmd}`],
-      { cwd: opts.cwd, env: { ...process.env, LC_ALL: 'C', ...opts.env }, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 120_000 },
+      { cwd: opts.cwd ?? defaultCwd(), env: { ...process.env, LC_ALL: 'C', ...opts.env }, maxBuffer: 64 << 20, timeout: opts.timeoutMs ?? 120_000 },
       (err, stdout, stderr) => {
         const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
@@ -127,7 +139,7 @@ export interface InProcessMount {
 }
 
 /** Mounts a LayerFs in this process (watching for external unmounts every 200 ms). */
-export async function mountLayer(layer: LayerFs, mnt?: string, opts: { allowOther?: boolean } = {}): Promise<InProcessMount> {
+export async function mountLayer(layer: LayerFs, mnt?: string, opts: { allowOther?: boolean; transport?: FuseTransport } = {}): Promise<InProcessMount> {
   const dir = mnt ?? path.join(tempDir('mnt'), 'm');
   await fsp.mkdir(dir, { recursive: true });
   if (opts.allowOther) await fsp.chmod(path.dirname(dir), 0o755); // let other users reach it
@@ -135,7 +147,7 @@ export async function mountLayer(layer: LayerFs, mnt?: string, opts: { allowOthe
   // Unexpected errors (answered EIO) show in the test output at once.
   // eslint-disable-next-line no-console
   const log = (l: string) => (lines.push(l), /unexpected/.test(l) && console.error(l));
-  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log, allowOther: opts.allowOther });
+  const service = await MountService.start({ layer, mountpoint: dir, watchIntervalMs: 200, log, allowOther: opts.allowOther, transport: opts.transport });
   return {
     mnt: dir,
     layer,

@@ -73,6 +73,9 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
   const pool = await Pool.open(spec.root);
   let result: StopResult | null = null;
+  // Kept until the exit record is written: `dmfs umount` sends SIGTERM right after the
+  // unmount, which must not kill a daemon that already stopped but is still closing.
+  let removeSignals: (() => void) | null = null;
   try {
     const layer = await pool.store.openLayer(spec.layer, { readOnly: spec.readOnly, mountpoint: spec.mountpoint });
     let service: MountService;
@@ -82,7 +85,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
       await layer.close().catch(() => undefined);
       throw err;
     }
-    const removeSignals = service.installSignalHandlers();
+    removeSignals = service.installSignalHandlers();
     const rec: MountRecord = {
       version: 1,
       ...currentProcess(),
@@ -101,7 +104,6 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
       throw err;
     }
     result = await service.stopped;
-    removeSignals();
     await removeFile(paths.record);
     return result;
   } finally {
@@ -112,6 +114,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
       if (result && !result.error) result.error = err as Error;
     }
     if (result) await fsp.writeFile(paths.exit, JSON.stringify({ ok: !result.error, reason: result.reason, error: result.error?.message ?? null }) + '\n').catch(() => undefined);
+    removeSignals?.();
   }
 }
 

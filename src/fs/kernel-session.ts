@@ -1,0 +1,265 @@
+/**
+ * The kernel FUSE transport: dmfs speaks the FUSE protocol on /dev/fuse itself, with no
+ * libfuse in between (what libfuse's low-level API does, in TypeScript).
+ *
+ * Why: libfuse 2's high-level path API (fuse-native) names files by path, so every hard
+ * link is its own kernel inode and attributes cannot be cached on a writable layer; it
+ * offers no writeback cache and 128 KiB requests; each request crosses four threads.
+ * Here the node id is the store's inode number, the kernel caches attributes and
+ * dentries (this mount is the layer's only writer, so they stay coherent), writes are
+ * gathered in the page cache and arrive in up to 1 MiB requests, and a request costs one
+ * wake-up of the JS thread (native/src/fuse_dev.rs watches the device on Node's loop).
+ *
+ * Mounting needs mount(2) with the device's fd, which only root may call: `mount -i -t
+ * fuse.dmfs -o fd=3,...` is run with the device as its fd 3. Non-root mounts use the
+ * fuse-native transport (src/fs/fuse-adapter.ts), which goes through fusermount.
+ *
+ * Buffers: a request is read into a pooled buffer of MAX_REQUEST_BYTES. Handlers parse
+ * what they need synchronously; only WRITE keeps its buffer (the data) until the store
+ * has it, which `dispatch` signals by returning a promise.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { dmfsError } from '../errors';
+import { loadFuseDevice, type FuseDevice } from '../native';
+import { FUSE_FSTYPE } from './mount-table';
+import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
+
+const E = osConstants.errno;
+
+/** Largest WRITE payload negotiated (max_pages 256 of 4 KiB). */
+export const MAX_WRITE_BYTES = 1024 * 1024;
+/** A request buffer: header + fuse_write_in + MAX_WRITE_BYTES, with room to spare. */
+const MAX_REQUEST_BYTES = MAX_WRITE_BYTES + 64 * 1024;
+/** Request buffers kept for reuse; more in flight are allocated and dropped. */
+const POOLED_BUFFERS = 8;
+/** Requests read per wake-up before yielding to the event loop (I/O completions). */
+const READS_PER_WAKEUP = 64;
+
+/** Requests the kernel expects no reply to. */
+const NO_REPLY_OPCODES: ReadonlySet<number> = new Set([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
+
+/**
+ * How long to busy-poll /dev/fuse after answering everything, in µs
+ * (DMFS_FUSE_SPIN_US, default DEFAULT_SPIN_MICROS; 0 turns it off).
+ */
+export const DEFAULT_SPIN_MICROS = 50;
+
+function spinMicrosFromEnv(value = process.env.DMFS_FUSE_SPIN_US): number {
+  if (value === undefined || value === '') return DEFAULT_SPIN_MICROS;
+  const n = Number(value);
+  return Number.isFinite(n) && n >= 0 ? Math.min(n, 1000) : DEFAULT_SPIN_MICROS;
+}
+
+/** What the operations table gives the session. */
+export interface KernelDispatcher {
+  /**
+   * Handles one request (`len` bytes of `req`). Returns a promise only when it keeps
+   * using `req` after returning (WRITE data); the buffer is reused once it settles.
+   */
+  dispatch(req: Buffer, len: number, session: KernelSession): Promise<void> | void;
+}
+
+export interface KernelMountOptions {
+  /** Shown as the source in /proc/mounts, e.g. 'dmfs:web-1'. */
+  source: string;
+  readOnly: boolean;
+  allowOther?: boolean;
+  /** Honour setuid bits and device nodes (ext4's default); else nosuid,nodev. */
+  suidDev: boolean;
+}
+
+/** Why the kernel transport cannot be used here (null: it can). */
+export function kernelTransportUnavailable(): string | null {
+  if ((process.getuid?.() ?? -1) !== 0) return 'mounting with the kernel transport needs root (mount(2) with a /dev/fuse fd)';
+  const dev = loadFuseDevice();
+  if ('reason' in dev) return `the native addon is unavailable: ${dev.reason}`;
+  return null;
+}
+
+/** The mount(8) option string of a FUSE mount whose device is the child's fd 3. */
+export function kernelMountOptions(o: KernelMountOptions, uid: number, gid: number): string {
+  const list = ['fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`];
+  // The kernel checks permissions from the mode when other users may enter; without
+  // allow_other only the mounting user gets in at all (see the access operation).
+  if (o.allowOther) list.push('allow_other', 'default_permissions');
+  list.push(o.readOnly ? 'ro' : 'rw');
+  if (!o.suidDev) list.push('nosuid', 'nodev');
+  return list.join(',');
+}
+
+function runMount(fd: number, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('mount', args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (err) => reject(dmfsError('MOUNT_FAILED', `cannot run mount(8): ${err.message}`, err)));
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else reject(dmfsError('MOUNT_FAILED', `mount(8) failed (exit ${code}): ${stderr.trim() || 'no message'}`));
+    });
+  });
+}
+
+/** One FUSE connection: the device fd, its watcher, and the reply path. */
+export class KernelSession {
+  private watchId: number | null = null;
+  private freeBuffers: Buffer[] = [];
+  private endedFlag = false;
+  /** Requests read that still owe a reply. */
+  private outstanding = 0;
+  /** Busy-poll window after the last reply (µs); 0 sleeps at once. */
+  private readonly spinMicros = spinMicrosFromEnv();
+  private readonly errorReply = Buffer.alloc(OUT_HEADER_BYTES);
+  private initSeen!: () => void;
+  /** Called once when the connection ends by itself (unmount, abort); not by detach(). */
+  onEnded: () => void = () => undefined;
+  /** Resolves once the kernel's INIT has been answered (the mount is live). */
+  readonly initialised = new Promise<void>((r) => (this.initSeen = r));
+
+  private constructor(
+    private readonly device: FuseDevice,
+    private fd: number,
+    private readonly dispatcher: KernelDispatcher,
+    private readonly onUnexpected: (err: unknown) => void,
+  ) {}
+
+  /**
+   * Opens /dev/fuse, mounts it at `mountpoint` and serves requests on this event loop.
+   * Resolves once the mount is live. Throws FUSE_UNAVAILABLE / MOUNT_FAILED; on failure
+   * nothing stays mounted or open.
+   */
+  static async mount(mountpoint: string, dispatcher: KernelDispatcher, opts: KernelMountOptions, onUnexpected: (err: unknown) => void = () => undefined): Promise<KernelSession> {
+    const dev = loadFuseDevice();
+    if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
+    let fd: number;
+    try {
+      fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
+    } catch (err) {
+      throw dmfsError('FUSE_UNAVAILABLE', `cannot open /dev/fuse: ${(err as Error).message}`, err);
+    }
+    const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
+    try {
+      const uid = process.getuid?.() ?? 0;
+      const gid = process.getgid?.() ?? 0;
+      const source = opts.source.replace(/[^A-Za-z0-9._:@/+-]/g, '_');
+      await runMount(fd, ['-i', '-t', FUSE_FSTYPE, '-o', kernelMountOptions(opts, uid, gid), source, mountpoint]);
+      // Watched only once mounted: before that the device polls as an error and reads EPERM.
+      session.watchId = dev.device.watch(fd, () => session.onReadable(), () => session.idleSpinMicros());
+    } catch (err) {
+      session.detach();
+      throw err;
+    }
+    await session.initialised;
+    return session;
+  }
+
+  /** True once the connection is gone: unmounted (lazily: and every file closed) or aborted. */
+  get ended(): boolean {
+    return this.endedFlag;
+  }
+
+  /** Called by the INIT handler once it has replied. */
+  markInitialised(): void {
+    this.initSeen();
+  }
+
+  private takeBuffer(): Buffer {
+    return this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST_BYTES);
+  }
+
+  private giveBuffer(buf: Buffer): void {
+    if (this.freeBuffers.length < POOLED_BUFFERS) this.freeBuffers.push(buf);
+  }
+
+  /**
+   * How long the native side may busy-poll for the next request before sleeping (see
+   * native/src/fuse_dev.rs): the spin window once every request read is answered, else 0.
+   */
+  private idleSpinMicros(): number {
+    return this.outstanding === 0 && !this.endedFlag ? this.spinMicros : 0;
+  }
+
+  /** Reads and dispatches what the device has (up to READS_PER_WAKEUP requests). */
+  private onReadable(): void {
+    for (let i = 0; i < READS_PER_WAKEUP && !this.endedFlag; i++) {
+      const buf = this.takeBuffer();
+      const n = this.device.read(this.fd, buf);
+      if (n < 0) {
+        this.giveBuffer(buf);
+        const errno = -n;
+        // ENOENT: the request was interrupted before we read it; EINTR: try again.
+        if (errno === E.ENOENT || errno === E.EINTR) continue;
+        if (errno === E.EAGAIN) return;
+        // ENODEV: unmounted (or the connection was aborted). Anything else ends it too.
+        if (errno !== E.ENODEV) this.onUnexpected(new Error(`reading /dev/fuse failed: errno ${errno}`));
+        this.end();
+        return;
+      }
+      if (!NO_REPLY_OPCODES.has(buf.readUInt32LE(4))) this.outstanding++;
+      let kept: Promise<void> | void;
+      try {
+        kept = this.dispatcher.dispatch(buf, n, this);
+      } catch (err) {
+        this.onUnexpected(err);
+        kept = undefined;
+      }
+      if (kept) kept.then(() => this.giveBuffer(buf), () => this.giveBuffer(buf));
+      else this.giveBuffer(buf);
+    }
+  }
+
+  /** Sends a reply whose body starts at OUT_HEADER_BYTES of `reply` and ends at totalBytes. */
+  send(unique: Unique, reply: Buffer, totalBytes: number): void {
+    this.outstanding--;
+    writeOutHeader(reply, totalBytes, 0, unique);
+    this.write(totalBytes === reply.length ? reply : reply.subarray(0, totalBytes));
+  }
+
+  /** Sends an empty success reply. */
+  ok(unique: Unique): void {
+    this.fail(unique, 0);
+  }
+
+  /** Sends an error reply (errno > 0) or, with 0, an empty success. */
+  fail(unique: Unique, errno: number): void {
+    this.outstanding--;
+    writeOutHeader(this.errorReply, OUT_HEADER_BYTES, -errno, unique);
+    this.write(this.errorReply);
+  }
+
+  private write(buf: Buffer): void {
+    if (this.endedFlag) return;
+    const n = this.device.write(this.fd, buf);
+    // ENOENT: the request was interrupted and is gone; nothing to do.
+    if (n < 0 && -n !== E.ENOENT) {
+      if (-n === E.ENODEV) this.end();
+      else this.onUnexpected(new Error(`writing a FUSE reply failed: errno ${-n}`));
+    }
+  }
+
+  private end(): void {
+    if (this.endedFlag) return;
+    this.detach();
+    // Nothing else may keep the event loop alive now: whoever serves must hear it here.
+    this.onEnded();
+  }
+
+  /** Stops watching and closes the device (the kernel then aborts the connection if still mounted). Idempotent. */
+  detach(): void {
+    this.endedFlag = true;
+    if (this.watchId !== null) this.device.unwatch(this.watchId);
+    this.watchId = null;
+    if (this.fd >= 0) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        // already closed
+      }
+      this.fd = -1;
+    }
+    this.freeBuffers = [];
+    this.initSeen();
+  }
+}
