@@ -303,6 +303,9 @@ pub fn vector_io(fd: i32, segs: &[Seg], write: bool) -> OpResult<u64> {
     Ok(total)
 }
 
+/// Largest write done on the calling thread where RWF_NOWAIT is refused (see vector_io_nowait).
+const SYNC_WRITE_MAX_BYTES: usize = 256 * 1024;
+
 /// Set once the file system has refused non-blocking writes (EOPNOTSUPP): not tried again.
 static WRITE_NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -314,7 +317,13 @@ static WRITE_NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atom
 pub fn vector_io_nowait(fd: i32, segs: &[Seg], write: bool) -> Option<u64> {
     use std::sync::atomic::Ordering;
     if write && WRITE_NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
-        return None;
+        // Buffered writes do not take RWF_NOWAIT here (ext4 before 6.x...): a write to the
+        // page cache is still a memcpy, done on the calling thread unless it is large.
+        let bytes: usize = segs.iter().map(|s| s.len).sum();
+        if bytes > SYNC_WRITE_MAX_BYTES {
+            return None;
+        }
+        return vector_io(fd, segs, true).ok();
     }
     let mut total = 0u64;
     for (b, e) in runs(segs) {

@@ -1,16 +1,17 @@
 /**
  * Serves one layer on one mountpoint until it is unmounted: by `stop()` (SIGINT/SIGTERM)
  * or from outside (`dmfs umount`, `umount`, `fusermount -u`), which the service notices
- * when libfuse's session loop ends (polled: the patched binding's loop-done flag). A lazy
- * unmount (`umount -l`) keeps serving the files still open until the last one closes.
- * Either way it ends the same: release open handles, sync (data, then metadata), close
- * the layer.
+ * when the FUSE session ends (kernel transport: the device reads ENODEV; libfuse 2: the
+ * patched binding's loop-done flag, polled). A lazy unmount (`umount -l`) keeps serving
+ * the files still open until the last one closes. Either way it ends the same: release
+ * open handles, sync (data, then metadata), close the layer.
  *
- * Cache policy: a read-only layer is immutable, so the kernel keeps its page cache across
- * opens (kernel_cache) and dentries/attributes for an hour. A writable layer has a single
- * writer (this mount): dentries are kept 1 s, pages while mtime/size are unchanged
- * (auto_cache), attributes not at all (see attrTimeoutS).
- */
+ * Two transports (FuseTransport): the kernel one (kernel-session.ts, root with the native
+ * addon) and libfuse 2 through fuse-native (everything else). Cache policy of the kernel
+ * transport: kernelOptionsFor. Of libfuse 2: a read-only layer keeps its page cache across
+ * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
+ * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
+ * (see attrTimeoutS). */
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
@@ -53,6 +54,7 @@ export interface MountServiceOptions {
   /** Absolute path of an existing directory. */
   mountpoint: string;
   allowOther?: boolean;
+  /** libfuse's request log on stderr; only the libfuse 2 transport has one, so this selects it. */
   debug?: boolean;
   /** One line per event (mount, unmount, errors). */
   log?: (line: string) => void;

@@ -9,12 +9,14 @@ import {
   fileKindOfMode, type NewNodeOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
 import {
-  bmapKey, bmapRange, direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packBlockRef,
-  packDirent, packInode, packUsage, timeToNs, usageBytes, unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
+  bmapKey, bmapRange, blockContentMatches, direntKey, direntRange, firstBadSector, hasSectorCrcs, inodeKey, isWhiteout,
+  nowTime, nsToTime, packBlockRef, packDirent, packInode, packUsage, sectorCrcsOf, sectorSizeBytes, timeToNs, usageBytes,
+  unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
 
+/** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
 interface BlockRead {
   ref: DataRef;
   inBlock: number;
@@ -114,6 +116,8 @@ export class ChainLayerFs implements LayerFs {
   private readonly top: number;
   private readonly t: StoreTables;
   private readonly bs: number;
+  /** Bytes covered by one per-sector CRC. */
+  private readonly sectorBytes: number;
   /** Inline block content up to this many bytes is kept in metadata instead of a data block. */
   private readonly inlineMaxBytes: number;
   private readonly mutex = new KeyedMutex();
@@ -122,7 +126,11 @@ export class ChainLayerFs implements LayerFs {
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: 65536 });
   private readonly lowerUsageBytes: number;
   private readonly lowerMappedCache = new LRUCache<string, number>({ max: 65536 });
-  /** Data blocks whose content matched their checksum when this layer last read them whole. */
+  /**
+   * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
+   * read them whole: partial reads of them read only what they need. Per-sector blocks
+   * verify every read, which costs no extra I/O, so they are never entered here.
+   */
   private readonly verified = new LRUCache<number, true>({ max: 262144 });
   private dirty = false;
   private syncTimer: NodeJS.Timeout | null = null;
@@ -137,6 +145,7 @@ export class ChainLayerFs implements LayerFs {
     this.top = opts.segments[0];
     this.t = tables;
     this.bs = pool.blockSizeBytes;
+    this.sectorBytes = sectorSizeBytes(this.bs);
     this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
     this.onClose = opts.onClose;
     let lower = 0;
@@ -797,38 +806,59 @@ export class ChainLayerFs implements LayerFs {
   }
 
   /**
-   * Reads data blocks into their targets, verifying each block's CRC-32C the first time
-   * this layer reads it (a whole-block read); later partial reads of a verified block read
-   * only what they need. A mismatch is DATA_CORRUPT (EIO), never garbage.
+   * Reads data blocks into their targets (one gathered read), never handing out
+   * unverified bytes. A per-sector ref reads and verifies just the sectors covering the
+   * request, straight into the target when the request is sector-aligned. A whole-block
+   * ref (tag 0) is read whole and verified the first time this layer reads it; later
+   * partial reads of it read only what they need. A mismatch is DATA_CORRUPT (EIO)
+   * naming the block, and leaves every target zeroed.
    */
   private async readVerified(reads: BlockRead[]): Promise<void> {
+    const ss = this.sectorBytes;
     const blocks: DataBlock[] = [];
     const offsets: number[] = [];
     const targets: Buffer[] = [];
-    const checks: { ref: DataRef; full: Buffer; copyTo: { dst: Buffer; inBlock: number } | null }[] = [];
+    /** `bytes` holds block bytes from firstSector's start; `from` is where the request starts in it. */
+    const checks: { ref: DataRef; bytes: Buffer; firstSector: number; copyTo: { dst: Buffer; from: number } | null }[] = [];
     for (const r of reads) {
-      const whole = r.inBlock === 0 && r.dst.length === this.bs;
-      if (!whole && this.verified.has(r.ref.block)) {
+      const end = r.inBlock + r.dst.length;
+      let begin = 0;
+      let stop = this.bs;
+      if (hasSectorCrcs(r.ref)) {
+        begin = Math.floor(r.inBlock / ss) * ss;
+        stop = Math.ceil(end / ss) * ss;
+      } else if (r.dst.length !== this.bs && this.verified.has(r.ref.block)) {
         blocks.push(asDataBlock(r.ref.block));
         offsets.push(r.inBlock);
         targets.push(r.dst);
         continue;
       }
-      const full = whole ? r.dst : Buffer.allocUnsafe(this.bs);
+      const direct = begin === r.inBlock && stop === end;
+      const bytes = direct ? r.dst : Buffer.allocUnsafe(stop - begin);
       blocks.push(asDataBlock(r.ref.block));
-      offsets.push(0);
-      targets.push(full);
-      checks.push({ ref: r.ref, full, copyTo: whole ? null : { dst: r.dst, inBlock: r.inBlock } });
+      offsets.push(begin);
+      targets.push(bytes);
+      checks.push({ ref: r.ref, bytes, firstSector: begin / ss, copyTo: direct ? null : { dst: r.dst, from: r.inBlock - begin } });
     }
     await this.pool.readBlocks(blocks, offsets, targets);
     for (const c of checks) {
-      if (blockIo.crc32c(c.full) !== c.ref.crc) {
-        this.verified.delete(c.ref.block);
-        throw dmfsError('DATA_CORRUPT', `data block ${c.ref.block} of layer ${this.layerName} fails its checksum`);
+      const ref = c.ref;
+      if (hasSectorCrcs(ref)) {
+        const bad = firstBadSector(ref, c.bytes, c.firstSector, ss);
+        if (bad >= 0) this.failRead(reads, ref, ` (sector ${bad})`);
+      } else {
+        if (blockIo.crc32c(c.bytes) !== ref.crc) this.failRead(reads, ref, '');
+        this.verified.set(ref.block, true);
       }
-      this.verified.set(c.ref.block, true);
-      if (c.copyTo) c.full.copy(c.copyTo.dst, 0, c.copyTo.inBlock, c.copyTo.inBlock + c.copyTo.dst.length);
+      if (c.copyTo) c.bytes.copy(c.copyTo.dst, 0, c.copyTo.from, c.copyTo.from + c.copyTo.dst.length);
     }
+  }
+
+  /** A read found ref's content damaged: no target keeps what was read. */
+  private failRead(reads: BlockRead[], ref: DataRef, where: string): never {
+    this.verified.delete(ref.block);
+    for (const r of reads) r.dst.fill(0);
+    throw dmfsError('DATA_CORRUPT', `data block ${ref.block}${where} of layer ${this.layerName} fails its checksum`);
   }
 
   /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
@@ -841,11 +871,32 @@ export class ChainLayerFs implements LayerFs {
     return buf;
   }
 
-  /** A whole data block's content, verified against its checksum. */
-  private async dataBlockContent(ref: DataRef): Promise<Buffer> {
-    const full = Buffer.allocUnsafe(this.bs);
-    await this.readVerified([{ ref, inBlock: 0, dst: full }]);
-    return full;
+  /**
+   * The sector CRCs an own data block will have once `slice` lands at inBlock (the caller
+   * writes only the slice). Per-sector refs read (and verify) only the old bytes of the
+   * sectors the slice covers partly, and keep the other sectors' CRCs; a whole-block CRC
+   * can only be checked on the whole block, so a tag-0 block is read whole.
+   */
+  private async rewrittenSectorCrcs(ref: DataRef, slice: Buffer, inBlock: number): Promise<number[]> {
+    const ss = this.sectorBytes;
+    if (!hasSectorCrcs(ref)) {
+      const merged = Buffer.allocUnsafe(this.bs);
+      await this.readVerified([{ ref, inBlock: 0, dst: merged }]);
+      slice.copy(merged, inBlock);
+      return sectorCrcsOf(merged, ss);
+    }
+    const first = Math.floor(inBlock / ss);
+    const stop = Math.ceil((inBlock + slice.length) / ss);
+    const merged = Buffer.allocUnsafe((stop - first) * ss);
+    const partlyCovered = new Set<number>();
+    if (inBlock % ss !== 0) partlyCovered.add(first);
+    if ((inBlock + slice.length) % ss !== 0) partlyCovered.add(stop - 1);
+    const edges = [...partlyCovered].map((sector) => ({ ref, inBlock: sector * ss, dst: merged.subarray((sector - first) * ss, (sector - first + 1) * ss) }));
+    if (edges.length) await this.readVerified(edges);
+    slice.copy(merged, inBlock - first * ss);
+    const crcs = [...ref.sectorCrcs];
+    crcs.splice(first, stop - first, ...sectorCrcsOf(merged, ss));
+    return crcs;
   }
 
   private takeBlockOrThrow(): DataBlock {
@@ -899,17 +950,11 @@ export class ChainLayerFs implements LayerFs {
         const own = ownRaw ? unpackBlockRef(ownRaw) : null;
         if (!own) newEntries++;
         if (own && isDataRef(own)) {
-          // The layer's own block: written in place; its checksum follows the new content.
-          let crc: number;
-          if (whole) crc = blockIo.crc32c(slice);
-          else {
-            const merged = await this.dataBlockContent(own);
-            slice.copy(merged, inBlock);
-            crc = blockIo.crc32c(merged);
-          }
+          // The layer's own block: written in place; its checksums follow the new content.
+          const sectorCrcs = whole ? sectorCrcsOf(slice, this.sectorBytes) : await this.rewrittenSectorCrcs(own, slice, inBlock);
           this.verified.delete(own.block);
           pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
-          mapped.push({ idx, ref: { block: own.block, crc }, fresh: false, replacesInline: 0 });
+          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
           continue;
         }
         const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
@@ -924,21 +969,22 @@ export class ChainLayerFs implements LayerFs {
         }
         const fresh = this.takeBlockOrThrow();
         taken.push(fresh);
-        let crc: number;
+        let sectorCrcs: number[];
         const lower = whole || own ? null : this.blockRef(ino, idx);
         if (whole) {
           pendingWrites.push({ block: fresh, offset: 0, data: slice });
-          crc = blockIo.crc32c(slice);
+          sectorCrcs = sectorCrcsOf(slice, this.sectorBytes);
         } else if (lower && isDataRef(lower.ref)) {
-          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the change.
+          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
+          // change. The copy is verified against the lower ref, whichever form it has.
           await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
           const copied = Buffer.allocUnsafe(this.bs);
           await this.pool.readBlocks([fresh], [0], [copied]);
-          if (blockIo.crc32c(copied) !== lower.ref.crc) {
+          if (!blockContentMatches(lower.ref, copied)) {
             throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.layerName}) fails its checksum`);
           }
           slice.copy(copied, inBlock);
-          crc = blockIo.crc32c(copied);
+          sectorCrcs = sectorCrcsOf(copied, this.sectorBytes);
           pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
         } else {
           const full = Buffer.alloc(this.bs);
@@ -946,9 +992,9 @@ export class ChainLayerFs implements LayerFs {
           else if (lower) (lower.ref as Buffer).copy(full);
           slice.copy(full, inBlock);
           pendingWrites.push({ block: fresh, offset: 0, data: full });
-          crc = blockIo.crc32c(full);
+          sectorCrcs = sectorCrcsOf(full, this.sectorBytes);
         }
-        mapped.push({ idx, ref: { block: fresh, crc }, fresh: true, replacesInline: ownInlineLen });
+        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
       }
       if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
       const newBlocks = mapped.filter((m) => m.fresh).length;
@@ -968,7 +1014,6 @@ export class ChainLayerFs implements LayerFs {
         rec.ctime = now;
         this.putRecord(ino, rec);
       });
-      for (const m of mapped) if (isDataRef(m.ref)) this.verified.set(m.ref.block, true);
     } catch (err) {
       for (const b of taken) this.pool.untakeBlock(b);
       throw err;
@@ -1010,7 +1055,7 @@ export class ChainLayerFs implements LayerFs {
           const full = Buffer.alloc(this.bs);
           content.copy(full);
           await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
-          partialRef = { block: taken, crc: blockIo.crc32c(full) };
+          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.sectorBytes) };
         }
       }
     }

@@ -1,10 +1,9 @@
-import { blockIo } from '../native';
 import { asDataBlock } from '../pool/block-address';
 import type { ThinPool } from '../pool/thin-pool';
 import { openStoreTables } from './chain-layer-fs';
 import {
-  isDataRef, isWhiteout, packUsage, unpackBlockRef, unpackDirent, unpackInode, unpackLayer, unpackUsage,
-  type DataRef,
+  blockContentMatches, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
+  unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
 } from './records';
 
 export interface CheckProblem {
@@ -34,7 +33,8 @@ export interface CheckReport {
  * counters equal to the maps; parent chains valid; no records of unknown segments; no
  * directory entry pointing at a missing inode; every record decodes. With `repair`,
  * fixes the space map and counters and drops unreachable records, and says so.
- * With `data`, also reads every mapped data block and checks its CRC-32C.
+ * With `data`, also reads every mapped data block whole and checks it against its
+ * CRC-32Cs (per sector, or one for the whole block on refs written before sectors).
  */
 export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
   const t = openStoreTables(pool);
@@ -102,6 +102,7 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   }
 
   // Data blocks against their checksums (--data): reads the whole data device's mapped blocks.
+  // One problem per damaged block; per-sector refs also say the first damaged sector.
   const layerOfSegment = new Map(layers.map((l) => [l.segment, l.name]));
   const bs = pool.blockSizeBytes;
   for (let i = 0; i < dataChecks.length; i += 16) {
@@ -109,10 +110,10 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     const bufs = batch.map(() => Buffer.allocUnsafe(bs));
     await pool.readBlocks(batch.map((c) => asDataBlock(c.ref.block)), batch.map(() => 0), bufs);
     batch.forEach((c, j) => {
-      if (blockIo.crc32c(bufs[j]) !== c.ref.crc) {
-        const [seg, ino, fileBlock] = c.where.split(':');
-        report('DATA_CORRUPT', `data block ${c.ref.block} (layer ${layerOfSegment.get(Number(seg)) ?? seg}, inode ${ino}, file block ${fileBlock}) fails its checksum`);
-      }
+      if (blockContentMatches(c.ref, bufs[j])) return;
+      const [seg, ino, fileBlock] = c.where.split(':');
+      const sector = hasSectorCrcs(c.ref) ? ` in sector ${firstBadSector(c.ref, bufs[j], 0, sectorSizeBytes(bs))}` : '';
+      report('DATA_CORRUPT', `data block ${c.ref.block} (layer ${layerOfSegment.get(Number(seg)) ?? seg}, inode ${ino}, file block ${fileBlock}) fails its checksum${sector}`);
     });
   }
 

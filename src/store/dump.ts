@@ -3,14 +3,17 @@ import { packUint48 } from '../pool/codec';
 import type { ThinPool } from '../pool/thin-pool';
 import { openStoreTables } from './chain-layer-fs';
 import {
-  isDataRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef, unpackDirent,
-  unpackInode, unpackLayer, unpackUsage, type DirentRecord, type InodeRecord, type LayerRecord, type SegmentUsage,
+  SECTORS_PER_BLOCK, hasSectorCrcs, isDataRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef,
+  unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef, type DirentRecord, type InodeRecord, type LayerRecord,
+  type SegmentUsage,
 } from './records';
 
 /**
  * Metadata dump (like thin_dump): every layer and every record of its segment as
- * readable JSON. Inline block bytes and xattr values are base64. `restore` reads a whole
- * dump back into a pool with the same data device (like thin_restore).
+ * readable JSON. Inline block bytes and xattr values are base64; a data block is
+ * `{ block, sectorCrcs: [16 CRCs] }`, or `{ block, crc }` if written before per-sector
+ * checksums, and restores in the same form. `restore` reads a whole dump back into a pool
+ * with the same data device (like thin_restore).
  */
 export interface MetadataDump {
   dmfsDump: 1;
@@ -25,7 +28,7 @@ export interface SegmentDump {
   usage: SegmentUsage;
   inodes: [number, JsonInode][];
   entries: [number, string, DirentRecord][];
-  blocks: [number, number, { block: number; crc: number } | { inline: string }][];
+  blocks: [number, number, DataRef | { inline: string }][];
   orphans: number[];
 }
 
@@ -59,7 +62,8 @@ export function dumpMetadata(pool: ThinPool, opts: { layers?: string[] } = {}): 
     for (const { key, value } of t.bmap.range([seg], [seg + 1])) {
       const [, ino, fileBlock] = key as number[];
       const ref = unpackBlockRef(value);
-      s.blocks.push([ino, fileBlock, isDataRef(ref) ? { block: ref.block, crc: ref.crc } : { inline: ref.toString('base64') }]);
+      s.blocks.push([ino, fileBlock, !isDataRef(ref) ? { inline: ref.toString('base64') }
+        : hasSectorCrcs(ref) ? { block: ref.block, sectorCrcs: ref.sectorCrcs } : { block: ref.block, crc: ref.crc }]);
     }
     for (const key of t.orphans.keys([seg], [seg + 1])) s.orphans.push((key as number[])[1]);
     segments[String(seg)] = s;
@@ -114,6 +118,7 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
       for (const [ino, fileBlock, ref] of s.blocks) {
         if ('inline' in ref) t.bmap.put([seg, ino, fileBlock], packBlockRef(Buffer.from(ref.inline, 'base64')));
         else {
+          checkJsonDataRef(ref);
           if (ref.block >= sb.nrBlocks) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block}, past this device's ${sb.nrBlocks}`);
           if (referenced.has(ref.block)) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block} twice`);
           referenced.add(ref.block);
@@ -129,4 +134,15 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
   pool.repairSpaceMap(referenced);
   await pool.sync();
   return { layers: dump.layers.length, blocks: referenced.size };
+}
+
+const isUint32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+
+/** A dumped data block must be one of the two forms with well-formed numbers (BAD_IMAGE otherwise). */
+function checkJsonDataRef(ref: DataRef): void {
+  const okBlock = Number.isSafeInteger(ref.block) && ref.block >= 0;
+  const okCrcs = hasSectorCrcs(ref)
+    ? Array.isArray(ref.sectorCrcs) && ref.sectorCrcs.length === SECTORS_PER_BLOCK && ref.sectorCrcs.every(isUint32)
+    : isUint32(ref.crc);
+  if (!okBlock || !okCrcs) throw dmfsError('BAD_IMAGE', `a block of the dump is malformed: ${JSON.stringify(ref)}`);
 }

@@ -12,7 +12,7 @@ import type { FileKind, LayerKind, LayerState } from './layer-store';
  *   layer-names [name]                    → layerId (uint)
  *   inodes      [segment, ino]            → InodeRecord   (the inode as this segment sees it)
  *   dirents     [segment, dirIno, name]   → DirentRecord  (entry or whiteout)
- *   bmap        [segment, ino, fileBlock] → BlockRef      (data block number, or inline bytes)
+ *   bmap        [segment, ino, fileBlock] → BlockRef      (data block number and checksums, or inline bytes)
  *   usage       [segment]                 → SegmentUsage
  *   orphans     [segment, ino]            → ''            (nlink 0 but open; freed at release or recovery)
  *   holders     [layerId, ownerId]        → HolderRecord  (open handles: writer lock, mounts)
@@ -100,23 +100,95 @@ export function isWhiteout(r: DirentRecord): r is { v: 1; whiteout: true } {
 }
 
 /**
- * A file block's content: a data block with the CRC-32C of its whole content, or bytes
- * kept inline in metadata (shorter than a block; the rest reads as zeros).
+ * A file block's content: a data block with its checksums, or bytes kept inline in
+ * metadata (shorter than a block; the rest reads as zeros).
  */
 export type BlockRef = DataRef | Buffer;
-export interface DataRef {
+
+/**
+ * A data block and the CRC-32C(s) of its content. The store writes only `SectorCrcRef`;
+ * `BlockCrcRef` is how blocks written before per-sector checksums stay readable (no
+ * format bump: the tag byte tells them apart).
+ */
+export type DataRef = BlockCrcRef | SectorCrcRef;
+
+/** Tag 0: one CRC-32C of the whole block, so verifying any byte means reading the block whole. */
+export interface BlockCrcRef {
   block: number;
   crc: number;
+}
+
+/**
+ * Tag 2: one CRC-32C per sector. A block is SECTORS_PER_BLOCK sectors of
+ * `sectorSizeBytes(blockSizeBytes)` each, `sectorCrcs[i]` covering
+ * [i * sectorSize, (i + 1) * sectorSize), so a partial read verifies only the sectors it touches.
+ */
+export interface SectorCrcRef {
+  block: number;
+  /** Exactly SECTORS_PER_BLOCK entries, uint32. */
+  sectorCrcs: number[];
+}
+
+/** Fixed for every block size: the sector size scales with the block (4 KiB at 64 KiB, 64 KiB at 1 MiB). */
+export const SECTORS_PER_BLOCK = 16;
+
+export function sectorSizeBytes(blockSizeBytes: number): number {
+  return blockSizeBytes / SECTORS_PER_BLOCK;
 }
 
 export function isDataRef(ref: BlockRef): ref is DataRef {
   return !Buffer.isBuffer(ref);
 }
 
-/** [0][block: 6 bytes LE][crc: 4 bytes LE] or [1][crc of bytes: 4 bytes LE][bytes]. */
+export function hasSectorCrcs(ref: DataRef): ref is SectorCrcRef {
+  return 'sectorCrcs' in ref;
+}
+
+/** Whether a whole block's content matches its ref's checksum(s). */
+export function blockContentMatches(ref: DataRef, content: Buffer): boolean {
+  if (hasSectorCrcs(ref)) return firstBadSector(ref, content, 0, sectorSizeBytes(content.length)) === -1;
+  return blockIo.crc32c(content) === ref.crc;
+}
+
+/** CRC-32C of each sector of `bytes`, which is a whole number of `sectorBytes` sectors. */
+export function sectorCrcsOf(bytes: Buffer, sectorBytes: number): number[] {
+  const out: number[] = [];
+  for (let at = 0; at < bytes.length; at += sectorBytes) out.push(blockIo.crc32c(bytes.subarray(at, at + sectorBytes)));
+  return out;
+}
+
+/**
+ * The first sector in [firstSector, firstSector + bytes.length / sectorBytes) whose
+ * bytes (`bytes` starting at firstSector's first byte) fail their CRC, or -1.
+ */
+export function firstBadSector(ref: SectorCrcRef, bytes: Buffer, firstSector: number, sectorBytes: number): number {
+  for (let i = 0, at = 0; at < bytes.length; i++, at += sectorBytes) {
+    if (blockIo.crc32c(bytes.subarray(at, at + sectorBytes)) !== ref.sectorCrcs[firstSector + i]) return firstSector + i;
+  }
+  return -1;
+}
+
+const TAG0_BYTES = 11;
+const TAG2_BYTES = 7 + 4 * SECTORS_PER_BLOCK;
+
+/**
+ * Tag 0 [0][block: 6 bytes LE][crc: 4 bytes LE] (the store no longer writes it; restore does),
+ * tag 1 [1][crc of bytes: 4 bytes LE][bytes],
+ * tag 2 [2][block: 6 bytes LE][SECTORS_PER_BLOCK x crc: 4 bytes LE each].
+ */
 export function packBlockRef(ref: BlockRef): Buffer {
+  if (isDataRef(ref) && hasSectorCrcs(ref)) {
+    if (ref.sectorCrcs.length !== SECTORS_PER_BLOCK) {
+      throw dmfsError('INVALID', `data block ${ref.block} has ${ref.sectorCrcs.length} sector checksums, not ${SECTORS_PER_BLOCK}`);
+    }
+    const b = Buffer.alloc(TAG2_BYTES);
+    b[0] = 2;
+    b.writeUIntLE(ref.block, 1, 6);
+    ref.sectorCrcs.forEach((crc, i) => b.writeUInt32LE(crc >>> 0, 7 + 4 * i));
+    return b;
+  }
   if (isDataRef(ref)) {
-    const b = Buffer.alloc(11);
+    const b = Buffer.alloc(TAG0_BYTES);
     b[0] = 0;
     b.writeUIntLE(ref.block, 1, 6);
     b.writeUInt32LE(ref.crc >>> 0, 7);
@@ -130,7 +202,12 @@ export function packBlockRef(ref: BlockRef): Buffer {
 }
 
 export function unpackBlockRef(raw: Buffer): BlockRef {
-  if (raw[0] === 0 && raw.length === 11) return { block: raw.readUIntLE(1, 6), crc: raw.readUInt32LE(7) };
+  if (raw[0] === 2 && raw.length === TAG2_BYTES) {
+    const sectorCrcs: number[] = [];
+    for (let i = 0; i < SECTORS_PER_BLOCK; i++) sectorCrcs.push(raw.readUInt32LE(7 + 4 * i));
+    return { block: raw.readUIntLE(1, 6), sectorCrcs };
+  }
+  if (raw[0] === 0 && raw.length === TAG0_BYTES) return { block: raw.readUIntLE(1, 6), crc: raw.readUInt32LE(7) };
   if (raw[0] === 1 && raw.length >= 5) {
     const bytes = Buffer.from(raw.subarray(5));
     if (blockIo.crc32c(bytes) !== raw.readUInt32LE(1)) throw dmfsError('METADATA_CORRUPT', 'inline block content fails its checksum');

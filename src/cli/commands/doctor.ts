@@ -5,11 +5,13 @@ import { spawnSync } from 'node:child_process';
 import { blockIo } from '../../native';
 import type { BlockIo } from '../../native/block-io';
 import type { Command } from '../command';
+import { kernelTransportUnavailable } from '../../fs/kernel-session';
 
 /**
  * `dmfs doctor`: can this host run dmfs, and how well? One check per line with what to do
- * next. FUSE (device, libfuse.so.2 for fuse-native, fusermount) is essential: without it
- * nothing mounts, so the exit code is 1. The native addon, the kernel, the file system of
+ * next. FUSE (device, fusermount, and libfuse.so.2 where mounts go through fuse-native:
+ * non-root, or no native addon) is essential: without it nothing mounts, so the exit code
+ * is 1. The native addon, the kernel, the file system of
  * the pool root and its reflink support only change speed and space; they are reported.
  * Reads the host, changes nothing except two temp files for the reflink probe (removed).
  */
@@ -102,13 +104,26 @@ export function findLibfuse2(ldconfigOutput?: string): string | null {
   return null;
 }
 
-export function checkLibfuse(found: string | null = findLibfuse2()): DoctorCheck {
-  const base = { id: 'fuse.library', title: 'libfuse.so.2', essential: true };
+/** Which FUSE transport mounts use here: the kernel one (root + native addon) or fuse-native. */
+export function checkTransport(kernelBlocked: string | null = kernelTransportUnavailable()): DoctorCheck {
+  const base = { id: 'fuse.transport', title: 'FUSE transport', essential: false };
+  if (!kernelBlocked) return { ...base, status: 'ok', detail: 'kernel: dmfs speaks the FUSE protocol on /dev/fuse (1 MiB requests, kernel caching)', hint: null };
+  return {
+    ...base,
+    status: 'warn',
+    detail: `libfuse 2 via fuse-native (slower metadata, 128 KiB requests): ${kernelBlocked}`,
+    hint: 'mount as root with the native addon built for the kernel transport',
+  };
+}
+
+/** libfuse.so.2: essential only when mounts go through fuse-native (`needed`). */
+export function checkLibfuse(found: string | null = findLibfuse2(), needed = kernelTransportUnavailable() !== null): DoctorCheck {
+  const base = { id: 'fuse.library', title: 'libfuse.so.2', essential: needed };
   if (found) return { ...base, status: 'ok', detail: found, hint: null };
   return {
     ...base,
-    status: 'missing',
-    detail: 'not in the ldconfig cache (fuse-native needs libfuse 2)',
+    status: needed ? 'missing' : 'warn',
+    detail: `not in the ldconfig cache (fuse-native needs libfuse 2${needed ? '' : '; only non-root mounts use it here'})`,
     hint: 'apt-get install libfuse2 (Debian 12) or libfuse2t64 (Debian 13, Ubuntu 24.04), then ldconfig',
   };
 }
@@ -276,6 +291,7 @@ export async function checkReflink(root: string, io: BlockIo = blockIo): Promise
 export async function runDoctor(root: string, io: BlockIo = blockIo): Promise<DoctorReport> {
   const checks = [
     checkFuseDevice(),
+    checkTransport(),
     checkLibfuse(),
     checkFusermount(),
     checkNative(io),
@@ -302,11 +318,12 @@ export function formatReport(report: DoctorReport): string {
 
 export const command: Command = {
   name: 'doctor',
-  summary: 'check that this host can run dmfs: FUSE, native addon, kernel, pool file system, reflink',
+  summary: 'check that this host can run dmfs: FUSE and its transport, native addon, kernel, pool file system, reflink',
   usage: '[--json]',
   description:
     'Prints one line per check (ok, missing or warn) with what to do next. Exits 0 when FUSE is usable ' +
-    '(device, libfuse.so.2, fusermount), else 1. The native addon, the kernel and the pool file system ' +
+    '(device, fusermount, and libfuse.so.2 when mounts go through fuse-native), else 1. It names the FUSE ' +
+    'transport mounts will use (kernel as root with the native addon, else libfuse 2). The native addon, the kernel and the pool file system ' +
     'only change speed and space and never fail the command. The reflink probe writes two temp files in the ' +
     'pool root (or its nearest existing parent) and removes them.',
   options: [],

@@ -8,6 +8,7 @@ import {
   checkFusermount,
   checkKernel,
   checkLibfuse,
+  checkTransport,
   checkNative,
   checkReflink,
   checkRootFilesystem,
@@ -46,9 +47,13 @@ describe('dmfs doctor', () => {
     expect(lines).toHaveLength(1);
     const report = JSON.parse(lines[0]) as DoctorReport;
     expect(report.root).toBe(tmp);
-    expect(report.checks.map((c) => c.id)).toEqual(['fuse.device', 'fuse.library', 'fuse.fusermount', 'native', 'kernel', 'root.filesystem', 'root.reflink']);
+    expect(report.checks.map((c) => c.id)).toEqual(['fuse.device', 'fuse.transport', 'fuse.library', 'fuse.fusermount', 'native', 'kernel', 'root.filesystem', 'root.reflink']);
     const fuseOk = report.checks.filter((c) => c.essential).every((c) => c.status === 'ok');
-    expect(report.checks.filter((c) => c.essential).map((c) => c.id)).toEqual(['fuse.device', 'fuse.library', 'fuse.fusermount']);
+    // libfuse.so.2 is essential only where mounts go through fuse-native (not root, or no addon).
+    const kernelTransport = report.checks.find((c) => c.id === 'fuse.transport')!.status === 'ok';
+    expect(report.checks.filter((c) => c.essential).map((c) => c.id)).toEqual(
+      kernelTransport ? ['fuse.device', 'fuse.fusermount'] : ['fuse.device', 'fuse.library', 'fuse.fusermount'],
+    );
     expect(report.ok).toBe(fuseOk);
     expect(code).toBe(fuseOk ? 0 : 1);
     for (const c of report.checks) {
@@ -63,9 +68,9 @@ describe('dmfs doctor', () => {
   test('human output: one line per check, status first, then a summary line', async () => {
     const { code, out } = await runCommand(tmp, false);
     const lines = out.trimEnd().split('\n');
-    expect(lines).toHaveLength(8);
-    for (const line of lines.slice(0, 7)) expect(line).toMatch(/^(ok|missing|warn) +\S/);
-    expect(lines[7]).toMatch(code === 0 ? /FUSE is usable/ : /FUSE is not usable/);
+    expect(lines).toHaveLength(9);
+    for (const line of lines.slice(0, 8)) expect(line).toMatch(/^(ok|missing|warn) +\S/);
+    expect(lines[8]).toMatch(code === 0 ? /FUSE is usable/ : /FUSE is not usable/);
   });
 
   test('a pool root that does not exist yet is checked at its nearest existing parent', async () => {
@@ -86,8 +91,11 @@ describe('dmfs doctor', () => {
     fs.writeFileSync(notChar, '');
     expect(checkFuseDevice(notChar).status).toBe('missing');
     fs.rmSync(notChar);
-    expect(checkLibfuse(null)).toMatchObject({ status: 'missing', essential: true });
-    expect(checkLibfuse(null).hint).toMatch(/libfuse2/);
+    expect(checkLibfuse(null, true)).toMatchObject({ status: 'missing', essential: true });
+    expect(checkLibfuse(null, true).hint).toMatch(/libfuse2/);
+    expect(checkLibfuse(null, false)).toMatchObject({ status: 'warn', essential: false });
+    expect(checkTransport(null)).toMatchObject({ status: 'ok', essential: false });
+    expect(checkTransport('needs root')).toMatchObject({ status: 'warn', detail: expect.stringMatching(/fuse-native.*needs root/) });
     const r = checkFusermount(path.join(tmp, 'empty-path'));
     // The usual system dirs are searched too, so this host's fusermount may still be found.
     const onHost = ['/usr/bin', '/bin', '/usr/sbin', '/sbin', '/usr/local/bin'].some(

@@ -1,0 +1,56 @@
+import { blockIo } from '../../../src/native';
+import {
+  SECTORS_PER_BLOCK, blockContentMatches, firstBadSector, packBlockRef, sectorCrcsOf, sectorSizeBytes, unpackBlockRef,
+} from '../../../src/store/records';
+
+const crcs = Array.from({ length: SECTORS_PER_BLOCK }, (_, i) => (0x9e3779b9 * (i + 1)) >>> 0);
+
+test('a per-sector data ref packs as [2][block: 6 bytes LE][16 x crc: 4 bytes LE] and unpacks to itself', () => {
+  const ref = { block: 0x0102_0304_0506, sectorCrcs: crcs };
+  const raw = packBlockRef(ref);
+  expect(raw.length).toBe(1 + 6 + 4 * 16);
+  expect(raw[0]).toBe(2);
+  expect(raw.readUIntLE(1, 6)).toBe(0x0102_0304_0506);
+  for (let i = 0; i < 16; i++) expect(raw.readUInt32LE(7 + 4 * i)).toBe(crcs[i]);
+  expect(unpackBlockRef(raw)).toEqual(ref);
+});
+
+test('a whole-block (tag 0) ref written before sectors still unpacks, and packs back to the same bytes', () => {
+  const raw = Buffer.from([0, 0x2a, 0, 0, 0, 0, 0, 0x83, 0x92, 0x06, 0xe3]);
+  expect(unpackBlockRef(raw)).toEqual({ block: 42, crc: 0xe3069283 });
+  expect(packBlockRef({ block: 42, crc: 0xe3069283 })).toEqual(raw);
+});
+
+test('inline refs keep tag 1', () => {
+  const raw = packBlockRef(Buffer.from('tiny'));
+  expect(raw[0]).toBe(1);
+  expect(unpackBlockRef(raw)).toEqual(Buffer.from('tiny'));
+});
+
+test('a per-sector ref with the wrong number of CRCs does not pack; a short tag-2 entry does not unpack', () => {
+  expect(() => packBlockRef({ block: 1, sectorCrcs: crcs.slice(1) })).toThrow(expect.objectContaining({ code: 'INVALID' }));
+  const raw = packBlockRef({ block: 1, sectorCrcs: crcs });
+  expect(() => unpackBlockRef(raw.subarray(0, raw.length - 1))).toThrow(expect.objectContaining({ code: 'METADATA_CORRUPT' }));
+});
+
+test('sector CRCs: 16 sectors of blockSize/16 bytes; a damaged sector is found by index', () => {
+  for (const bs of [64 * 1024, 1024 * 1024]) {
+    const ss = sectorSizeBytes(bs);
+    expect(ss * SECTORS_PER_BLOCK).toBe(bs);
+    const block = Buffer.alloc(bs);
+    for (let i = 0; i < bs; i += 997) block[i] = i & 0xff;
+    const sectorCrcs = sectorCrcsOf(block, ss);
+    expect(sectorCrcs).toHaveLength(16);
+    expect(sectorCrcs[3]).toBe(blockIo.crc32c(block.subarray(3 * ss, 4 * ss)));
+    const ref = { block: 0, sectorCrcs };
+    expect(blockContentMatches(ref, block)).toBe(true);
+    expect(blockContentMatches({ block: 0, crc: blockIo.crc32c(block) }, block)).toBe(true);
+    block[5 * ss + 17] ^= 1;
+    expect(blockContentMatches(ref, block)).toBe(false);
+    expect(blockContentMatches({ block: 0, crc: sectorCrcs[0] }, block)).toBe(false);
+    expect(firstBadSector(ref, block, 0, ss)).toBe(5);
+    // A range of sectors starting past the damage checks clean.
+    expect(firstBadSector(ref, block.subarray(6 * ss, 9 * ss), 6, ss)).toBe(-1);
+    expect(firstBadSector(ref, block.subarray(4 * ss, 6 * ss), 4, ss)).toBe(5);
+  }
+});
