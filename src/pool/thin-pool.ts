@@ -300,6 +300,11 @@ export class ThinPool {
     return this.freeReserved.pop() ?? null;
   }
 
+  /** Fills this process's reservation if it is empty (what takeBlock would do), ahead of need. */
+  reserveAhead(): void {
+    if (!this.freeReserved.length) this.refill();
+  }
+
   /** Returns a taken block that was not used (the caller's transaction failed). */
   untakeBlock(block: DataBlock): void {
     this.freeReserved.push(block);

@@ -24,6 +24,8 @@ interface BlockRead {
 }
 
 export const ROOT_INO: Ino = 1;
+/** Entries of each lower-segment cache of an open layer. */
+const LOWER_CACHE_ENTRIES = 16384;
 const NAME_MAX_BYTES = 255;
 const XATTR_NAME_MAX_BYTES = 255;
 const XATTR_VALUE_MAX_BYTES = 64 * 1024;
@@ -122,16 +124,24 @@ export class ChainLayerFs implements LayerFs {
   private readonly inlineMaxBytes: number;
   private readonly mutex = new KeyedMutex();
   private readonly openCounts = new Map<Ino, number>();
-  /** Lower segments never change while a chain is open: cache what they hold. */
-  private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: 65536 });
+  /**
+   * Lower segments never change while a chain is open: cache what they hold. Sizes are
+   * modest because lru-cache allocates every slot up front (65,536 slots take ~5 ms, paid
+   * at each layer open, i.e. each mount).
+   */
+  private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
   private readonly lowerUsageBytes: number;
-  private readonly lowerMappedCache = new LRUCache<string, number>({ max: 65536 });
+  private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
   /**
    * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
    * read them whole: partial reads of them read only what they need. Per-sector blocks
-   * verify every read, which costs no extra I/O, so they are never entered here.
+   * verify every read, which costs no extra I/O, so they are never entered here. Made on
+   * first use: only pools written before per-sector CRCs have tag-0 blocks.
    */
-  private readonly verified = new LRUCache<number, true>({ max: 262144 });
+  private verifiedCache: LRUCache<number, true> | null = null;
+  private get verified(): LRUCache<number, true> {
+    return (this.verifiedCache ??= new LRUCache<number, true>({ max: 262144 }));
+  }
   private dirty = false;
   private syncTimer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -543,7 +553,7 @@ export class ChainLayerFs implements LayerFs {
       const ref = unpackBlockRef(value);
       if (isDataRef(ref)) {
         this.pool.recycleBlock(asDataBlock(ref.block));
-        this.verified.delete(ref.block);
+        this.verifiedCache?.delete(ref.block);
         blocks++;
       } else inlineBytes += ref.length;
       this.t.bmap.del(key);
@@ -827,7 +837,7 @@ export class ChainLayerFs implements LayerFs {
       if (hasSectorCrcs(r.ref)) {
         begin = Math.floor(r.inBlock / ss) * ss;
         stop = Math.ceil(end / ss) * ss;
-      } else if (r.dst.length !== this.bs && this.verified.has(r.ref.block)) {
+      } else if (r.dst.length !== this.bs && this.verifiedCache?.has(r.ref.block)) {
         blocks.push(asDataBlock(r.ref.block));
         offsets.push(r.inBlock);
         targets.push(r.dst);
@@ -856,7 +866,7 @@ export class ChainLayerFs implements LayerFs {
 
   /** A read found ref's content damaged: no target keeps what was read. */
   private failRead(reads: BlockRead[], ref: DataRef, where: string): never {
-    this.verified.delete(ref.block);
+    this.verifiedCache?.delete(ref.block);
     for (const r of reads) r.dst.fill(0);
     throw dmfsError('DATA_CORRUPT', `data block ${ref.block}${where} of layer ${this.layerName} fails its checksum`);
   }
@@ -952,7 +962,7 @@ export class ChainLayerFs implements LayerFs {
         if (own && isDataRef(own)) {
           // The layer's own block: written in place; its checksums follow the new content.
           const sectorCrcs = whole ? sectorCrcsOf(slice, this.sectorBytes) : await this.rewrittenSectorCrcs(own, slice, inBlock);
-          this.verified.delete(own.block);
+          this.verifiedCache?.delete(own.block);
           pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
           mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
           continue;

@@ -365,6 +365,9 @@ export class ThinLayerStore implements LayerStore {
       },
     });
     this.open.add(fs);
+    // A writable layer is about to write: take this process's block reservation now, so
+    // the first write (a container's first copy-up) does not wait for it.
+    if (!readOnly) this.pool.reserveAhead();
     return fs;
   }
 
