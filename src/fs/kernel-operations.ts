@@ -38,6 +38,8 @@ const E = osConstants.errno;
 /** Read reply buffers kept for reuse (each up to 1 MiB + header). */
 const POOLED_READ_BUFFERS = 8;
 const PAGE_BYTES = 4096;
+/** READs up to this size get a reply buffer of their own (see takeReadBuffer). */
+const SMALL_READ_BYTES = 128 * 1024;
 
 export interface KernelOperationsOptions {
   /** st_blksize of every file. */
@@ -204,8 +206,13 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
     session.send(unique, out, at);
   }
 
+  /**
+   * A reply buffer for a READ of `size` bytes. Large reads share a few pooled 1 MiB
+   * buffers; small ones (random 4 KiB reads, many in flight) get their own, so that they
+   * never allocate 1 MiB each (short-lived external memory drives V8 into mark-compacts).
+   */
   function takeReadBuffer(size: number): Buffer {
-    if (size > MAX_WRITE_BYTES) return Buffer.allocUnsafe(OUT_HEADER_BYTES + size);
+    if (size <= SMALL_READ_BYTES || size > MAX_WRITE_BYTES) return Buffer.allocUnsafe(OUT_HEADER_BYTES + size);
     return readBuffers.pop() ?? Buffer.allocUnsafeSlow(OUT_HEADER_BYTES + MAX_WRITE_BYTES);
   }
 

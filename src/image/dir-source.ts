@@ -31,11 +31,17 @@ function minor(rdev: bigint): number {
   return Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
 }
 
+/** Largest read of a file's content. */
+const READ_CHUNK_BYTES = 1 << 20;
+
 async function* fileBody(file: string, sizeBytes: number): AsyncGenerator<TarChunk> {
   let offset = 0;
   if (sizeBytes === 0) return;
   const fd = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  const stream = fd.createReadStream({ highWaterMark: 1 << 20 });
+  // Each read allocates a fresh highWaterMark-sized buffer: sized to the file, small files
+  // do not allocate 1 MiB each (11 GB of short-lived buffers for a 193 MB rootfs, which
+  // kept V8 in back-to-back mark-compacts).
+  const stream = fd.createReadStream({ highWaterMark: Math.min(READ_CHUNK_BYTES, sizeBytes) });
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       const take = Math.min(chunk.length, sizeBytes - offset);
