@@ -358,20 +358,27 @@ unsafe extern "C" fn js_fuse_write(env: napi_env, info: napi_callback_info) -> n
     })
 }
 
+/// The exported functions: name and entry point.
+const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value)] = &[
+    (c"readBlocksNowait", js_read_blocks_nowait),
+    (c"writeBlocksNowait", js_write_blocks_nowait),
+    (c"fuseWatch", js_fuse_watch),
+    (c"fuseUnwatch", js_fuse_unwatch),
+    (c"fuseRead", js_fuse_read),
+    (c"fuseWrite", js_fuse_write),
+    (c"copyRange", js_copy_range),
+    (c"cloneRange", js_clone_range),
+    (c"readBlocks", js_read_blocks),
+    (c"writeBlocks", js_write_blocks),
+    (c"punchHole", js_punch_hole),
+    (c"crc32c", js_crc32c),
+    (c"crc32cTable", js_crc32c_table),
+];
+
 unsafe fn register(env: napi_env, exports: napi_value) -> JsResult<()> {
-    set_property(env, exports, c"readBlocksNowait", function(env, c"readBlocksNowait", js_read_blocks_nowait)?)?;
-    set_property(env, exports, c"writeBlocksNowait", function(env, c"writeBlocksNowait", js_write_blocks_nowait)?)?;
-    set_property(env, exports, c"fuseWatch", function(env, c"fuseWatch", js_fuse_watch)?)?;
-    set_property(env, exports, c"fuseUnwatch", function(env, c"fuseUnwatch", js_fuse_unwatch)?)?;
-    set_property(env, exports, c"fuseRead", function(env, c"fuseRead", js_fuse_read)?)?;
-    set_property(env, exports, c"fuseWrite", function(env, c"fuseWrite", js_fuse_write)?)?;
-    set_property(env, exports, c"copyRange", function(env, c"copyRange", js_copy_range)?)?;
-    set_property(env, exports, c"cloneRange", function(env, c"cloneRange", js_clone_range)?)?;
-    set_property(env, exports, c"readBlocks", function(env, c"readBlocks", js_read_blocks)?)?;
-    set_property(env, exports, c"writeBlocks", function(env, c"writeBlocks", js_write_blocks)?)?;
-    set_property(env, exports, c"punchHole", function(env, c"punchHole", js_punch_hole)?)?;
-    set_property(env, exports, c"crc32c", function(env, c"crc32c", js_crc32c)?)?;
-    set_property(env, exports, c"crc32cTable", function(env, c"crc32cTable", js_crc32c_table)?)?;
+    for (name, f) in EXPORTS {
+        set_property(env, exports, name, function(env, name, *f)?)?;
+    }
     set_property(env, exports, c"abiVersion", uint32(env, ABI_VERSION)?)?;
     let imp = if crc32c::hardware_available() { "sse4.2" } else { "table" };
     set_property(env, exports, c"crc32cImpl", string(env, imp)?)?;
