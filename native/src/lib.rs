@@ -10,7 +10,8 @@
 //!   punchHole(fd, off, len)                      -> Promise<boolean>
 //!   crc32c(buf, seed?)                           -> number  (sync)
 //!   crc32cTable(buf, seed?)                      -> number  (sync, software path only)
-//!   readBlocksNowait / writeBlocksNowait(fd, buffers[], offsets[]) -> n | -1  (sync, page cache only)
+//!   readBlocksNowait(fd, buffers[], offsets[], mayBlock?) / writeBlocksNowait(fd, buffers[], offsets[])
+//!                                                -> n | -1  (sync: page cache only, or waiting when mayBlock)
 //!   fuseWatch(fd, onReadable, spinMicros) -> id, fuseUnwatch(id)  (see fuse_dev.rs)
 //!   fuseRead(fd, buf) -> n | -errno, fuseWrite(fd, buf) -> n | -errno  (sync, never throw for errno)
 //!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
@@ -282,20 +283,30 @@ unsafe extern "C" fn js_write_blocks(env: napi_env, info: napi_callback_info) ->
 
 /// readBlocksNowait / writeBlocksNowait: the bytes moved, or -1 when the caller must use
 /// the asynchronous call (see sys::vector_io_nowait). Synchronous, on the JS thread.
-unsafe fn vector_nowait(env: napi_env, a: [napi_value; 3], write: bool) -> JsResult<napi_value> {
+unsafe fn vector_nowait(env: napi_env, a: [napi_value; 3], write: bool, may_block: bool) -> JsResult<napi_value> {
     let (fd, _buffers, segs) = segments(env, &a)?;
-    match sys::vector_io_nowait(fd, &segs, write) {
-        Some(n) => double(env, n as f64),
-        None => int32(env, -1),
+    if let Some(n) = sys::vector_io_nowait(fd, &segs, write) {
+        return double(env, n as f64);
     }
+    // The caller has nothing else to do: wait for the disk here (errors go the async way,
+    // which reports them properly).
+    if may_block {
+        if let Ok(n) = sys::vector_io(fd, &segs, write) {
+            return double(env, n as f64);
+        }
+    }
+    int32(env, -1)
 }
 
 unsafe extern "C" fn js_read_blocks_nowait(env: napi_env, info: napi_callback_info) -> napi_value {
-    entry::<3>(env, info, |a| vector_nowait(env, a, false))
+    entry::<4>(env, info, |[fd, bufs, offs, may_block]| {
+        let may_block = !is_undefined(env, may_block)? && bool_arg(env, may_block, "mayBlock")?;
+        vector_nowait(env, [fd, bufs, offs], false, may_block)
+    })
 }
 
 unsafe extern "C" fn js_write_blocks_nowait(env: napi_env, info: napi_callback_info) -> napi_value {
-    entry::<3>(env, info, |a| vector_nowait(env, a, true))
+    entry::<3>(env, info, |a| vector_nowait(env, a, true, false))
 }
 
 unsafe extern "C" fn js_punch_hole(env: napi_env, info: napi_callback_info) -> napi_value {

@@ -28,6 +28,7 @@ pub const NAPI_CANCELLED: napi_status = 11;
 
 // napi_valuetype
 pub const NAPI_UNDEFINED: i32 = 0;
+pub const NAPI_BOOLEAN: i32 = 2;
 pub const NAPI_NUMBER: i32 = 3;
 pub const NAPI_OBJECT: i32 = 6;
 
@@ -52,6 +53,7 @@ extern "C" {
     fn napi_create_uint32(env: napi_env, value: u32, result: *mut napi_value) -> napi_status;
     fn napi_create_int32(env: napi_env, value: i32, result: *mut napi_value) -> napi_status;
     fn napi_get_boolean(env: napi_env, value: bool, result: *mut napi_value) -> napi_status;
+    fn napi_get_value_bool(env: napi_env, value: napi_value, result: *mut bool) -> napi_status;
     fn napi_create_string_utf8(env: napi_env, s: *const c_char, length: usize, result: *mut napi_value) -> napi_status;
     fn napi_create_error(env: napi_env, code: napi_value, msg: napi_value, result: *mut napi_value) -> napi_status;
     fn napi_throw(env: napi_env, error: napi_value) -> napi_status;
@@ -199,6 +201,16 @@ pub unsafe fn uint_arg(env: napi_env, v: napi_value, name: &str, max: u64) -> Js
         return Err(JsErr::Invalid(format!("{name} must be an integer in [0, {max}], got {d}")));
     }
     Ok(d as u64)
+}
+
+/// A JS boolean; anything else is `Invalid`.
+pub unsafe fn bool_arg(env: napi_env, v: napi_value, name: &str) -> JsResult<bool> {
+    if type_of(env, v)? != NAPI_BOOLEAN {
+        return Err(JsErr::Invalid(format!("{name} must be a boolean")));
+    }
+    let mut b = false;
+    check(env, napi_get_value_bool(env, v, &mut b), "napi_get_value_bool")?;
+    Ok(b)
 }
 
 pub unsafe fn is_undefined(env: napi_env, v: napi_value) -> JsResult<bool> {

@@ -155,6 +155,11 @@ export class KernelSession {
     return session;
   }
 
+  /** Requests read that still owe a reply (the one being dispatched included). */
+  get inFlight(): number {
+    return this.outstanding;
+  }
+
   /** True once the connection is gone: unmounted (lazily: and every file closed) or aborted. */
   get ended(): boolean {
     return this.endedFlag;

@@ -11,6 +11,10 @@
  * never throw synchronously. Offsets need no alignment: alignment only decides whether
  * copyRange can reflink.
  */
+export interface ReadBlocksOptions {
+  mayBlock?: boolean;
+}
+
 export interface BlockIo {
   /** 'native' when the Rust addon is loaded, 'fallback' otherwise. */
   readonly kind: 'native' | 'fallback';
@@ -26,8 +30,13 @@ export interface BlockIo {
    */
   copyRange(fdIn: number, inOffsetBytes: number, fdOut: number, outOffsetBytes: number, lengthBytes: number): Promise<number>;
 
-  /** Gathered read: fills buffers[i] from offsetsBytes[i] (preadv per contiguous run). Returns total bytes read; a short read at EOF leaves the rest of that buffer untouched. */
-  readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number>;
+  /**
+   * Gathered read: fills buffers[i] from offsetsBytes[i] (preadv per contiguous run). Returns
+   * total bytes read; a short read at EOF leaves the rest of that buffer untouched.
+   * `opts.mayBlock`: the caller has nothing else to do meanwhile, so a read that must wait
+   * for the disk may wait on the calling thread instead of a pool thread (one hand-off less).
+   */
+  readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[], opts?: ReadBlocksOptions): Promise<number>;
 
   /** Gathered write: writes buffers[i] at offsetsBytes[i] (pwritev per contiguous run). Returns total bytes written. */
   writeBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number>;

@@ -21,10 +21,10 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { getSystemErrorName } from 'node:util';
 import { dmfsError, DmfsError } from '../errors';
-import type { BlockIo } from './block-io';
+import type { BlockIo, ReadBlocksOptions } from './block-io';
 import { FallbackBlockIo, checkDirPath, ioError } from './fallback';
 
-export type { BlockIo } from './block-io';
+export type { BlockIo, ReadBlocksOptions } from './block-io';
 export { FallbackBlockIo, crc32cTable } from './fallback';
 
 /** ABI the wrapper below speaks; must equal ABI_VERSION in native/src/lib.rs. */
@@ -46,8 +46,11 @@ export interface RawAddon {
   crc32c(data: Buffer, seed?: number): number;
   /** The software (table) path even where SSE4.2 exists; for tests. */
   crc32cTable(data: Buffer, seed?: number): number;
-  /** Synchronous, page cache only: bytes moved, or -1 when the asynchronous call is needed. */
-  readBlocksNowait(fd: number, buffers: Buffer[], offsetsBytes: number[]): number;
+  /**
+   * Synchronous, page cache only (or, with mayBlock, waiting for the disk on this thread):
+   * bytes moved, or -1 when the asynchronous call is needed.
+   */
+  readBlocksNowait(fd: number, buffers: Buffer[], offsetsBytes: number[], mayBlock?: boolean): number;
   writeBlocksNowait(fd: number, buffers: Buffer[], offsetsBytes: number[]): number;
   fuseWatch(fd: number, onReadable: () => void, spinMicros: () => number): number;
   fuseUnwatch(id: number): void;
@@ -147,9 +150,9 @@ export class NativeBlockIo implements BlockIo {
   // transfer then costs one system call instead of two thread hand-offs through the libuv
   // pool, which on a small VM are most of a FUSE request's time. Anything that would wait
   // (disk reads, writeback throttling) goes to the pool as before.
-  async readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[]): Promise<number> {
+  async readBlocks(fd: number, buffers: Buffer[], offsetsBytes: number[], opts: ReadBlocksOptions = {}): Promise<number> {
     try {
-      const n = this.addon.readBlocksNowait(fd, buffers, offsetsBytes);
+      const n = this.addon.readBlocksNowait(fd, buffers, offsetsBytes, opts.mayBlock === true);
       if (n >= 0) return n;
       return await this.addon.readBlocks(fd, buffers, offsetsBytes);
     } catch (err) {

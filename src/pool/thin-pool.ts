@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { dmfsError, isDmfsError } from '../errors';
-import { blockIo } from '../native';
+import { blockIo, type ReadBlocksOptions } from '../native';
 import { asDataBlock, type DataBlock } from './block-address';
 import { packRecord, packUint48, unpackRecord, unpackUint48 } from './codec';
 import { MetadataEnv, type Table } from './metadata-env';
@@ -491,13 +491,14 @@ export class ThinPool {
   }
 
   /** Fills targets[i] from block blocks[i] at offsetsInBlock[i] (gathered). */
-  async readBlocks(blocks: readonly DataBlock[], offsetsInBlockBytes: readonly number[], targets: Buffer[]): Promise<void> {
+  /** `opts.mayBlock`: see BlockIo.readBlocks. */
+  async readBlocks(blocks: readonly DataBlock[], offsetsInBlockBytes: readonly number[], targets: Buffer[], opts?: ReadBlocksOptions): Promise<void> {
     const bs = this.sb.blockSizeBytes;
     const offsets = blocks.map((b, i) => {
       this.checkBlock(b);
       return b * bs + offsetsInBlockBytes[i];
     });
-    await blockIo.readBlocks(this.dataFd, targets, offsets);
+    await blockIo.readBlocks(this.dataFd, targets, offsets, opts);
   }
 
   /** Writes several (block, offset in block, data) pieces in one gathered call. */

@@ -6,7 +6,7 @@ import type { ThinPool } from '../pool/thin-pool';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
   type Attr, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
-  fileKindOfMode, type NewNodeOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
+  fileKindOfMode, type NewNodeOptions, type ReadOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
 import {
   bmapKey, bmapRange, blockContentMatches, direntKey, direntRange, firstBadSector, hasSectorCrcs, inodeKey, isWhiteout,
@@ -786,7 +786,7 @@ export class ChainLayerFs implements LayerFs {
     return null;
   }
 
-  async read(ino: Ino, target: Buffer, offsetBytes: number): Promise<number> {
+  async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
     this.assertOpen();
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
     const found = this.mustInode(ino);
@@ -811,7 +811,7 @@ export class ChainLayerFs implements LayerFs {
       }
       pos += n;
     }
-    if (reads.length) await this.readVerified(reads);
+    if (reads.length) await this.readVerified(reads, opts);
     return length;
   }
 
@@ -823,7 +823,7 @@ export class ChainLayerFs implements LayerFs {
    * partial reads of it read only what they need. A mismatch is DATA_CORRUPT (EIO)
    * naming the block, and leaves every target zeroed.
    */
-  private async readVerified(reads: BlockRead[]): Promise<void> {
+  private async readVerified(reads: BlockRead[], opts?: ReadOptions): Promise<void> {
     const ss = this.sectorBytes;
     const blocks: DataBlock[] = [];
     const offsets: number[] = [];
@@ -850,7 +850,7 @@ export class ChainLayerFs implements LayerFs {
       targets.push(bytes);
       checks.push({ ref: r.ref, bytes, firstSector: begin / ss, copyTo: direct ? null : { dst: r.dst, from: r.inBlock - begin } });
     }
-    await this.pool.readBlocks(blocks, offsets, targets);
+    await this.pool.readBlocks(blocks, offsets, targets, opts);
     for (const c of checks) {
       const ref = c.ref;
       if (hasSectorCrcs(ref)) {

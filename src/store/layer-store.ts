@@ -106,6 +106,15 @@ export interface Attr {
   blocks512: number;
 }
 
+export interface ReadOptions {
+  /**
+   * The caller has nothing else to do until this read is done (e.g. the only FUSE request
+   * in flight): a read that must wait for the disk may wait on the calling thread rather
+   * than hand off to a pool thread and back.
+   */
+  mayBlock?: boolean;
+}
+
 export interface DirEntry {
   name: string;
   ino: Ino;
@@ -201,7 +210,7 @@ export interface LayerFs {
   setOpaque(dirIno: Ino): Promise<void>;
 
   /** Reads up to target.length bytes at offsetBytes into target; returns the count (short at EOF, 0 past it). */
-  read(ino: Ino, target: Buffer, offsetBytes: number): Promise<number>;
+  read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data at offsetBytes (extending the file); returns data.length. */
   write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number>;
 

@@ -109,7 +109,7 @@ describe('raw addon at the FFI edge', () => {
   });
 
   withAddon('garbage arguments throw INVALID synchronously and never crash the process', () => {
-    const fns = ['copyRange', 'cloneRange', 'readBlocks', 'writeBlocks', 'punchHole', 'crc32c', 'crc32cTable'] as const;
+    const fns = ['copyRange', 'cloneRange', 'readBlocks', 'writeBlocks', 'readBlocksNowait', 'writeBlocksNowait', 'punchHole', 'crc32c', 'crc32cTable', 'fuseRead', 'fuseWrite'] as const;
     const junk: unknown[][] = [
       [],
       [undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined],
@@ -124,6 +124,40 @@ describe('raw addon at the FFI edge', () => {
         expect([f, err?.code]).toEqual([f, 'INVALID']);
       }
     }
+  });
+
+  withAddon('readBlocksNowait / writeBlocksNowait move bytes on this thread or answer -1, never throw for a system error', () => {
+    const p = path.join(os.tmpdir(), `dmfs-nowait-${process.pid}`);
+    const fd = fs.openSync(p, 'w+');
+    try {
+      const data = Buffer.from('0123456789abcdef'.repeat(512)); // 8 KiB
+      const wrote = raw().writeBlocksNowait(fd, [data.subarray(0, 4096), data.subarray(4096)], [0, 4096]);
+      // -1 where the file system refuses non-blocking writes and the write is large; 8 KiB is written here.
+      expect(wrote === 8192 || wrote === -1).toBe(true);
+      if (wrote === -1) fs.writeSync(fd, data, 0, data.length, 0);
+      for (const mayBlock of [false, true]) {
+        const a = Buffer.alloc(4096);
+        const b = Buffer.alloc(100);
+        const n = raw().readBlocksNowait(fd, [a, b], [4096, 10], mayBlock);
+        // In the page cache right after the write: both modes read at once.
+        expect(n).toBe(4196);
+        expect(a.equals(data.subarray(4096))).toBe(true);
+        expect(b.equals(data.subarray(10, 110))).toBe(true);
+      }
+      expect(thrownBy(() => raw().readBlocksNowait(fd, [Buffer.alloc(1)], [0], 'yes' as unknown as boolean))?.code).toBe('INVALID');
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(p, { force: true });
+    }
+    const closed = fs.openSync(p, 'w+');
+    fs.closeSync(closed);
+    fs.rmSync(p, { force: true });
+    // A failed system call leaves the reporting to the asynchronous call.
+    expect(raw().readBlocksNowait(closed, [Buffer.alloc(8)], [0], true)).toBe(-1);
+    expect(raw().writeBlocksNowait(closed, [Buffer.alloc(8)], [0])).toBe(-1);
+    // fuseRead / fuseWrite answer -errno instead of throwing.
+    expect(raw().fuseRead(closed, Buffer.alloc(8))).toBe(-os.constants.errno.EBADF);
+    expect(raw().fuseWrite(closed, Buffer.alloc(8))).toBe(-os.constants.errno.EBADF);
   });
 
   withAddon('an exception thrown while the addon reads an array propagates as is', () => {

@@ -146,6 +146,25 @@ test('a partial read of a per-sector block reads and verifies only the sectors i
   }
 });
 
+test('read hands its mayBlock hint down to the pool unchanged (the FUSE side sets it when a read is alone in flight)', async () => {
+  const { pool, remove } = await tempPool();
+  try {
+    const content = pattern(BS, 3);
+    const ino = await layerWithFile(pool, 'img', content);
+    const l = await pool.store.openLayer('img');
+    const spy = jest.spyOn(pool.thinPool, 'readBlocks');
+    const buf = Buffer.alloc(SS);
+    await l.read(ino, buf, SS, { mayBlock: true });
+    await l.read(ino, buf, SS);
+    expect(spy.mock.calls.map((c) => c[3])).toEqual([{ mayBlock: true }, undefined]);
+    expect(buf).toEqual(content.subarray(SS, 2 * SS));
+    spy.mockRestore();
+    await l.close();
+  } finally {
+    await remove();
+  }
+});
+
 test('one damaged byte in sector 5 fails reads of sector 5 only; check --data names the block and sector', async () => {
   const { pool, remove } = await tempPool();
   try {
