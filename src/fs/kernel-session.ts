@@ -91,7 +91,9 @@ export function kernelMountOptions(o: KernelMountOptions, uid: number, gid: numb
 
 function runMount(fd: number, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('mount', args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    // env given explicitly: the caller's view of the environment (PATH included) decides
+    // which mount(8) runs, also where `process` is a copy (jest's test environment).
+    const child = spawn('mount', args, { stdio: ['ignore', 'ignore', 'pipe', fd], env: process.env });
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', (err) => reject(dmfsError('MOUNT_FAILED', `cannot run mount(8): ${err.message}`, err)));

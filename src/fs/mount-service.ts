@@ -162,29 +162,32 @@ export class MountService {
     const wanted = opts.transport ?? transportFromEnv();
     const kernelBlocked = wanted === 'libfuse2' ? 'libfuse2 asked for' : kernelTransportUnavailable();
     if (wanted === 'kernel' && kernelBlocked) throw dmfsError('FUSE_UNAVAILABLE', kernelBlocked);
-    let ops: ServedOperations;
-    let fuse: FuseSessionHandle;
     // eslint-disable-next-line prefer-const
     let service: MountService | undefined;
-    let transport: 'kernel' | 'libfuse2';
+    let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
     if (!kernelBlocked && !opts.debug) {
       const kernelOps = createKernelOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
-      fuse = await KernelSession.mount(opts.mountpoint, kernelOps, {
-        source: fuseOpts.fsName,
-        readOnly: fuseOpts.readOnly,
-        allowOther: fuseOpts.allowOther,
-        suidDev: Boolean(fuseOpts.suidDev),
-      }, onUnexpected);
-      ops = kernelOps;
-      transport = 'kernel';
-      const session = fuse as KernelSession;
-      session.onEnded = () => queueMicrotask(() => service?.checkSession());
-    } else {
-      const pathOps = createOperations(opts.layer);
-      fuse = await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected);
-      ops = pathOps;
-      transport = 'libfuse2';
+      try {
+        const session = await KernelSession.mount(opts.mountpoint, kernelOps, {
+          source: fuseOpts.fsName,
+          readOnly: fuseOpts.readOnly,
+          allowOther: fuseOpts.allowOther,
+          suidDev: Boolean(fuseOpts.suidDev),
+        }, onUnexpected);
+        session.onEnded = () => queueMicrotask(() => service?.checkSession());
+        served = { ops: kernelOps, fuse: session, transport: 'kernel' };
+      } catch (err) {
+        // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
+        // container, where fusermount may still mount.
+        if (wanted === 'kernel' || !isDmfsError(err)) throw err;
+        log(`kernel FUSE transport failed (${err.message}); using libfuse 2`);
+      }
     }
+    if (!served) {
+      const pathOps = createOperations(opts.layer);
+      served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+    }
+    const { ops, fuse, transport } = served;
     service = new MountService(opts.layer, opts.mountpoint, ops, fuse, transport, log);
     try {
       const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
