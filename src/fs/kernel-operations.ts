@@ -25,15 +25,12 @@ import {
   RENAME_NOREPLACE, STATFS_OUT_BYTES, FUSE_WRITE_KILL_SUIDGID, SetattrValid, direntBytes, readName, readU64, readUnique,
   writeAttrOut, writeDirent, writeEntry, writeInitOut, writeOpenOut, writeStatfs, type Unique,
 } from './kernel-protocol';
-import { NAME_MAX_BYTES, wallClockNs } from './operations';
+import { checkAccess, NAME_MAX_BYTES, newNodeOwner, POSIX_ACL_XATTRS, S_ISGID, S_ISUID, wallClockNs } from './posix-rules';
 
 const ACCMODE = 3;
-const S_ISGID = 0o2000;
-const S_ISUID = 0o4000;
 const SECURITY_CAPABILITY = 'security.capability';
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
-const POSIX_ACL_XATTRS: ReadonlySet<string> = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 const E = osConstants.errno;
 /** Read reply buffers kept for reuse (each up to 1 MiB + header). */
 const POOLED_READ_BUFFERS = 8;
@@ -147,12 +144,8 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
     }
   }
 
-  /** Owner and mode of a new node: the caller's ids, and BSD group semantics under a setgid directory. */
-  async function newNode(dirIno: Ino, mode: number, uid: number, gid: number): Promise<{ mode: number; uid: number; gid: number }> {
-    const dir = await layer.getattr(dirIno);
-    if ((dir.mode & S_ISGID) === 0) return { mode, uid, gid };
-    const isDir = (mode & S_IFMT) === S_IFDIR;
-    return { mode: isDir ? mode | S_ISGID : mode, uid, gid: dir.gid };
+  function newNode(dirIno: Ino, mode: number, uid: number, gid: number): Promise<{ mode: number; uid: number; gid: number }> {
+    return newNodeOwner(layer, dirIno, mode, uid, gid);
   }
 
   function fileOpenFlags(): number {
@@ -251,17 +244,19 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
     session.markInitialised();
   }
 
-  /**
-   * What Linux does before a write (file_remove_privs) or on chown/truncate, under
-   * HANDLE_KILLPRIV_V2: a write always drops security.capability; `suidgid` (the kernel's
-   * verdict, from the caller's CAP_FSETID) clears setuid, and setgid when group-executable.
-   */
-  async function killPrivileges(ino: Ino, suidgid: boolean, dropCapability: boolean): Promise<void> {
-    if (dropCapability && (await layer.getxattr(ino, SECURITY_CAPABILITY)) !== null) await layer.removexattr(ino, SECURITY_CAPABILITY);
-    if (!suidgid) return;
-    const mode = (await layer.getattr(ino)).mode & 0o7777;
+  // What Linux does under HANDLE_KILLPRIV_V2's contract (file_remove_privs, and chown /
+  // truncate by a caller without CAP_FSETID, which the kernel flags): a write always drops
+  // security.capability; the flag clears setuid, and setgid when group-executable.
+
+  async function dropCapability(ino: Ino): Promise<void> {
+    if ((await layer.getxattr(ino, SECURITY_CAPABILITY)) !== null) await layer.removexattr(ino, SECURITY_CAPABILITY);
+  }
+
+  /** `attr` with setuid (and setgid when group-executable) cleared; stored only if that changes it. */
+  async function clearSetIds(ino: Ino, attr: Attr): Promise<Attr> {
+    const mode = attr.mode & 0o7777;
     const cleared = mode & ~(S_ISUID | (mode & 0o010 ? S_ISGID : 0));
-    if (cleared !== mode) await layer.setattr(ino, { mode: cleared });
+    return cleared === mode ? attr : layer.setattr(ino, { mode: cleared });
   }
 
   function setattrChanges(req: Buffer): SetAttr {
@@ -323,10 +318,10 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
           // clears setuid/setgid of a file on Linux. Nothing else sends an empty SETATTR.
           const kill = (valid & SetattrValid.KILL_SUIDGID) !== 0 || valid === 0;
           void answer(session, unique, (async () => {
-            if (Object.keys(changes).length) await layer.setattr(ino, changes);
+            let attr = Object.keys(changes).length ? await layer.setattr(ino, changes) : await layer.getattr(ino);
             // After the change: a chown or truncate that also sets the mode keeps the kill.
-            if (kill && (valid !== 0 || (await layer.getattr(ino)).kind === 'file')) await killPrivileges(ino, true, false);
-            sendAttr(session, unique, await layer.getattr(ino));
+            if (kill && (valid !== 0 || attr.kind === 'file')) attr = await clearSetIds(ino, attr);
+            sendAttr(session, unique, attr);
           })());
           return;
         }
@@ -437,7 +432,8 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
           const data = req.subarray(at + 40, at + 40 + size);
           // The data stays in `req` until the store has it: return the promise (see KernelDispatcher).
           return answer(session, unique, (async () => {
-            await killPrivileges(ino, killSuidgid, true);
+            await dropCapability(ino);
+            if (killSuidgid) await clearSetIds(ino, await layer.getattr(ino));
             const n = await layer.write(ino, data, offset);
             const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
             out.writeUInt32LE(n, OUT_HEADER_BYTES);
@@ -469,9 +465,7 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
           const size = req.readUInt32LE(at);
           const flags = req.readUInt32LE(at + 4);
           const { name, next } = readName(req, at + 8, len);
-          // The kernel checks permissions from the mode alone (no FUSE_POSIX_ACL): an ACL
-          // stored here would be shown but not enforced. Refusing makes cp/tar fall back to chmod.
-          if (POSIX_ACL_XATTRS.has(name)) return session.fail(unique, errnoOf(dmfsError('NOT_SUPPORTED', 'POSIX ACLs')));
+          if (POSIX_ACL_XATTRS.has(name)) return session.fail(unique, E.EOPNOTSUPP);
           const value = Buffer.from(req.subarray(next, next + size));
           const xflags = { create: (flags & XATTR_CREATE) !== 0, replace: (flags & XATTR_REPLACE) !== 0 };
           void answer(session, unique, layer.setxattr(ino, name, value, xflags).then(() => session.ok(unique)));
@@ -495,7 +489,6 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
         }
         case Op.REMOVEXATTR: {
           const { name } = readName(req, at, len);
-          // No ACL is ever stored, so removing one succeeds as on ext4 when the file has none.
           if (POSIX_ACL_XATTRS.has(name)) return session.fail(unique, layer.readOnly ? E.EROFS : 0);
           void answer(session, unique, layer.removexattr(ino, name).then(() => session.ok(unique)));
           return;
@@ -518,12 +511,9 @@ export function createKernelOperations(layer: LayerFs, options: KernelOperations
           dirHandles.delete(readU64(req, at));
           return session.ok(unique);
         case Op.ACCESS: {
-          // Only reached without default_permissions, where the caller is the mounting user
-          // (as a rule root): existence, and X_OK needs an execute bit on anything but a directory.
           const mask = req.readUInt32LE(at);
           void answer(session, unique, layer.getattr(ino).then((a) => {
-            if (mask & fsConstants.X_OK && a.kind !== 'dir' && (a.mode & 0o111) === 0) return session.fail(unique, E.EACCES);
-            if (mask & fsConstants.W_OK && layer.readOnly) return session.fail(unique, E.EROFS);
+            checkAccess(layer, a, mask, `inode ${ino}`);
             session.ok(unique);
           }));
           return;

@@ -21,19 +21,15 @@ import { DentryCache } from './dentry-cache';
 import type { CallerContext, FuseOperations, TimeSpec } from './fuse-adapter';
 import { GroupSync } from './group-sync';
 import { HandleTable } from './handle-table';
+import { checkAccess, NAME_MAX_BYTES, newNodeOwner, POSIX_ACL_XATTRS, wallClockNs } from './posix-rules';
 
 const O_RDONLY = fsConstants.O_RDONLY;
 /** O_ACCMODE (not exported by Node): the two low bits hold O_RDONLY / O_WRONLY / O_RDWR. */
 const ACCMODE = 3;
-const S_ISGID = 0o2000;
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 
-/** NAME_MAX: the kernel lets FUSE names reach 1024 bytes, POSIX tools expect 255. */
-export const NAME_MAX_BYTES = 255;
-
 const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
-const POSIX_ACL_XATTRS: ReadonlySet<string> = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
 export interface OperationsOptions {
   /** Bound of the (dir inode, name) -> inode cache. */
@@ -49,10 +45,6 @@ export interface LayerOperations extends FuseOperations {
   readonly openHandles: number;
   /** Store syncs started by fsync/flush (for tests). */
   readonly syncCount: number;
-}
-
-export function wallClockNs(): bigint {
-  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
 }
 
 export function createOperations(layer: LayerFs, options: OperationsOptions = {}): LayerOperations {
@@ -132,12 +124,8 @@ export function createOperations(layer: LayerFs, options: OperationsOptions = {}
     return h.ino;
   }
 
-  /** Owner and mode of a new node: the caller's ids, and BSD group semantics under a setgid directory. */
-  async function newNode(dirIno: Ino, mode: number, ctx: CallerContext): Promise<{ mode: number; uid: number; gid: number }> {
-    const dir = await layer.getattr(dirIno);
-    if ((dir.mode & S_ISGID) === 0) return { mode, uid: ctx.uid, gid: ctx.gid };
-    const isDir = (mode & S_IFMT) === S_IFDIR;
-    return { mode: isDir ? mode | S_ISGID : mode, uid: ctx.uid, gid: dir.gid };
+  function newNode(dirIno: Ino, mode: number, ctx: CallerContext): Promise<{ mode: number; uid: number; gid: number }> {
+    return newNodeOwner(layer, dirIno, mode, ctx.uid, ctx.gid);
   }
 
   function toNs(t: TimeSpec, now: bigint): bigint | undefined {
@@ -346,14 +334,8 @@ export function createOperations(layer: LayerFs, options: OperationsOptions = {}
       return layer.listxattr(await inoOf(path));
     },
 
-    // Only reached without default_permissions, where the caller is the mounting user (as a
-    // rule root): existence, and X_OK needs an execute bit on anything but a directory.
     async access(path, mode) {
-      const attr = await attrOf(path);
-      if (mode & fsConstants.X_OK && attr.kind !== 'dir' && (attr.mode & 0o111) === 0) {
-        throw dmfsError('ACCESS_DENIED', `${path} is not executable`);
-      }
-      if (mode & fsConstants.W_OK && layer.readOnly) throw dmfsError('READ_ONLY_LAYER', 'read-only layer');
+      checkAccess(layer, await attrOf(path), mode, path);
     },
 
     async removexattr(path, name) {

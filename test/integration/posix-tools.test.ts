@@ -165,8 +165,8 @@ describeFuse('tools in a dmfs container layer vs ext4', () => {
     expect(await go(m.mnt)).toBe(await go(oracle.dir));
   });
 
-  // R2: each name of a hard link is its own kernel inode; with attr_timeout 1 s the other name
-  // shows the old link count and, at a fresh open, the old content for up to a second.
+  // Under libfuse 2's path API each name of a hard link was its own kernel inode (report row
+  // R2): the other name showed the old link count and content. Checked without waiting.
   test('hard-linked files: sed -i, echo >>, rm through one name; the other name at once', async () => {
     const go = (d: string) =>
       run(`

@@ -304,9 +304,9 @@ def fsx(path, seed, nops, maxsize, keep=False):
         os.close(fd)
 
 
-def parallel_pwrite(path, nprocs, nchunks, chunk):
-    # nprocs processes, each with its own descriptor, write interleaved chunks of one file.
-    import hashlib
+def in_processes(path, nprocs, work):
+    # Empties path, runs work(p) for p in 0..nprocs-1 in forked processes at once, and
+    # returns their wait statuses (0 each when work returned, 256 when it raised).
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
     os.close(fd)
     pids = []
@@ -315,15 +315,23 @@ def parallel_pwrite(path, nprocs, nchunks, chunk):
         if pid == 0:
             code = 0
             try:
-                fd = os.open(path, os.O_WRONLY)
-                for k in range(p, nchunks, nprocs):
-                    os.pwrite(fd, bytes([65 + p]) * chunk + ('%08d' % k).encode(), k * (chunk + 8))
-                os.close(fd)
+                work(p)
             except BaseException:
                 code = 1
             os._exit(code)
         pids.append(pid)
-    codes = [os.waitpid(pid, 0)[1] for pid in pids]
+    return [os.waitpid(pid, 0)[1] for pid in pids]
+
+
+def parallel_pwrite(path, nprocs, nchunks, chunk):
+    # nprocs processes, each with its own descriptor, write interleaved chunks of one file.
+    import hashlib
+    def work(p):
+        fd = os.open(path, os.O_WRONLY)
+        for k in range(p, nchunks, nprocs):
+            os.pwrite(fd, bytes([65 + p]) * chunk + ('%08d' % k).encode(), k * (chunk + 8))
+        os.close(fd)
+    codes = in_processes(path, nprocs, work)
     with open(path, 'rb') as fh:
         data = fh.read()
     return '%s size=%d digest=%s' % (codes, len(data), hashlib.sha256(data).hexdigest()[:16])
@@ -331,23 +339,12 @@ def parallel_pwrite(path, nprocs, nchunks, chunk):
 
 def parallel_append(path, nprocs, nlines):
     # nprocs processes append whole lines with O_APPEND: no line may be lost or torn.
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
-    os.close(fd)
-    pids = []
-    for p in range(nprocs):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-                for k in range(nlines):
-                    os.write(fd, ('proc%d line%06d %s\n' % (p, k, 'x' * (k % 97))).encode())
-                os.close(fd)
-            except BaseException:
-                code = 1
-            os._exit(code)
-        pids.append(pid)
-    codes = [os.waitpid(pid, 0)[1] for pid in pids]
+    def work(p):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        for k in range(nlines):
+            os.write(fd, ('proc%d line%06d %s\n' % (p, k, 'x' * (k % 97))).encode())
+        os.close(fd)
+    codes = in_processes(path, nprocs, work)
     with open(path, 'rb') as fh:
         lines = fh.read().split(b'\n')
     good = sum(1 for l in lines if l.startswith(b'proc') and len(l.split(b' ')) == 3 and len(l.split(b' ')[2]) == int(l.split(b' ')[1][4:]) % 97)
