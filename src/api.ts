@@ -5,7 +5,7 @@ import {
   applyOptionStrings, DEFAULT_CREATE_SETTINGS, readConfigFile, validateBlockSize,
   type PoolOptions,
 } from './pool/pool-options';
-import { ThinPool, type Superblock } from './pool/thin-pool';
+import { ThinPool, type HostSpace, type Superblock, type ThinPoolOpenOptions } from './pool/thin-pool';
 import type { LayerInfo, LayerStore } from './store/layer-store';
 import { ThinLayerStore } from './store/thin-layer-store';
 import { checkPool, type CheckReport } from './store/check';
@@ -52,6 +52,10 @@ export interface PoolInfo {
   deferredDeletionEnabled: boolean;
   deferredDeletedDeviceCount: number;
   nativeBlockPath: 'native' | 'fallback';
+  /** The host file system under the pool (loop mode; null in direct mode): free space and whether it is full. */
+  hostFilesystem: HostSpace | null;
+  /** The pool was opened read-only because it sits on a read-only file system. */
+  readOnly: boolean;
   layers: { total: number; base: number; images: number; containers: number; building: number };
 }
 
@@ -85,8 +89,9 @@ export class Pool {
     return Pool.wrap(thin);
   }
 
-  static async open(root: string): Promise<Pool> {
-    return Pool.wrap(await ThinPool.open(root));
+  /** opts.allowShortDataDevice: for check, which reports (and with --repair fixes) a short data device. */
+  static async open(root: string, opts: ThinPoolOpenOptions = {}): Promise<Pool> {
+    return Pool.wrap(await ThinPool.open(root, opts));
   }
 
   private static async wrap(thin: ThinPool): Promise<Pool> {
@@ -138,6 +143,8 @@ export class Pool {
       deferredDeletionEnabled: p.options.deferredDeletion,
       deferredDeletedDeviceCount: layers.filter((l) => l.deferredRemoval).length,
       nativeBlockPath: blockIo.kind,
+      hostFilesystem: p.hostSpace(),
+      readOnly: p.readOnly,
       layers: {
         total: layers.length,
         base: layers.filter((l) => l.kind === 'base').length,

@@ -49,6 +49,8 @@ export const ERROR_CODES = {
   MOUNT_FAILED: E.EIO,
   NOT_MOUNTED: E.EINVAL,
   USAGE: E.EINVAL,
+  POOL_READ_ONLY: E.EROFS,
+  DATA_DEVICE_SHORT: E.EIO,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -136,6 +136,31 @@ export class SpaceMap {
     }
   }
 
+  /** The highest used block, or -1 when none is used (data device size check). */
+  highestUsedBlock(): number {
+    for (const { key, value } of this.chunks.range(0, Number.MAX_SAFE_INTEGER, { reverse: true, limit: 1 })) {
+      for (let byte = value.length - 1; byte >= 0; byte--) {
+        if (value[byte] === 0) continue;
+        for (let bit = 7; bit >= 0; bit--) if (value[byte] & (1 << bit)) return (key as number) * BLOCKS_PER_CHUNK + byte * 8 + bit;
+      }
+    }
+    return -1;
+  }
+
+  /** How many used blocks lie at or past `begin` (the range [begin, end of map)). */
+  usedBlocksFrom(begin: number): number {
+    let n = 0;
+    const firstChunk = Math.floor(begin / BLOCKS_PER_CHUNK);
+    for (const { key, value } of this.chunks.range(firstChunk, Number.MAX_SAFE_INTEGER)) {
+      const base = (key as number) * BLOCKS_PER_CHUNK;
+      for (let byte = 0; byte < value.length; byte++) {
+        if (value[byte] === 0) continue;
+        for (let bit = 0; bit < 8; bit++) if (value[byte] & (1 << bit) && base + byte * 8 + bit >= begin) n++;
+      }
+    }
+    return n;
+  }
+
   /** Recomputes the counter from the bitmap (check --repair). */
   recount(): number {
     let n = 0;

@@ -2,11 +2,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { dmfsError, isDmfsError } from '../errors';
+import { DmfsError, dmfsError, isDmfsError } from '../errors';
 import { blockIo, type ReadBlocksOptions } from '../native';
 import { asDataBlock, type DataBlock } from './block-address';
 import { packRecord, packUint48, unpackRecord, unpackUint48 } from './codec';
-import { MetadataEnv, type Table } from './metadata-env';
+import { MetadataEnv, isHostFullError, type Table } from './metadata-env';
 import {
   DEFAULT_POOL_OPTIONS,
   type PoolCreateSettings,
@@ -51,6 +51,49 @@ interface OwnerRecord extends ProcessIdentity {
 const RESERVATION_BATCH = 64;
 /** Recycled blocks a process keeps before giving the rest back (and punching them). */
 const RESERVATION_KEEP = 128;
+/**
+ * Loop mode: host bytes new data blocks leave free on the file system under the pool, so
+ * the metadata commits that follow (and the headroom it keeps, see metadata-env.ts)
+ * still find room. Below it, allocation stops and writes get POOL_FULL (ENOSPC).
+ */
+export const HOST_RESERVE_BYTES = 8 * 1024 ** 2;
+/** Host free space below which info and doctor call the host file system "nearly full" (also: under 5%). */
+export const HOST_LOW_BYTES = 1024 ** 3;
+
+/** Free space of the host file system under the pool (loop mode: the data file's directory). */
+export interface HostSpace {
+  path: string;
+  freeBytes: number;
+  totalBytes: number;
+  /** full: allocation has stopped (free <= HOST_RESERVE_BYTES); low: under 5% or HOST_LOW_BYTES free. */
+  state: 'ok' | 'low' | 'full';
+  /** What to do, when state is not ok. */
+  advice: string | null;
+}
+
+/** What open may find about the data device against the metadata (see `dataDeviceCheck`). */
+export interface DataDeviceCheck {
+  /** Bytes the data file / device has now. */
+  deviceBytes: number;
+  /** Bytes the superblock says it has (nrBlocks * blockSizeBytes). */
+  expectedBytes: number;
+  /** Whole blocks the device holds now. */
+  deviceBlocks: number;
+  /** Highest block the space map marks used, or -1. */
+  highestUsedBlock: number;
+  /** Used blocks at or past deviceBlocks: their data is gone (a re-extension reads zeros). */
+  usedBlocksBeyondEnd: number;
+  short: boolean;
+}
+
+export interface ThinPoolOpenOptions {
+  /**
+   * Open even when the data device is shorter than the metadata says (DATA_DEVICE_SHORT),
+   * so `check` can report it and `check --repair` can grow it back. Nothing is re-extended
+   * by open itself.
+   */
+  allowShortDataDevice?: boolean;
+}
 
 export interface PoolSpace {
   blockSizeBytes: number;
@@ -94,8 +137,10 @@ export class ThinPool {
   private syncing: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
   private trimming: Promise<void> | null = null;
+  /** A host-full warning was emitted and no allocation has succeeded since (one line per episode). */
+  private hostFullWarned = false;
 
-  private constructor(paths: PoolPaths, env: MetadataEnv, sb: Superblock, dataFd: number) {
+  private constructor(paths: PoolPaths, env: MetadataEnv, sb: Superblock, dataFd: number, readonly readOnly: boolean) {
     this.paths = paths;
     this.env = env;
     this.sb = sb;
@@ -105,7 +150,8 @@ export class ThinPool {
     this.reserved = env.table('pool-reserved');
     this.spaceMap = new SpaceMap(env, sb.nrBlocks);
     const identity = currentProcess();
-    this.ownerId = env.txn(() => {
+    // Read-only: no owner record (nothing may be written); owner id 0 is never allocated.
+    this.ownerId = readOnly ? 0 : env.txn(() => {
       const next = this.counter('nextOwner');
       this.owners.put(next, packRecord({ v: 1, ...identity } satisfies OwnerRecord));
       return next;
@@ -175,29 +221,131 @@ export class ThinPool {
     }
   }
 
-  /** Opens an existing pool and frees what dead processes left reserved. */
-  static async open(root: string): Promise<ThinPool> {
+  /**
+   * Opens an existing pool and frees what dead processes left reserved. A pool on a
+   * read-only file system opens read-only (nothing written: no owner record, no
+   * reclaim, no reservation; writes fail with POOL_READ_ONLY). A data device shorter than
+   * the blocks the space map uses is refused (DATA_DEVICE_SHORT) unless
+   * `opts.allowShortDataDevice`; one merely shorter than the superblock, with no used
+   * block past its end, is grown back (sparse, nothing lost).
+   */
+  static async open(root: string, opts: ThinPoolOpenOptions = {}): Promise<ThinPool> {
     const paths = poolPaths(root);
     if (!fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) {
       throw dmfsError('POOL_NOT_FOUND', `no pool at ${paths.root}. Create one with 'dmfs pool create --root ${paths.root}'.`);
     }
-    const env = MetadataEnv.open(paths.metadataDir, { create: false });
-    const raw = env.table('pool-meta').get('superblock');
+    const readOnly = isOnReadOnlyFs(paths.metadataDir);
+    const env = MetadataEnv.open(paths.metadataDir, {
+      create: false,
+      readOnly,
+      // Without FORMAT or format record: the metadata proves the format when its superblock decodes.
+      provesFormat: (e) => {
+        try {
+          const raw = e.table('pool-meta').get('superblock');
+          return raw !== undefined && unpackSuperblock(raw).nrBlocks > 0;
+        } catch {
+          return false;
+        }
+      },
+    });
+    let raw: Buffer | undefined;
+    try {
+      raw = env.table('pool-meta').get('superblock');
+    } catch {
+      raw = undefined;
+    }
     if (!raw) {
       await env.close();
       throw dmfsError('METADATA_CORRUPT', `pool at ${paths.root} has no superblock`);
     }
-    const sb = unpackSuperblock(raw);
+    let sb: Superblock;
+    try {
+      sb = unpackSuperblock(raw);
+    } catch (err) {
+      await env.close();
+      throw err;
+    }
     let dataFd: number;
     try {
-      dataFd = fs.openSync(sb.dataMode === 'loop' ? paths.dataFile : sb.dataDevice!, 'r+');
+      dataFd = fs.openSync(sb.dataMode === 'loop' ? paths.dataFile : sb.dataDevice!, readOnly ? 'r' : 'r+');
     } catch (err) {
       await env.close();
       throw dmfsError('IO_ERROR', `cannot open the pool's data device: ${(err as Error).message}`, err);
     }
-    const pool = new ThinPool(paths, env, sb, dataFd);
-    await pool.reclaimDeadOwners();
+    let pool: ThinPool;
+    try {
+      pool = new ThinPool(paths, env, sb, dataFd, readOnly);
+    } catch (err) {
+      fs.closeSync(dataFd);
+      await env.close();
+      throw err;
+    }
+    try {
+      const dev = pool.dataDeviceCheck();
+      if (dev.short && dev.usedBlocksBeyondEnd === 0 && !readOnly && sb.dataMode === 'loop') {
+        // Only unused blocks were cut off: growing the file back (sparse) loses nothing.
+        pool.growDataDevice();
+      } else if (dev.short && dev.usedBlocksBeyondEnd > 0 && !opts.allowShortDataDevice) {
+        throw dmfsError(
+          'DATA_DEVICE_SHORT',
+          `the data ${sb.dataMode === 'loop' ? 'file' : 'device'} ${pool.dataPath} has ${dev.deviceBytes} bytes (${dev.deviceBlocks} blocks), ` +
+            `but the pool uses blocks up to ${dev.highestUsedBlock} (${dev.expectedBytes} bytes expected): ${dev.usedBlocksBeyondEnd} used blocks are past its end. ` +
+            `Restore the data file from a backup if you have one; otherwise 'dmfs check --repair --root ${paths.root}' grows it back, ` +
+            'and the data of the blocks past the end is lost (they read as zeros; check lists the files).',
+        );
+      }
+      if (!readOnly) await pool.reclaimDeadOwners();
+    } catch (err) {
+      await pool.closeWithoutWrites();
+      throw err;
+    }
     return pool;
+  }
+
+  /**
+   * The data device's size against the metadata: short when it holds fewer bytes than
+   * the superblock's nrBlocks; usedBlocksBeyondEnd counts the used blocks that are gone.
+   */
+  dataDeviceCheck(): DataDeviceCheck {
+    this.refreshSuperblock();
+    const bs = this.sb.blockSizeBytes;
+    const deviceBytes = this.sb.dataMode === 'loop' ? fs.fstatSync(this.dataFd).size : blockDeviceBytes(this.sb.dataDevice!);
+    const deviceBlocks = Math.floor(deviceBytes / bs);
+    const expectedBytes = this.sb.nrBlocks * bs;
+    const highestUsedBlock = this.spaceMap.highestUsedBlock();
+    const usedBlocksBeyondEnd = deviceBlocks < this.sb.nrBlocks ? this.spaceMap.usedBlocksFrom(deviceBlocks) : 0;
+    return { deviceBytes, expectedBytes, deviceBlocks, highestUsedBlock, usedBlocksBeyondEnd, short: deviceBlocks < this.sb.nrBlocks };
+  }
+
+  /**
+   * Loop mode: grows a short data file back to the superblock's size (sparse: the blocks
+   * that were cut off read as zeros). Returns the bytes added. Direct mode cannot grow a
+   * device: NOT_SUPPORTED.
+   */
+  growDataDevice(): number {
+    const dev = this.dataDeviceCheck();
+    if (!dev.short) return 0;
+    if (this.sb.dataMode !== 'loop') {
+      throw dmfsError('NOT_SUPPORTED', `the data device ${this.dataPath} is ${dev.deviceBytes} bytes, the pool needs ${dev.expectedBytes}: replace it with a device of that size`);
+    }
+    this.env.assertWritable();
+    fs.ftruncateSync(this.dataFd, dev.expectedBytes);
+    return dev.expectedBytes - dev.deviceBytes;
+  }
+
+  /** Free space of the host file system under the pool (direct mode: null). */
+  hostSpace(): HostSpace | null {
+    if (this.sb.dataMode !== 'loop') return null;
+    const dir = path.dirname(this.paths.dataFile);
+    let s: fs.StatsFs;
+    try {
+      s = fs.statfsSync(dir);
+    } catch {
+      return null;
+    }
+    const freeBytes = Number(s.bavail) * Number(s.bsize);
+    const totalBytes = Number(s.blocks) * Number(s.bsize);
+    return describeHostSpace(dir, freeBytes, totalBytes, this.sb.blockSizeBytes);
   }
 
   get superblock(): Readonly<Superblock> {
@@ -325,20 +473,55 @@ export class ThinPool {
   }
 
   private refill(): void {
+    let fresh: DataBlock[] = [];
     this.env.txn(() => {
       this.refreshSuperblock();
       this.maybeAutoextend();
       const total = this.sb.nrBlocks;
       const used = this.spaceMap.usedBlocks();
       const minFree = this.minFreeBlocks(total);
-      const allowed = Math.min(RESERVATION_BATCH, total - used - minFree);
+      const allowed = Math.min(RESERVATION_BATCH, total - used - minFree, this.hostBlockAllowance());
       if (allowed <= 0) return;
-      const blocks = this.spaceMap.allocate(allowed);
-      for (const b of blocks) this.reserved.put([this.ownerId, b], EMPTY);
-      // Lowest blocks first out of pop(): keeps files roughly sequential on the device.
-      blocks.reverse();
-      this.freeReserved.push(...blocks);
+      fresh = this.spaceMap.allocate(allowed);
+      for (const b of fresh) this.reserved.put([this.ownerId, b], EMPTY);
     });
+    // Handed out only once committed: a failed commit (host full) leaves them free.
+    // Lowest blocks first out of pop(): keeps files roughly sequential on the device.
+    fresh.reverse();
+    this.freeReserved.push(...fresh);
+    if (fresh.length) this.hostFullWarned = false;
+  }
+
+  /**
+   * Says once per episode, on stderr (a mount daemon's log), that the host file system
+   * stopped a write; stderr write failures are ignored by Node, so this is safe when full.
+   */
+  private warnHostFull(detail: string): void {
+    if (this.hostFullWarned) return;
+    this.hostFullWarned = true;
+    process.emitWarning(`dmfs: ${detail}; writes get ENOSPC until space is freed, reads keep working`, { code: 'DMFS_HOST_FULL' });
+  }
+
+  /**
+   * Loop mode: how many new blocks the host file system can still back, keeping
+   * HOST_RESERVE_BYTES free (a newly allocated block is counted as not yet backed, the
+   * safe side). Direct mode, or statfs unavailable: no limit.
+   */
+  private hostBlockAllowance(): number {
+    if (this.sb.dataMode !== 'loop') return Number.MAX_SAFE_INTEGER;
+    const hostFree = hostFreeBytes(path.dirname(this.paths.dataFile));
+    if (hostFree === null) return Number.MAX_SAFE_INTEGER;
+    return Math.floor((hostFree - HOST_RESERVE_BYTES) / this.sb.blockSizeBytes);
+  }
+
+  /** Why takeBlock returned null: the POOL_FULL error a writer should raise, naming the limit that was hit. */
+  noSpaceError(): DmfsError {
+    const host = this.hostSpace();
+    if (host && host.state === 'full') {
+      this.warnHostFull(`the host file system under the pool is full (${host.freeBytes} bytes free at ${host.path})`);
+      return dmfsError('POOL_FULL', `the host file system under the pool is full (${host.freeBytes} bytes free at ${host.path}): ${host.advice}`);
+    }
+    return dmfsError('POOL_FULL', 'the thin pool is out of data space (at dm.min_free_space); free space with dmfs rm or grow it with dmfs pool resize');
   }
 
   /** Loop mode: grows the data file when usage crosses dm.thinp_autoextend_threshold. Runs inside txn. */
@@ -508,7 +691,22 @@ export class ThinPool {
       this.checkBlock(p.block);
       if (p.offset + p.data.length > bs) throw dmfsError('INVALID', 'write crosses a block boundary');
     }
-    await blockIo.writeBlocks(this.dataFd, pieces.map((p) => p.data), pieces.map((p) => p.block * bs + p.offset));
+    try {
+      await blockIo.writeBlocks(this.dataFd, pieces.map((p) => p.data), pieces.map((p) => p.block * bs + p.offset));
+    } catch (err) {
+      throw this.hostFullOr(err);
+    }
+  }
+
+  /** ENOSPC/EDQUOT from the data device becomes POOL_FULL (ENOSPC to a FUSE writer, not EIO); anything else passes. */
+  private hostFullOr(err: unknown): unknown {
+    if (!isHostFullError(err)) return err;
+    this.warnHostFull(`writing the data file ${this.dataPath} failed with ENOSPC`);
+    return dmfsError(
+      'POOL_FULL',
+      `the host file system under the pool is full (writing ${this.dataPath} failed with ENOSPC): free space on the host or move the pool`,
+      err,
+    );
   }
 
   /** Copies a whole block (native path: reflink or copy_file_range when possible). */
@@ -516,10 +714,14 @@ export class ThinPool {
     this.checkBlock(from);
     this.checkBlock(to);
     const bs = this.sb.blockSizeBytes;
-    const n = await blockIo.copyRange(this.dataFd, from * bs, this.dataFd, to * bs, bs);
-    if (n < bs) {
-      // The source lies (partly) beyond the end of a short device file: the rest is zeros.
-      await blockIo.writeBlocks(this.dataFd, [Buffer.alloc(bs - n)], [to * bs + n]);
+    try {
+      const n = await blockIo.copyRange(this.dataFd, from * bs, this.dataFd, to * bs, bs);
+      if (n < bs) {
+        // The source lies (partly) beyond the end of a short device file: the rest is zeros.
+        await blockIo.writeBlocks(this.dataFd, [Buffer.alloc(bs - n)], [to * bs + n]);
+      }
+    } catch (err) {
+      throw this.hostFullOr(err);
     }
   }
 
@@ -555,6 +757,7 @@ export class ThinPool {
   /** Gives back this process's reservation, flushes, closes. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
+    if (this.readOnly) return this.closeWithoutWrites();
     this.closed = true;
     await this.trim(0);
     await this.sync();
@@ -570,6 +773,22 @@ export class ThinPool {
     await this.env.close();
   }
 
+  /** Closes the files without giving anything back (read-only pools, failed opens; a dead owner's reservation is reclaimed later). */
+  private async closeWithoutWrites(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.dataFd);
+    if (!this.readOnly) {
+      // Opened writable but failed: the owner record has nothing reserved yet; drop it.
+      try {
+        this.env.txn(() => this.owners.del(this.ownerId));
+      } catch {
+        /* left for the next open's reclaim (this process will be dead) */
+      }
+    }
+    await this.env.close();
+  }
+
   /** Size of the data file as the host sees it (allocated bytes), loop mode; null in direct mode. */
   dataFileAllocatedBytes(): number | null {
     return this.sb.dataMode === 'loop' ? fileAllocatedBytes(this.dataFd) : null;
@@ -579,6 +798,30 @@ export class ThinPool {
 
 const EMPTY = Buffer.alloc(0);
 
+
+/** Classifies host free space (see HostSpace.state). */
+export function describeHostSpace(dir: string, freeBytes: number, totalBytes: number, blockSizeBytes: number): HostSpace {
+  let state: HostSpace['state'] = 'ok';
+  if (freeBytes < HOST_RESERVE_BYTES + blockSizeBytes) state = 'full';
+  else if (freeBytes < HOST_LOW_BYTES || freeBytes < totalBytes * 0.05) state = 'low';
+  const advice =
+    state === 'full'
+      ? `the host file system is full: new data cannot be written (writes get ENOSPC, reads work). Free space on the host file system holding ${dir} (or remove layers / files in the pool), or move the pool to a larger one`
+      : state === 'low'
+        ? `the host file system holding ${dir} is nearly full: free space on it or move the pool before writes start failing with ENOSPC`
+        : null;
+  return { path: dir, freeBytes, totalBytes, state, advice };
+}
+
+/** Whether dir sits on a read-only file system (access(2) says EROFS). */
+function isOnReadOnlyFs(dir: string): boolean {
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EROFS';
+  }
+}
 
 function fileAllocatedBytes(fd: number): number {
   return fs.fstatSync(fd).blocks * 512;

@@ -911,7 +911,8 @@ export class ChainLayerFs implements LayerFs {
 
   private takeBlockOrThrow(): DataBlock {
     const b = this.pool.takeBlock();
-    if (b === null) throw dmfsError('POOL_FULL', 'the thin pool is out of data space (at dm.min_free_space); free space with dmfs rm or grow it with dmfs pool resize');
+    // The pool names the limit hit (dm.min_free_space, or the host file system under it).
+    if (b === null) throw this.pool.noSpaceError();
     return b;
   }
 

@@ -42,6 +42,8 @@ export class ThinLayerStore implements LayerStore {
   /** Opens the store, creating the base layer on a new pool and finishing what dead processes left. */
   static async open(pool: ThinPool): Promise<ThinLayerStore> {
     const store = new ThinLayerStore(pool);
+    // Read-only pool (read-only file system): nothing to create or finish; reads only.
+    if (pool.readOnly) return store;
     store.ensureBase();
     await store.reconcile();
     return store;
@@ -329,7 +331,8 @@ export class ThinLayerStore implements LayerStore {
   }
 
   async openLayer(name: string, opts: OpenLayerOptions = {}): Promise<LayerFs> {
-    const { rec, readOnly } = this.pool.txn(() => {
+    // Read-only pool: no holder record can be written; every layer opens read-only.
+    const { rec, readOnly } = this.pool.readOnly ? this.readOnlyPoolLayer(name) : this.pool.txn(() => {
       const r = this.layerByName(name);
       if (r.deferredRemoval) throw dmfsError('LAYER_NOT_FOUND', `layer '${name}' is being removed`);
       const writable = !opts.readOnly && (r.kind === 'container' || r.state === 'building');
@@ -371,13 +374,19 @@ export class ThinLayerStore implements LayerStore {
     return fs;
   }
 
+  private readOnlyPoolLayer(name: string): { rec: LayerRecord; readOnly: true } {
+    const r = this.layerByName(name);
+    if (r.deferredRemoval) throw dmfsError('LAYER_NOT_FOUND', `layer '${name}' is being removed`);
+    return { rec: r, readOnly: true };
+  }
+
   private isOpenWritableHere(name: string): boolean {
     for (const fs of this.open) if (fs.layerName === name && !fs.readOnly) return true;
     return false;
   }
 
   private async afterClose(layerId: number, name: string): Promise<void> {
-    if (this.isOpenHere(name)) return;
+    if (this.isOpenHere(name) || this.pool.readOnly) return;
     const removeNow = this.pool.txn(() => {
       this.holders.del([layerId, this.pool.ownerId]);
       const raw = this.layers.get(layerId);

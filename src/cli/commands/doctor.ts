@@ -6,6 +6,8 @@ import { blockIo } from '../../native';
 import type { BlockIo } from '../../native/block-io';
 import type { Command } from '../command';
 import { kernelTransportUnavailable } from '../../fs/kernel-session';
+import { poolPaths } from '../../pool/pool-paths';
+import { describeHostSpace } from '../../pool/thin-pool';
 
 /**
  * `dmfs doctor`: can this host run dmfs, and how well? One check per line with what to do
@@ -267,6 +269,36 @@ export function checkRootFilesystem(root: string): DoctorCheck {
   };
 }
 
+/**
+ * Free space of the host file system under the pool's data file (or the nearest existing
+ * parent): warn when it is full (dmfs has stopped allocating: writes get ENOSPC) or
+ * nearly full, saying what to do. statfs only; the pool is not opened.
+ */
+export function checkHostSpace(root: string, statfs: (dir: string) => { freeBytes: number; totalBytes: number } = statfsBytes): DoctorCheck {
+  const base = { id: 'root.space', title: 'host free space', essential: false };
+  const dir = nearestExisting(path.dirname(poolPaths(root).dataFile));
+  let s: { freeBytes: number; totalBytes: number };
+  try {
+    s = statfs(dir);
+  } catch (err) {
+    return { ...base, status: 'warn', detail: `cannot statfs ${dir}: ${(err as Error).message}`, hint: null };
+  }
+  const host = describeHostSpace(dir, s.freeBytes, s.totalBytes, 64 * 1024);
+  const figures = `${formatBytes(s.freeBytes)} free of ${formatBytes(s.totalBytes)} at ${dir}`;
+  if (host.state === 'ok') return { ...base, status: 'ok', detail: figures, hint: null };
+  return {
+    ...base,
+    status: 'warn',
+    detail: `host file system ${host.state === 'full' ? 'full' : 'nearly full'}: ${figures}`,
+    hint: host.advice,
+  };
+}
+
+function statfsBytes(dir: string): { freeBytes: number; totalBytes: number } {
+  const s = fs.statfsSync(dir);
+  return { freeBytes: Number(s.bavail) * Number(s.bsize), totalBytes: Number(s.blocks) * Number(s.bsize) };
+}
+
 export async function checkReflink(root: string, io: BlockIo = blockIo): Promise<DoctorCheck> {
   const base = { id: 'root.reflink', title: 'reflink', essential: false };
   const dir = nearestExisting(root);
@@ -297,6 +329,7 @@ export async function runDoctor(root: string, io: BlockIo = blockIo): Promise<Do
     checkNative(io),
     checkKernel(),
     checkRootFilesystem(root),
+    checkHostSpace(root),
     await checkReflink(root, io),
   ];
   return { ok: checks.every((c) => !c.essential || c.status === 'ok'), root, checks };
@@ -318,12 +351,12 @@ export function formatReport(report: DoctorReport): string {
 
 export const command: Command = {
   name: 'doctor',
-  summary: 'check that this host can run dmfs: FUSE and its transport, native addon, kernel, pool file system, reflink',
+  summary: 'check that this host can run dmfs: FUSE and its transport, native addon, kernel, pool file system, host free space, reflink',
   usage: '[--json]',
   description:
     'Prints one line per check (ok, missing or warn) with what to do next. Exits 0 when FUSE is usable ' +
     '(device, fusermount, and libfuse.so.2 when mounts go through fuse-native), else 1. It names the FUSE ' +
-    'transport mounts will use (kernel as root with the native addon, else libfuse 2). The native addon, the kernel and the pool file system ' +
+    'transport mounts will use (kernel as root with the native addon, else libfuse 2). The native addon, the kernel, the pool file system and its free space ' +
     'only change speed and space and never fail the command. The reflink probe writes two temp files in the ' +
     'pool root (or its nearest existing parent) and removes them.',
   options: [],

@@ -47,7 +47,7 @@ describe('dmfs doctor', () => {
     expect(lines).toHaveLength(1);
     const report = JSON.parse(lines[0]) as DoctorReport;
     expect(report.root).toBe(tmp);
-    expect(report.checks.map((c) => c.id)).toEqual(['fuse.device', 'fuse.transport', 'fuse.library', 'fuse.fusermount', 'native', 'kernel', 'root.filesystem', 'root.reflink']);
+    expect(report.checks.map((c) => c.id)).toEqual(['fuse.device', 'fuse.transport', 'fuse.library', 'fuse.fusermount', 'native', 'kernel', 'root.filesystem', 'root.space', 'root.reflink']);
     const fuseOk = report.checks.filter((c) => c.essential).every((c) => c.status === 'ok');
     // libfuse.so.2 is essential only where mounts go through fuse-native (not root, or no addon).
     const kernelTransport = report.checks.find((c) => c.id === 'fuse.transport')!.status === 'ok';
@@ -68,9 +68,9 @@ describe('dmfs doctor', () => {
   test('human output: one line per check, status first, then a summary line', async () => {
     const { code, out } = await runCommand(tmp, false);
     const lines = out.trimEnd().split('\n');
-    expect(lines).toHaveLength(9);
-    for (const line of lines.slice(0, 8)) expect(line).toMatch(/^(ok|missing|warn) +\S/);
-    expect(lines[8]).toMatch(code === 0 ? /FUSE is usable/ : /FUSE is not usable/);
+    expect(lines).toHaveLength(10);
+    for (const line of lines.slice(0, 9)) expect(line).toMatch(/^(ok|missing|warn) +\S/);
+    expect(lines[9]).toMatch(code === 0 ? /FUSE is usable/ : /FUSE is not usable/);
   });
 
   test('a pool root that does not exist yet is checked at its nearest existing parent', async () => {
