@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
-import { dmfsError } from '../errors';
+import { DmfsError, dmfsError } from '../errors';
 
 /**
  * On-disk format of the metadata environment, kept in a file beside it (readable without
@@ -100,6 +100,7 @@ export function isHostFullError(err: unknown): boolean {
 
 const ENOSPC = constants.errno.ENOSPC;
 const EDQUOT = constants.errno.EDQUOT;
+const EIO = constants.errno.EIO;
 
 export interface MetadataOpenOptions {
   create: boolean;
@@ -297,7 +298,8 @@ export class MetadataEnv {
       try {
         result = fn();
       } catch (err) {
-        failure = err ?? new Error('transaction aborted');
+        // LMDB itself can hit ENOSPC inside the body (spilling dirty pages to the file).
+        failure = err instanceof DmfsError || !isHostFullError(err) ? (err ?? new Error('transaction aborted')) : this.hostFull(err);
         return ABORT;
       } finally {
         this.inTxn = false;
@@ -309,14 +311,9 @@ export class MetadataEnv {
       // last committed state stands, and afterCommit hooks are dropped.
       this.inTxn = false;
       this.afterCommitHooks = [];
-      if (isHostFullError(err)) {
-        process.emitWarning(`dmfs: a metadata commit failed with ENOSPC (host file system under ${this.dir} full) and was rolled back`, { code: 'DMFS_HOST_FULL' });
-        throw dmfsError(
-          'POOL_FULL',
-          `the host file system under the pool (${this.dir}) is full: a metadata commit failed and was rolled back. Free space on the host or move the pool`,
-          err,
-        );
-      }
+      // LMDB reports a short pwrite (the host filled up mid-write) as EIO: a commit that
+      // fails with EIO while the host file system has no room is a host-full failure too.
+      if (isHostFullError(err) || ((err as { code?: unknown }).code === EIO && this.hostHasNoRoom())) throw this.hostFull(err);
       throw dmfsError('IO_ERROR', `metadata commit failed and was rolled back: ${(err as Error).message}`, err);
     }
     const hooks = this.afterCommitHooks;
@@ -324,6 +321,26 @@ export class MetadataEnv {
     if (failure !== undefined) throw failure;
     for (const hook of hooks) hook();
     return result as T;
+  }
+
+  /** Whether the file system holding the environment has under 1 MiB available (statfs). */
+  private hostHasNoRoom(): boolean {
+    try {
+      const st = fs.statfsSync(this.dir);
+      return Number(st.bavail) * Number(st.bsize) < 1024 ** 2;
+    } catch {
+      return false;
+    }
+  }
+
+  /** POOL_FULL for a metadata transaction that failed for lack of host space (logged once per failure). */
+  private hostFull(err: unknown): DmfsError {
+    process.emitWarning(`dmfs: a metadata transaction failed with ENOSPC (host file system under ${this.dir} full) and was rolled back`, { code: 'DMFS_HOST_FULL' });
+    return dmfsError(
+      'POOL_FULL',
+      `the host file system under the pool (${this.dir}) is full: a metadata transaction failed and was rolled back. Free space on the host or move the pool`,
+      err,
+    );
   }
 
   /** Throws POOL_READ_ONLY when the environment was opened read-only (pool on a read-only file system). */
