@@ -349,7 +349,7 @@ export class MetadataEnv {
     throw dmfsError(
       'POOL_READ_ONLY',
       `the pool at ${path.dirname(this.dir)} is on a read-only file system: this command writes to the pool. ` +
-        'Read-only commands (info, ls, inspect, check without --repair, export, mount --ro) work; remount the file system read-write to change the pool.',
+        'Read-only commands (info, ls, inspect, check without --repair, export) work; remount the file system read-write to change the pool.',
     );
   }
 
