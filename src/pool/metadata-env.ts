@@ -35,6 +35,11 @@ export interface Table {
   allKeys(): Iterable<TableKey>;
 }
 
+function keyEquals(a: TableKey, b: TableKey): boolean {
+  if (a === b) return true;
+  return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 class LmdbTable implements Table {
   constructor(private readonly db: Database<Buffer, Key>) {}
   get(key: TableKey): Buffer | undefined {
@@ -50,8 +55,23 @@ class LmdbTable implements Table {
     this.db.removeSync(key);
   }
   range(start: TableKey, end: TableKey, opts: { limit?: number; reverse?: boolean } = {}) {
-    const o = opts.reverse ? { start: end, end: start, reverse: true } : { start, end };
-    return this.db.getRange({ ...o, ...(opts.limit !== undefined ? { limit: opts.limit } : {}) }) as Iterable<{ key: TableKey; value: Buffer }>;
+    if (opts.reverse) return this.reverseRange(start, end, opts.limit ?? Infinity);
+    return this.db.getRange({ start, end, ...(opts.limit !== undefined ? { limit: opts.limit } : {}) }) as Iterable<{ key: TableKey; value: Buffer }>;
+  }
+  /**
+   * [start, end) from the top down. lmdb's reverse range runs from its start (inclusive)
+   * down to its end (exclusive), the other way round: skip `end`, add `start` last.
+   */
+  private *reverseRange(start: TableKey, end: TableKey, limit: number): Iterable<{ key: TableKey; value: Buffer }> {
+    let n = 0;
+    for (const e of this.db.getRange({ start: end, end: start, reverse: true }) as Iterable<{ key: TableKey; value: Buffer }>) {
+      if (n >= limit) return;
+      if (keyEquals(e.key, end)) continue;
+      yield e;
+      n++;
+    }
+    const first = n < limit ? this.db.getBinary(start) : undefined;
+    if (first) yield { key: start, value: first };
   }
   keys(start: TableKey, end: TableKey, opts: { limit?: number } = {}) {
     return this.db.getKeys({ start, end, ...(opts.limit !== undefined ? { limit: opts.limit } : {}) }) as Iterable<TableKey>;

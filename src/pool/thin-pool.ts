@@ -288,8 +288,8 @@ export class ThinPool {
       } else if (dev.short && dev.usedBlocksBeyondEnd > 0 && !opts.allowShortDataDevice) {
         throw dmfsError(
           'DATA_DEVICE_SHORT',
-          `the data ${sb.dataMode === 'loop' ? 'file' : 'device'} ${pool.dataPath} has ${dev.deviceBytes} bytes (${dev.deviceBlocks} blocks), ` +
-            `but the pool uses blocks up to ${dev.highestUsedBlock} (${dev.expectedBytes} bytes expected): ${dev.usedBlocksBeyondEnd} used blocks are past its end. ` +
+          `the data ${sb.dataMode === 'loop' ? 'file' : 'device'} ${pool.dataPath} has ${dev.deviceBytes} bytes (${dev.deviceBlocks} blocks); ` +
+            `the pool's metadata expects ${dev.expectedBytes} bytes and uses blocks up to ${dev.highestUsedBlock}: ${dev.usedBlocksBeyondEnd} used blocks are past its end. ` +
             `Restore the data file from a backup if you have one; otherwise 'dmfs check --repair --root ${paths.root}' grows it back, ` +
             'and the data of the blocks past the end is lost (they read as zeros; check lists the files).',
         );

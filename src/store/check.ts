@@ -41,6 +41,7 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   const problems: CheckProblem[] = [];
   const repair = Boolean(opts.repair);
   const report = (kind: string, message: string, repaired = false) => problems.push({ kind, message, repaired });
+  const lostBlocks = checkDataDeviceSize(pool, t, repair, report);
 
   const layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].flatMap(({ key, value }) => {
     try {
@@ -95,7 +96,8 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
       else if (referenced.has(b)) report('DOUBLE_MAPPED', `data block ${b} is mapped more than once (again by ${(key as number[]).join(':')})`);
       else {
         referenced.add(b);
-        if (opts.data) dataChecks.push({ where: (key as number[]).join(':'), ref });
+        // Blocks lost with a short data device are reported (DATA_LOST) already.
+        if (opts.data && !lostBlocks.has(b)) dataChecks.push({ where: (key as number[]).join(':'), ref });
       }
     } else u.inlineBytes += ref.length;
     usage.set(seg, u);
@@ -207,4 +209,60 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
       reservedBlocks: reserved.size,
     },
   };
+}
+
+// ---- data device size (wt-hostenv hook) ---------------------------------------------
+
+/**
+ * The data device against the metadata (ThinPool.dataDeviceCheck): a data file cut short
+ * (`truncate -s`) loses the blocks past its end. Reports DATA_DEVICE_SHORT and one
+ * DATA_LOST per block map entry past the end (first 20, then a count) naming layer, inode
+ * and file block. With repair, grows the file back to its size (sparse): the lost blocks
+ * then read as zeros, which their checksums reject (EIO), so the loss is never silent;
+ * the problems count as repaired because nothing more can be done short of a backup.
+ */
+function checkDataDeviceSize(
+  pool: ThinPool,
+  t: ReturnType<typeof openStoreTables>,
+  repair: boolean,
+  report: (kind: string, message: string, repaired?: boolean) => void,
+): Set<number> {
+  const lostBlocks = new Set<number>();
+  const dev = pool.dataDeviceCheck();
+  if (!dev.short) return lostBlocks;
+  const layerOfSegment = new Map<number, string>();
+  for (const { value } of pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)) {
+    try {
+      const l = unpackLayer(value);
+      layerOfSegment.set(l.segment, l.name);
+    } catch {
+      /* reported by the layer pass */
+    }
+  }
+  const lost: string[] = [];
+  for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
+    let ref;
+    try {
+      ref = unpackBlockRef(value);
+    } catch {
+      continue; // reported by the block map pass
+    }
+    if (!isDataRef(ref) || ref.block < dev.deviceBlocks || ref.block >= pool.superblock.nrBlocks) continue;
+    const [seg, ino, fileBlock] = key as number[];
+    lostBlocks.add(ref.block);
+    lost.push(`layer ${layerOfSegment.get(seg) ?? seg}, inode ${ino}, file block ${fileBlock} (data block ${ref.block})`);
+  }
+  const grown = repair ? pool.growDataDevice() : 0;
+  report(
+    'DATA_DEVICE_SHORT',
+    `the data device ${pool.dataPath} has ${dev.deviceBytes} bytes, the pool's metadata says ${dev.expectedBytes} ` +
+      `(${dev.usedBlocksBeyondEnd} used blocks past its end, highest used block ${dev.highestUsedBlock})` +
+      (repair ? `; grown back by ${grown} bytes (sparse)` : '; restore the data file from a backup, or --repair grows it back (the blocks past the end stay lost)'),
+    repair,
+  );
+  for (const where of lost.slice(0, 20)) {
+    report('DATA_LOST', `${where} was past the end of the data device: its content is lost${repair ? ' (reads fail with EIO: restore or delete the file)' : ''}`, repair);
+  }
+  if (lost.length > 20) report('DATA_LOST', `${lost.length - 20} more block map entries past the end of the data device`, repair);
+  return lostBlocks;
 }

@@ -1,5 +1,6 @@
 import type { Command } from '../command';
-import { printJson, withPool } from '../output';
+import { Pool } from '../../api';
+import { printJson } from '../output';
 
 export const command: Command = {
   name: 'check',
@@ -13,7 +14,14 @@ export const command: Command = {
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
-    const report = await withPool(ctx, (pool) => pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) }));
+    // (wt-hostenv) check opens a pool whose data device is short, to report and repair it.
+    const pool = await Pool.open(ctx.root, { allowShortDataDevice: true });
+    let report;
+    try {
+      report = await pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) });
+    } finally {
+      await pool.close();
+    }
     if (ctx.json) printJson(ctx, report);
     else {
       const s = report.stats;
