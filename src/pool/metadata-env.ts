@@ -157,6 +157,7 @@ export class MetadataEnv {
   private readonly tables = new Map<string, Table>();
   private inTxn = false;
   private afterCommitHooks: (() => void)[] = [];
+  private openedInTxn: string[] = [];
   private dataMdbFd: number | null = null;
   /** data.mdb bytes [0, reservedEndBytes) are known to be allocated on the host. */
   private reservedEndBytes = 0;
@@ -301,6 +302,9 @@ export class MetadataEnv {
     if (!t) {
       t = new LmdbTable(this.root.openDB<Buffer, Key>({ name, encoding: 'binary' }));
       this.tables.set(name, t);
+      // A table first opened inside a transaction that then aborts has a handle LMDB
+      // invalidates with it: forgotten on abort, reopened on next use.
+      if (this.inTxn) this.openedInTxn.push(name);
     }
     return t;
   }
@@ -312,25 +316,27 @@ export class MetadataEnv {
     let result: T | undefined;
     let failure: unknown;
     this.afterCommitHooks = [];
+    this.openedInTxn = [];
     try {
       this.commitSync(() => {
-      this.inTxn = true;
-      try {
-        result = fn();
-      } catch (err) {
-        // LMDB itself can hit ENOSPC inside the body (spilling dirty pages to the file).
-        failure = err instanceof DmfsError || !isHostFullError(err) ? (err ?? new Error('transaction aborted')) : this.hostFull(err);
-        return ABORT;
-      } finally {
-        this.inTxn = false;
-      }
-      return undefined;
+        this.inTxn = true;
+        try {
+          result = fn();
+        } catch (err) {
+          // LMDB itself can hit ENOSPC inside the body (spilling dirty pages to the file).
+          failure = err instanceof DmfsError || !isHostFullError(err) ? (err ?? new Error('transaction aborted')) : this.hostFull(err);
+          return ABORT;
+        } finally {
+          this.inTxn = false;
+        }
+        return undefined;
       });
     } catch (err) {
       // The commit itself failed (the body ran to its end): LMDB has rolled it back, the
       // last committed state stands, and afterCommit hooks are dropped.
       this.inTxn = false;
       this.afterCommitHooks = [];
+      this.forgetTablesOpenedInTxn();
       // LMDB reports a short pwrite (the host filled up mid-write) as EIO: a commit that
       // fails with EIO while the host file system has no room is a host-full failure too.
       if (isHostFullError(err) || ((err as { code?: unknown }).code === EIO && this.hostHasNoRoom())) throw this.hostFull(err);
@@ -338,7 +344,10 @@ export class MetadataEnv {
     }
     const hooks = this.afterCommitHooks;
     this.afterCommitHooks = [];
-    if (failure !== undefined) throw failure;
+    if (failure !== undefined) {
+      this.forgetTablesOpenedInTxn();
+      throw failure;
+    }
     for (const hook of hooks) hook();
     return result as T;
   }
@@ -376,6 +385,11 @@ export class MetadataEnv {
   /** One LMDB write transaction committed before returning; tests replace it to inject commit failures. */
   private commitSync(body: () => unknown): void {
     this.root.transactionSync(body, TXN_FLAGS);
+  }
+
+  private forgetTablesOpenedInTxn(): void {
+    for (const name of this.openedInTxn) this.tables.delete(name);
+    this.openedInTxn = [];
   }
 
   /** Inside txn: runs fn once the transaction has committed; dropped if it aborts. */

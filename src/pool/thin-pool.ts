@@ -424,7 +424,7 @@ export class ThinPool {
         // Blocks in the sparse file not yet backed by the host also need host space.
         const allocatedBytes = fileAllocatedBytes(this.dataFd);
         const unbacked = Math.max(0, used * this.sb.blockSizeBytes - allocatedBytes);
-        available = Math.min(available, Math.max(0, Math.floor((hostFree - unbacked) / this.sb.blockSizeBytes)));
+        available = Math.min(available, Math.max(0, Math.floor((hostFree - unbacked - HOST_RESERVE_BYTES) / this.sb.blockSizeBytes)));
       }
     }
     return { blockSizeBytes: this.sb.blockSizeBytes, totalBlocks: total, usedBlocks: used, availableBlocks: available, minFreeBlocks: minFree };
