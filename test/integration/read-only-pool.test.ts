@@ -73,6 +73,8 @@ describeRoot('pool on a read-only file system (real read-only bind mount)', () =
     expect((JSON.parse(ls.stdout) as { name: string }[]).map((l) => l.name).sort()).toEqual(expect.arrayContaining(['base', 'c1']));
     const img = (JSON.parse(ls.stdout) as { name: string; kind: string }[]).find((l) => l.kind === 'image')!;
     expect(dmfs(roPool(), 'inspect', 'c1').code).toBe(0);
+    const doctor = JSON.parse(dmfs(roPool(), 'doctor', '--json').stdout) as { checks: { id: string; status: string; detail: string }[] };
+    expect(doctor.checks.find((c) => c.id === 'root.space')).toMatchObject({ status: 'warn', detail: expect.stringMatching(/read-only file system/) });
     for (const args of [['check'], ['check', '--data']]) {
       const r = dmfs(roPool(), ...args, '--json');
       expect(r.code).toBe(0);

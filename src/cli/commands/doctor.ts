@@ -285,6 +285,14 @@ export function checkHostSpace(root: string, statfs: (dir: string) => { freeByte
   }
   const host = describeHostSpace(dir, s.freeBytes, s.totalBytes, 64 * 1024);
   const figures = `${formatBytes(s.freeBytes)} free of ${formatBytes(s.totalBytes)} at ${dir}`;
+  if (isReadOnlyFs(dir)) {
+    return {
+      ...base,
+      status: 'warn',
+      detail: `read-only file system: ${figures}`,
+      hint: 'only read-only commands work (info, ls, inspect, check, export); remount it read-write to change the pool',
+    };
+  }
   if (host.state === 'ok') return { ...base, status: 'ok', detail: figures, hint: null };
   return {
     ...base,
@@ -292,6 +300,15 @@ export function checkHostSpace(root: string, statfs: (dir: string) => { freeByte
     detail: `host file system ${host.state === 'full' ? 'full' : 'nearly full'}: ${figures}`,
     hint: host.advice,
   };
+}
+
+function isReadOnlyFs(dir: string): boolean {
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EROFS';
+  }
 }
 
 function statfsBytes(dir: string): { freeBytes: number; totalBytes: number } {
