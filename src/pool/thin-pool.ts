@@ -291,7 +291,7 @@ export class ThinPool {
           `the data ${sb.dataMode === 'loop' ? 'file' : 'device'} ${pool.dataPath} has ${dev.deviceBytes} bytes (${dev.deviceBlocks} blocks); ` +
             `the pool's metadata expects ${dev.expectedBytes} bytes and uses blocks up to ${dev.highestUsedBlock}: ${dev.usedBlocksBeyondEnd} used blocks are past its end. ` +
             `Restore the data file from a backup if you have one; otherwise 'dmfs check --repair --root ${paths.root}' grows it back, ` +
-            'and the data of the blocks past the end is lost (they read as zeros; check lists the files).',
+            'and the data of the blocks past the end is lost (check lists the files; reading them fails with EIO).',
         );
       }
       if (!readOnly) await pool.reclaimDeadOwners();
