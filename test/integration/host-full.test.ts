@@ -34,7 +34,11 @@ describeFuse('host file system full under a loop pool (real tmpfs, real dmfs mou
     root = path.join(host, 'pool');
     mnt = path.join(work, 'm');
     await dmfsOk('pool create --size 1G');
-    await dmfsOk('create ctr');
+    // An image layer below the container: overwriting part of its file copies a block up
+    // (copy_file_range in the data file), the third way a write can meet a full host.
+    await run(`mkdir -p ${work}/img && head -c 2097152 /dev/urandom > ${work}/img/lower`);
+    await dmfsOk(`import ${shq(work + '/img')} --name img`);
+    await dmfsOk('create ctr --from img');
     const m = JSON.parse(await dmfsOk(`mount ctr ${shq(mnt)} --json`)) as { pid: number };
     pid = m.pid;
   }, 600_000);
@@ -108,10 +112,16 @@ describeFuse('host file system full under a loop pool (real tmpfs, real dmfs mou
     pid = (JSON.parse(await dmfsOk(`mount ctr ${shq(mnt)} --json`)) as { pid: number }).pid;
     await sh(`dd if=/dev/zero of=${shq(host)}/hog bs=1M status=none; dd if=/dev/zero of=${shq(host)}/hog2 bs=4k status=none; true`);
     expect(Number((await run(`stat -f -c %a ${shq(host)}`)).trim())).toBe(0);
+    const copyUp = await sh(`dd if=/dev/urandom of=${mnt}/lower bs=4k count=1 seek=3 conv=notrunc,fsync status=none`);
+    expect(copyUp.code).not.toBe(0);
+    expect(copyUp.stderr).toMatch(/No space left on device/);
+    expect((await run(`sha256sum < ${mnt}/lower`)).trim()).toBe((await run(`sha256sum < ${work}/img/lower`)).trim());
     const data = await sh(`dd if=/dev/urandom of=${mnt}/hostfull-a bs=64k count=16 conv=fsync status=none`);
     expect(data.code).not.toBe(0);
     expect(data.stderr).toMatch(/No space left on device/);
     expect(await alive()).toBe(true);
+    // ENOSPC came from the host's own write into the data file, and the log says so.
+    expect(await run(`cat ${shq(root)}/run/*.log`)).toMatch(/writing the data file \S+ failed with ENOSPC/);
     // 32 KiB files live inline in the metadata: each commit takes metadata pages.
     const meta = await sh(`head -c 32768 /dev/urandom > ${work}/small; for i in $(seq 1 5000); do cp ${work}/small ${mnt}/small-$i 2>${work}/err || { echo $i; cat ${work}/err; exit 1; }; done; echo none`);
     // eslint-disable-next-line no-console
