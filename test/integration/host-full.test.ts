@@ -86,6 +86,7 @@ describeFuse('host file system full under a loop pool (real tmpfs, real dmfs mou
     const info = JSON.parse(await dmfsOk('info --json')) as { hostFilesystem: { state: string; freeBytes: number; advice: string } };
     expect(info.hostFilesystem.state).toBe('full');
     expect(info.hostFilesystem.advice).toMatch(/free space/i);
+    expect((await dmfsOk('info')).split('\n').find((l) => l.includes('Host Space Available'))).toMatch(/FULL: .*free space/i);
     const doctor = JSON.parse((await dmfs('doctor --json')).stdout) as { checks: { id: string; status: string; detail: string; hint: string | null }[] };
     const space = doctor.checks.find((c) => c.id === 'root.space');
     expect(space?.status).toBe('warn');

@@ -68,6 +68,7 @@ describeRoot('pool on a read-only file system (real read-only bind mount)', () =
     const info = dmfs(roPool(), 'info', '--json');
     expect(info.code).toBe(0);
     expect(JSON.parse(info.stdout)).toMatchObject({ readOnly: true });
+    expect(dmfs(roPool(), 'info').stdout).toMatch(/Read-only: +yes/);
     const ls = dmfs(roPool(), 'ls', '--json');
     expect(ls.code).toBe(0);
     expect((JSON.parse(ls.stdout) as { name: string }[]).map((l) => l.name).sort()).toEqual(expect.arrayContaining(['base', 'c1']));

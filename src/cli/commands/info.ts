@@ -36,6 +36,11 @@ export const command: Command = {
       ['Deferred Removal Enabled', String(info.deferredRemovalEnabled)],
       ['Deferred Deletion Enabled', String(info.deferredDeletionEnabled)],
       ['Deferred Deleted Device Count', String(info.deferredDeletedDeviceCount)],
+      ...(info.hostFilesystem
+        ? [['Host Space Available', `${formatBytes(info.hostFilesystem.freeBytes)} of ${formatBytes(info.hostFilesystem.totalBytes)} at ${info.hostFilesystem.path}` +
+            (info.hostFilesystem.state === 'ok' ? '' : ` (${info.hostFilesystem.state === 'full' ? 'FULL' : 'nearly full'}: ${info.hostFilesystem.advice})`)] as [string, string]]
+        : []),
+      ...(info.readOnly ? [['Read-only', 'yes: the pool is on a read-only file system (read-only commands only)'] as [string, string]] : []),
       ['Native Block Path', info.nativeBlockPath],
       ['Layers', `${info.layers.total} (base ${info.layers.base}, images ${info.layers.images}, containers ${info.layers.containers}, building ${info.layers.building})`],
     ];
