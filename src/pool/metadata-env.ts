@@ -286,6 +286,8 @@ export class MetadataEnv {
       this.headroomShortFlag = false;
     } catch (err) {
       if (isHostFullError(err)) this.headroomShortFlag = true;
+      // No fallocate here (missing tool, file system without it): stop trying every sync.
+      else this.reservedEndBytes = Number.MAX_SAFE_INTEGER;
     }
   }
 
