@@ -205,11 +205,11 @@ export class MetadataEnv {
       // No write map: with it, commits write dirty pages in place in the shared map and
       // data.mdb is a sparse file of the full map size, so on a full host file system the
       // first page the host cannot back kills the process with SIGBUS. pwrite instead
-      // fails with ENOSPC and the transaction rolls back. Measured cost (this VM, 3 runs
-      // each): a bare 3-put commit 12 -> 27 us; store operations 25-35% slower (mknod
-      // 85-97 -> 114-130 us, 4 KiB inline write 89-97 -> 105-136 us, 64 KiB block write
-      // 115-130 -> 142-172 us). A write map with fallocated headroom cannot bound the pages
-      // one large transaction touches, so it cannot promise "no SIGBUS ever".
+      // fails with ENOSPC and the transaction rolls back. Measured cost (bench/writemap-cost.js,
+      // 2 shared cores, noisy): a bare 3-put commit 12 -> 27 us; store operations mostly
+      // 25-50% slower (mknod 81-107 -> 114-133 us, 64 KiB block write 112-139 -> 142-199 us).
+      // A write map with fallocated headroom cannot bound the pages one large transaction
+      // touches, so it cannot promise "no SIGBUS ever".
       useWritemap: false,
     });
     const env = new MetadataEnv(root, dir, readOnly);
