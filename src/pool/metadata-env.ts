@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { dmfsError } from '../errors';
+import { proveMetadataSound } from './metadata-verify';
 
 /**
  * On-disk format of the metadata environment, kept in a file beside it (readable without
@@ -96,6 +97,9 @@ export class MetadataEnv {
         );
       }
     }
+    // liblmdb trusts every page it maps (a damaged one is a segfault, or data read as a hole):
+    // prove the file's structure sound before it does (throws METADATA_CORRUPT).
+    if (!opts.create) proveMetadataSound(dir);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (opts.create) fs.writeFileSync(marker, METADATA_FORMAT + '\n', { mode: 0o600 });
     const root = open<Buffer, Key>({
