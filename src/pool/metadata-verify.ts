@@ -78,7 +78,7 @@ const MAX_DEPTH = 64;
 export interface MetadataDamage {
   /** Page number, or null when the damage is not one page's (file size, counts). */
   pgno: number | null;
-  /** 'meta', 'free', 'main', a named database's name, or 'file'. */
+  /** 'meta', 'free-list' (LMDB's free DB), 'main', a named database's name, or 'file'. */
   db: string;
   message: string;
   /**
@@ -115,6 +115,12 @@ export interface MetadataVerifyReport {
   /** Named databases found in the main DB. */
   databases: string[];
   elapsedMs: number;
+  /**
+   * With `{ roles: true }`: per page of [0, lastPgno], what holds it: 'meta', '<db>'
+   * (live snapshot), '<db> overflow' (continuation pages of a value), 'previous <db>',
+   * 'free page', or 'unused' (neither; past last_pg is not listed).
+   */
+  roles?: string[];
 }
 
 /** Limits the report; the walk stops adding damage (not validating) past it. */
@@ -256,24 +262,26 @@ function guessPageSize(fd: number): number {
  * limit), without opening it with liblmdb. Never throws for damage: only for an
  * unreadable file (the caller's open fails anyway).
  */
-export function verifyMetadataFile(file: string): MetadataVerifyReport {
+export function verifyMetadataFile(file: string, opts: { roles?: boolean } = {}): MetadataVerifyReport {
   const t0 = process.hrtime.bigint();
   const fd = fs.openSync(file, 'r');
   try {
-    return walk(fd, t0);
+    return walk(fd, t0, Boolean(opts.roles));
   } finally {
     fs.closeSync(fd);
   }
 }
 
-function walk(fd: number, t0: bigint): MetadataVerifyReport {
+function walk(fd: number, t0: bigint, wantRoles: boolean): MetadataVerifyReport {
   const damage: MetadataDamage[] = [];
   let scope: MetadataDamage['scope'] = 'live';
   const add = (pgno: number | null, db: string, message: string) => {
     if (damage.length < MAX_DAMAGE) damage.push({ pgno, db, message, scope });
   };
   let ps = guessPageSize(fd);
+  let roles: string[] | null = null;
   const finish = (metas: MetaInfo[], liveMeta: number | null, lastPgno: number, visited: number, databases: string[]): MetadataVerifyReport => ({
+    ...(roles ? { roles } : {}),
     openable: !damage.some((d) => d.scope === 'live'),
     sound: damage.length === 0,
     damage,
@@ -314,6 +322,11 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
   /** Per page of [0, lastPgno]: 0 unseen, 1 proved in use by the live snapshot, 2 proved in the previous one, 3 listed free (live). */
   const state = new Uint8Array(lastPgno + 1);
   state[0] = state[1] = 1;
+  roles = wantRoles ? new Array<string>(lastPgno + 1).fill('unused') : null;
+  if (roles) roles[0] = roles[1] = 'meta';
+  const role = (pgno: number, db: string, mark: number, overflow = false) => {
+    if (roles) roles[pgno] = `${mark === 2 ? 'previous ' : ''}${db}${overflow ? ' overflow' : ''}`;
+  };
   let visited = 0;
   const databases: string[] = [];
 
@@ -367,6 +380,7 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
           return;
         }
         state[pgno] = mark;
+        role(pgno, name, mark);
         visited++;
         const hdrPgno = u64(page, 0);
         const txnid = u64(page, 8);
@@ -531,7 +545,10 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
             add(first, name, `page txnid ${txnid} is newer than the snapshot's ${snapTxn}`);
             return null;
           }
-          for (let p = first; p < first + nPages; p++) state[p] = mark;
+          for (let p = first; p < first + nPages; p++) {
+            state[p] = mark;
+            role(p, name, mark, p !== first);
+          }
         }
         counts.overflow += BigInt(nPages);
         if (!wantValues) return EMPTY;
@@ -565,21 +582,21 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
     };
 
     // Free DB: [txnid u64] -> IDL (count u64, then count page numbers u64).
-    walkTree('free', m.free, (key, nflags, value, pgno) => {
+    walkTree('free-list', m.free, (key, nflags, value, pgno) => {
       if (key.length !== 8 || nflags & (F_SUBDATA | F_DUPDATA)) {
-        add(pgno, 'free', `free-list record key of ${key.length} bytes or flags 0x${nflags.toString(16)} is malformed`);
+        add(pgno, 'free-list', `free-list record key of ${key.length} bytes or flags 0x${nflags.toString(16)} is malformed`);
         return;
       }
       const freedBy = key.readBigUInt64LE(0);
-      if (freedBy > snapTxn) add(pgno, 'free', `free-list record of txn ${freedBy} is newer than the snapshot's ${snapTxn}`);
+      if (freedBy > snapTxn) add(pgno, 'free-list', `free-list record of txn ${freedBy} is newer than the snapshot's ${snapTxn}`);
       if (!value || value.length < 8 || value.length % 8 !== 0 || value.readBigUInt64LE(0) !== BigInt(value.length / 8 - 1)) {
-        add(pgno, 'free', `free-list record of txn ${freedBy} has a malformed page list`);
+        add(pgno, 'free-list', `free-list record of txn ${freedBy} has a malformed page list`);
         return;
       }
       for (let at = 8; at < value.length; at += 8) {
         const p = value.readBigUInt64LE(at);
         if (!inRange(p)) {
-          add(pgno, 'free', `free-list record of txn ${freedBy} lists page ${p}, outside [2, ${snapLast}]`);
+          add(pgno, 'free-list', `free-list record of txn ${freedBy} lists page ${p}, outside [2, ${snapLast}]`);
           return;
         }
         freeListed.push(Number(p));
@@ -600,9 +617,12 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
       // Every page of [2, last_pg] is in use or free, never both (liblmdb would hand a
       // live page out again, or lose the page).
       for (const p of freeListed) {
-        if (state[p] === 1) add(p, 'free', 'page is listed free but is in use');
-        else if (state[p] === 3) add(p, 'free', 'page is listed free twice');
-        else state[p] = 3;
+        if (state[p] === 1) add(p, 'free-list', 'page is listed free but is in use');
+        else if (state[p] === 3) add(p, 'free-list', 'page is listed free twice');
+        else {
+          state[p] = 3;
+          if (roles) roles[p] = 'free page';
+        }
       }
     }
   };
@@ -614,7 +634,7 @@ function walk(fd: number, t0: bigint): MetadataVerifyReport {
       const lost: number[] = [];
       for (let p = 2; p <= liveLast; p++) if (state[p] === 0) lost.push(p);
       scope = 'space';
-      if (lost.length) add(lost[0], 'free', `${lost.length} page(s) neither in use nor free, from page ${lost[0]} (a leak of metadata pages)`);
+      if (lost.length) add(lost[0], 'free-list', `${lost.length} page(s) neither in use nor free, from page ${lost[0]} (a leak of metadata pages)`);
     }
     if (order.length === 2) {
       scope = 'previous';
@@ -714,6 +734,17 @@ function writeStamp(dir: string, stamp: Stamp): void {
   }
 }
 
+/** The walk that let this process open each metadata directory, when it found harmless damage. */
+const reportsAtOpen = new Map<string, MetadataVerifyReport>();
+
+/**
+ * Damage the walk before the open found in `dir` and let pass (previous snapshot, leaked
+ * pages): the open's own commits may have overwritten it since, but check reports it.
+ */
+export function damageSeenAtOpen(dir: string): MetadataDamage[] {
+  return reportsAtOpen.get(dir)?.damage ?? [];
+}
+
 /** One line per damage, the first `max` of them. */
 export function describeDamage(report: MetadataVerifyReport, max = 5): string {
   const lines = report.damage.slice(0, max).map((d) => `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}): ${d.message}`);
@@ -762,6 +793,8 @@ export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = proce
       { cause: report },
     );
   }
+  if (report.damage.length) reportsAtOpen.set(dir, report);
+  else reportsAtOpen.delete(dir);
   const after = currentStamp(file);
   if (sameStamp(before, after)) writeStamp(dir, after);
   return report;

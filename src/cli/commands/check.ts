@@ -1,5 +1,6 @@
 import type { Command } from '../command';
 import { printJson, withPool } from '../output';
+import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
 export const command: Command = {
   name: 'check',
@@ -13,6 +14,7 @@ export const command: Command = {
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
+    requireFullMetadataVerify(); // wt-mdverify: walk data.mdb before LMDB opens it, whatever its stamp
     const report = await withPool(ctx, (pool) => pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) }));
     if (ctx.json) printJson(ctx, report);
     else {
