@@ -46,7 +46,7 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     if (isDmfsError(err)) throw err;
     // lmdb (MDB_PAGE_NOTFOUND, MDB_CORRUPTED, ...) or a record of an unexpected shape: the
     // metadata is damaged in a way the walk before the open did not see.
-    const root = path.dirname(pool.env.dir);
+    const root = pool.paths.root;
     throw dmfsError(
       'METADATA_CORRUPT',
       `reading the pool metadata failed: ${(err as Error)?.message ?? String(err)}. ` +
