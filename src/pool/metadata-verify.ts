@@ -650,7 +650,8 @@ function walk(fd: number, t0: bigint, wantRoles: boolean): MetadataVerifyReport 
  * 'full': walk the file at every open (check, mount: long-lived or there to find damage).
  * 'stamp': skip the walk when the file is unchanged since a walk proved it (same inode,
  * size, mtime, ctime and both meta txnids, see STAMP_FILE); any write, by dmfs or anything
- * else, changes at least one of them.
+ * else, changes at least one of them. A stamp is written after each walk that let the file
+ * open, and at the exit of a 'stamp' process that proved the file (restampAtExit).
  */
 export type MetadataVerifyMode = 'full' | 'stamp';
 
@@ -745,6 +746,30 @@ export function damageSeenAtOpen(dir: string): MetadataDamage[] {
   return reportsAtOpen.get(dir)?.damage ?? [];
 }
 
+const restampArmed = new Set<string>();
+
+/**
+ * Every dmfs command commits (if only its pool-owner record), so a stamp taken at open is
+ * stale at exit and the next command would walk again. A short command that proved the
+ * file at open and exits 0 stamps what it leaves: since the proof, only liblmdb commits
+ * (its own, or another dmfs process's) changed the file. Not done in 'full' processes
+ * (mount, check): a mount lives for hours, long enough for damage from outside to land.
+ * The price: damage from outside that lands while such a short command runs is not seen
+ * until the next check or mount.
+ */
+function restampAtExit(dir: string): void {
+  if (restampArmed.has(dir)) return;
+  restampArmed.add(dir);
+  process.once('exit', (code) => {
+    if (code !== 0 || processMode !== 'stamp') return;
+    try {
+      writeStamp(dir, currentStamp(`${dir}/data.mdb`));
+    } catch {
+      // The pool was destroyed, or its directory is unreadable: nothing to stamp.
+    }
+  });
+}
+
 /** One line per damage, the first `max` of them. */
 export function describeDamage(report: MetadataVerifyReport, max = 5): string {
   const lines = report.damage.slice(0, max).map((d) => `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}): ${d.message}`);
@@ -779,7 +804,10 @@ export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = proce
   const before = currentStamp(file);
   if (mode === 'stamp') {
     const stamp = readStamp(dir);
-    if (stamp && sameStamp(stamp, before)) return null;
+    if (stamp && sameStamp(stamp, before)) {
+      restampAtExit(dir);
+      return null;
+    }
   }
   const report = verifyMetadataStable(file);
   if (!report.openable) {
@@ -797,5 +825,6 @@ export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = proce
   else reportsAtOpen.delete(dir);
   const after = currentStamp(file);
   if (sameStamp(before, after)) writeStamp(dir, after);
+  if (mode === 'stamp') restampAtExit(dir);
   return report;
 }
