@@ -225,7 +225,7 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
   // With damaged maps, an unreferenced block may belong to an entry that can't be read:
   // it is reported apart and never freed (its owner can't be known; a backup may know it).
   const suspect = mapDamaged ? leaked.splice(0) : [];
-  for (const b of suspect.slice(0, 20)) report('POSSIBLY_REFERENCED', `data block ${b} is marked used and no readable map entry references it; damaged metadata may (not freed)`);
+  for (const b of suspect.slice(0, 20)) report('POSSIBLY_REFERENCED', `data block ${b} is marked used and no readable map entry references it; damaged metadata may reference it (kept, not freed)`);
   if (suspect.length > 20) report('POSSIBLY_REFERENCED', `${suspect.length - 20} more blocks possibly referenced by damaged metadata (not freed)`);
   for (const b of leaked.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it`, repair);
   if (leaked.length > 20) report('LEAKED_BLOCK', `${leaked.length - 20} more leaked blocks`, repair);
