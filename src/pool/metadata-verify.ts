@@ -307,6 +307,11 @@ function walk(fd: number, t0: bigint, wantRoles: boolean): MetadataVerifyReport 
   }
   const metas = metaPages.map((p, i) => readMeta(p, i)!);
   for (const m of metas) for (const p of m.problems) add(m.meta.pgno, 'meta', p);
+  // With MDB_OVERLAPPINGSYNC, liblmdb also keeps a "flushed" meta in the second half of page
+  // 0 and may pick it by txnid alone. dmfs opens without it (noSync), so that half must be
+  // zeros: anything else is either damage or a layout this walk does not prove.
+  const half = metaPages[0].subarray(ps >> 1);
+  if (half.some((b) => b !== 0)) add(0, 'meta', `the second half of meta page 0 is not empty (an overlapping-sync meta copy, or damage); this dmfs opens LMDB without overlappingSync`);
   // liblmdb picks the higher txnid without validating (mdb_env_pick_meta): a damaged meta
   // page with a high txnid would be opened. Any damaged meta page makes the file unopenable.
   const liveIdx = metas[1].meta.txnid > metas[0].meta.txnid ? 1 : 0;

@@ -71,6 +71,10 @@ test('a damaged meta page: not openable, named, even when the other is sound', (
     expect(r.openable).toBe(false);
     expect(r.damage).toEqual([expect.objectContaining({ pgno: m, db: 'meta', scope: 'live' })]);
   }
+  // The second half of page 0 is where an overlapping-sync meta copy would be, which LMDB may pick.
+  const half = verify(copyWith((f) => f.writeUInt32LE(0xbeefc0de, PS / 2 + 24)));
+  expect(half.openable).toBe(false);
+  expect(half.damage).toEqual([expect.objectContaining({ pgno: 0, db: 'meta', message: expect.stringMatching(/second half of meta page 0/) })]);
   // The older meta claims a higher txnid and a last page past the file: LMDB would pick it.
   const older = 1 - liveMetaPgno();
   const r = verify(copyWith((f) => {
