@@ -1,9 +1,14 @@
 import { Pool } from '../api';
+import type { ThinPoolOpenOptions } from '../pool/thin-pool';
 import type { CommandContext } from './command';
 
 /** Opens the pool at ctx.root for the duration of fn, closing it whatever happens. */
-export async function withPool<T>(ctx: CommandContext, fn: (pool: Pool) => Promise<T>): Promise<T> {
-  const pool = await Pool.open(ctx.root);
+export async function withPool<T>(
+  ctx: CommandContext,
+  fn: (pool: Pool) => Promise<T>,
+  openOptions: ThinPoolOpenOptions = {},
+): Promise<T> {
+  const pool = await Pool.open(ctx.root, openOptions);
   try {
     return await fn(pool);
   } finally {

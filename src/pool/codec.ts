@@ -20,7 +20,10 @@ export function packUint48(n: number): Buffer {
 }
 
 export function unpackUint48(raw: Buffer | undefined): number {
-  return raw ? raw.readUIntLE(0, 6) : 0;
+  if (!raw) return 0;
+  // Bare counters carry no CRC: a value of the wrong length is damage, not a RangeError.
+  if (raw.length !== 6) throw dmfsError('METADATA_CORRUPT', `metadata counter of ${raw.length} bytes, not 6`);
+  return raw.readUIntLE(0, 6);
 }
 
 export function packRecord(value: unknown): Buffer {

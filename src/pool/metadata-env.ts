@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { DmfsError, dmfsError } from '../errors';
+import { proveMetadataSound } from './metadata-verify';
 
 /**
  * On-disk format of the metadata environment, kept in a file beside it (readable without
@@ -192,6 +193,9 @@ export class MetadataEnv {
       if (found === null) checkLmdbHeader(dir);
       markerOk = found !== null;
     }
+    // liblmdb trusts every page it maps (a damaged one is a segfault, or data read as a hole):
+    // prove the file's structure sound before it does (throws METADATA_CORRUPT).
+    if (!opts.create) proveMetadataSound(dir);
     if (!readOnly) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (opts.create) fs.writeFileSync(marker, METADATA_FORMAT + '\n', { mode: 0o600 });
     const root = open<Buffer, Key>({

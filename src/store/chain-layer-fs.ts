@@ -26,6 +26,8 @@ interface BlockRead {
 export const ROOT_INO: Ino = 1;
 /** Entries of each lower-segment cache of an open layer. */
 const LOWER_CACHE_ENTRIES = 16384;
+/** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
+const INTACT_MAPS_MAX = 65536;
 const NAME_MAX_BYTES = 255;
 const XATTR_NAME_MAX_BYTES = 255;
 const XATTR_VALUE_MAX_BYTES = 64 * 1024;
@@ -132,6 +134,8 @@ export class ChainLayerFs implements LayerFs {
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
   private readonly lowerUsageBytes: number;
   private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
+  /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
+  private readonly intactMaps = new Set<string>();
   /**
    * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
    * read them whole: partial reads of them read only what they need. Per-sector blocks
@@ -776,14 +780,52 @@ export class ChainLayerFs implements LayerFs {
 
   // ---- data --------------------------------------------------------------------
 
-  /** The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts. */
+  /**
+   * The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts.
+   * null is a hole, proved one: see assertNoLostEntries.
+   */
   private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
-    for (const { level, rec } of this.inodeChain(ino)) {
+    const chain = this.inodeChain(ino);
+    for (let i = 0; i < chain.length; i++) {
+      const { level, rec } = chain[i];
       const raw = this.t.bmap.get(bmapKey(this.segs[level], ino, idx));
       if (raw) return { ref: unpackBlockRef(raw), level };
-      if (idx >= rec.inherit) return null;
+      if (idx >= rec.inherit) {
+        this.assertNoLostEntries(ino, idx, chain, i + 1);
+        return null;
+      }
     }
+    this.assertNoLostEntries(ino, idx, chain, chain.length);
     return null;
+  }
+
+  /**
+   * A hole must not be a lost block-map entry (a damaged key or page makes the entry
+   * vanish, and the block would read as zeros). Each segment's inode record counts its
+   * entries (`mapped`): the first hole looked up in an inode counts the entries of each
+   * segment consulted, chain[0, upTo), once; a segment short of its count is
+   * METADATA_CORRUPT (EIO), never zeros. Proved counts stay proved: lower segments never
+   * change, and this layer's own writes change entries and count together.
+   */
+  private assertNoLostEntries(ino: Ino, idx: number, chain: InodeInChain[], upTo: number): void {
+    for (let i = 0; i < upTo; i++) {
+      const { level, rec } = chain[i];
+      if (rec.mapped === undefined) continue; // written before the count existed
+      const seg = this.segs[level];
+      const key = `${seg}:${ino}`;
+      if (this.intactMaps.has(key)) continue;
+      const held = this.countMapped(seg, ino, Infinity);
+      if (held < rec.mapped) {
+        const root = this.pool.paths.root;
+        throw dmfsError(
+          'METADATA_CORRUPT',
+          `inode ${ino} of layer ${this.layerName}: its record counts ${rec.mapped} block-map entries in segment ${seg}, the map holds ${held}, ` +
+            `so file block ${idx} may be a lost entry and is not read as zeros. Run 'dmfs check --root ${root}', then 'dmfs check --repair --from-backup --root ${root}'`,
+        );
+      }
+      if (this.intactMaps.size >= INTACT_MAPS_MAX) this.intactMaps.clear();
+      this.intactMaps.add(key);
+    }
   }
 
   async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {

@@ -1,4 +1,7 @@
+import * as path from 'node:path';
+import { dmfsError, isDmfsError } from '../errors';
 import { asDataBlock } from '../pool/block-address';
+import { damageSeenAtOpen, verifyMetadataStable, type MetadataDamage } from '../pool/metadata-verify';
 import type { ThinPool } from '../pool/thin-pool';
 import { openStoreTables } from './chain-layer-fs';
 import {
@@ -37,11 +40,46 @@ export interface CheckReport {
  * CRC-32Cs (per sector, or one for the whole block on refs written before sectors).
  */
 export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+  try {
+    return await checkPoolInner(pool, opts);
+  } catch (err) {
+    if (isDmfsError(err)) throw err;
+    // lmdb (MDB_PAGE_NOTFOUND, MDB_CORRUPTED, ...) or a record of an unexpected shape: the
+    // metadata is damaged in a way the walk before the open did not see.
+    const root = pool.paths.root;
+    throw dmfsError(
+      'METADATA_CORRUPT',
+      `reading the pool metadata failed: ${(err as Error)?.message ?? String(err)}. ` +
+        `Restore the last metadata backup: dmfs check --repair --from-backup --root ${root}`,
+      err,
+    );
+  }
+}
+
+async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: boolean }): Promise<CheckReport> {
   const t = openStoreTables(pool);
   const problems: CheckProblem[] = [];
   const repair = Boolean(opts.repair);
   const report = (kind: string, message: string, repaired = false) => problems.push({ kind, message, repaired });
   const lostBlocks = checkDataDeviceSize(pool, t, repair, report);
+
+  // The LMDB file's structure, page by page (MetadataEnv.open refused damage in what LMDB
+  // reads; what remains to report is damage in the previous snapshot and leaked pages).
+  const md = verifyMetadataStable(path.join(pool.env.dir, 'data.mdb'));
+  const seen = new Set<string>();
+  const damage: MetadataDamage[] = [];
+  for (const d of [...damageSeenAtOpen(pool.env.dir), ...md.damage]) {
+    const k = `${d.pgno}:${d.db}:${d.message}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    damage.push(d);
+  }
+  for (const d of damage) {
+    const where = `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}${d.scope === 'previous' ? ', previous snapshot' : ''})`;
+    report(d.scope === 'space' ? 'METADATA_PAGES_LEAKED' : 'METADATA_PAGE', `metadata ${where}: ${d.message}`);
+  }
+  /** Some block-map entry or inode may be unreadable: unreferenced blocks may still be someone's. */
+  let mapDamaged = md.damage.some((d) => d.scope === 'live');
 
   const layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].flatMap(({ key, value }) => {
     try {
@@ -73,8 +111,12 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   const badKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
   let mappedBlocks = 0;
   const dataChecks: { where: string; ref: DataRef }[] = [];
+  /** Block-map entries per `${segment}:${ino}`, readable or not: the inode records' `mapped` must match. */
+  const mapEntries = new Map<string, number>();
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
-    const [seg] = key as number[];
+    const [seg, entryIno] = key as number[];
+    const inoKey = `${seg}:${entryIno}`;
+    mapEntries.set(inoKey, (mapEntries.get(inoKey) ?? 0) + 1);
     if (!segments.has(seg)) {
       report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer`, repair);
       badKeys.push({ table: 'bmap', key });
@@ -85,6 +127,7 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
       ref = unpackBlockRef(value);
     } catch (err) {
       report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`);
+      mapDamaged = true;
       continue;
     }
     const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
@@ -130,11 +173,22 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
       badKeys.push({ table: 'inodes', key });
       continue;
     }
+    let rec;
     try {
-      unpackInode(value);
+      rec = unpackInode(value);
     } catch (err) {
       report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`);
+      mapDamaged = true;
       continue;
+    }
+    const held = mapEntries.get(`${seg}:${ino}`) ?? 0;
+    if (rec.mapped !== undefined && rec.mapped !== held) {
+      // Fewer: entries were lost (a damaged key or page), their blocks look unreferenced.
+      report(
+        held < rec.mapped ? 'MAP_ENTRIES_LOST' : 'MAP_COUNT_MISMATCH',
+        `inode ${ino} in layer ${layers.find((l) => l.segment === seg)?.name ?? seg} records ${rec.mapped} block-map entries, the map holds ${held}`,
+      );
+      mapDamaged = true;
     }
     nrInodes++;
     inodeKeys.add(`${seg}:${ino}`);
@@ -170,6 +224,11 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     usedBlocks++;
     if (!referenced.has(b) && !reserved.has(b)) leaked.push(b);
   }
+  // With damaged maps, an unreferenced block may belong to an entry that can't be read:
+  // it is reported apart and never freed (its owner can't be known; a backup may know it).
+  const suspect = mapDamaged ? leaked.splice(0) : [];
+  for (const b of suspect.slice(0, 20)) report('POSSIBLY_REFERENCED', `data block ${b} is marked used and no readable map entry references it; damaged metadata may reference it (kept, not freed)`);
+  if (suspect.length > 20) report('POSSIBLY_REFERENCED', `${suspect.length - 20} more blocks possibly referenced by damaged metadata (not freed)`);
   for (const b of leaked.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it`, repair);
   if (leaked.length > 20) report('LEAKED_BLOCK', `${leaked.length - 20} more leaked blocks`, repair);
   const unmarked = [...referenced].filter((b) => !pool.isBlockUsed(b as never));
@@ -192,7 +251,7 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     pool.txn(() => {
       for (const { table, key } of badKeys) t[table].del(key as never);
     });
-    if (leaked.length || unmarked.length) pool.repairSpaceMap(referenced);
+    if (leaked.length || unmarked.length) pool.repairSpaceMap(suspect.length ? new Set([...referenced, ...suspect]) : referenced);
     await pool.sync();
   }
 

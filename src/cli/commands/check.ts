@@ -1,6 +1,6 @@
 import type { Command } from '../command';
-import { Pool } from '../../api';
-import { printJson } from '../output';
+import { printJson, withPool } from '../output';
+import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
 export const command: Command = {
   name: 'check',
@@ -14,14 +14,13 @@ export const command: Command = {
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
-    // (wt-hostenv) check opens a pool whose data device is short, to report and repair it.
-    const pool = await Pool.open(ctx.root, { allowShortDataDevice: true });
-    let report;
-    try {
-      report = await pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) });
-    } finally {
-      await pool.close();
-    }
+    requireFullMetadataVerify(); // walk data.mdb before LMDB opens it, whatever its stamp
+    // A pool whose data device is short opens here, to be reported and repaired.
+    const report = await withPool(
+      ctx,
+      (pool) => pool.check({ repair: Boolean(ctx.opts.repair), data: Boolean(ctx.opts.data) }),
+      { allowShortDataDevice: true },
+    );
     if (ctx.json) printJson(ctx, report);
     else {
       const s = report.stats;

@@ -20,6 +20,7 @@ import {
 import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
 import type { Command, CommandContext } from '../command';
+import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
 /** What the daemon needs to serve one mount; crosses the process boundary as JSON. */
 export interface MountSpec {
@@ -71,6 +72,7 @@ export async function prepareMountpoint(mountpoint: string, runDir: string): Pro
  */
 export async function serveMount(spec: MountSpec, hooks: { log: (line: string) => void; onReady: (r: MountResult) => void | Promise<void>; logFile: string | null; recovered: boolean }): Promise<StopResult> {
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
+  requireFullMetadataVerify(); // wt-mdverify: a mount lives long; walk data.mdb before LMDB opens it
   const pool = await Pool.open(spec.root);
   let result: StopResult | null = null;
   // Kept until the exit record is written: `dmfs umount` sends SIGTERM right after the
