@@ -8,7 +8,7 @@ import {
 import { ThinPool, type Superblock } from './pool/thin-pool';
 import type { LayerInfo, LayerStore } from './store/layer-store';
 import { ThinLayerStore } from './store/thin-layer-store';
-import { checkPool, type CheckReport } from './store/check';
+import { checkPool, type CheckOptions, type CheckReport } from './store/check';
 
 export interface PoolCreateOptions {
   root: string;
@@ -164,8 +164,8 @@ export class Pool {
     return { oldBytes: r.oldBlocks * this.thinPool.blockSizeBytes, newBytes: r.newBlocks * this.thinPool.blockSizeBytes };
   }
 
-  /** Consistency check (like thin_check); with repair, fixes what can be fixed. */
-  async check(opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+  /** Consistency check (like thin_check); with repair, fixes what can be fixed without losing data (see checkPool). */
+  async check(opts: CheckOptions = {}): Promise<CheckReport> {
     return checkPool(this.thinPool, opts);
   }
 

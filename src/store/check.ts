@@ -1,5 +1,7 @@
 import { asDataBlock } from '../pool/block-address';
+import type { BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
+import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './chain-layer-fs';
 import {
   blockContentMatches, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
@@ -13,9 +15,30 @@ export interface CheckProblem {
   repaired: boolean;
 }
 
+/** Files whose data repair keeps because dropping it needs --force (see checkPool). */
+export interface ProtectedFile {
+  layer: string;
+  path: string;
+  /** Data blocks of the file the live metadata no longer maps (by data-device block number). */
+  blocks: number[];
+  /** The backup that still maps them; absent when the owner is only inferred from damaged records. */
+  backup?: string;
+}
+
 export interface CheckReport {
   ok: boolean;
   problems: CheckProblem[];
+  /**
+   * Data that repair would drop only with --force: unmapped blocks a metadata backup still
+   * maps, and files whose records are damaged (their blocks' owner is unknown).
+   */
+  protectedFiles: ProtectedFile[];
+  /** Unmapped blocks kept because damaged block-map records may own them (no backup names them). */
+  unknownOwnerBlocks: number;
+  /** With repair: what a fresh check finds after the repair (empty = clean). */
+  remaining?: CheckProblem[];
+  /** Metadata backups available for --from-backup. */
+  backups: number;
   stats: {
     layers: number;
     segments: number;
@@ -27,26 +50,65 @@ export interface CheckReport {
   };
 }
 
+export interface CheckOptions {
+  repair?: boolean;
+  data?: boolean;
+  /** With repair: also drop data that is still referenced (by a backup or a damaged record). */
+  force?: boolean;
+  /** Backups whose references protect unmapped blocks (default: the pool's own, newest first). */
+  backups?: readonly BackupInfo[];
+}
+
 /**
  * Verifies metadata against itself and the space map (like thin_check): every mapped
  * block in range, used, and mapped once; no used block unreferenced (leak); usage
  * counters equal to the maps; parent chains valid; no records of unknown segments; no
- * directory entry pointing at a missing inode; every record decodes. With `repair`,
- * fixes the space map and counters and drops unreachable records, and says so.
- * With `data`, also reads every mapped data block whole and checks it against its
- * CRC-32Cs (per sector, or one for the whole block on refs written before sectors).
+ * directory entry pointing at a missing inode; every record decodes. With `data`, also
+ * reads every mapped data block whole and checks it against its CRC-32Cs (per sector, or
+ * one for the whole block on refs written before sectors).
+ *
+ * With `repair`, fixes the space map and counters and drops records nothing can reach,
+ * and says so — but never drops data something may still own unless `force`:
+ * - an unmapped ("leaked") block that a metadata backup maps is kept, and the file it
+ *   belongs to (layer + path, from the backup) is named in `protectedFiles`;
+ * - while any block-map or layer record is damaged, no unmapped block is freed: its owner
+ *   may be the damaged record (the files with damaged records are named);
+ * - records of unknown segments keep their blocks (their layer record may be the damaged one);
+ * - a directory entry leading to a damaged inode is not "dangling".
+ * With `force` those are dropped as well (records that do not decode are deleted).
+ * A repair ends with a fresh check (`remaining`): what it could not fix, and why.
  */
-export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+export async function checkPool(pool: ThinPool, opts: CheckOptions = {}): Promise<CheckReport> {
+  const report = await checkOnce(pool, opts);
+  if (opts.repair) {
+    const after = await checkOnce(pool, { backups: opts.backups });
+    report.remaining = after.problems;
+    report.ok = after.ok;
+    report.protectedFiles = after.protectedFiles;
+    report.unknownOwnerBlocks = after.unknownOwnerBlocks;
+  }
+  return report;
+}
+
+async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckReport> {
   const t = openStoreTables(pool);
   const problems: CheckProblem[] = [];
   const repair = Boolean(opts.repair);
+  const force = repair && Boolean(opts.force);
+  const backups = opts.backups ?? pool.listBackups();
   const report = (kind: string, message: string, repaired = false) => problems.push({ kind, message, repaired });
+  // Records that do not decode: their keys still say where they belong.
+  const corruptKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
+  const corruptBmapFiles = new Map<string, { seg: number; ino: number; entries: number }>();
+  const corruptInos = new Set<number>();
+  let corruptLayers = 0;
 
   const layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].flatMap(({ key, value }) => {
     try {
       return [unpackLayer(value)];
     } catch (err) {
-      report('CORRUPT_RECORD', `layer record ${String(key)}: ${(err as Error).message}`);
+      corruptLayers++;
+      report('CORRUPT_RECORD', `layer record ${String(key)}: ${(err as Error).message}; only 'dmfs check --repair --from-backup' can bring it back`);
       return [];
     }
   });
@@ -72,18 +134,28 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   const badKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
   let mappedBlocks = 0;
   const dataChecks: { where: string; ref: DataRef }[] = [];
+  let unknownSegmentEntries = 0;
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
-    const [seg] = key as number[];
-    if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer`, repair);
-      badKeys.push({ table: 'bmap', key });
-      continue;
-    }
+    const [seg, ino] = key as number[];
     let ref;
     try {
       ref = unpackBlockRef(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'bmap', key });
+      const f = corruptBmapFiles.get(`${seg}:${ino}`) ?? { seg, ino, entries: 0 };
+      f.entries++;
+      corruptBmapFiles.set(`${seg}:${ino}`, f);
+      continue;
+    }
+    if (!segments.has(seg)) {
+      // Its layer record may be the damaged one: the entry still owns its block unless forced.
+      unknownSegmentEntries++;
+      if (unknownSegmentEntries <= 20) {
+        report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      }
+      if (force) badKeys.push({ table: 'bmap', key });
+      else if (isDataRef(ref) && ref.block >= 0 && ref.block < pool.superblock.nrBlocks) referenced.add(ref.block);
       continue;
     }
     const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
@@ -124,14 +196,16 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   for (const { key, value } of t.inodes.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer`, repair);
-      badKeys.push({ table: 'inodes', key });
+      report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (force) badKeys.push({ table: 'inodes', key });
       continue;
     }
     try {
       unpackInode(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'inodes', key });
+      corruptInos.add(ino);
       continue;
     }
     nrInodes++;
@@ -142,19 +216,21 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   for (const { key, value } of t.dirents.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, dirIno, name] = key as [number, number, string];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer`, repair);
-      badKeys.push({ table: 'dirents', key });
+      report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (force) badKeys.push({ table: 'dirents', key });
       continue;
     }
     let d;
     try {
       d = unpackDirent(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `directory entry ${seg}:${dirIno}:${name}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `directory entry ${seg}:${dirIno}:${name}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'dirents', key });
       continue;
     }
     nrEntries++;
-    if (!isWhiteout(d) && !inos.has(d.ino)) {
+    // An entry leading to a damaged inode names a file that still exists: not dangling (unless --force drops the inode).
+    if (!isWhiteout(d) && !inos.has(d.ino) && (force || !corruptInos.has(d.ino))) {
       report('DANGLING_ENTRY', `entry '${name}' in directory ${dirIno} (segment ${seg}) points at missing inode ${d.ino}`, repair);
       badKeys.push({ table: 'dirents', key });
     }
@@ -168,8 +244,47 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     usedBlocks++;
     if (!referenced.has(b) && !reserved.has(b)) leaked.push(b);
   }
-  for (const b of leaked.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it`, repair);
-  if (leaked.length > 20) report('LEAKED_BLOCK', `${leaked.length - 20} more leaked blocks`, repair);
+
+  // Unmapped blocks something may still own: kept unless --force (see the doc comment).
+  const protectedFiles: ProtectedFile[] = [];
+  const kept = new Set<number>();
+  let unknownOwnerBlocks = 0;
+  if (leaked.length) {
+    const { owners } = await backupOwnersOf(backups, new Set(leaked));
+    const ownerUnknown = corruptBmapFiles.size > 0 || corruptLayers > 0;
+    const free: number[] = [];
+    for (const b of leaked) {
+      if (owners.has(b) || ownerUnknown) kept.add(b);
+      else free.push(b);
+    }
+    for (const f of groupByFile([...owners].filter(([b]) => kept.has(b)))) protectedFiles.push(f);
+    unknownOwnerBlocks = [...kept].filter((b) => !owners.has(b)).length;
+    if (ownerUnknown && corruptBmapFiles.size) {
+      const namer = new FileNamer(pool);
+      for (const f of corruptBmapFiles.values()) protectedFiles.push({ ...namer.name(f.seg, f.ino), blocks: [] });
+    }
+    for (const b of free.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it (no backup maps it either)`, repair);
+    if (free.length > 20) report('LEAKED_BLOCK', `${free.length - 20} more leaked blocks`, repair);
+    for (const f of protectedFiles.filter((p) => p.backup)) {
+      report(
+        'UNREFERENCED_DATA',
+        `${f.blocks.length} data block(s) (${f.blocks.slice(0, 8).join(', ')}${f.blocks.length > 8 ? ', ...' : ''}) are unmapped in the live metadata, but backup ${f.backup} maps them to '${f.path}' in layer '${f.layer}'` +
+          (force ? ': freed (--force), that data is gone' : ': kept'),
+        force,
+      );
+    }
+    if (unknownOwnerBlocks) {
+      const damaged = protectedFiles.filter((p) => !p.backup).map((p) => `'${p.path}' in layer '${p.layer}'`);
+      report(
+        'UNREFERENCED_DATA',
+        `${unknownOwnerBlocks} unmapped data block(s) may belong to damaged records` +
+          (damaged.length ? ` (block map of ${damaged.slice(0, 8).join(', ')}${damaged.length > 8 ? ', ...' : ''})` : ' (a layer record is damaged)') +
+          (force ? ': freed (--force), that data is gone' : ': kept'),
+        force,
+      );
+    }
+  }
+  if (force) kept.clear();
   const unmarked = [...referenced].filter((b) => !pool.isBlockUsed(b as never));
   for (const b of unmarked.slice(0, 20)) report('FREE_BUT_MAPPED', `data block ${b} is mapped but marked free`, repair);
   if (unmarked.length > 20) report('FREE_BUT_MAPPED', `${unmarked.length - 20} more mapped-but-free blocks`, repair);
@@ -190,13 +305,18 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
     pool.txn(() => {
       for (const { table, key } of badKeys) t[table].del(key as never);
     });
-    if (leaked.length || unmarked.length) pool.repairSpaceMap(referenced);
+    if (force && corruptKeys.length) pool.txn(() => corruptKeys.forEach(({ table, key }) => t[table].del(key as never)));
+    // Kept blocks count as referenced: repairSpaceMap frees only what nothing may own.
+    if (leaked.length > kept.size || unmarked.length) pool.repairSpaceMap(new Set([...referenced, ...kept]));
     await pool.sync();
   }
 
   return {
     ok: problems.every((p) => p.repaired),
     problems,
+    protectedFiles,
+    unknownOwnerBlocks,
+    backups: backups.length,
     stats: {
       layers: layers.length,
       segments: segments.size,
