@@ -1,0 +1,228 @@
+/**
+ * `dmfs check --repair` on damaged metadata, through real CLI processes: it keeps data a
+ * backup or a damaged record still owns (naming the files) unless --force; --from-backup
+ * rolls back to the newest backup that checks clean and says what is lost; a check after
+ * any repair is clean or says why not, never "run check --repair".
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Pool } from '../../../src/api';
+import { S_IFREG } from '../../../src/store/layer-store';
+import { DMFS_BIN, REPO_ROOT, ensureBuiltDist } from '../../support/built-dist';
+
+beforeAll(() => ensureBuiltDist());
+
+function dmfs(root: string, ...args: string[]) {
+  const r = spawnSync(process.execPath, [DMFS_BIN, ...args, '--root', root], { encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function dmfsJson(root: string, ...args: string[]) {
+  const r = dmfs(root, ...args, '--json');
+  return { code: r.code, json: JSON.parse(r.stdout), stderr: r.stderr };
+}
+
+const CONTENT = Buffer.alloc(5 * 65536 + 1234);
+for (let i = 0; i < CONTENT.length; i++) CONTENT[i] = (i * 7 + (i >> 16)) & 0xff;
+
+/** An image 'img' with /etc/data (6 blocks of CONTENT) and /etc/small, made by CLI-like API use and closed (backup taken). */
+async function poolWithFile(root: string): Promise<{ ino: number }> {
+  const pool = await Pool.create({ root, sizeBytes: 1024 ** 3 });
+  await pool.store.createLayer('img', { kind: 'image', building: true });
+  const l = await pool.store.openLayer('img');
+  const etc = await l.mkdir(l.rootIno, 'etc', { mode: 0o040755, uid: 0, gid: 0 });
+  const f = await l.mknod(etc.ino, 'data', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+  await l.write(f.ino, CONTENT, 0);
+  const s = await l.mknod(etc.ino, 'small', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+  await l.write(s.ino, Buffer.alloc(70000, 3), 0);
+  await l.close();
+  await pool.store.sealLayer('img');
+  await pool.close();
+  return { ino: f.ino };
+}
+
+/** Test-only damage through the store: `fn` edits the block map of inode `ino` in one transaction. No backup follows. */
+async function damageBlockMap(root: string, ino: number, fn: (bmap: ReturnType<Pool['thinPool']['table']>, keys: number[][]) => void): Promise<void> {
+  const pool = await Pool.open(root);
+  const bmap = pool.thinPool.table('bmap');
+  const keys = [...bmap.keys([0], [Number.MAX_SAFE_INTEGER])].map((k) => k as number[]).filter((k) => k[1] === ino);
+  expect(keys.length).toBe(6);
+  pool.thinPool.txn(() => fn(bmap, keys));
+  await pool.close();
+}
+
+async function readFile(root: string, layer: string, p: string): Promise<Buffer> {
+  const pool = await Pool.open(root);
+  try {
+    const l = await pool.store.openLayer(layer, { readOnly: true });
+    let ino = l.rootIno;
+    for (const part of p.split('/').filter(Boolean)) ino = (await l.lookup(ino, part)).ino;
+    const size = (await l.getattr(ino)).sizeBytes;
+    const buf = Buffer.alloc(size);
+    expect(await l.read(ino, buf, 0)).toBe(size);
+    await l.close();
+    return buf;
+  } finally {
+    await pool.close();
+  }
+}
+
+function usedBytes(root: string): number {
+  return dmfsJson(root, 'info').json.dataSpaceUsedBytes;
+}
+
+let work: string;
+let root: string;
+beforeEach(() => {
+  work = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-repair-'));
+  root = path.join(work, 'pool');
+});
+afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
+
+describe('check --repair never destroys data', () => {
+  test('lost block-map entries: repair keeps the blocks and names the file; --from-backup restores it byte-identical', async () => {
+    const { ino } = await poolWithFile(root);
+    await damageBlockMap(root, ino, (bmap, keys) => keys.forEach((k) => bmap.del(k)));
+    const used = usedBytes(root);
+
+    const check = dmfsJson(root, 'check');
+    expect(check.code).toBe(1);
+    expect(check.json.problems.map((p: { kind: string }) => p.kind)).toContain('UNREFERENCED_DATA');
+    expect(check.json.protectedFiles).toEqual([expect.objectContaining({ layer: 'img', path: '/etc/data', blocks: expect.any(Array) })]);
+    // Five whole blocks in data blocks; the 1234-byte tail is kept inline in the metadata.
+    expect(check.json.protectedFiles[0].blocks).toHaveLength(5);
+
+    const repair = dmfs(root, 'check', '--repair');
+    expect(repair.code).toBe(1);
+    expect(repair.stdout).toMatch(/img:\/etc\/data \(5 blocks, mapped by backup /);
+    expect(repair.stdout).toMatch(/--force/);
+    expect(repair.stdout).toMatch(/--from-backup/);
+    expect(repair.stdout).not.toMatch(/run 'dmfs check --repair'/);
+    expect(usedBytes(root)).toBe(used); // nothing freed
+    // A second repair finds the same thing, and still does not send the user round in circles.
+    const again = dmfs(root, 'check', '--repair');
+    expect(again.code).toBe(1);
+    expect(again.stdout).not.toMatch(/run 'dmfs check --repair'/);
+    expect(usedBytes(root)).toBe(used);
+
+    const restore = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(restore.code).toBe(0);
+    expect(restore.json.check.ok).toBe(true);
+    expect(restore.json.skipped).toEqual([]);
+    expect(restore.json.lost.currentReadable).toBe(true);
+    expect(restore.json.lost.files).toEqual([{ layer: 'img', path: '/etc/data', change: 'changed' }]);
+    expect(fs.existsSync(path.join(restore.json.damagedDir, 'data.mdb'))).toBe(true);
+
+    expect((await readFile(root, 'img', '/etc/data')).equals(CONTENT)).toBe(true);
+    expect((await readFile(root, 'img', '/etc/small')).equals(Buffer.alloc(70000, 3))).toBe(true);
+    const after = dmfs(root, 'check', '--data');
+    expect(after.code).toBe(0);
+    expect(after.stdout).toMatch(/pool is consistent/);
+  });
+
+  test('a block-map record whose value is damaged: no unmapped block is freed without --force, the file is named', async () => {
+    const { ino } = await poolWithFile(root);
+    // Flip a byte in one record's value: it no longer decodes (its block is unknown).
+    await damageBlockMap(root, ino, (bmap, keys) => {
+      const raw = Buffer.from(bmap.get(keys[2])!);
+      raw[raw.length - 1] ^= 0x5a;
+      raw[0] ^= 0xff;
+      bmap.put(keys[2], raw);
+    });
+    // No backup knows about it in this case: the pool is backed up before the file exists.
+    for (const b of fs.readdirSync(path.join(root, 'metadata', 'backups'))) fs.rmSync(path.join(root, 'metadata', 'backups', b), { recursive: true });
+    const used = usedBytes(root);
+
+    const repair = dmfsJson(root, 'check', '--repair');
+    expect(repair.code).toBe(1);
+    const kinds = repair.json.problems.map((p: { kind: string }) => p.kind);
+    expect(kinds).toContain('CORRUPT_RECORD');
+    expect(kinds).toContain('UNREFERENCED_DATA');
+    expect(repair.json.unknownOwnerBlocks).toBe(1);
+    expect(repair.json.protectedFiles).toEqual([expect.objectContaining({ layer: 'img', path: '/etc/data' })]);
+    expect(usedBytes(root)).toBe(used);
+    const text = dmfs(root, 'check', '--repair');
+    expect(text.stdout).toMatch(/img:\/etc\/data \(damaged block map\)/);
+    expect(text.stdout).toMatch(/no metadata backup/i);
+    expect(text.stdout).not.toMatch(/run 'dmfs check --repair'/);
+
+    // --force drops what was kept: one run, then a check is clean.
+    const forced = dmfsJson(root, 'check', '--repair', '--force');
+    expect(forced.code).toBe(0);
+    expect(forced.json.remaining).toEqual([]);
+    expect(usedBytes(root)).toBe(used - 65536);
+    expect(dmfs(root, 'check').code).toBe(0);
+  });
+
+  test('--from-backup skips a backup that does not check clean, reports layers created since, and keeps their data out', async () => {
+    const { ino } = await poolWithFile(root);
+    // A layer made while backups were off: the newest good backup does not know it.
+    expect(dmfs(root, 'pool', 'set', 'dmfs.metadata_backups=0').code).toBe(0);
+    expect(dmfs(root, 'create', 'late', '--from', 'img').code).toBe(0);
+    expect(dmfs(root, 'pool', 'set', 'dmfs.metadata_backups=5').code).toBe(0); // its close backs up 'late' (still good)
+    const good = dmfsJson(root, 'check', '--backups').json;
+    expect(good[0].layers).toBe(3);
+    // Drop that newest backup to play "late was created after the last backup", then damage and back up the damage.
+    fs.rmSync(good[0].dir, { recursive: true });
+    await damageBlockMap(root, ino, (bmap, keys) => keys.forEach((k) => bmap.del(k)));
+    const p = await Pool.open(root);
+    await p.thinPool.backupMetadata({ force: true, reason: 'damaged' });
+    await p.close();
+    const names = dmfsJson(root, 'check', '--backups').json.map((b: { name: string }) => b.name);
+    expect(names[0]).toMatch(/-damaged$/);
+
+    const restore = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(restore.code).toBe(0);
+    expect(restore.json.skipped.map((s: { name: string }) => s.name)).toEqual([names[0]]);
+    expect(restore.json.backup.name).toBe(names[1]);
+    expect(restore.json.lost.layersCreated).toEqual([expect.objectContaining({ name: 'late', kind: 'container' })]);
+    const ls = dmfsJson(root, 'ls').json.map((l: { name: string }) => l.name);
+    expect(ls).toEqual(['base', 'img']);
+    expect((await readFile(root, 'img', '/etc/data')).equals(CONTENT)).toBe(true);
+    // Ids handed out since are not reused: a new layer gets an id past 'late'.
+    const created = dmfsJson(root, 'create', 'next', '--from', 'img').json;
+    expect(created.id).toBeGreaterThan(3);
+    expect(dmfs(root, 'check').code).toBe(0);
+    const text = dmfs(root, 'check', '--backups');
+    expect(text.stdout).toMatch(/restore/);
+  });
+
+  test('--from-backup refuses while another process has the pool open, and changes nothing', async () => {
+    const { ino } = await poolWithFile(root);
+    await damageBlockMap(root, ino, (bmap, keys) => keys.forEach((k) => bmap.del(k)));
+    const holder: ChildProcess = spawn(process.execPath, ['-e', `
+      const { Pool } = require(${JSON.stringify(path.join(REPO_ROOT, 'dist/api'))});
+      Pool.open(${JSON.stringify(root)}).then(() => { process.stdout.write('open\\n'); setInterval(() => {}, 1000); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+      const mdb = path.join(root, 'metadata', 'data.mdb');
+      const before = { ino: fs.statSync(mdb).ino, used: usedBytes(root) };
+      for (const args of [['check', '--repair', '--from-backup'], ['check', '--repair']]) {
+        const r = dmfsJson(root, ...args);
+        expect(r.code).toBe(1);
+        expect(r.json.error.code).toBe('POOL_LOCKED');
+      }
+      expect(fs.readdirSync(path.join(root, 'metadata')).filter((n) => n.startsWith('damaged-') || n.startsWith('restore-'))).toEqual([]);
+      expect({ ino: fs.statSync(mdb).ino, used: usedBytes(root) }).toEqual(before);
+    } finally {
+      holder.kill('SIGKILL');
+      await new Promise((r) => holder.once('exit', r));
+    }
+  });
+
+  test('usage: --force and --from-backup go with --repair, not together; no backups is NOT_FOUND', async () => {
+    await poolWithFile(root);
+    for (const args of [['check', '--force'], ['check', '--from-backup'], ['check', '--repair', '--force', '--from-backup'], ['check', '--backups', '--repair']]) {
+      const r = dmfsJson(root, ...args);
+      expect(r.code).toBe(2);
+      expect(r.json.error.code).toBe('USAGE');
+    }
+    fs.rmSync(path.join(root, 'metadata', 'backups'), { recursive: true });
+    const r = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(r.code).toBe(1);
+    expect(r.json.error.code).toBe('NOT_FOUND');
+    expect(dmfs(root, 'check').code).toBe(0);
+  });
+});
