@@ -93,6 +93,8 @@ export class Pool {
     try {
       return new Pool(thin, await ThinLayerStore.open(thin));
     } catch (err) {
+      // A store that does not open may be damaged: no metadata backup of it at this close.
+      thin.backupsSuspended = true;
       await thin.close().catch(() => undefined);
       throw err;
     }

@@ -1,5 +1,5 @@
 import { asDataBlock } from '../pool/block-address';
-import type { BackupInfo } from '../pool/metadata-backup';
+import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './chain-layer-fs';
@@ -135,6 +135,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
   let mappedBlocks = 0;
   const dataChecks: { where: string; ref: DataRef }[] = [];
   let unknownSegmentEntries = 0;
+  const unknownSegmentFiles = new Map<string, { seg: number; ino: number; blocks: number[] }>();
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     let ref;
@@ -156,6 +157,11 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       }
       if (force) badKeys.push({ table: 'bmap', key });
       else if (isDataRef(ref) && ref.block >= 0 && ref.block < pool.superblock.nrBlocks) referenced.add(ref.block);
+      if (isDataRef(ref)) {
+        const f = unknownSegmentFiles.get(`${seg}:${ino}`) ?? { seg, ino, blocks: [] };
+        f.blocks.push(ref.block);
+        unknownSegmentFiles.set(`${seg}:${ino}`, f);
+      }
       continue;
     }
     const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
@@ -196,7 +202,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
   for (const { key, value } of t.inodes.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (++unknownSegmentEntries <= 20) report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
       if (force) badKeys.push({ table: 'inodes', key });
       continue;
     }
@@ -216,7 +222,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
   for (const { key, value } of t.dirents.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, dirIno, name] = key as [number, number, string];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (++unknownSegmentEntries <= 20) report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
       if (force) badKeys.push({ table: 'dirents', key });
       continue;
     }
@@ -235,6 +241,8 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       badKeys.push({ table: 'dirents', key });
     }
   }
+
+  if (unknownSegmentEntries > 20) report('UNKNOWN_SEGMENT', `${unknownSegmentEntries - 20} more records of unknown segments`, force);
 
   // Space map against references and reservations.
   const reserved = pool.reservedBlocks();
@@ -285,6 +293,14 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
     }
   }
   if (force) kept.clear();
+  // Files of unknown segments: named from the newest backup that still knows their layer.
+  if (unknownSegmentFiles.size && !force) {
+    const names = await namesFromBackups(backups, [...unknownSegmentFiles.values()]);
+    for (const f of unknownSegmentFiles.values()) {
+      const n = names.get(`${f.seg}:${f.ino}`);
+      protectedFiles.push({ layer: n?.layer ?? `<segment ${f.seg}>`, path: n?.path ?? `<inode ${f.ino}>`, blocks: f.blocks, ...(n ? { backup: n.backup } : {}) });
+    }
+  }
   const unmarked = [...referenced].filter((b) => !pool.isBlockUsed(b as never));
   for (const b of unmarked.slice(0, 20)) report('FREE_BUT_MAPPED', `data block ${b} is mapped but marked free`, repair);
   if (unmarked.length > 20) report('FREE_BUT_MAPPED', `${unmarked.length - 20} more mapped-but-free blocks`, repair);
@@ -327,4 +343,28 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       reservedBlocks: reserved.size,
     },
   };
+}
+
+/** Names (segment, ino) pairs from the newest backup whose layers know the segment. */
+async function namesFromBackups(backups: readonly BackupInfo[], files: { seg: number; ino: number }[]): Promise<Map<string, { layer: string; path: string; backup: string }>> {
+  const out = new Map<string, { layer: string; path: string; backup: string }>();
+  for (const b of backups) {
+    if (out.size === files.length) break;
+    let snap: MetadataSnapshot;
+    try {
+      snap = MetadataSnapshot.open(b.dir);
+    } catch {
+      continue;
+    }
+    try {
+      const namer = new FileNamer(snap);
+      for (const f of files) {
+        const k = `${f.seg}:${f.ino}`;
+        if (!out.has(k) && namer.layerOfSegment(f.seg)) out.set(k, { ...namer.name(f.seg, f.ino), backup: b.name });
+      }
+    } finally {
+      await snap.close();
+    }
+  }
+  return out;
 }

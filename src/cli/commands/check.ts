@@ -1,9 +1,10 @@
 import { Pool } from '../../api';
-import { dmfsError } from '../../errors';
+import { dmfsError, isDmfsError } from '../../errors';
 import { listBackups, type BackupInfo } from '../../pool/metadata-backup';
 import { poolPaths } from '../../pool/pool-paths';
 import { formatBytes } from '../../pool/sizes';
-import type { CheckProblem, CheckReport } from '../../store/check';
+import { ThinPool } from '../../pool/thin-pool';
+import { checkPool, type CheckProblem, type CheckReport } from '../../store/check';
 import { restoreFromBackup, type RestoreReport } from '../../store/metadata-restore';
 import type { Command, CommandContext } from '../command';
 import { formatTable, printJson } from '../output';
@@ -65,18 +66,34 @@ function listCommand(ctx: CommandContext): number {
   return 0;
 }
 
+/**
+ * The pool as check needs it: normally through Pool.open (which first finishes what dead
+ * processes left); when damaged records stop the layer store from opening, the thin pool
+ * alone — check reads the records itself and reports each damaged one.
+ */
+async function openForCheck(root: string): Promise<{ thin: ThinPool; close: () => Promise<void> }> {
+  try {
+    const pool = await Pool.open(root);
+    return { thin: pool.thinPool, close: () => pool.close() };
+  } catch (err) {
+    if (!isDmfsError(err, 'METADATA_CORRUPT')) throw err;
+    const thin = await ThinPool.open(root);
+    return { thin, close: () => thin.close() };
+  }
+}
+
 async function checkCommand(ctx: CommandContext, opts: { repair: boolean; force: boolean }): Promise<number> {
-  const pool = await Pool.open(ctx.root);
+  const { thin, close } = await openForCheck(ctx.root);
   let report: CheckReport;
   try {
     // A pool being checked is no pool to archive: no backup at this close.
-    pool.thinPool.backupsSuspended = true;
-    if (opts.repair && pool.thinPool.hasOtherLiveOwners()) {
+    thin.backupsSuspended = true;
+    if (opts.repair && thin.hasOtherLiveOwners()) {
       throw dmfsError('POOL_LOCKED', 'other processes have the pool open (mounts or commands); a repair needs it alone. Unmount its layers (dmfs umount) and try again.');
     }
-    report = await pool.check({ repair: opts.repair, force: opts.force, data: Boolean(ctx.opts.data) });
+    report = await checkPool(thin, { repair: opts.repair, force: opts.force, data: Boolean(ctx.opts.data) });
   } finally {
-    await pool.close();
+    await close();
   }
   if (ctx.json) {
     printJson(ctx, report);
@@ -142,7 +159,7 @@ export function formatRestore(r: RestoreReport): string {
     lines.push('Nothing is lost: the backup holds everything the damaged metadata still could tell.');
   } else {
     if (lost.layersCreated.length) lines.push(`Lost: ${lost.layersCreated.length} layer(s) created after the backup: ${lost.layersCreated.map((l) => l.name).join(', ')}.`);
-    if (lost.layersRemoved.length) lines.push(`Back: ${lost.layersRemoved.length} layer(s) removed after the backup exist again: ${lost.layersRemoved.map((l) => l.name).join(', ')}.`);
+    if (lost.layersRemoved.length) lines.push(`Back: ${lost.layersRemoved.length} layer(s) the damaged metadata no longer had (removed or damaged after the backup): ${lost.layersRemoved.map((l) => l.name).join(', ')}.`);
     if (lost.filesTotal) {
       lines.push(`Lost: changes to ${lost.filesTotal} file(s) made after the backup (they are as they were at the backup):`);
       for (const f of lost.files) lines.push(`  ${f.change.padEnd(8)} ${f.layer}:${f.path}`);

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Pool } from '../../../src/api';
+import { ThinPool } from '../../../src/pool/thin-pool';
 import { S_IFREG } from '../../../src/store/layer-store';
 import { DMFS_BIN, REPO_ROOT, ensureBuiltDist } from '../../support/built-dist';
 
@@ -71,6 +72,17 @@ async function readFile(root: string, layer: string, p: string): Promise<Buffer>
 
 function usedBytes(root: string): number {
   return dmfsJson(root, 'info').json.dataSpaceUsedBytes;
+}
+
+/** Used blocks in the space map, read through the thin pool alone (works where the layer store cannot open). */
+async function usedBlocks(root: string): Promise<number> {
+  const thin = await ThinPool.open(root);
+  thin.backupsSuspended = true;
+  try {
+    return thin.space().usedBlocks;
+  } finally {
+    await thin.close();
+  }
 }
 
 let work: string;
@@ -153,6 +165,36 @@ describe('check --repair never destroys data', () => {
     expect(forced.code).toBe(0);
     expect(forced.json.remaining).toEqual([]);
     expect(usedBytes(root)).toBe(used - 65536);
+    expect(dmfs(root, 'check').code).toBe(0);
+  });
+
+  test('a damaged layer record: its records keep their blocks (UNKNOWN_SEGMENT), nothing is freed, --from-backup brings the layer back', async () => {
+    await poolWithFile(root);
+    const used = await usedBlocks(root);
+    const pool = await Pool.open(root);
+    const layers = pool.thinPool.table('layers');
+    const imgKey = [...layers.range(0, Number.MAX_SAFE_INTEGER)].map((e) => e.key as number).find((k) => k !== 1)!;
+    pool.thinPool.txn(() => {
+      const raw = Buffer.from(layers.get(imgKey)!);
+      raw[2] ^= 0x20;
+      layers.put(imgKey, raw);
+    });
+    await pool.close();
+
+    const repair = dmfsJson(root, 'check', '--repair');
+    expect(repair.code).toBe(1);
+    const kinds = new Set(repair.json.problems.map((p: { kind: string }) => p.kind));
+    expect(kinds).toEqual(new Set(['CORRUPT_RECORD', 'UNKNOWN_SEGMENT']));
+    expect(repair.json.problems.every((p: { repaired: boolean }) => !p.repaired)).toBe(true);
+    expect(await usedBlocks(root)).toBe(used);
+    expect(dmfsJson(root, 'ls').json.error.code).toBe('METADATA_CORRUPT'); // the damage is real
+    const text = dmfs(root, 'check', '--repair');
+    expect(text.stdout).toMatch(/layer record .* only 'dmfs check --repair --from-backup' can bring it back/);
+    expect(text.stdout).not.toMatch(/run 'dmfs check --repair'/);
+
+    const restore = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(restore.code).toBe(0);
+    expect((await readFile(root, 'img', '/etc/data')).equals(CONTENT)).toBe(true);
     expect(dmfs(root, 'check').code).toBe(0);
   });
 
