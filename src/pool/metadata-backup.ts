@@ -26,6 +26,12 @@ import { isProcessAlive, processStartTicks } from './process-identity';
  */
 
 export const BACKUP_INFO_FILE = 'backup.json';
+/**
+ * Present while a check found problems it did not fix: pruning stops, so backups taken of
+ * damaged metadata (a close after the damage) cannot push the last good ones out. Removed
+ * by a clean check or a restore. Holds the time and the problem count, for people.
+ */
+const HOLD_FILE = 'HOLD';
 const TMP_PREFIX = '.tmp-';
 
 export interface BackupInfo {
@@ -139,8 +145,9 @@ export async function takeBackup(env: MetadataEnv, opts: { reasons: string[]; la
   }
 }
 
-/** Keeps the newest `keep` backups, deletes the rest. */
+/** Keeps the newest `keep` backups, deletes the rest; keeps all while a hold is set. */
 export function pruneBackups(metadataDir: string, keep: number): void {
+  if (isPruningHeld(metadataDir)) return;
   for (const b of listBackups(metadataDir).slice(Math.max(0, keep))) fs.rmSync(b.dir, { recursive: true, force: true });
 }
 
@@ -223,4 +230,17 @@ export function verifyStructure(file: string): string[] | null {
   } catch (err) {
     return [(err as Error).message];
   }
+}
+
+/** Stops (`problems` > 0) or resumes (0) pruning: see HOLD_FILE. */
+export function setPruningHold(metadataDir: string, problems: number): void {
+  const file = path.join(backupsDir(metadataDir), HOLD_FILE);
+  if (problems > 0) {
+    fs.mkdirSync(backupsDir(metadataDir), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(file, JSON.stringify({ v: 1, sinceMs: Date.now(), problems }) + '\n', { mode: 0o600 });
+  } else fs.rmSync(file, { force: true });
+}
+
+export function isPruningHeld(metadataDir: string): boolean {
+  return fs.existsSync(path.join(backupsDir(metadataDir), HOLD_FILE));
 }

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { dmfsError } from '../errors';
 import { packRecord, packUint48, unpackRecord, unpackUint48 } from '../pool/codec';
-import { listBackups, MetadataSnapshot, verifyStructure, type BackupInfo } from '../pool/metadata-backup';
+import { listBackups, MetadataSnapshot, setPruningHold, verifyStructure, type BackupInfo } from '../pool/metadata-backup';
 import { MetadataEnv } from '../pool/metadata-env';
 import { poolPaths } from '../pool/pool-paths';
 import { isProcessAlive, type ProcessIdentity } from '../pool/process-identity';
@@ -331,6 +331,7 @@ export async function restoreFromBackup(root: string, opts: { data?: boolean } =
     await store.close();
     const r = await checkPool(restored, { data: Boolean(opts.data) });
     check = { ok: r.ok, problems: r.problems.filter((p) => !p.repaired) };
+    setPruningHold(paths.metadataDir, check.problems.length);
   } finally {
     await restored.close();
   }

@@ -1,6 +1,6 @@
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
-import { listBackups, type BackupInfo } from '../../pool/metadata-backup';
+import { isPruningHeld, listBackups, setPruningHold, type BackupInfo } from '../../pool/metadata-backup';
 import { poolPaths } from '../../pool/pool-paths';
 import { formatBytes } from '../../pool/sizes';
 import { ThinPool } from '../../pool/thin-pool';
@@ -55,6 +55,9 @@ function listCommand(ctx: CommandContext): number {
     printJson(ctx, backups.map((b) => ({ ...b, created: new Date(b.createdMs).toISOString() })));
     return 0;
   }
+  if (isPruningHeld(paths.metadataDir)) {
+    ctx.stderr.write('note: a check found problems, so old backups are kept (not pruned) until a check is clean\n');
+  }
   if (!backups.length) {
     ctx.stdout.write(`no metadata backups in ${paths.metadataDir}/backups (dmfs.metadata_backups = 0, or nothing changed yet)\n`);
     return 0;
@@ -92,6 +95,8 @@ async function checkCommand(ctx: CommandContext, opts: { repair: boolean; force:
       throw dmfsError('POOL_LOCKED', 'other processes have the pool open (mounts or commands); a repair needs it alone. Unmount its layers (dmfs umount) and try again.');
     }
     report = await checkPool(thin, { repair: opts.repair, force: opts.force, data: Boolean(ctx.opts.data) });
+    // Damaged metadata: stop pruning until a clean check, so good backups outlive copies of the damage.
+    setPruningHold(thin.paths.metadataDir, report.ok ? 0 : (report.remaining ?? report.problems).filter((p) => !p.repaired).length);
   } finally {
     await close();
   }
