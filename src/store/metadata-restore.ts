@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -239,36 +240,24 @@ export async function restoreFromBackup(root: string, opts: { data?: boolean } =
   const mounts = liveMountRecords(paths.runDir);
   if (mounts.length) throw dmfsError('POOL_LOCKED', `the pool is mounted (${mounts.join(', ')}); unmount first (dmfs umount MOUNTPOINT)`);
 
-  // The damaged metadata: opened for what it can still tell (and to see who else has the pool open).
-  let current: ThinPool | null = null;
-  let currentError: string | undefined;
-  try {
-    current = await ThinPool.open(root);
-    current.backupsSuspended = true;
-  } catch (err) {
-    currentError = (err as Error).message;
+  // The damaged metadata is read in a child process: a damaged LMDB file can crash the
+  // process that opens it (SIGSEGV), and the restore must still run then.
+  const probe = await probeCurrent(root, null);
+  if (probe.ok && probe.otherOwners) {
+    throw dmfsError('POOL_LOCKED', 'other processes have the pool open (mounts or commands); unmount its layers (dmfs umount) and try again');
   }
+  // Left by a restore that was killed: nothing else uses them (the pool is not in use).
+  for (const n of fs.readdirSync(paths.metadataDir)) if (n.startsWith('restore-')) fs.rmSync(path.join(paths.metadataDir, n), { recursive: true, force: true });
   const stampNow = stamp();
   const stagingBase = path.join(paths.metadataDir, `restore-${stampNow}`);
   const skipped: RestoreReport['skipped'] = [];
   let chosen: { backup: BackupInfo; file: string } | null = null;
-  let lost: RestoreLoss | null = null;
+  let lost: RestoreLoss;
   try {
-    if (current?.hasOtherLiveOwners()) {
-      throw dmfsError('POOL_LOCKED', 'other processes have the pool open (mounts or commands); unmount its layers (dmfs umount) and try again');
-    }
-    const counters = new Map<string, number>();
-    if (current) {
-      const meta = current.table('pool-meta');
-      for (const name of COUNTERS) {
-        const raw = meta.get(`counter:${name}`);
-        if (raw) counters.set(name, unpackUint48(raw));
-      }
-    }
     const live = {
-      dataFile: current ? current.dataPath : paths.dataFile,
-      nrBlocks: current ? current.superblock.nrBlocks : null,
-      counters,
+      dataFile: probe.ok ? probe.dataPath : paths.dataFile,
+      nrBlocks: probe.ok ? probe.nrBlocks : null,
+      counters: new Map(probe.ok ? Object.entries(probe.counters) : []),
     };
     for (const [i, b] of backups.entries()) {
       const r = await stageAndCheck(b, path.join(stagingBase, String(i)), live, { data: Boolean(opts.data) });
@@ -285,22 +274,14 @@ export async function restoreFromBackup(root: string, opts: { data?: boolean } =
         `none of the ${backups.length} metadata backups checks clean (${skipped.map((s) => `${s.name}: ${s.problems[0]}`).join('; ')}); the live metadata is unchanged`,
       );
     }
-    if (current) {
-      const snap = MetadataSnapshot.open(chosen.backup.dir);
-      try {
-        lost = compare(current, snap);
-      } catch (err) {
-        lost = emptyLoss(`reading it failed: ${(err as Error).message}`);
-      } finally {
-        await snap.close();
-      }
-    } else lost = emptyLoss(currentError ?? 'unknown error');
+    if (probe.ok) {
+      const withLoss = await probeCurrent(root, chosen.backup.dir);
+      lost = withLoss.ok && withLoss.lost ? withLoss.lost : emptyLoss(withLoss.ok ? 'no answer' : withLoss.error);
+    } else lost = emptyLoss(probe.error);
   } catch (err) {
     fs.rmSync(stagingBase, { recursive: true, force: true });
-    if (current) await current.close().catch(() => undefined);
     throw err;
   }
-  await current?.close();
 
   // Swap: the damaged file is linked aside first, then the checked copy renamed over it.
   const damagedDir = path.join(paths.metadataDir, `damaged-${stampNow}`);
@@ -335,9 +316,65 @@ export async function restoreFromBackup(root: string, opts: { data?: boolean } =
   } finally {
     await restored.close();
   }
-  return { backup: chosen.backup, skipped, damagedDir, lost: lost!, check };
+  return { backup: chosen.backup, skipped, damagedDir, lost, check };
 }
 
 function emptyLoss(error: string): RestoreLoss {
   return { currentReadable: false, currentError: error, layersCreated: [], layersRemoved: [], files: [], filesTotal: 0, lostBlocks: 0, overwritten: [] };
+}
+
+/** What the damaged (live) metadata still tells: who has the pool open, its ids and size, and (given a backup) what a rollback loses. */
+type CurrentProbe =
+  | { ok: true; otherOwners: boolean; counters: Record<string, number>; nrBlocks: number; dataPath: string; lost?: RestoreLoss }
+  | { ok: false; error: string };
+
+/** In this process: opens the live metadata, reads, closes (no backup at that close). */
+export async function readCurrentMetadata(root: string, backupDir: string | null): Promise<CurrentProbe> {
+  let current: ThinPool;
+  try {
+    current = await ThinPool.open(root);
+  } catch (err) {
+    return { ok: false, error: (err as Error).message };
+  }
+  current.backupsSuspended = true;
+  try {
+    const meta = current.table('pool-meta');
+    const counters: Record<string, number> = {};
+    for (const name of COUNTERS) {
+      const raw = meta.get(`counter:${name}`);
+      if (raw) counters[name] = unpackUint48(raw);
+    }
+    let lost: RestoreLoss | undefined;
+    if (backupDir) {
+      const snap = MetadataSnapshot.open(backupDir);
+      try {
+        lost = compare(current, snap);
+      } catch (err) {
+        lost = emptyLoss(`reading it failed: ${(err as Error).message}`);
+      } finally {
+        await snap.close();
+      }
+    }
+    return { ok: true, otherOwners: current.hasOtherLiveOwners(), counters, nrBlocks: current.superblock.nrBlocks, dataPath: current.dataPath, ...(lost ? { lost } : {}) };
+  } finally {
+    await current.close().catch(() => undefined);
+  }
+}
+
+/**
+ * readCurrentMetadata in a child process (this compiled module, run by node), so a crash
+ * of LMDB on a damaged file is an answer ("unreadable"), not the end of the restore.
+ * Under ts-node/ts-jest (no compiled file beside this one) it runs in this process.
+ */
+async function probeCurrent(root: string, backupDir: string | null): Promise<CurrentProbe> {
+  if (!__filename.endsWith('.js')) return readCurrentMetadata(root, backupDir);
+  const script = `require(${JSON.stringify(__filename)}).readCurrentMetadata(${JSON.stringify(root)}, ${JSON.stringify(backupDir)})` +
+    '.then((r) => process.stdout.write(JSON.stringify(r)), (e) => process.stdout.write(JSON.stringify({ ok: false, error: String(e && e.message) })))';
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.signal) return { ok: false, error: `reading it crashed the reader (${r.signal}): its structure is damaged` };
+  try {
+    return JSON.parse(r.stdout) as CurrentProbe;
+  } catch {
+    return { ok: false, error: `the reader failed (exit ${r.status}): ${(r.stderr || '').trim().split('\n').pop() ?? ''}` };
+  }
 }

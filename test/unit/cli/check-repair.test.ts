@@ -294,6 +294,26 @@ describe('check --repair never destroys data', () => {
     expect(dmfsJson(root, 'check', '--backups').json).toHaveLength(5);
   });
 
+  test('metadata file whose header is destroyed (LMDB crashes on it): --from-backup still restores, says what it cannot know', async () => {
+    await poolWithFile(root);
+    const fd = fs.openSync(path.join(root, 'metadata', 'data.mdb'), 'r+');
+    fs.writeSync(fd, Buffer.alloc(16384), 0, 16384, 0);
+    fs.closeSync(fd);
+    const restore = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(restore.code).toBe(0);
+    expect(restore.json.lost.currentReadable).toBe(false);
+    const text = dmfs(root, 'check', '--backups');
+    expect(text.code).toBe(0);
+    expect((await readFile(root, 'img', '/etc/data')).equals(CONTENT)).toBe(true);
+    expect(dmfs(root, 'check').code).toBe(0);
+    // The destroyed file is kept aside, byte for byte.
+    const kept = Buffer.alloc(16384, 1);
+    const kfd = fs.openSync(path.join(restore.json.damagedDir, 'data.mdb'), 'r');
+    fs.readSync(kfd, kept, 0, 16384, 0);
+    fs.closeSync(kfd);
+    expect(kept.equals(Buffer.alloc(16384))).toBe(true);
+  });
+
   test('usage: --force and --from-backup go with --repair, not together; no backups is NOT_FOUND', async () => {
     await poolWithFile(root);
     for (const args of [['check', '--force'], ['check', '--from-backup'], ['check', '--repair', '--force', '--from-backup'], ['check', '--backups', '--repair']]) {
