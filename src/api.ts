@@ -51,6 +51,9 @@ export interface PoolInfo {
   deferredRemovalEnabled: boolean;
   deferredDeletionEnabled: boolean;
   deferredDeletedDeviceCount: number;
+  /** dmfs.metadata_backups: backups kept (0 = off), and how many there are now. */
+  metadataBackupsKept: number;
+  metadataBackupCount: number;
   nativeBlockPath: 'native' | 'fallback';
   layers: { total: number; base: number; images: number; containers: number; building: number };
 }
@@ -139,6 +142,8 @@ export class Pool {
       deferredRemovalEnabled: p.options.deferredRemoval,
       deferredDeletionEnabled: p.options.deferredDeletion,
       deferredDeletedDeviceCount: layers.filter((l) => l.deferredRemoval).length,
+      metadataBackupsKept: p.options.metadataBackups,
+      metadataBackupCount: p.listBackups().length,
       nativeBlockPath: blockIo.kind,
       layers: {
         total: layers.length,

@@ -36,6 +36,7 @@ export const command: Command = {
       ['Deferred Removal Enabled', String(info.deferredRemovalEnabled)],
       ['Deferred Deletion Enabled', String(info.deferredDeletionEnabled)],
       ['Deferred Deleted Device Count', String(info.deferredDeletedDeviceCount)],
+      ['Metadata Backups', `${info.metadataBackupCount} (keeps ${info.metadataBackupsKept}, dmfs.metadata_backups)`],
       ['Native Block Path', info.nativeBlockPath],
       ['Layers', `${info.layers.total} (base ${info.layers.base}, images ${info.layers.images}, containers ${info.layers.containers}, building ${info.layers.building})`],
     ];

@@ -98,6 +98,8 @@ describe('metadata backups', () => {
     expect(b).toHaveLength(2);
     expect(b.map((x) => x.layers)).toEqual([5, 4]); // the two newest: after creating d, after c
 
+    expect(JSON.parse(dmfs(root, 'info', '--json').stdout)).toMatchObject({ metadataBackupsKept: 2, metadataBackupCount: 2 });
+    expect(dmfs(root, 'info').stdout).toMatch(/Metadata Backups:\s+2 \(keeps 2, dmfs.metadata_backups\)/);
     expect(dmfs(root, 'pool', 'set', 'dmfs.metadata_backups=0').code).toBe(0);
     expect(dmfs(root, 'create', 'e').code).toBe(0);
     expect(listed(root).map((x) => x.layers)).toEqual([5, 4]);
