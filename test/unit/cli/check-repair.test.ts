@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Pool } from '../../../src/api';
+import { formatRestore } from '../../../src/cli/commands/check';
 import { ThinPool } from '../../../src/pool/thin-pool';
 import { S_IFREG } from '../../../src/store/layer-store';
 import { DMFS_BIN, REPO_ROOT, ensureBuiltDist } from '../../support/built-dist';
@@ -84,6 +85,8 @@ async function usedBlocks(root: string): Promise<number> {
     await thin.close();
   }
 }
+
+const formatted = (r: Parameters<typeof formatRestore>[0]) => formatRestore(r);
 
 let work: string;
 let root: string;
@@ -312,6 +315,36 @@ describe('check --repair never destroys data', () => {
     fs.readSync(kfd, kept, 0, 16384, 0);
     fs.closeSync(kfd);
     expect(kept.equals(Buffer.alloc(16384))).toBe(true);
+  });
+
+  test('rolling back past a removal: blocks reused since are reported as damaged files; --data refuses such a backup', async () => {
+    await poolWithFile(root);
+    const first = dmfsJson(root, 'check', '--backups').json[0];
+    expect(dmfs(root, 'rm', 'img').code).toBe(0);
+    // A new image reuses the freed blocks with other bytes.
+    const src = path.join(work, 'src');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'other'), Buffer.alloc(6 * 65536, 0x42));
+    expect(dmfs(root, 'import', src, '--name', 'img2').code).toBe(0);
+    // Keep only the backup from before the removal.
+    for (const b of dmfsJson(root, 'check', '--backups').json) if (b.name !== first.name) fs.rmSync(b.dir, { recursive: true });
+
+    const strict = dmfsJson(root, 'check', '--repair', '--from-backup', '--data');
+    expect(strict.code).toBe(1);
+    expect(strict.json.error.code).toBe('METADATA_CORRUPT');
+    expect(dmfsJson(root, 'ls').json.map((l: { name: string }) => l.name)).toEqual(['base', 'img2']); // unchanged
+
+    const restore = dmfsJson(root, 'check', '--repair', '--from-backup');
+    expect(restore.code).toBe(0);
+    expect(restore.json.lost.layersCreated.map((l: { name: string }) => l.name)).toEqual(['img2']);
+    expect(restore.json.lost.layersRemoved.map((l: { name: string }) => l.name)).toEqual(['img']);
+    expect(restore.json.lost.overwritten).toEqual(expect.arrayContaining([{ layer: 'img', path: '/etc/data' }]));
+    const text = formatted(restore.json);
+    expect(text).toMatch(/Damaged: .* reused after it/);
+    expect(dmfs(root, 'check').code).toBe(0); // metadata consistent; the data check names the reused blocks
+    const data = dmfsJson(root, 'check', '--data');
+    expect(data.code).toBe(1);
+    expect(data.json.problems.map((p: { kind: string }) => p.kind)).toContain('DATA_CORRUPT');
   });
 
   test('usage: --force and --from-backup go with --repair, not together; no backups is NOT_FOUND', async () => {
