@@ -8,7 +8,9 @@ import {
 import { ThinPool, type Superblock } from './pool/thin-pool';
 import type { LayerInfo, LayerStore } from './store/layer-store';
 import { ThinLayerStore } from './store/thin-layer-store';
+import type { BackupInfo } from './pool/metadata-backup';
 import { checkPool, type CheckOptions, type CheckReport } from './store/check';
+import { restoreFromBackup, type RestoreReport } from './store/metadata-restore';
 
 export interface PoolCreateOptions {
   root: string;
@@ -174,6 +176,24 @@ export class Pool {
   /** Consistency check (like thin_check); with repair, fixes what can be fixed without losing data (see checkPool). */
   async check(opts: CheckOptions = {}): Promise<CheckReport> {
     return checkPool(this.thinPool, opts);
+  }
+
+  /** Metadata backups of this pool, newest first (see pool/metadata-backup.ts). */
+  listBackups(): BackupInfo[] {
+    return this.thinPool.listBackups();
+  }
+
+  /** Takes a metadata backup now (also when nothing changed), pruned to dmfs.metadata_backups; null when they are off. */
+  async backupMetadata(): Promise<BackupInfo | null> {
+    return this.thinPool.backupMetadata({ force: true, reason: 'manual' });
+  }
+
+  /**
+   * Rolls the metadata of the (closed, unused) pool at `root` back to the newest backup that
+   * checks clean; what `dmfs check --repair --from-backup` does.
+   */
+  static async restoreFromBackup(root: string, opts: { data?: boolean } = {}): Promise<RestoreReport> {
+    return restoreFromBackup(root, opts);
   }
 
   async close(): Promise<void> {
