@@ -4,7 +4,7 @@ import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './chain-layer-fs';
 import {
-  blockContentMatches, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
+  blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
   unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
 } from './records';
 
@@ -217,6 +217,30 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
     nrInodes++;
     inodeKeys.add(`${seg}:${ino}`);
     inos.add(ino);
+  }
+  // --force drops a damaged inode record; its block-map entries in that segment go with it
+  // (else their blocks would stay mapped by a file nothing can reach).
+  if (force) {
+    const damaged = corruptKeys.filter((c) => c.table === 'inodes').map((c) => c.key as number[]);
+    for (const [seg, ino] of damaged) {
+      const entries = [...t.bmap.range(...bmapRange(seg, ino))];
+      for (const { key, value } of entries) {
+        let ref;
+        try {
+          ref = unpackBlockRef(value);
+        } catch {
+          continue; // already dropped as a damaged record
+        }
+        badKeys.push({ table: 'bmap', key });
+        const u = usage.get(seg);
+        if (isDataRef(ref)) {
+          referenced.delete(ref.block);
+          mappedBlocks--;
+          if (u) u.blocks--;
+        } else if (u) u.inlineBytes -= ref.length;
+      }
+      if (entries.length) report('CORRUPT_RECORD', `the ${entries.length} block-map entries of damaged inode ${seg}:${ino} were dropped with it (--force)`, true);
+    }
   }
   let nrEntries = 0;
   for (const { key, value } of t.dirents.range([0], [Number.MAX_SAFE_INTEGER])) {

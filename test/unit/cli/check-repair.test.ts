@@ -347,6 +347,40 @@ describe('check --repair never destroys data', () => {
     expect(data.json.problems.map((p: { kind: string }) => p.kind)).toContain('DATA_CORRUPT');
   });
 
+  test('a damaged inode record: its entry is not "dangling", nothing is dropped; --force drops the file whole, in one run', async () => {
+    const { ino } = await poolWithFile(root);
+    const pool = await Pool.open(root);
+    const inodes = pool.thinPool.table('inodes');
+    const key = [...inodes.keys([0], [Number.MAX_SAFE_INTEGER])].map((k) => k as number[]).find((k) => k[1] === ino)!;
+    pool.thinPool.txn(() => {
+      const raw = Buffer.from(inodes.get(key)!);
+      raw[3] ^= 0x40;
+      inodes.put(key, raw);
+    });
+    await pool.close();
+    const used = usedBytes(root);
+
+    const repair = dmfsJson(root, 'check', '--repair');
+    expect(repair.code).toBe(1);
+    const kinds = repair.json.problems.map((p: { kind: string }) => p.kind);
+    expect(kinds).toContain('CORRUPT_RECORD');
+    expect(kinds).not.toContain('DANGLING_ENTRY');
+    expect(usedBytes(root)).toBe(used);
+
+    const forced = dmfsJson(root, 'check', '--repair', '--force');
+    expect(forced.code).toBe(0);
+    expect(forced.json.remaining).toEqual([]);
+    expect(usedBytes(root)).toBe(used - 5 * 65536);
+    expect(dmfs(root, 'check').code).toBe(0);
+    const p2 = await Pool.open(root);
+    const l = await p2.store.openLayer('img', { readOnly: true });
+    const etc = await l.lookup(l.rootIno, 'etc');
+    expect(await l.lookup(etc!.ino, 'data')).toBeNull(); // gone whole: no name left pointing nowhere
+    await l.close();
+    await p2.close();
+    expect((await readFile(root, 'img', '/etc/small')).equals(Buffer.alloc(70000, 3))).toBe(true);
+  });
+
   test('usage: --force and --from-backup go with --repair, not together; no backups is NOT_FOUND', async () => {
     await poolWithFile(root);
     for (const args of [['check', '--force'], ['check', '--from-backup'], ['check', '--repair', '--force', '--from-backup'], ['check', '--backups', '--repair']]) {
