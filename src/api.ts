@@ -8,7 +8,9 @@ import {
 import { ThinPool, type HostSpace, type Superblock, type ThinPoolOpenOptions } from './pool/thin-pool';
 import type { LayerInfo, LayerStore } from './store/layer-store';
 import { ThinLayerStore } from './store/thin-layer-store';
-import { checkPool, type CheckReport } from './store/check';
+import type { BackupInfo } from './pool/metadata-backup';
+import { checkPool, type CheckOptions, type CheckReport } from './store/check';
+import { restoreFromBackup, type RestoreReport } from './store/metadata-restore';
 
 export interface PoolCreateOptions {
   root: string;
@@ -51,6 +53,9 @@ export interface PoolInfo {
   deferredRemovalEnabled: boolean;
   deferredDeletionEnabled: boolean;
   deferredDeletedDeviceCount: number;
+  /** dmfs.metadata_backups: backups kept (0 = off), and how many there are now. */
+  metadataBackupsKept: number;
+  metadataBackupCount: number;
   nativeBlockPath: 'native' | 'fallback';
   /** The host file system under the pool (loop mode; null in direct mode): free space and whether it is full. */
   hostFilesystem: HostSpace | null;
@@ -98,6 +103,8 @@ export class Pool {
     try {
       return new Pool(thin, await ThinLayerStore.open(thin));
     } catch (err) {
+      // A store that does not open may be damaged: no metadata backup of it at this close.
+      thin.backupsSuspended = true;
       await thin.close().catch(() => undefined);
       throw err;
     }
@@ -142,6 +149,8 @@ export class Pool {
       deferredRemovalEnabled: p.options.deferredRemoval,
       deferredDeletionEnabled: p.options.deferredDeletion,
       deferredDeletedDeviceCount: layers.filter((l) => l.deferredRemoval).length,
+      metadataBackupsKept: p.options.metadataBackups,
+      metadataBackupCount: p.listBackups().length,
       nativeBlockPath: blockIo.kind,
       hostFilesystem: p.hostSpace(),
       readOnly: p.readOnly,
@@ -171,9 +180,27 @@ export class Pool {
     return { oldBytes: r.oldBlocks * this.thinPool.blockSizeBytes, newBytes: r.newBlocks * this.thinPool.blockSizeBytes };
   }
 
-  /** Consistency check (like thin_check); with repair, fixes what can be fixed. */
-  async check(opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+  /** Consistency check (like thin_check); with repair, fixes what can be fixed without losing data (see checkPool). */
+  async check(opts: CheckOptions = {}): Promise<CheckReport> {
     return checkPool(this.thinPool, opts);
+  }
+
+  /** Metadata backups of this pool, newest first (see pool/metadata-backup.ts). */
+  listBackups(): BackupInfo[] {
+    return this.thinPool.listBackups();
+  }
+
+  /** Takes a metadata backup now (also when nothing changed), pruned to dmfs.metadata_backups; null when they are off. */
+  async backupMetadata(): Promise<BackupInfo | null> {
+    return this.thinPool.backupMetadata({ force: true, reason: 'manual' });
+  }
+
+  /**
+   * Rolls the metadata of the (closed, unused) pool at `root` back to the newest backup that
+   * checks clean; what `dmfs check --repair --from-backup` does.
+   */
+  static async restoreFromBackup(root: string, opts: { data?: boolean } = {}): Promise<RestoreReport> {
+    return restoreFromBackup(root, opts);
   }
 
   async close(): Promise<void> {

@@ -428,6 +428,22 @@ export class MetadataEnv {
     return { usedBytes: used, totalBytes: stats.mapSize };
   }
 
+  /**
+   * Writes a consistent copy of the environment into `dir` (which must exist) as
+   * `dir/data.mdb` (mdb_env_copy2, from one read transaction: safe while other processes
+   * write). `compact` (MDB_CP_COMPACT) leaves free pages out and renumbers. Used by
+   * metadata-backup.ts. lmdb-js's own `backup(path, compact)` drops the compact flag.
+   */
+  copyTo(dir: string, opts: { compact: boolean }): Promise<void> {
+    const env = (this.root as unknown as { env: { copy(p: string, compact: boolean, cb: (err?: Error) => void): void } }).env;
+    return new Promise((resolve, reject) => env.copy(dir, opts.compact, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** Id of the last committed write transaction (grows with every commit). */
+  lastTxnId(): number {
+    return (this.root.getStats() as { lastTxnId: number }).lastTxnId;
+  }
+
   async close(): Promise<void> {
     if (!this.readOnly) await this.sync().catch(() => undefined);
     if (this.dataMdbFd !== null) fs.closeSync(this.dataMdbFd);

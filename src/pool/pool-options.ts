@@ -21,6 +21,11 @@ export interface PoolOptions {
   /** dm.use_deferred_removal / dm.use_deferred_deletion: remove in-use layers at their last close. */
   deferredRemoval: boolean;
   deferredDeletion: boolean;
+  /**
+   * dmfs.metadata_backups: how many metadata backups to keep (like LVM's metadata
+   * archive; see metadata-backup.ts). 0 = take none. Not a Docker option, hence `dmfs.`.
+   */
+  metadataBackups: number;
 }
 
 /** Options fixed at pool creation. */
@@ -43,6 +48,7 @@ export const DEFAULT_POOL_OPTIONS: PoolOptions = {
   blkDiscard: true,
   deferredRemoval: true,
   deferredDeletion: true,
+  metadataBackups: 5,
 };
 
 export const DEFAULT_CREATE_SETTINGS: PoolCreateSettings = {
@@ -75,6 +81,16 @@ export function validateBlockSize(bytes: number, what = 'block size'): number {
   return bytes;
 }
 
+/** Upper bound of dmfs.metadata_backups: each backup is a full compacted copy of the metadata. */
+export const MAX_METADATA_BACKUPS = 100;
+
+function parseCount(name: string, value: string, max: number): number {
+  const m = /^\d+$/.exec(value.trim());
+  const n = m ? Number(value.trim()) : NaN;
+  if (!m || n > max) throw dmfsError('BAD_OPTION', `${name}: '${value}' is not a whole number from 0 to ${max}`);
+  return n;
+}
+
 type Setter = (value: string, o: PoolOptions, c: PoolCreateSettings) => void;
 
 const OPTION_SETTERS: Record<string, Setter> = {
@@ -85,6 +101,7 @@ const OPTION_SETTERS: Record<string, Setter> = {
   'dm.blkdiscard': (v, o) => { o.blkDiscard = parseBool('dm.blkdiscard', v); },
   'dm.use_deferred_removal': (v, o) => { o.deferredRemoval = parseBool('dm.use_deferred_removal', v); },
   'dm.use_deferred_deletion': (v, o) => { o.deferredDeletion = parseBool('dm.use_deferred_deletion', v); },
+  'dmfs.metadata_backups': (v, o) => { o.metadataBackups = parseCount('dmfs.metadata_backups', v, MAX_METADATA_BACKUPS); },
   'dm.loopdatasize': (v, _o, c) => { c.dataSizeBytes = parseSizeBytes(v, 'dm.loopdatasize'); },
   'dm.blocksize': (v, _o, c) => { c.blockSizeBytes = validateBlockSize(parseSizeBytes(v, 'dm.blocksize'), 'dm.blocksize'); },
   'dm.directlvm_device': (v, _o, c) => { c.dataDevice = v; },
@@ -96,7 +113,7 @@ export const KNOWN_OPTION_NAMES = Object.keys(OPTION_SETTERS);
 /** Options that may change after creation (`dmfs pool set`); the rest are fixed at creation. */
 export const RUNTIME_OPTION_NAMES = [
   'dm.basesize', 'dm.min_free_space', 'dm.thinp_autoextend_threshold', 'dm.thinp_autoextend_percent',
-  'dm.blkdiscard', 'dm.use_deferred_removal', 'dm.use_deferred_deletion',
+  'dm.blkdiscard', 'dm.use_deferred_removal', 'dm.use_deferred_deletion', 'dmfs.metadata_backups',
 ];
 
 /** Applies `dm.X=Y` strings in order onto copies of the given defaults. */
@@ -109,7 +126,7 @@ export function applyOptionStrings(
   const settings = { ...create };
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw dmfsError('BAD_OPTION', `option '${pair}' is not of the form dm.NAME=VALUE`);
+    if (eq <= 0) throw dmfsError('BAD_OPTION', `option '${pair}' is not of the form dm.NAME=VALUE (or dmfs.NAME=VALUE)`);
     const name = pair.slice(0, eq).trim().toLowerCase();
     const value = pair.slice(eq + 1).trim();
     const setter = OPTION_SETTERS[name];
@@ -153,13 +170,13 @@ export function readConfigFile(file: string): string[] {
         throw dmfsError('BAD_CONFIG', `config file ${file}: storage-opts must be an array of "dm.NAME=VALUE" strings`);
       }
       pairs.push(...(value as string[]));
-    } else if (key.startsWith('dm.')) {
+    } else if (key.startsWith('dm.') || key.startsWith('dmfs.')) {
       if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
         throw dmfsError('BAD_CONFIG', `config file ${file}: ${key} must be a string, number or boolean`);
       }
       pairs.push(`${key}=${String(value)}`);
     } else {
-      throw dmfsError('BAD_CONFIG', `config file ${file}: unknown key '${key}' (expected storage-driver, storage-opts or dm.* options)`);
+      throw dmfsError('BAD_CONFIG', `config file ${file}: unknown key '${key}' (expected storage-driver, storage-opts, dm.* or dmfs.* options)`);
     }
   }
   return pairs;

@@ -6,6 +6,7 @@ import { DmfsError, dmfsError, isDmfsError } from '../errors';
 import { blockIo, type ReadBlocksOptions } from '../native';
 import { asDataBlock, type DataBlock } from './block-address';
 import { packRecord, packUint48, unpackRecord, unpackUint48 } from './codec';
+import { listBackups, takeBackup, type BackupInfo } from './metadata-backup';
 import { MetadataEnv, isHostFullError, type Table } from './metadata-env';
 import {
   DEFAULT_POOL_OPTIONS,
@@ -46,6 +47,15 @@ function unpackSuperblock(raw: Buffer): Superblock {
 interface OwnerRecord extends ProcessIdentity {
   v: 1;
 }
+
+/** pool-meta 'backup:pending': metadata changed since the last backup (see metadata-backup.ts). */
+interface BackupPendingRecord {
+  v: 1;
+  /** Bumped by every change: a backup clears the mark only if no change came in meanwhile. */
+  seq: number;
+  reasons: string[];
+}
+const BACKUP_PENDING_KEY = 'backup:pending';
 
 /** How many blocks one process takes from the space map at a time. */
 const RESERVATION_BATCH = 64;
@@ -139,6 +149,10 @@ export class ThinPool {
   private trimming: Promise<void> | null = null;
   /** A host-full warning was emitted and no allocation has succeeded since (one line per episode). */
   private hostFullWarned = false;
+  /** Set by the layer store: what a backup's listing says about the copy (layer count). */
+  backupDescriber: (() => { layers: number }) | null = null;
+  /** check and restore set this: a pool under repair is not what a backup should keep. */
+  backupsSuspended = false;
 
   private constructor(paths: PoolPaths, env: MetadataEnv, sb: Superblock, dataFd: number, readonly readOnly: boolean) {
     this.paths = paths;
@@ -376,6 +390,55 @@ export class ThinPool {
   raiseCounter(name: string, next: number): void {
     if (unpackUint48(this.meta.get(`counter:${name}`)) >= next - 1) return;
     this.meta.put(`counter:${name}`, packUint48(next - 1));
+  }
+
+  // ---- metadata backups (metadata-backup.ts) ---------------------------------
+
+  /**
+   * Inside txn: marks the metadata changed since the last backup, for `reason` (create,
+   * commit, rm, import, unmount...). O(1): one get and one put. The backup itself is
+   * taken by close() (this process or, if it dies first, the next one to close).
+   */
+  noteMetadataChange(reason: string, opts: { replace?: boolean } = {}): void {
+    const raw = this.meta.get(BACKUP_PENDING_KEY);
+    const prev = raw ? unpackRecord<BackupPendingRecord>(raw) : null;
+    // replace: the reasons so far do not apply (a restored copy carries its own backup's mark).
+    const reasons = opts.replace ? [] : prev?.reasons ?? [];
+    this.meta.put(BACKUP_PENDING_KEY, packRecord({
+      v: 1, seq: (prev?.seq ?? 0) + 1, reasons: reasons.includes(reason) ? reasons : [...reasons, reason],
+    } satisfies BackupPendingRecord));
+  }
+
+  /** Whether a change is waiting for a backup. */
+  hasPendingBackup(): boolean {
+    return this.meta.has(BACKUP_PENDING_KEY);
+  }
+
+  /** Backups of this pool, newest first. */
+  listBackups(): BackupInfo[] {
+    return listBackups(this.paths.metadataDir);
+  }
+
+  /**
+   * Takes a backup now when the metadata changed since the last one (or `force`), and
+   * prunes to dmfs.metadata_backups. Null when none was taken (nothing changed, or off).
+   */
+  async backupMetadata(opts: { force?: boolean; reason?: string } = {}): Promise<BackupInfo | null> {
+    this.refreshSuperblock();
+    const keep = this.sb.options.metadataBackups;
+    const raw = this.meta.get(BACKUP_PENDING_KEY);
+    if (keep <= 0 || (!raw && !opts.force)) return null;
+    const pending = raw ? unpackRecord<BackupPendingRecord>(raw) : null;
+    const reasons = [...(pending?.reasons ?? []), ...(opts.reason ? [opts.reason] : [])];
+    // Flushed first: the copy then holds nothing the data device does not.
+    await this.sync();
+    const info = await takeBackup(this.env, { reasons, layers: this.backupDescriber?.().layers ?? null, keep });
+    // A change that came in after the mark was read may be missing from the copy: keep the mark then.
+    this.env.txn(() => {
+      const now = this.meta.get(BACKUP_PENDING_KEY);
+      if (now && pending && unpackRecord<BackupPendingRecord>(now).seq === pending.seq) this.meta.del(BACKUP_PENDING_KEY);
+    });
+    return info;
   }
 
   /** Whether any process other than this one has the pool open. */
@@ -769,6 +832,12 @@ export class ThinPool {
       this.owners.del(this.ownerId);
     });
     await this.env.sync();
+    if (!this.backupsSuspended) {
+      // A failed backup must not fail the close (the pool itself is intact); the mark stays for the next close.
+      await this.backupMetadata().catch((err) => {
+        process.emitWarning(`dmfs: metadata backup failed: ${(err as Error).message}`, { code: 'DMFS_BACKUP' });
+      });
+    }
     fs.closeSync(this.dataFd);
     await this.env.close();
   }

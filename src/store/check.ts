@@ -2,10 +2,12 @@ import * as path from 'node:path';
 import { dmfsError, isDmfsError } from '../errors';
 import { asDataBlock } from '../pool/block-address';
 import { damageSeenAtOpen, verifyMetadataStable, type MetadataDamage } from '../pool/metadata-verify';
+import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
+import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './chain-layer-fs';
 import {
-  blockContentMatches, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
+  blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
   unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
 } from './records';
 
@@ -16,9 +18,30 @@ export interface CheckProblem {
   repaired: boolean;
 }
 
+/** Files whose data repair keeps because dropping it needs --force (see checkPool). */
+export interface ProtectedFile {
+  layer: string;
+  path: string;
+  /** Data blocks of the file the live metadata no longer maps (by data-device block number). */
+  blocks: number[];
+  /** The backup that still maps them; absent when the owner is only inferred from damaged records. */
+  backup?: string;
+}
+
 export interface CheckReport {
   ok: boolean;
   problems: CheckProblem[];
+  /**
+   * Data that repair would drop only with --force: unmapped blocks a metadata backup still
+   * maps, and files whose records are damaged (their blocks' owner is unknown).
+   */
+  protectedFiles: ProtectedFile[];
+  /** Unmapped blocks kept because damaged block-map records may own them (no backup names them). */
+  unknownOwnerBlocks: number;
+  /** With repair: what a fresh check finds after the repair (empty = clean). */
+  remaining?: CheckProblem[];
+  /** Metadata backups available for --from-backup. */
+  backups: number;
   stats: {
     layers: number;
     segments: number;
@@ -30,18 +53,37 @@ export interface CheckReport {
   };
 }
 
+export interface CheckOptions {
+  repair?: boolean;
+  data?: boolean;
+  /** With repair: also drop data that is still referenced (by a backup or a damaged record). */
+  force?: boolean;
+  /** Backups whose references protect unmapped blocks (default: the pool's own, newest first). */
+  backups?: readonly BackupInfo[];
+}
+
 /**
  * Verifies metadata against itself and the space map (like thin_check): every mapped
  * block in range, used, and mapped once; no used block unreferenced (leak); usage
  * counters equal to the maps; parent chains valid; no records of unknown segments; no
- * directory entry pointing at a missing inode; every record decodes. With `repair`,
- * fixes the space map and counters and drops unreachable records, and says so.
- * With `data`, also reads every mapped data block whole and checks it against its
- * CRC-32Cs (per sector, or one for the whole block on refs written before sectors).
+ * directory entry pointing at a missing inode; every record decodes. With `data`, also
+ * reads every mapped data block whole and checks it against its CRC-32Cs (per sector, or
+ * one for the whole block on refs written before sectors).
+ *
+ * With `repair`, fixes the space map and counters and drops records nothing can reach,
+ * and says so — but never drops data something may still own unless `force`:
+ * - an unmapped ("leaked") block that a metadata backup maps is kept, and the file it
+ *   belongs to (layer + path, from the backup) is named in `protectedFiles`;
+ * - while any block-map or layer record is damaged, no unmapped block is freed: its owner
+ *   may be the damaged record (the files with damaged records are named);
+ * - records of unknown segments keep their blocks (their layer record may be the damaged one);
+ * - a directory entry leading to a damaged inode is not "dangling".
+ * With `force` those are dropped as well (records that do not decode are deleted).
+ * A repair ends with a fresh check (`remaining`): what it could not fix, and why.
  */
-export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?: boolean } = {}): Promise<CheckReport> {
+export async function checkPool(pool: ThinPool, opts: CheckOptions = {}): Promise<CheckReport> {
   try {
-    return await checkPoolInner(pool, opts);
+    return await checkAndRecheck(pool, opts);
   } catch (err) {
     if (isDmfsError(err)) throw err;
     // lmdb (MDB_PAGE_NOTFOUND, MDB_CORRUPTED, ...) or a record of an unexpected shape: the
@@ -56,11 +98,30 @@ export async function checkPool(pool: ThinPool, opts: { repair?: boolean; data?:
   }
 }
 
-async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: boolean }): Promise<CheckReport> {
+async function checkAndRecheck(pool: ThinPool, opts: CheckOptions): Promise<CheckReport> {
+  const report = await checkOnce(pool, opts);
+  if (opts.repair) {
+    const after = await checkOnce(pool, { backups: opts.backups });
+    report.remaining = after.problems;
+    report.ok = after.ok;
+    report.protectedFiles = after.protectedFiles;
+    report.unknownOwnerBlocks = after.unknownOwnerBlocks;
+  }
+  return report;
+}
+
+async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckReport> {
   const t = openStoreTables(pool);
   const problems: CheckProblem[] = [];
   const repair = Boolean(opts.repair);
+  const force = repair && Boolean(opts.force);
+  const backups = opts.backups ?? pool.listBackups();
   const report = (kind: string, message: string, repaired = false) => problems.push({ kind, message, repaired });
+  // Records that do not decode: their keys still say where they belong.
+  const corruptKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
+  const corruptBmapFiles = new Map<string, { seg: number; ino: number; entries: number }>();
+  const corruptInos = new Set<number>();
+  let corruptLayers = 0;
   const lostBlocks = checkDataDeviceSize(pool, t, repair, report);
 
   // The LMDB file's structure, page by page (MetadataEnv.open refused damage in what LMDB
@@ -78,14 +139,15 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
     const where = `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}${d.scope === 'previous' ? ', previous snapshot' : ''})`;
     report(d.scope === 'space' ? 'METADATA_PAGES_LEAKED' : 'METADATA_PAGE', `metadata ${where}: ${d.message}`);
   }
-  /** Some block-map entry or inode may be unreadable: unreferenced blocks may still be someone's. */
+  /** Some block-map entry or inode may be unreadable or lost: unmapped blocks may still be someone's. */
   let mapDamaged = md.damage.some((d) => d.scope === 'live');
 
   const layers = [...pool.table('layers').range(0, Number.MAX_SAFE_INTEGER)].flatMap(({ key, value }) => {
     try {
       return [unpackLayer(value)];
     } catch (err) {
-      report('CORRUPT_RECORD', `layer record ${String(key)}: ${(err as Error).message}`);
+      corruptLayers++;
+      report('CORRUPT_RECORD', `layer record ${String(key)}: ${(err as Error).message}; only 'dmfs check --repair --from-backup' can bring it back`);
       return [];
     }
   });
@@ -111,23 +173,38 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
   const badKeys: { table: 'bmap' | 'dirents' | 'inodes'; key: unknown }[] = [];
   let mappedBlocks = 0;
   const dataChecks: { where: string; ref: DataRef }[] = [];
+  let unknownSegmentEntries = 0;
+  const unknownSegmentFiles = new Map<string, { seg: number; ino: number; blocks: number[] }>();
   /** Block-map entries per `${segment}:${ino}`, readable or not: the inode records' `mapped` must match. */
   const mapEntries = new Map<string, number>();
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
-    const [seg, entryIno] = key as number[];
-    const inoKey = `${seg}:${entryIno}`;
-    mapEntries.set(inoKey, (mapEntries.get(inoKey) ?? 0) + 1);
-    if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer`, repair);
-      badKeys.push({ table: 'bmap', key });
-      continue;
-    }
+    const [seg, ino] = key as number[];
+    mapEntries.set(`${seg}:${ino}`, (mapEntries.get(`${seg}:${ino}`) ?? 0) + 1);
     let ref;
     try {
       ref = unpackBlockRef(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'bmap', key });
       mapDamaged = true;
+      const f = corruptBmapFiles.get(`${seg}:${ino}`) ?? { seg, ino, entries: 0 };
+      f.entries++;
+      corruptBmapFiles.set(`${seg}:${ino}`, f);
+      continue;
+    }
+    if (!segments.has(seg)) {
+      // Its layer record may be the damaged one: the entry still owns its block unless forced.
+      unknownSegmentEntries++;
+      if (unknownSegmentEntries <= 20) {
+        report('UNKNOWN_SEGMENT', `block map entry ${(key as number[]).join(':')} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      }
+      if (force) badKeys.push({ table: 'bmap', key });
+      else if (isDataRef(ref) && ref.block >= 0 && ref.block < pool.superblock.nrBlocks) referenced.add(ref.block);
+      if (isDataRef(ref)) {
+        const f = unknownSegmentFiles.get(`${seg}:${ino}`) ?? { seg, ino, blocks: [] };
+        f.blocks.push(ref.block);
+        unknownSegmentFiles.set(`${seg}:${ino}`, f);
+      }
       continue;
     }
     const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
@@ -169,15 +246,17 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
   for (const { key, value } of t.inodes.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer`, repair);
-      badKeys.push({ table: 'inodes', key });
+      if (++unknownSegmentEntries <= 20) report('UNKNOWN_SEGMENT', `inode record ${seg}:${ino} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (force) badKeys.push({ table: 'inodes', key });
       continue;
     }
     let rec;
     try {
       rec = unpackInode(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `inode ${seg}:${ino}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'inodes', key });
+      corruptInos.add(ino);
       mapDamaged = true;
       continue;
     }
@@ -194,27 +273,55 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
     inodeKeys.add(`${seg}:${ino}`);
     inos.add(ino);
   }
+  // --force drops a damaged inode record; its block-map entries in that segment go with it
+  // (else their blocks would stay mapped by a file nothing can reach).
+  if (force) {
+    const damaged = corruptKeys.filter((c) => c.table === 'inodes').map((c) => c.key as number[]);
+    for (const [seg, ino] of damaged) {
+      const entries = [...t.bmap.range(...bmapRange(seg, ino))];
+      for (const { key, value } of entries) {
+        let ref;
+        try {
+          ref = unpackBlockRef(value);
+        } catch {
+          continue; // already dropped as a damaged record
+        }
+        badKeys.push({ table: 'bmap', key });
+        const u = usage.get(seg);
+        if (isDataRef(ref)) {
+          referenced.delete(ref.block);
+          mappedBlocks--;
+          if (u) u.blocks--;
+        } else if (u) u.inlineBytes -= ref.length;
+      }
+      if (entries.length) report('CORRUPT_RECORD', `the ${entries.length} block-map entries of damaged inode ${seg}:${ino} were dropped with it (--force)`, true);
+    }
+  }
   let nrEntries = 0;
   for (const { key, value } of t.dirents.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, dirIno, name] = key as [number, number, string];
     if (!segments.has(seg)) {
-      report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer`, repair);
-      badKeys.push({ table: 'dirents', key });
+      if (++unknownSegmentEntries <= 20) report('UNKNOWN_SEGMENT', `directory entry ${seg}:${dirIno}:${name} belongs to no layer${force ? ' (dropped, --force)' : ''}`, force);
+      if (force) badKeys.push({ table: 'dirents', key });
       continue;
     }
     let d;
     try {
       d = unpackDirent(value);
     } catch (err) {
-      report('CORRUPT_RECORD', `directory entry ${seg}:${dirIno}:${name}: ${(err as Error).message}`);
+      report('CORRUPT_RECORD', `directory entry ${seg}:${dirIno}:${name}: ${(err as Error).message}`, force);
+      corruptKeys.push({ table: 'dirents', key });
       continue;
     }
     nrEntries++;
-    if (!isWhiteout(d) && !inos.has(d.ino)) {
+    // An entry leading to a damaged inode names a file that still exists: not dangling (unless --force drops the inode).
+    if (!isWhiteout(d) && !inos.has(d.ino) && (force || !corruptInos.has(d.ino))) {
       report('DANGLING_ENTRY', `entry '${name}' in directory ${dirIno} (segment ${seg}) points at missing inode ${d.ino}`, repair);
       badKeys.push({ table: 'dirents', key });
     }
   }
+
+  if (unknownSegmentEntries > 20) report('UNKNOWN_SEGMENT', `${unknownSegmentEntries - 20} more records of unknown segments`, force);
 
   // Space map against references and reservations.
   const reserved = pool.reservedBlocks();
@@ -224,13 +331,58 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
     usedBlocks++;
     if (!referenced.has(b) && !reserved.has(b)) leaked.push(b);
   }
-  // With damaged maps, an unreferenced block may belong to an entry that can't be read:
-  // it is reported apart and never freed (its owner can't be known; a backup may know it).
-  const suspect = mapDamaged ? leaked.splice(0) : [];
-  for (const b of suspect.slice(0, 20)) report('POSSIBLY_REFERENCED', `data block ${b} is marked used and no readable map entry references it; damaged metadata may reference it (kept, not freed)`);
-  if (suspect.length > 20) report('POSSIBLY_REFERENCED', `${suspect.length - 20} more blocks possibly referenced by damaged metadata (not freed)`);
-  for (const b of leaked.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it`, repair);
-  if (leaked.length > 20) report('LEAKED_BLOCK', `${leaked.length - 20} more leaked blocks`, repair);
+
+  // Unmapped blocks something may still own: kept unless --force (see the doc comment).
+  const protectedFiles: ProtectedFile[] = [];
+  const kept = new Set<number>();
+  let unknownOwnerBlocks = 0;
+  if (leaked.length) {
+    const { owners } = await backupOwnersOf(backups, new Set(leaked));
+    const ownerUnknown = mapDamaged || corruptLayers > 0;
+    const free: number[] = [];
+    for (const b of leaked) {
+      if (owners.has(b) || ownerUnknown) kept.add(b);
+      else free.push(b);
+    }
+    for (const f of groupByFile([...owners].filter(([b]) => kept.has(b)))) protectedFiles.push(f);
+    unknownOwnerBlocks = [...kept].filter((b) => !owners.has(b)).length;
+    if (ownerUnknown && corruptBmapFiles.size) {
+      const namer = new FileNamer(pool);
+      for (const f of corruptBmapFiles.values()) protectedFiles.push({ ...namer.name(f.seg, f.ino), blocks: [] });
+    }
+    for (const b of free.slice(0, 20)) report('LEAKED_BLOCK', `data block ${b} is marked used but nothing maps it (no backup maps it either)`, repair);
+    if (free.length > 20) report('LEAKED_BLOCK', `${free.length - 20} more leaked blocks`, repair);
+    for (const f of protectedFiles.filter((p) => p.backup)) {
+      report(
+        'UNREFERENCED_DATA',
+        `${f.blocks.length} data block(s) (${f.blocks.slice(0, 8).join(', ')}${f.blocks.length > 8 ? ', ...' : ''}) are unmapped in the live metadata, but backup ${f.backup} maps them to '${f.path}' in layer '${f.layer}'` +
+          (force ? ': freed (--force), that data is gone' : ': kept'),
+        force,
+      );
+    }
+    if (unknownOwnerBlocks) {
+      const damaged = protectedFiles.filter((p) => !p.backup).map((p) => `'${p.path}' in layer '${p.layer}'`);
+      const blocks = [...kept].filter((b) => !owners.has(b));
+      report(
+        'UNREFERENCED_DATA',
+        `${unknownOwnerBlocks} unmapped data block(s) (${blocks.slice(0, 8).join(', ')}${blocks.length > 8 ? ', ...' : ''}) may belong to damaged records` +
+          (damaged.length
+            ? ` (block map of ${damaged.slice(0, 8).join(', ')}${damaged.length > 8 ? ', ...' : ''})`
+            : corruptLayers ? ' (a layer record is damaged)' : ' (the metadata lost block-map entries)') +
+          (force ? ': freed (--force), that data is gone' : ': kept'),
+        force,
+      );
+    }
+  }
+  if (force) kept.clear();
+  // Files of unknown segments: named from the newest backup that still knows their layer.
+  if (unknownSegmentFiles.size && !force) {
+    const names = await namesFromBackups(backups, [...unknownSegmentFiles.values()]);
+    for (const f of unknownSegmentFiles.values()) {
+      const n = names.get(`${f.seg}:${f.ino}`);
+      protectedFiles.push({ layer: n?.layer ?? `<segment ${f.seg}>`, path: n?.path ?? `<inode ${f.ino}>`, blocks: f.blocks, ...(n ? { backup: n.backup } : {}) });
+    }
+  }
   const unmarked = [...referenced].filter((b) => !pool.isBlockUsed(b as never));
   for (const b of unmarked.slice(0, 20)) report('FREE_BUT_MAPPED', `data block ${b} is mapped but marked free`, repair);
   if (unmarked.length > 20) report('FREE_BUT_MAPPED', `${unmarked.length - 20} more mapped-but-free blocks`, repair);
@@ -251,13 +403,18 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
     pool.txn(() => {
       for (const { table, key } of badKeys) t[table].del(key as never);
     });
-    if (leaked.length || unmarked.length) pool.repairSpaceMap(suspect.length ? new Set([...referenced, ...suspect]) : referenced);
+    if (force && corruptKeys.length) pool.txn(() => corruptKeys.forEach(({ table, key }) => t[table].del(key as never)));
+    // Kept blocks count as referenced: repairSpaceMap frees only what nothing may own.
+    if (leaked.length > kept.size || unmarked.length) pool.repairSpaceMap(new Set([...referenced, ...kept]));
     await pool.sync();
   }
 
   return {
     ok: problems.every((p) => p.repaired),
     problems,
+    protectedFiles,
+    unknownOwnerBlocks,
+    backups: backups.length,
     stats: {
       layers: layers.length,
       segments: segments.size,
@@ -270,7 +427,30 @@ async function checkPoolInner(pool: ThinPool, opts: { repair?: boolean; data?: b
   };
 }
 
-// ---- data device size (wt-hostenv hook) ---------------------------------------------
+/** Names (segment, ino) pairs from the newest backup whose layers know the segment. */
+async function namesFromBackups(backups: readonly BackupInfo[], files: { seg: number; ino: number }[]): Promise<Map<string, { layer: string; path: string; backup: string }>> {
+  const out = new Map<string, { layer: string; path: string; backup: string }>();
+  for (const b of backups) {
+    if (out.size === files.length) break;
+    let snap: MetadataSnapshot;
+    try {
+      snap = MetadataSnapshot.open(b.dir);
+    } catch {
+      continue;
+    }
+    try {
+      const namer = new FileNamer(snap);
+      for (const f of files) {
+        const k = `${f.seg}:${f.ino}`;
+        if (!out.has(k) && namer.layerOfSegment(f.seg)) out.set(k, { ...namer.name(f.seg, f.ino), backup: b.name });
+      }
+    } finally {
+      await snap.close();
+    }
+  }
+  return out;
+}
+// ---- data device size ----
 
 /**
  * The data device against the metadata (ThinPool.dataDeviceCheck): a data file cut short

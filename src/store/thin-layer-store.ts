@@ -42,6 +42,8 @@ export class ThinLayerStore implements LayerStore {
   /** Opens the store, creating the base layer on a new pool and finishing what dead processes left. */
   static async open(pool: ThinPool): Promise<ThinLayerStore> {
     const store = new ThinLayerStore(pool);
+    // Metadata backups (pool/metadata-backup.ts) list how many layers each copy holds.
+    pool.backupDescriber = () => ({ layers: store.layers.count(0, Number.MAX_SAFE_INTEGER) });
     // Read-only pool (read-only file system): nothing to create or finish; reads only.
     if (pool.readOnly) return store;
     store.ensureBase();
@@ -181,6 +183,7 @@ export class ThinLayerStore implements LayerStore {
         ...(opts.kind === 'image' && opts.building ? { builderOwnerId: this.pool.ownerId } : {}),
       };
       this.putLayer(r);
+      this.pool.noteMetadataChange(opts.building ? 'import' : 'create'); // backup hook
       return r;
     });
     await this.pool.sync();
@@ -200,6 +203,7 @@ export class ThinLayerStore implements LayerStore {
       const sealed: LayerRecord = { ...r, state: 'committed' };
       delete sealed.builderOwnerId;
       this.putLayer(sealed);
+      this.pool.noteMetadataChange('import'); // backup hook
       return sealed;
     });
     await this.pool.sync();
@@ -226,6 +230,7 @@ export class ThinLayerStore implements LayerStore {
       };
       this.putLayer(img);
       this.putLayer({ ...c, parentId: img.id, segment: this.pool.counter('segment') });
+      this.pool.noteMetadataChange('commit'); // backup hook
       return img;
     });
     await this.pool.sync();
@@ -236,6 +241,7 @@ export class ThinLayerStore implements LayerStore {
     const result = this.pool.txn(() => {
       const r = this.layerByName(name);
       if (r.kind === 'base') throw dmfsError('NOT_PERMITTED', 'the base layer cannot be removed');
+      this.pool.noteMetadataChange('rm'); // backup hook (dropped with the txn if the removal is refused)
       const children = this.allLayers().filter((l) => l.parentId === r.id);
       if (children.length) {
         throw dmfsError('LAYER_HAS_CHILDREN', `layer '${name}' has children (${children.map((c) => c.name).join(', ')}); remove them first`);
@@ -309,6 +315,7 @@ export class ThinLayerStore implements LayerStore {
       if (this.names.get(newName)) throw dmfsError('LAYER_EXISTS', `a layer named '${newName}' already exists`);
       this.names.del(name);
       this.putLayer({ ...r, name: newName });
+      this.pool.noteMetadataChange('rename'); // backup hook
     });
     await this.pool.sync();
   }
@@ -317,6 +324,7 @@ export class ThinLayerStore implements LayerStore {
     this.pool.txn(() => {
       const r = this.layerByName(name);
       this.putLayer({ ...r, labels: { ...labels } });
+      this.pool.noteMetadataChange('label'); // backup hook
     });
     await this.pool.sync();
   }
@@ -364,7 +372,7 @@ export class ThinLayerStore implements LayerStore {
       sizeLimitBytes: rec.sizeLimitBytes,
       onClose: async () => {
         this.open.delete(fs);
-        await this.afterClose(rec.id, rec.name);
+        await this.afterClose(rec.id, rec.name, !readOnly);
       },
     });
     this.open.add(fs);
@@ -385,7 +393,9 @@ export class ThinLayerStore implements LayerStore {
     return false;
   }
 
-  private async afterClose(layerId: number, name: string): Promise<void> {
+  private async afterClose(layerId: number, name: string, wasWritable: boolean): Promise<void> {
+    // Backup hook: a writable layer closing (an unmount) may have changed files.
+    if (wasWritable && !this.pool.readOnly) this.pool.txn(() => this.pool.noteMetadataChange('unmount'));
     if (this.isOpenHere(name) || this.pool.readOnly) return;
     const removeNow = this.pool.txn(() => {
       this.holders.del([layerId, this.pool.ownerId]);

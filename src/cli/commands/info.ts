@@ -41,6 +41,7 @@ export const command: Command = {
             (info.hostFilesystem.state === 'ok' ? '' : ` (${info.hostFilesystem.state === 'full' ? 'FULL' : 'nearly full'}: ${info.hostFilesystem.advice})`)] as [string, string]]
         : []),
       ...(info.readOnly ? [['Read-only', 'yes: the pool is on a read-only file system (read-only commands only)'] as [string, string]] : []),
+      ['Metadata Backups', `${info.metadataBackupCount} (keeps ${info.metadataBackupsKept}, dmfs.metadata_backups)`],
       ['Native Block Path', info.nativeBlockPath],
       ['Layers', `${info.layers.total} (base ${info.layers.base}, images ${info.layers.images}, containers ${info.layers.containers}, building ${info.layers.building})`],
     ];
