@@ -1,4 +1,8 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Pool } from '../api';
+import { dmfsError } from '../errors';
+import { assertOutsidePool } from '../pool/pool-guard';
 import type { CommandContext } from './command';
 
 /** Opens the pool at ctx.root for the duration of fn, closing it whatever happens. */
@@ -30,4 +34,107 @@ export function stringOpt(ctx: CommandContext, name: string): string | undefined
 export function listOpt(ctx: CommandContext, name: string): string[] {
   const v = ctx.opts[name];
   return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
+}
+
+/**
+ * Where a command writes a file the user named (`export -o`, `dump -o`, `save -o FILE`):
+ * refused (PATH_IN_POOL, exit 2) when it resolves into the pool, else written to a
+ * temporary name beside the target, fsynced, and renamed into place, so a failure leaves
+ * the target as it was and a reader never sees half a file. Symlinks are followed (the
+ * file they point at is replaced, as a shell redirection would write it). `write` gets
+ * the temporary path and fills it; its result is returned.
+ */
+export async function writeOutputFile<T>(pool: Pool, target: string, what: string, write: (tmpPath: string) => Promise<T>): Promise<T> {
+  const real = checkedOutputPath(pool, target, what);
+  const tmp = path.join(path.dirname(real), `.${path.basename(real)}.tmp-${process.pid}`);
+  try {
+    const result = await write(tmp);
+    const fd = fs.openSync(tmp, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, real);
+    return result;
+  } catch (err) {
+    fs.rmSync(tmp, { force: true, recursive: true });
+    throw err;
+  }
+}
+
+/** The guard and the shape checks of writeOutputFile; returns the real path to replace. */
+export function checkedOutputPath(pool: Pool, target: string, what: string): string {
+  if (target === '') throw dmfsError('USAGE', `${what} path is empty`);
+  const resolved = assertOutsidePool(pool.root, target, what, { extraPaths: [pool.thinPool.dataPath] });
+  const real = resolved.realPath;
+  if (resolved.exists) {
+    const st = fs.statSync(real);
+    if (st.isDirectory()) throw dmfsError('IS_DIR', `${what} ${target} is a directory; name a file to write`);
+    if (!st.isFile()) throw dmfsError('INVALID', `${what} ${target} is not a regular file; name a regular file (or '-' for stdout where the command takes it)`);
+    return real;
+  }
+  const dir = path.dirname(real);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    throw dmfsError('NOT_FOUND', `the directory of ${what} ${target} does not exist (${dir}); create it first: mkdir -p ${dir}`);
+  }
+  if (!st.isDirectory()) throw dmfsError('NOT_DIR', `${dir} (in ${what} ${target}) is not a directory`);
+  return real;
+}
+
+/** Writes a whole buffer or string to a new file (the temporary file of writeOutputFile). */
+export async function writeNewFile(file: string, data: string | Buffer): Promise<void> {
+  await fs.promises.writeFile(file, data, { flag: 'wx' });
+}
+
+/**
+ * A write stream on a new file with backpressure: `write(chunk)` resolves once the stream
+ * can take more; `end()` resolves once everything reached the file. A write error (ENOSPC,
+ * EIO) rejects the pending or next call instead of becoming an unhandled 'error' event.
+ */
+export function newFileSink(file: string): { write: (chunk: Buffer) => Promise<void>; end: () => Promise<void>; destroy: () => void } {
+  const out = fs.createWriteStream(file, { flags: 'wx' });
+  let failure: Error | null = null;
+  out.on('error', (err) => {
+    failure ??= err;
+  });
+  const settle = (event: 'drain' | 'finish') =>
+    new Promise<void>((resolve, reject) => {
+      if (failure) return reject(failure);
+      const onEvent = () => {
+        out.off('error', onError);
+        resolve();
+      };
+      const onError = (err: Error) => {
+        out.off(event, onEvent);
+        reject(err);
+      };
+      out.once(event, onEvent);
+      out.once('error', onError);
+    });
+  return {
+    write: async (chunk) => {
+      if (failure) throw failure;
+      if (!out.write(chunk)) await settle('drain');
+    },
+    end: async () => {
+      const done = settle('finish');
+      out.end();
+      await done;
+    },
+    destroy: () => out.destroy(),
+  };
+}
+
+/**
+ * Writes to a command's stdout and waits for the stream to take it (backpressure), so a
+ * long listing stops at the first write after its reader went away (EPIPE, handled in main).
+ */
+export function writeOut(out: NodeJS.WritableStream, text: string | Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    out.write(text, (err?: Error | null) => (err ? reject(err) : resolve()));
+  });
 }

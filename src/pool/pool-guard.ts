@@ -1,0 +1,183 @@
+/**
+ * Is a user-named path inside the pool? The guard every command runs on a path it is
+ * about to write (an output file or directory, a mountpoint) or to read as a whole tree
+ * (an import source), so that nothing a user types can overwrite or mount over the pool's
+ * own files (data file, metadata, run records, backups).
+ *
+ * Contract of `assertOutsidePool(poolRoot, target, what, opts)`:
+ * - The target is resolved as the kernel would resolve it for open(2)/rename(2): component
+ *   by component from the current directory, following every symlink (dangling ones too:
+ *   writing through a dangling link creates its target), with `..` taken after the symlink
+ *   before it is followed (so `link/../x` is not `x`). Components that do not exist yet are
+ *   appended as they are.
+ * - Refused (PATH_IN_POOL, exit 2) when the resolved target is the pool root or below it;
+ *   when the target, or its nearest existing ancestor, has the st_dev+st_ino of a file or
+ *   directory of the pool (a hard link to a pool file, a bind mount of a pool directory);
+ *   when it is a block device with the same st_rdev as one of `opts.extraPaths` (direct
+ *   mode's data device under another name); and with `opts.refuseAncestor` (directory
+ *   outputs that get filled, mountpoints that get covered, import sources that get read
+ *   whole) when the pool root is below the target.
+ * - Nothing is created or changed; the caller writes only after this returns. The check
+ *   is not atomic with the write (a path changed in between by someone else is not caught):
+ *   it guards against mistakes, not against an attacker who owns the directories.
+ *
+ * Cost: one walk of the pool directory (a handful of files: data file, data.mdb, lock.mdb,
+ * FORMAT, run/*, backups), a few lstat calls per target component.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { dmfsError } from '../errors';
+
+/** Symlinks followed while resolving one path before giving up, as Linux's MAXSYMLINKS. */
+const MAX_SYMLINKS = 40;
+
+export interface ResolvedPath {
+  /** Absolute path with every existing component's symlinks resolved. */
+  realPath: string;
+  /** The longest prefix of realPath that exists (realPath itself when `exists`). */
+  existingPath: string;
+  exists: boolean;
+}
+
+function isMissing(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/** Resolves `p` the way the kernel walks it (see the module contract); throws LOOP on a symlink cycle. */
+export function resolvePath(p: string): ResolvedPath {
+  const start = path.isAbsolute(p) ? p : `${process.cwd()}/${p}`;
+  const pending = start.split('/');
+  let cur = '/';
+  let existingPath = '/';
+  let missing = false;
+  let links = 0;
+  while (pending.length) {
+    const comp = pending.shift() as string;
+    if (comp === '' || comp === '.') continue;
+    if (comp === '..') {
+      cur = path.dirname(cur);
+      if (!missing) existingPath = cur;
+      continue;
+    }
+    const next = cur === '/' ? `/${comp}` : `${cur}/${comp}`;
+    if (missing) {
+      cur = next;
+      continue;
+    }
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(next);
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+      missing = true;
+      cur = next;
+      continue;
+    }
+    if (st.isSymbolicLink()) {
+      if (++links > MAX_SYMLINKS) throw dmfsError('LOOP', `too many symbolic links resolving ${p}`);
+      const target = fs.readlinkSync(next);
+      pending.unshift(...target.split('/'));
+      if (path.isAbsolute(target)) cur = '/';
+      existingPath = cur;
+      continue;
+    }
+    cur = next;
+    existingPath = cur;
+  }
+  return { realPath: cur, existingPath, exists: !missing };
+}
+
+function isInside(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent === '/' ? '/' : `${parent}/`);
+}
+
+interface PoolIdentity {
+  realRoot: string;
+  /** `${dev}:${ino}` of every file and directory of the pool, the root included. */
+  inodes: Set<string>;
+  /** st_rdev of block devices the pool uses (direct mode's data device). */
+  rdevs: Set<bigint>;
+}
+
+const key = (st: fs.BigIntStats) => `${st.dev}:${st.ino}`;
+
+function poolIdentity(poolRoot: string, extraPaths: string[]): PoolIdentity {
+  const realRoot = resolvePath(poolRoot).realPath;
+  const inodes = new Set<string>();
+  const rdevs = new Set<bigint>();
+  let rootDev: bigint | null = null;
+  const walk = (dir: string) => {
+    let st: fs.BigIntStats;
+    try {
+      st = fs.lstatSync(dir, { bigint: true });
+    } catch (err) {
+      if (isMissing(err)) return;
+      throw err;
+    }
+    inodes.add(key(st));
+    rootDev ??= st.dev;
+    // Never descend into another filesystem mounted inside the pool (a mount there is
+    // itself what this guard refuses; walking it could take forever).
+    if (!st.isDirectory() || st.dev !== rootDev) return;
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir);
+    } catch (err) {
+      if (isMissing(err)) return;
+      throw err;
+    }
+    for (const name of names) walk(path.join(dir, name));
+  };
+  walk(realRoot);
+  for (const extra of extraPaths) {
+    try {
+      const st = fs.statSync(extra, { bigint: true });
+      inodes.add(key(st));
+      if (st.isBlockDevice()) rdevs.add(st.rdev);
+    } catch (err) {
+      if (!isMissing(err)) throw err;
+    }
+  }
+  return { realRoot, inodes, rdevs };
+}
+
+export interface GuardOptions {
+  /** Paths outside the root that belong to the pool (direct mode's data device). */
+  extraPaths?: string[];
+  /** Also refuse a target that contains the pool (directory outputs, mountpoints, import sources). */
+  refuseAncestor?: boolean;
+}
+
+/**
+ * Throws PATH_IN_POOL when `target` resolves into the pool rooted at `poolRoot` (see the
+ * module contract). `what` names the target in the message ("output", "mountpoint").
+ * Returns the resolution, for callers that want the real path.
+ */
+export function assertOutsidePool(poolRoot: string, target: string, what: string, opts: GuardOptions = {}): ResolvedPath {
+  const resolved = resolvePath(target);
+  const pool = poolIdentity(poolRoot, opts.extraPaths ?? []);
+  const refuse = (why: string) =>
+    dmfsError('PATH_IN_POOL', `${what} ${target} ${why} (pool ${poolRoot}); nothing was written. Choose a path outside the pool.`);
+  if (isInside(resolved.realPath, pool.realRoot)) {
+    throw refuse(resolved.realPath === pool.realRoot ? 'is the pool directory' : `is inside the pool (${resolved.realPath})`);
+  }
+  if (opts.refuseAncestor && isInside(pool.realRoot, resolved.realPath)) {
+    throw refuse('contains the pool');
+  }
+  // Identity checks catch what path resolution cannot see: hard links and bind mounts.
+  const probe = (p: string, how: string) => {
+    let st: fs.BigIntStats;
+    try {
+      st = fs.statSync(p, { bigint: true });
+    } catch (err) {
+      if (isMissing(err)) return;
+      throw err;
+    }
+    if (pool.inodes.has(key(st))) throw refuse(how);
+    if (st.isBlockDevice() && pool.rdevs.has(st.rdev)) throw refuse("is the pool's data device");
+  };
+  if (resolved.exists) probe(resolved.realPath, 'is a file of the pool (a hard link or bind mount of it)');
+  else probe(resolved.existingPath, 'is inside a directory of the pool (a bind mount or hard link of it)');
+  return resolved;
+}
