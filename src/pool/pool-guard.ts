@@ -157,14 +157,14 @@ export interface GuardOptions {
 export function assertOutsidePool(poolRoot: string, target: string, what: string, opts: GuardOptions = {}): ResolvedPath {
   const resolved = resolvePath(target);
   const pool = poolIdentity(poolRoot, opts.extraPaths ?? []);
-  const refuse = (why: string) =>
-    dmfsError('PATH_IN_POOL', `${what} ${target} ${why} (pool ${poolRoot}); nothing was written. Choose a path outside the pool.`);
-  if (isInside(resolved.realPath, pool.realRoot)) {
-    throw refuse(resolved.realPath === pool.realRoot ? 'is the pool directory' : `is inside the pool (${resolved.realPath})`);
+  const R = pool.realRoot;
+  const refuse = (why: string) => dmfsError('PATH_IN_POOL', `${what} ${target} ${why}; refused, nothing was changed. Choose a path outside the pool.`);
+  if (isInside(resolved.realPath, R)) {
+    if (resolved.realPath === R) throw refuse(`is the pool directory ${R}`);
+    const via = path.resolve(target) === resolved.realPath ? '' : ` (it resolves to ${resolved.realPath})`;
+    throw refuse(`is inside the pool ${R}${via}`);
   }
-  if (opts.refuseAncestor && isInside(pool.realRoot, resolved.realPath)) {
-    throw refuse('contains the pool');
-  }
+  if (opts.refuseAncestor && isInside(R, resolved.realPath)) throw refuse(`contains the pool ${R}`);
   // Identity checks catch what path resolution cannot see: hard links and bind mounts.
   const probe = (p: string, how: string) => {
     let st: fs.BigIntStats;
@@ -175,9 +175,9 @@ export function assertOutsidePool(poolRoot: string, target: string, what: string
       throw err;
     }
     if (pool.inodes.has(key(st))) throw refuse(how);
-    if (st.isBlockDevice() && pool.rdevs.has(st.rdev)) throw refuse("is the pool's data device");
+    if (st.isBlockDevice() && pool.rdevs.has(st.rdev)) throw refuse(`is the data device of the pool ${R}`);
   };
-  if (resolved.exists) probe(resolved.realPath, 'is a file of the pool (a hard link or bind mount of it)');
-  else probe(resolved.existingPath, 'is inside a directory of the pool (a bind mount or hard link of it)');
+  if (resolved.exists) probe(resolved.realPath, `is the same file as one of the pool ${R} (a hard link or a bind mount of it)`);
+  else probe(resolved.existingPath, `is in a directory of the pool ${R} (${resolved.existingPath} is a bind mount of it)`);
   return resolved;
 }

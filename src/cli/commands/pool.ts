@@ -1,11 +1,47 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
+import { poolPaths } from '../../pool/pool-paths';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
 import { listOpt, printJson, stringOpt, withPool } from '../output';
 
+/**
+ * What `pool create` may be pointed at: a missing path, or a directory that is not a pool
+ * yet and holds none of the names a pool uses. A file (or device) is refused rather than
+ * half-created and then removed; foreign data/, metadata/ or run/ directories are refused
+ * because a create that fails part-way removes what it made there. An existing pool is left
+ * to Pool.create (POOL_EXISTS). BAD_OPTION (exit 2); nothing is touched.
+ */
+export function checkNewPoolRoot(root: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') {
+      throw dmfsError('BAD_OPTION', `--root ${root}: a component of the path is a file, not a directory; name a new or empty directory for the pool`);
+    }
+    throw dmfsError('BAD_OPTION', `--root ${root}: ${(err as Error).message}`, err);
+  }
+  if (!st.isDirectory()) {
+    throw dmfsError('BAD_OPTION', `--root ${root} is a file, not a directory; name a new or empty directory for the pool (the file was left as it is)`);
+  }
+  const paths = poolPaths(root);
+  if (fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) return;
+  const taken = [paths.metadataDir, path.dirname(paths.dataFile), paths.runDir].filter((p) => fs.existsSync(p));
+  if (taken.length) {
+    throw dmfsError(
+      'BAD_OPTION',
+      `${root} is not a dmfs pool but already holds ${taken.map((p) => path.basename(p) + '/').join(', ')}; ` +
+        'choose another --root (or, if they are left from an interrupted pool create, remove them first)',
+    );
+  }
+}
+
 async function create(ctx: CommandContext): Promise<number> {
+  checkNewPoolRoot(ctx.root);
   const size = stringOpt(ctx, 'size');
   const blockSize = stringOpt(ctx, 'block-size');
   const pool = await Pool.create({
