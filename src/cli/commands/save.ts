@@ -15,7 +15,7 @@ import { formatBytes } from '../progress';
 export function saveOutputKind(output: string): 'dir' | 'tar' {
   let st: fs.Stats | null = null;
   try {
-    st = fs.statSync(output);
+    st = fs.statSync(output.replace(/\/+$/, '') || '/');
   } catch {
     /* missing: decided by the name */
   }
@@ -32,7 +32,9 @@ async function save(ctx: CommandContext, pool: Pool, output: string): Promise<Sa
   const ref = stringOpt(ctx, 'ref');
   if (saveOutputKind(output) === 'dir') {
     // A layout directory is filled in place (blobs and index.json each renamed into place).
-    assertOutsidePool(pool.root, output, 'output', { extraPaths: [pool.thinPool.dataPath], refuseAncestor: true });
+    const r = assertOutsidePool(pool.root, output, 'output', { extraPaths: [pool.thinPool.dataPath], refuseAncestor: true });
+    // Missing directories are created (mkdir -p), but not below a file.
+    if (!r.exists && !fs.statSync(r.existingPath).isDirectory()) throw dmfsError('NOT_DIR', `${r.existingPath} (in output ${output}) is not a directory`);
     return saveImage(pool.store, ctx.args[0], output, { ref });
   }
   // saveImage writes an archive when the name ends in .tar: give it such a temporary name
