@@ -51,6 +51,7 @@ export function resolvePath(p: string): ResolvedPath {
   let cur = '/';
   let existingPath = '/';
   let missing = false;
+  let opaque = false;
   let links = 0;
   while (pending.length) {
     const comp = pending.shift() as string;
@@ -69,10 +70,17 @@ export function resolvePath(p: string): ResolvedPath {
     try {
       st = fs.lstatSync(next);
     } catch (err) {
-      if (!isMissing(err)) throw err;
-      missing = true;
       cur = next;
-      continue;
+      if (isMissing(err)) {
+        missing = true;
+        continue;
+      }
+      // There but unreadable (a dead FUSE mount: ENOTCONN; EACCES; EIO): nothing below it
+      // can be looked at, so the rest is taken as written. Not a symlink (lstat of a
+      // symlink itself does not fail this way), so not a way into the pool.
+      existingPath = cur;
+      opaque = true;
+      break;
     }
     if (st.isSymbolicLink()) {
       if (++links > MAX_SYMLINKS) throw dmfsError('LOOP', `too many symbolic links resolving ${p}`);
@@ -84,6 +92,13 @@ export function resolvePath(p: string): ResolvedPath {
     }
     cur = next;
     existingPath = cur;
+  }
+  if (opaque) {
+    for (const comp of pending) {
+      if (comp === '' || comp === '.') continue;
+      missing = true;
+      cur = comp === '..' ? path.dirname(cur) : path.join(cur, comp);
+    }
   }
   return { realPath: cur, existingPath, exists: !missing };
 }
@@ -111,9 +126,8 @@ function poolIdentity(poolRoot: string, extraPaths: string[]): PoolIdentity {
     let st: fs.BigIntStats;
     try {
       st = fs.lstatSync(dir, { bigint: true });
-    } catch (err) {
-      if (isMissing(err)) return;
-      throw err;
+    } catch {
+      return; // gone meanwhile, or unreadable: nothing there to protect by identity
     }
     inodes.add(key(st));
     rootDev ??= st.dev;
@@ -123,9 +137,8 @@ function poolIdentity(poolRoot: string, extraPaths: string[]): PoolIdentity {
     let names: string[];
     try {
       names = fs.readdirSync(dir);
-    } catch (err) {
-      if (isMissing(err)) return;
-      throw err;
+    } catch {
+      return;
     }
     for (const name of names) walk(path.join(dir, name));
   };
@@ -170,9 +183,8 @@ export function assertOutsidePool(poolRoot: string, target: string, what: string
     let st: fs.BigIntStats;
     try {
       st = fs.statSync(p, { bigint: true });
-    } catch (err) {
-      if (isMissing(err)) return;
-      throw err;
+    } catch {
+      return; // missing or unreadable (a dead mount): not a file of the pool one can reach
     }
     if (pool.inodes.has(key(st))) throw refuse(how);
     if (st.isBlockDevice() && pool.rdevs.has(st.rdev)) throw refuse(`is the data device of the pool ${R}`);
