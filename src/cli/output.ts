@@ -2,13 +2,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../api';
 import { dmfsError } from '../errors';
-import { assertOutsidePool } from '../pool/pool-guard';
+import { assertFdOutsidePool, assertOutsidePool } from '../pool/pool-guard';
 import type { CommandContext } from './command';
 
-/** Opens the pool at ctx.root for the duration of fn, closing it whatever happens. */
+/**
+ * Opens the pool at ctx.root for the duration of fn, closing it whatever happens. Refuses
+ * (PATH_IN_POOL) when the process's standard output is a file of this pool.
+ */
 export async function withPool<T>(ctx: CommandContext, fn: (pool: Pool) => Promise<T>): Promise<T> {
   const pool = await Pool.open(ctx.root);
   try {
+    if (ctx.stdout === process.stdout) assertFdOutsidePool(pool.root, 1, 'standard output', { extraPaths: [pool.thinPool.dataPath] });
     return await fn(pool);
   } finally {
     await pool.close();

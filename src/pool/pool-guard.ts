@@ -193,3 +193,27 @@ export function assertOutsidePool(poolRoot: string, target: string, what: string
   else probe(resolved.existingPath, `is in a directory of the pool ${R} (${resolved.existingPath} is a bind mount of it)`);
   return resolved;
 }
+
+/**
+ * Throws PATH_IN_POOL when the open descriptor `fd` (a command's standard output, which the
+ * shell opened: `dmfs export X -o - >> POOL/data/data-file`) is a file of the pool. With
+ * `>` the shell has already truncated it; refusing still keeps the command from writing
+ * into it, and the message says to check the pool.
+ */
+export function assertFdOutsidePool(poolRoot: string, fd: number, what: string, opts: GuardOptions = {}): void {
+  let st: fs.BigIntStats;
+  try {
+    st = fs.fstatSync(fd, { bigint: true });
+  } catch {
+    return;
+  }
+  if (!st.isFile() && !st.isBlockDevice()) return; // terminals, pipes, sockets, /dev/null
+  const pool = poolIdentity(poolRoot, opts.extraPaths ?? []);
+  if (pool.inodes.has(key(st)) || (st.isBlockDevice() && pool.rdevs.has(st.rdev))) {
+    throw dmfsError(
+      'PATH_IN_POOL',
+      `${what} is a file of the pool ${pool.realRoot}; refused, nothing was written to it. ` +
+        "If the shell truncated it ('>'), the pool is damaged: run 'dmfs check'.",
+    );
+  }
+}

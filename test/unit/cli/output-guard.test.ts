@@ -21,6 +21,15 @@ function dmfs(root: string, ...args: string[]) {
 
 const sha = (file: string) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
+/**
+ * Content hash of the data file; of data.mdb (sparse, 64 GiB, and its meta pages change at
+ * every open as the pool commits a transaction) its size and inode: an append grows it.
+ */
+function fingerprint(file: string): string {
+  const st = fs.statSync(file);
+  return st.size <= 256 * 1024 ** 2 ? `${st.size}:${sha(file)}` : `${st.size}:${st.ino}`;
+}
+
 describe('outputs, mountpoints and sources in the pool are refused', () => {
   // Paths are fixed when the tables below are built (before beforeAll runs).
   const work = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-guard-cli-')));
@@ -139,6 +148,24 @@ describe('outputs, mountpoints and sources in the pool are refused', () => {
       expect(r.status).toBe(2);
       expect(r.stderr).toMatch(/inside the pool/);
       expect(r.stderr).not.toMatch(/\n\s+at /);
+    });
+    afterAll(() => expectPoolIntact());
+  });
+
+  describe('standard output opened by the shell onto a pool file', () => {
+    test.each([
+      ['export -o -', 'export img -o -'],
+      ['dump', 'dump'],
+      ['diff', 'diff img'],
+    ])('%s >> the data file / data.mdb', (_label, args) => {
+      for (const file of [dataFile, mdb]) {
+        const before = fingerprint(file);
+        const r = spawnSync('sh', ['-c', `"$0" "$1" ${args} --root "$2" >> "$3"`, process.execPath, DMFS_BIN, root, file], { encoding: 'utf8' });
+        expect(r.status).toBe(2);
+        expect(r.stderr).toMatch(/standard output is a file of the pool/);
+        expect(r.stderr).not.toMatch(/\n\s+at /);
+        expect(fingerprint(file)).toBe(before);
+      }
     });
     afterAll(() => expectPoolIntact());
   });
