@@ -45,14 +45,19 @@ export function listOpt(ctx: CommandContext, name: string): string[] {
  * refused (PATH_IN_POOL, exit 2) when it resolves into the pool, else written to a
  * temporary name beside the target, fsynced, and renamed into place, so a failure leaves
  * the target as it was and a reader never sees half a file. Symlinks are followed (the
- * file they point at is replaced, as a shell redirection would write it). `write` gets
- * the temporary path and fills it; its result is returned.
+ * file they point at is replaced, as a shell redirection would write it). A FIFO or a
+ * character device (`-o /dev/null`, a named pipe) is written directly: renaming over it
+ * would replace the device node. `write` fills the file it is given, opened with `flags`
+ * ('wx': the new temporary file; 'w': the FIFO/device); its result is returned.
  */
-export async function writeOutputFile<T>(pool: Pool, target: string, what: string, write: (tmpPath: string) => Promise<T>): Promise<T> {
-  const real = checkedOutputPath(pool, target, what);
+export async function writeOutputFile<T>(
+  pool: Pool, target: string, what: string, write: (file: string, flags: 'wx' | 'w') => Promise<T>,
+): Promise<T> {
+  const { real, direct } = checkedOutputPath(pool, target, what);
+  if (direct) return write(real, 'w');
   const tmp = path.join(path.dirname(real), `.${path.basename(real)}.tmp-${process.pid}`);
   try {
-    const result = await write(tmp);
+    const result = await write(tmp, 'wx');
     const fd = fs.openSync(tmp, 'r');
     try {
       fs.fsyncSync(fd);
@@ -67,16 +72,21 @@ export async function writeOutputFile<T>(pool: Pool, target: string, what: strin
   }
 }
 
-/** The guard and the shape checks of writeOutputFile; returns the real path to replace. */
-export function checkedOutputPath(pool: Pool, target: string, what: string): string {
+/**
+ * The guard and the shape checks of writeOutputFile: the real path to replace, and whether
+ * it is a FIFO or character device to write directly. Directories, block devices and
+ * sockets are refused.
+ */
+export function checkedOutputPath(pool: Pool, target: string, what: string): { real: string; direct: boolean } {
   if (target === '') throw dmfsError('USAGE', `${what} path is empty`);
   const resolved = assertOutsidePool(pool.root, target, what, { extraPaths: [pool.thinPool.dataPath] });
   const real = resolved.realPath;
   if (resolved.exists) {
     const st = fs.statSync(real);
     if (st.isDirectory()) throw dmfsError('IS_DIR', `${what} ${target} is a directory; name a file to write`);
-    if (!st.isFile()) throw dmfsError('INVALID', `${what} ${target} is not a regular file; name a regular file (or '-' for stdout where the command takes it)`);
-    return real;
+    if (st.isFIFO() || st.isCharacterDevice()) return { real, direct: true };
+    if (!st.isFile()) throw dmfsError('INVALID', `${what} ${target} is not a regular file, a FIFO or a character device; name a file to write (or '-' for stdout where the command takes it)`);
+    return { real, direct: false };
   }
   const dir = path.dirname(real);
   let st: fs.Stats;
@@ -86,12 +96,12 @@ export function checkedOutputPath(pool: Pool, target: string, what: string): str
     throw dmfsError('NOT_FOUND', `the directory of ${what} ${target} does not exist (${dir}); create it first: mkdir -p ${dir}`);
   }
   if (!st.isDirectory()) throw dmfsError('NOT_DIR', `${dir} (in ${what} ${target}) is not a directory`);
-  return real;
+  return { real, direct: false };
 }
 
-/** Writes a whole buffer or string to a new file (the temporary file of writeOutputFile). */
-export async function writeNewFile(file: string, data: string | Buffer): Promise<void> {
-  await fs.promises.writeFile(file, data, { flag: 'wx' });
+/** Writes a whole buffer or string to the file writeOutputFile hands out. */
+export async function writeNewFile(file: string, data: string | Buffer, flags: 'wx' | 'w' = 'wx'): Promise<void> {
+  await fs.promises.writeFile(file, data, { flag: flags });
 }
 
 /**
@@ -99,8 +109,8 @@ export async function writeNewFile(file: string, data: string | Buffer): Promise
  * can take more; `end()` resolves once everything reached the file. A write error (ENOSPC,
  * EIO) rejects the pending or next call instead of becoming an unhandled 'error' event.
  */
-export function newFileSink(file: string): { write: (chunk: Buffer) => Promise<void>; end: () => Promise<void>; destroy: () => void } {
-  const out = fs.createWriteStream(file, { flags: 'wx' });
+export function newFileSink(file: string, flags: 'wx' | 'w' = 'wx'): { write: (chunk: Buffer) => Promise<void>; end: () => Promise<void>; destroy: () => void } {
+  const out = fs.createWriteStream(file, { flags });
   let failure: Error | null = null;
   out.on('error', (err) => {
     failure ??= err;

@@ -18,7 +18,7 @@ export const command: Command = {
     const dump = await withPool(ctx, async (pool) => {
       const d = await dumpMetadata(pool.thinPool, { layers: listOpt(ctx, 'layer') });
       // Written while the pool is open: the output guard needs its data device.
-      if (out !== undefined && out !== '-') await writeOutputFile(pool, out, 'output', (tmp) => writeNewFile(tmp, JSON.stringify(d, null, 1) + '\n'));
+      if (out !== undefined && out !== '-') await writeOutputFile(pool, out, 'output', (file, flags) => writeNewFile(file, JSON.stringify(d, null, 1) + '\n', flags));
       return d;
     });
     if (out !== undefined && out !== '-') {

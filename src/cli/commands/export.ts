@@ -39,8 +39,8 @@ export const command: Command = {
     } else {
       // The pool is open before the output is touched: the guard needs its data device.
       stats = await withPool(ctx, (pool) =>
-        writeOutputFile(pool, output, 'output', async (tmp) => {
-          const sink = newFileSink(tmp);
+        writeOutputFile(pool, output, 'output', async (file, flags) => {
+          const sink = newFileSink(file, flags);
           try {
             const r = await exportLayer(pool.store, ctx.args[0], sink.write, { full });
             await sink.end();

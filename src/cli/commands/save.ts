@@ -39,7 +39,9 @@ async function save(ctx: CommandContext, pool: Pool, output: string): Promise<Sa
   }
   // saveImage writes an archive when the name ends in .tar: give it such a temporary name
   // (it writes that through its own temporary file, removed here if it fails).
-  const result = await writeOutputFile(pool, output, 'output', async (tmp) => {
+  const result = await writeOutputFile(pool, output, 'output', async (tmp, flags) => {
+    // saveOutputKind sent FIFOs and devices elsewhere: this is always the temporary file.
+    if (flags !== 'wx') throw dmfsError('INVALID', `${output} is not a regular file; save writes an archive through a temporary file`);
     try {
       const r = await saveImage(pool.store, ctx.args[0], `${tmp}.tar`, { ref });
       fs.renameSync(`${tmp}.tar`, tmp);

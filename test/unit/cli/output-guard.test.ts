@@ -234,6 +234,20 @@ describe('outputs outside the pool', () => {
     expect(fs.existsSync(path.join(work, 'missing-dir'))).toBe(false);
   });
 
+  test('a character device or FIFO is written directly, never renamed over', () => {
+    expect(dmfs(root, 'export', 'img', '-o', '/dev/null').code).toBe(0);
+    expect(fs.statSync('/dev/null').isCharacterDevice()).toBe(true);
+    const fifo = path.join(work, 'fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const got = path.join(work, 'from-fifo.tar');
+    const r = spawnSync('sh', ['-c', `cat "$1" > "$2" & "$3" "$4" export img -o "$1" --root "$5"; s=$?; wait; exit $s`, 'sh', fifo, got, process.execPath, DMFS_BIN, root], { encoding: 'utf8' });
+    expect({ code: r.status, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(fs.statSync(fifo).isFIFO()).toBe(true);
+    const plain = path.join(work, 'plain.tar');
+    expect(dmfs(root, 'export', 'img', '-o', plain).code).toBe(0);
+    expect(sha(got)).toBe(sha(plain));
+  });
+
   test('export or dump onto a directory: IS_DIR, the directory untouched', () => {
     const d = path.join(work, 'a-dir');
     fs.mkdirSync(d);
