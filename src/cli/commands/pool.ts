@@ -85,6 +85,32 @@ async function set(ctx: CommandContext): Promise<number> {
   return 0;
 }
 
+/**
+ * The entries a pool has in its root directory; `pool destroy` removes these and nothing
+ * else. Whoever adds an entry to the pool root adds its name here.
+ */
+export const POOL_ROOT_ENTRIES: readonly string[] = (() => {
+  const p = poolPaths('/');
+  return [p.metadataDir, path.dirname(p.dataFile), p.runDir, p.lockFile].map((e) => path.basename(e));
+})();
+
+/**
+ * Removes the pool's own entries from `root`, then `root` itself when nothing else is left.
+ * A pool created in a directory that held other files (a home directory, /var/lib) must
+ * not take them along. Returns the names left behind.
+ */
+function removePoolEntries(root: string): string[] {
+  for (const name of POOL_ROOT_ENTRIES) fs.rmSync(path.join(root, name), { recursive: true, force: true });
+  let left: string[];
+  try {
+    left = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  if (left.length === 0) fs.rmdirSync(root);
+  return left.sort();
+}
+
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
   try {
@@ -96,9 +122,12 @@ async function destroy(ctx: CommandContext): Promise<number> {
     // A pool this build cannot read can still be destroyed (that is how to recreate it).
     if (!isDmfsError(err, 'POOL_FORMAT')) throw err;
   }
-  fs.rmSync(ctx.root, { recursive: true, force: true });
-  if (ctx.json) printJson(ctx, { destroyed: ctx.root });
-  else ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
+  const kept = removePoolEntries(ctx.root);
+  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept });
+  else {
+    ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
+    if (kept.length) ctx.stdout.write(`Kept ${ctx.root} and what it holds that is not the pool's: ${kept.join(', ')}\n`);
+  }
   return 0;
 }
 

@@ -296,6 +296,22 @@ describe('outputs outside the pool', () => {
     expect(fs.readFileSync(file, 'utf8')).toBe('precious\n');
   });
 
+  test('pool destroy removes the pool and nothing else in its directory', () => {
+    const dir = path.join(work, 'shared-dir');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'notes.txt'), 'keep me');
+    expect(dmfs(dir, 'pool', 'create', '--size', '64M').code).toBe(0);
+    const r = dmfs(dir, 'pool', 'destroy', '--force', '--json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ destroyed: dir, kept: ['notes.txt'] });
+    expect(fs.readdirSync(dir)).toEqual(['notes.txt']);
+    // A pool alone in its directory takes the directory with it.
+    const alone = path.join(work, 'alone');
+    expect(dmfs(alone, 'pool', 'create', '--size', '64M').code).toBe(0);
+    expect(dmfs(alone, 'pool', 'destroy', '--force').code).toBe(0);
+    expect(fs.existsSync(alone)).toBe(false);
+  });
+
   test('pool create in a directory holding foreign data/ or run/: exit 2, nothing removed', () => {
     const dir = path.join(work, 'home');
     fs.mkdirSync(path.join(dir, 'data'), { recursive: true });
