@@ -152,3 +152,50 @@ export function writeOut(out: NodeJS.WritableStream, text: string | Buffer): Pro
     out.write(text, (err?: Error | null) => (err ? reject(err) : resolve()));
   });
 }
+
+/**
+ * Backpressure on a stream the command did not open (its stdout): `write` resolves when the
+ * stream takes more and rejects once any write failed (EPIPE when the reader went away:
+ * main turns that into a quiet exit), so a long export stops instead of waiting for a
+ * 'drain' that a destroyed stream never emits. `flushed` waits for the last write.
+ */
+export function streamSink(out: NodeJS.WritableStream): { write: (chunk: Buffer) => Promise<void>; flushed: () => Promise<void> } {
+  let failure: Error | null = null;
+  let last: Promise<void> = Promise.resolve();
+  const onDone = (err?: Error | null) => {
+    if (err) failure ??= err;
+  };
+  return {
+    write: async (chunk) => {
+      if (failure) throw failure;
+      let resolveLast!: () => void;
+      last = new Promise<void>((r) => (resolveLast = r));
+      const more = out.write(chunk, (err?: Error | null) => {
+        onDone(err);
+        resolveLast();
+      });
+      if (more) return;
+      await new Promise<void>((resolve, reject) => {
+        const cleanup = () => {
+          out.off('drain', onDrain);
+          out.off('error', onError);
+          out.off('close', onClose);
+        };
+        const onDrain = () => (cleanup(), resolve());
+        const onError = (err: Error) => (cleanup(), reject(err));
+        const onClose = () => (cleanup(), failure ? reject(failure) : resolve());
+        out.once('drain', onDrain);
+        out.once('error', onError);
+        out.once('close', onClose);
+        last.then(() => {
+          if (failure) onError(failure);
+        });
+      });
+      if (failure) throw failure;
+    },
+    flushed: async () => {
+      await last;
+      if (failure) throw failure;
+    },
+  };
+}

@@ -1,8 +1,7 @@
-import { once } from 'node:events';
 import { dmfsError } from '../../errors';
 import { exportLayer, ExportStats } from '../../image/exporter';
 import type { Command } from '../command';
-import { newFileSink, printJson, stringOpt, withPool, writeOutputFile } from '../output';
+import { newFileSink, printJson, streamSink, stringOpt, withPool, writeOutputFile } from '../output';
 import { formatBytes } from '../progress';
 
 export const command: Command = {
@@ -30,12 +29,9 @@ export const command: Command = {
     const full = ctx.opts.full === true;
     let stats: ExportStats;
     if (output === '-') {
-      const out = ctx.stdout;
-      stats = await withPool(ctx, (pool) =>
-        exportLayer(pool.store, ctx.args[0], async (chunk) => {
-          if (!out.write(chunk)) await once(out, 'drain');
-        }, { full }),
-      );
+      const out = streamSink(ctx.stdout);
+      stats = await withPool(ctx, (pool) => exportLayer(pool.store, ctx.args[0], out.write, { full }));
+      await out.flushed();
     } else {
       // The pool is open before the output is touched: the guard needs its data device.
       stats = await withPool(ctx, (pool) =>
