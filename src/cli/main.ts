@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { DmfsError, dmfsError, isDmfsError } from '../errors';
+import { assertFdOutsidePool } from '../pool/pool-guard';
 import { defaultPoolRoot } from '../pool/pool-paths';
 import type { Command, CommandContext, OptionSpec } from './command';
 import { COMMAND_LOADERS, loadCommand } from './commands/index';
@@ -99,6 +100,26 @@ export function splitGlobalOptions(argv: string[]): { name: string | null; rest:
   return { name, rest: name === null ? [] : [...argv.slice(i + 1), ...leading], leading };
 }
 
+/**
+ * Is fd 1 a file of the pool argv names (`dmfs ls --bogus --json >> POOL/data/data-file`)?
+ * Then not even the --json error document may be written there. The root is taken from
+ * argv as parseArgs would (last --root wins), since the error may be that argv does not parse.
+ */
+function stdoutIsPoolFile(argv: string[]): boolean {
+  let root: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--') break;
+    if (argv[i] === '--root' && i + 1 < argv.length) root = argv[++i];
+    else if (argv[i].startsWith('--root=')) root = argv[i].slice('--root='.length);
+  }
+  try {
+    assertFdOutsidePool(root ?? process.env.DMFS_ROOT ?? defaultPoolRoot(), 1, 'standard output');
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 /** 128 + SIGPIPE: a Unix tool's status when the reader of its output went away. */
 export const BROKEN_PIPE_EXIT = 141;
 
@@ -175,7 +196,7 @@ async function run(argv: string[], stdout: NodeJS.WritableStream, stderr: NodeJS
   } catch (err) {
     if (brokenPipe() || isBrokenPipe(err)) return BROKEN_PIPE_EXIT;
     if (isDmfsError(err)) {
-      if (wantsJson) stdout.write(errorJson(err) + '\n');
+      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(err) + '\n');
       stderr.write(`dmfs ${name}: ${err.message}\n`);
       return err.exitCode;
     }

@@ -154,15 +154,19 @@ describe('outputs, mountpoints and sources in the pool are refused', () => {
 
   describe('standard output opened by the shell onto a pool file', () => {
     test.each([
-      ['export -o -', 'export img -o -'],
-      ['dump', 'dump'],
-      ['diff', 'diff img'],
-    ])('%s >> the data file / data.mdb', (_label, args) => {
+      ['export -o -', 'export img -o -', /standard output is a file of the pool/],
+      ['dump --json', 'dump --json', /standard output is a file of the pool/],
+      ['diff --json', 'diff img --json', /standard output is a file of the pool/],
+      ['ls --json', 'ls --json', /standard output is a file of the pool/],
+      // A usage error's --json document is not written there either.
+      ['export -o - --json (usage error)', 'export img -o - --json', /both want stdout/],
+      ['ls --bogus --json (parse error)', 'ls --bogus --json', /Unknown option/],
+    ])('%s >> the data file / data.mdb', (_label, args, message) => {
       for (const file of [dataFile, mdb]) {
         const before = fingerprint(file);
         const r = spawnSync('sh', ['-c', `"$0" "$1" ${args} --root "$2" >> "$3"`, process.execPath, DMFS_BIN, root, file], { encoding: 'utf8' });
         expect(r.status).toBe(2);
-        expect(r.stderr).toMatch(/standard output is a file of the pool/);
+        expect(r.stderr).toMatch(message);
         expect(r.stderr).not.toMatch(/\n\s+at /);
         expect(fingerprint(file)).toBe(before);
       }
