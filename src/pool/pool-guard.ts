@@ -148,8 +148,8 @@ function poolIdentity(poolRoot: string, extraPaths: string[]): PoolIdentity {
       const st = fs.statSync(extra, { bigint: true });
       inodes.add(key(st));
       if (st.isBlockDevice()) rdevs.add(st.rdev);
-    } catch (err) {
-      if (!isMissing(err)) throw err;
+    } catch {
+      /* missing or unreadable: nothing to compare with */
     }
   }
   return { realRoot, inodes, rdevs };
