@@ -51,6 +51,8 @@ export const ERROR_CODES = {
   USAGE: E.EINVAL,
   POOL_READ_ONLY: E.EROFS,
   DATA_DEVICE_SHORT: E.EIO,
+  /** A path the user named (output, mountpoint, import source) resolves into the pool, or contains it. */
+  PATH_IN_POOL: E.EINVAL,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -58,6 +60,7 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 /** Codes that are the caller's fault; the CLI exits 2 for them (usage / bad input). */
 const USAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'USAGE', 'BAD_OPTION', 'BAD_CONFIG', 'INVALID', 'NAME_TOO_LONG', 'WRONG_LAYER_KIND',
+  'PATH_IN_POOL',
 ]);
 
 /**

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { DmfsError, dmfsError, isDmfsError } from '../errors';
+import { assertFdOutsidePool } from '../pool/pool-guard';
 import { defaultPoolRoot } from '../pool/pool-paths';
 import type { Command, CommandContext, OptionSpec } from './command';
 import { COMMAND_LOADERS, loadCommand } from './commands/index';
@@ -72,17 +73,109 @@ function errorJson(err: DmfsError): string {
   return JSON.stringify({ error: { code: err.code, message: err.message } });
 }
 
-/** Runs the CLI; returns the exit code. Catches once: DmfsError → its exit code, anything else → 1. */
+/**
+ * Splits argv into the command name and the arguments it gets: global options given before
+ * the command (`dmfs --root DIR ls`, `dmfs --json --root=DIR pool create`) move behind it,
+ * where parseCommandArgs takes them like the command's own (so they also work after the
+ * command and between a sub-command's words). `name` is null when no command is named.
+ */
+export function splitGlobalOptions(argv: string[]): { name: string | null; rest: string[]; leading: string[] } {
+  const leading: string[] = [];
+  let i = 0;
+  while (i < argv.length && argv[i].startsWith('-') && argv[i] !== '-' && argv[i] !== '--') {
+    const a = argv[i];
+    if (a === '--root') {
+      if (i + 1 >= argv.length) throw dmfsError('USAGE', "option '--root DIR' needs a value. Run 'dmfs --help'.");
+      leading.push(a, argv[i + 1]);
+      i += 2;
+    } else if (a.startsWith('--root=') || ['--json', '--help', '-h', '--version', '-v'].includes(a)) {
+      leading.push(a);
+      i += 1;
+    } else {
+      throw dmfsError('USAGE', `unknown global option '${a}' before the command (global options: --root DIR, --json, --help). Run 'dmfs --help'.`);
+    }
+  }
+  if (argv[i] === '--') i += 1;
+  const name = i < argv.length ? argv[i] : null;
+  return { name, rest: name === null ? [] : [...argv.slice(i + 1), ...leading], leading };
+}
+
+/**
+ * Is fd 1 a file of the pool argv names (`dmfs ls --bogus --json >> POOL/data/data-file`)?
+ * Then not even the --json error document may be written there. The root is taken from
+ * argv as parseArgs would (last --root wins), since the error may be that argv does not parse.
+ */
+function stdoutIsPoolFile(argv: string[]): boolean {
+  let root: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--') break;
+    if (argv[i] === '--root' && i + 1 < argv.length) root = argv[++i];
+    else if (argv[i].startsWith('--root=')) root = argv[i].slice('--root='.length);
+  }
+  try {
+    assertFdOutsidePool(root ?? process.env.DMFS_ROOT ?? defaultPoolRoot(), 1, 'standard output');
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+/** 128 + SIGPIPE: a Unix tool's status when the reader of its output went away. */
+export const BROKEN_PIPE_EXIT = 141;
+
+function isBrokenPipe(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | null)?.code === 'EPIPE';
+}
+
+/**
+ * Runs the CLI; returns the exit code. Catches once: DmfsError → its exit code, anything else → 1.
+ * A reader that goes away (`dmfs diff X | head -1`) ends the command quietly with 141, as
+ * SIGPIPE ends a C tool: stdout's EPIPE is handled here once for every command; a command
+ * still writing gets the error from its next awaited write and unwinds (closing the pool).
+ */
 export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Promise<number> {
   const stdout = io.stdout ?? process.stdout;
   const stderr = io.stderr ?? process.stderr;
-  const name = argv[0];
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    stdout.write(mainHelp());
-    return name === undefined ? 2 : 0;
+  let brokenPipe = false;
+  const onStdoutError = (err: Error) => {
+    if (isBrokenPipe(err)) brokenPipe = true;
+    else stderr.write(`dmfs: cannot write standard output: ${err.message}\n`);
+  };
+  // A stderr that went away must not crash a command half-way either; nowhere to say so.
+  const onStderrError = () => undefined;
+  stdout.on('error', onStdoutError);
+  stderr.on('error', onStderrError);
+  try {
+    const code = await run(argv, stdout, stderr, () => brokenPipe);
+    return brokenPipe ? BROKEN_PIPE_EXIT : code;
+  } finally {
+    // The process's own streams keep the listeners: a late EPIPE from a write still
+    // buffered when main returns must not become an uncaught 'error' event.
+    if (io.stdout) stdout.off('error', onStdoutError);
+    if (io.stderr) stderr.off('error', onStderrError);
   }
-  if (name === '--version' || name === '-v') {
-    stdout.write(`${require('../../package.json').version}\n`);
+}
+
+async function run(argv: string[], stdout: NodeJS.WritableStream, stderr: NodeJS.WritableStream, brokenPipe: () => boolean): Promise<number> {
+  let split: ReturnType<typeof splitGlobalOptions>;
+  try {
+    split = splitGlobalOptions(argv);
+  } catch (err) {
+    stderr.write(`dmfs: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const { name, rest, leading } = split;
+  if (name === null) {
+    const has = (...flags: string[]) => leading.some((a) => flags.includes(a));
+    if (has('--version', '-v')) {
+      stdout.write(`${require('../../package.json').version}\n`);
+      return 0;
+    }
+    stdout.write(mainHelp());
+    return has('--help', '-h') ? 0 : 2;
+  }
+  if (name === 'help') {
+    stdout.write(mainHelp());
     return 0;
   }
   const cmd = loadCommand(name);
@@ -92,7 +185,7 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
   }
   const wantsJson = argv.includes('--json');
   try {
-    const { args, opts } = parseCommandArgs(cmd, argv.slice(1));
+    const { args, opts } = parseCommandArgs(cmd, rest);
     if (opts.help) {
       stdout.write(commandHelp(cmd));
       return 0;
@@ -101,8 +194,9 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
     const code = await cmd.run({ args, opts, root, json: Boolean(opts.json), stdout, stderr });
     return code ?? 0;
   } catch (err) {
+    if (brokenPipe() || isBrokenPipe(err)) return BROKEN_PIPE_EXIT;
     if (isDmfsError(err)) {
-      if (wantsJson) stdout.write(errorJson(err) + '\n');
+      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(err) + '\n');
       stderr.write(`dmfs ${name}: ${err.message}\n`);
       return err.exitCode;
     }

@@ -1,10 +1,7 @@
-import { createWriteStream } from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import { once } from 'node:events';
 import { dmfsError } from '../../errors';
 import { exportLayer, ExportStats } from '../../image/exporter';
 import type { Command } from '../command';
-import { printJson, stringOpt, withPool } from '../output';
+import { newFileSink, printJson, streamSink, stringOpt, withPool, writeOutputFile } from '../output';
 import { formatBytes } from '../progress';
 
 export const command: Command = {
@@ -16,7 +13,8 @@ export const command: Command = {
     'added and modified entries, deletions as .wh.NAME whiteouts and opaque directories as',
     '.wh..wh..opq markers (OCI image layer format). With --full: the flattened filesystem.',
     'The tar is deterministic (sorted, pax records only where ustar cannot hold a field).',
-    '-o - writes the tar to standard output.',
+    '-o - writes the tar to standard output. FILE is written under a temporary name beside it and',
+    'renamed into place; a path inside the pool is refused (exit 2).',
   ].join('\n'),
   options: [
     { name: 'output', short: 'o', type: 'string', valueName: 'FILE', description: "tar file to write ('-' for stdout)" },
@@ -31,29 +29,24 @@ export const command: Command = {
     const full = ctx.opts.full === true;
     let stats: ExportStats;
     if (output === '-') {
-      const out = ctx.stdout;
-      stats = await withPool(ctx, (pool) =>
-        exportLayer(pool.store, ctx.args[0], async (chunk) => {
-          if (!out.write(chunk)) await once(out, 'drain');
-        }, { full }),
-      );
+      const out = streamSink(ctx.stdout);
+      stats = await withPool(ctx, (pool) => exportLayer(pool.store, ctx.args[0], out.write, { full }));
+      await out.flushed();
     } else {
-      const tmp = `${output}.tmp-${process.pid}`;
-      const out = createWriteStream(tmp);
-      try {
-        stats = await withPool(ctx, (pool) =>
-          exportLayer(pool.store, ctx.args[0], async (chunk) => {
-            if (!out.write(chunk)) await once(out, 'drain');
-          }, { full }),
-        );
-        out.end();
-        await once(out, 'finish');
-        await fsp.rename(tmp, output);
-      } catch (err) {
-        out.destroy();
-        await fsp.rm(tmp, { force: true });
-        throw err;
-      }
+      // The pool is open before the output is touched: the guard needs its data device.
+      stats = await withPool(ctx, (pool) =>
+        writeOutputFile(pool, output, 'output', async (file, flags) => {
+          const sink = newFileSink(file, flags);
+          try {
+            const r = await exportLayer(pool.store, ctx.args[0], sink.write, { full });
+            await sink.end();
+            return r;
+          } catch (err) {
+            sink.destroy();
+            throw err;
+          }
+        }),
+      );
     }
     if (ctx.json) printJson(ctx, { layer: ctx.args[0], output, full, ...stats });
     else if (output !== '-') {

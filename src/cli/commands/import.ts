@@ -1,4 +1,6 @@
+import { parseSourceSpec } from '../../image/image-source';
 import { importImage, ImportResult } from '../../image/importer';
+import { assertOutsidePool } from '../../pool/pool-guard';
 import type { Command } from '../command';
 import { printJson, stringOpt, withPool } from '../output';
 import { formatBytes, ProgressBar } from '../progress';
@@ -24,6 +26,10 @@ export const command: Command = {
   minArgs: 1,
   maxArgs: 1,
   async run(ctx) {
+    // A source in the pool is never an image, and a directory holding the pool would be read
+    // while the import writes to it (the data file grows as it is read): PATH_IN_POOL, exit 2.
+    const { file } = parseSourceSpec(ctx.args[0]);
+    assertOutsidePool(ctx.root, file, 'import source', { refuseAncestor: true });
     const bar = new ProgressBar(ctx.stderr as NodeJS.WriteStream, { enabled: ctx.json ? false : undefined, label: 'Importing' });
     let result: ImportResult;
     try {

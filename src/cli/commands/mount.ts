@@ -17,6 +17,7 @@ import {
   writeMountRecord,
   type MountRecord,
 } from '../../fs/mount-table';
+import { assertOutsidePool } from '../../pool/pool-guard';
 import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
 import type { Command, CommandContext } from '../command';
@@ -39,6 +40,17 @@ export interface MountResult {
   log: string | null;
   /** A dead mount (daemon gone) at the mountpoint was cleaned up first. */
   recovered: boolean;
+}
+
+/**
+ * A mountpoint may be neither in the pool (the daemon would then write its run record, and
+ * every later command its data, through the mount into the layer) nor above it (the mount
+ * would hide the pool's files from every other process). PATH_IN_POOL, exit 2. Both the CLI
+ * (and mount.dmfs, which runs it) and serveMount, the path of the daemon and of Node API
+ * callers, run this before touching the mountpoint.
+ */
+export function assertMountpointOutsidePool(root: string, mountpoint: string): void {
+  assertOutsidePool(root, mountpoint, 'mountpoint', { refuseAncestor: true });
 }
 
 /** Makes the mountpoint usable: recovers a dead mount, drops stale records, creates the directory. */
@@ -71,6 +83,7 @@ export async function prepareMountpoint(mountpoint: string, runDir: string): Pro
  * `onReady` runs once the mount is live.
  */
 export async function serveMount(spec: MountSpec, hooks: { log: (line: string) => void; onReady: (r: MountResult) => void | Promise<void>; logFile: string | null; recovered: boolean }): Promise<StopResult> {
+  assertMountpointOutsidePool(spec.root, spec.mountpoint);
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
   requireFullMetadataVerify(); // wt-mdverify: a mount lives long; walk data.mdb before LMDB opens it
   const pool = await Pool.open(spec.root);
@@ -222,6 +235,7 @@ export const command: Command = {
       readOnly: Boolean(ctx.opts.ro),
       allowOther: Boolean(ctx.opts['allow-other']),
     };
+    assertMountpointOutsidePool(spec.root, spec.mountpoint);
     const { recovered } = await prepareMountpoint(spec.mountpoint, poolPaths(spec.root).runDir);
     if (!ctx.opts.foreground) {
       report(ctx, await spawnDaemon(spec, recovered));

@@ -1,11 +1,47 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
+import { poolPaths } from '../../pool/pool-paths';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
 import { listOpt, printJson, stringOpt, withPool } from '../output';
 
+/**
+ * What `pool create` may be pointed at: a missing path, or a directory that is not a pool
+ * yet and holds none of the names a pool uses. A file (or device) is refused rather than
+ * half-created and then removed; foreign data/, metadata/ or run/ directories are refused
+ * because a create that fails part-way removes what it made there. An existing pool is left
+ * to Pool.create (POOL_EXISTS). BAD_OPTION (exit 2); nothing is touched.
+ */
+export function checkNewPoolRoot(root: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') {
+      throw dmfsError('BAD_OPTION', `--root ${root}: a component of the path is a file, not a directory; name a new or empty directory for the pool`);
+    }
+    throw dmfsError('BAD_OPTION', `--root ${root}: ${(err as Error).message}`, err);
+  }
+  if (!st.isDirectory()) {
+    throw dmfsError('BAD_OPTION', `--root ${root} is a file, not a directory; name a new or empty directory for the pool (the file was left as it is)`);
+  }
+  const paths = poolPaths(root);
+  if (fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) return;
+  const taken = [paths.metadataDir, path.dirname(paths.dataFile), paths.runDir].filter((p) => fs.existsSync(p));
+  if (taken.length) {
+    throw dmfsError(
+      'BAD_OPTION',
+      `${root} is not a dmfs pool but already holds ${taken.map((p) => path.basename(p) + '/').join(', ')}; ` +
+        'choose another --root (or, if they are left from an interrupted pool create, remove them first)',
+    );
+  }
+}
+
 async function create(ctx: CommandContext): Promise<number> {
+  checkNewPoolRoot(ctx.root);
   const size = stringOpt(ctx, 'size');
   const blockSize = stringOpt(ctx, 'block-size');
   const pool = await Pool.create({
@@ -49,6 +85,32 @@ async function set(ctx: CommandContext): Promise<number> {
   return 0;
 }
 
+/**
+ * The entries a pool has in its root directory; `pool destroy` removes these and nothing
+ * else. Whoever adds an entry to the pool root adds its name here.
+ */
+export const POOL_ROOT_ENTRIES: readonly string[] = (() => {
+  const p = poolPaths('/');
+  return [p.metadataDir, path.dirname(p.dataFile), p.runDir, p.lockFile].map((e) => path.basename(e));
+})();
+
+/**
+ * Removes the pool's own entries from `root`, then `root` itself when nothing else is left.
+ * A pool created in a directory that held other files (a home directory, /var/lib) must
+ * not take them along. Returns the names left behind.
+ */
+function removePoolEntries(root: string): string[] {
+  for (const name of POOL_ROOT_ENTRIES) fs.rmSync(path.join(root, name), { recursive: true, force: true });
+  let left: string[];
+  try {
+    left = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  if (left.length === 0) fs.rmdirSync(root);
+  return left.sort();
+}
+
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
   try {
@@ -60,9 +122,12 @@ async function destroy(ctx: CommandContext): Promise<number> {
     // A pool this build cannot read can still be destroyed (that is how to recreate it).
     if (!isDmfsError(err, 'POOL_FORMAT')) throw err;
   }
-  fs.rmSync(ctx.root, { recursive: true, force: true });
-  if (ctx.json) printJson(ctx, { destroyed: ctx.root });
-  else ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
+  const kept = removePoolEntries(ctx.root);
+  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept });
+  else {
+    ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
+    if (kept.length) ctx.stdout.write(`Kept ${ctx.root} and what it holds that is not the pool's: ${kept.join(', ')}\n`);
+  }
   return 0;
 }
 
