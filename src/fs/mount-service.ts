@@ -155,6 +155,19 @@ export class MountService {
 
   /** Mounts and returns once the mount is live. On failure nothing stays mounted; the layer stays open (the caller's). */
   static async start(opts: MountServiceOptions): Promise<MountService> {
+    // Registered in the store before the kernel sees the mount (LayerFs.claimMount): a
+    // second mount of a read-write mounted layer, or a mount of a layer written elsewhere,
+    // is refused with LAYER_IN_USE, whoever mounts (CLI, mount.dmfs, this API).
+    await opts.layer.claimMount?.(opts.mountpoint);
+    try {
+      return await MountService.startClaimed(opts);
+    } catch (err) {
+      await opts.layer.releaseMount?.(opts.mountpoint).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private static async startClaimed(opts: MountServiceOptions): Promise<MountService> {
     const log = opts.log ?? (() => undefined);
     const statfs = await opts.layer.statfs();
     const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });

@@ -71,6 +71,9 @@ export interface ChainLayerFsOptions {
   sizeLimitBytes: number;
   /** Called once by close(), after the final sync. */
   onClose: () => Promise<void>;
+  /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
+  onClaimMount?: (mountpoint: string) => void;
+  onReleaseMount?: (mountpoint: string) => void;
 }
 
 /** A simple FIFO mutex keyed by inode: data-path operations on one inode run one at a time. */
@@ -146,6 +149,8 @@ export class ChainLayerFs implements LayerFs {
   private syncTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly onClose: () => Promise<void>;
+  private readonly onClaimMount: (mountpoint: string) => void;
+  private readonly onReleaseMount: (mountpoint: string) => void;
 
   constructor(private readonly pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
     this.layerName = opts.layerName;
@@ -158,6 +163,8 @@ export class ChainLayerFs implements LayerFs {
     this.sectorBytes = sectorSizeBytes(this.bs);
     this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
     this.onClose = opts.onClose;
+    this.onClaimMount = opts.onClaimMount ?? (() => undefined);
+    this.onReleaseMount = opts.onReleaseMount ?? (() => undefined);
     let lower = 0;
     for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
     this.lowerUsageBytes = lower;
@@ -1138,6 +1145,15 @@ export class ChainLayerFs implements LayerFs {
       freeInodes: (1 << 30) - Math.min(1 << 29, this.pool.table('inodes').count([this.top], [this.top + 1])),
       nameMaxBytes: NAME_MAX_BYTES,
     };
+  }
+
+  async claimMount(mountpoint: string): Promise<void> {
+    this.assertOpen();
+    this.onClaimMount(mountpoint);
+  }
+
+  async releaseMount(mountpoint: string): Promise<void> {
+    if (!this.closed) this.onReleaseMount(mountpoint);
   }
 
   private markDirty(): void {
