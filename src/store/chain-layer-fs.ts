@@ -15,6 +15,7 @@ import {
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
+import { layerStatfs } from './layer-statfs';
 
 /** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
 interface BlockRead {
@@ -134,6 +135,8 @@ export class ChainLayerFs implements LayerFs {
    */
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
   private readonly lowerUsageBytes: number;
+  /** Inodes of the lower segments (statfs), counted at the first statfs. */
+  private lowerInodeCount: number | null = null;
   private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
   /**
    * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
@@ -1131,20 +1134,18 @@ export class ChainLayerFs implements LayerFs {
 
   async statfs(): Promise<StatFs> {
     this.assertOpen();
-    const space = this.pool.space();
-    const limitBlocks = Math.floor(this.sizeLimitBytes / this.bs);
-    const usedInLayer = Math.ceil((this.lowerUsageBytes + this.segmentBytes(this.top)) / this.bs);
-    const free = Math.max(0, Math.min(limitBlocks - usedInLayer, space.totalBlocks - space.usedBlocks));
-    const avail = Math.max(0, Math.min(limitBlocks - usedInLayer, space.availableBlocks));
-    return {
+    const inodes = this.t.inodes;
+    // Lower segments never change under an open layer: counted once.
+    this.lowerInodeCount ??= this.segs.slice(1).reduce((n, s) => n + inodes.count([s], [s + 1]), 0);
+    return layerStatfs({
       blockSizeBytes: this.bs,
-      totalBlocks: limitBlocks,
-      freeBlocks: free,
-      availBlocks: this.readOnly ? 0 : avail,
-      totalInodes: 1 << 30,
-      freeInodes: (1 << 30) - Math.min(1 << 29, this.pool.table('inodes').count([this.top], [this.top + 1])),
+      sizeLimitBytes: this.sizeLimitBytes,
+      chainUsedBytes: this.lowerUsageBytes + this.segmentBytes(this.top),
+      poolAvailableBlocks: this.pool.space().availableBlocks,
+      chainInodes: this.lowerInodeCount + inodes.count([this.top], [this.top + 1]),
+      readOnly: this.readOnly,
       nameMaxBytes: NAME_MAX_BYTES,
-    };
+    });
   }
 
   async claimMount(mountpoint: string): Promise<void> {
