@@ -178,6 +178,7 @@ export class MountService {
     // eslint-disable-next-line prefer-const
     let service: MountService | undefined;
     let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
+    let kernelFailure: string | null = null;
     if (!kernelBlocked && !opts.debug) {
       const kernelOps = createKernelOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
       try {
@@ -193,12 +194,19 @@ export class MountService {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
         // container, where fusermount may still mount.
         if (wanted === 'kernel' || !isDmfsError(err)) throw err;
+        kernelFailure = err.message;
         log(`kernel FUSE transport failed (${err.message}); using libfuse 2`);
       }
     }
     if (!served) {
       const pathOps = createOperations(opts.layer);
-      served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+      try {
+        served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+      } catch (err) {
+        // Both transports failed: say why each did (the kernel one's reason is often the real one).
+        if (kernelFailure && isDmfsError(err)) throw dmfsError(err.code, `${err.message}; the kernel transport failed first: ${kernelFailure}`, err);
+        throw err;
+      }
     }
     const { ops, fuse, transport } = served;
     service = new MountService(opts.layer, opts.mountpoint, ops, fuse, transport, log);
