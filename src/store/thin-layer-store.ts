@@ -409,22 +409,22 @@ export class ThinLayerStore implements LayerStore {
     if (want.mountpoint && writer) {
       const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `open for writing ${where(writer)}`;
       const fix = writer.mountpoint ? `Unmount it first (dmfs umount ${writer.mountpoint}). ${afterwards}` : 'Wait for that process to finish.';
-      throw dmfsError('LAYER_IN_USE', `layer '${name}' is ${how}: a second mount at ${want.mountpoint} would not see its changes. ${fix}`);
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}: a second mount at ${want.mountpoint} would not see its changes. ${fix}`);
     }
     if (want.writable && writer) {
       const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `already open for writing ${where(writer)}`;
       const fix = writer.mountpoint ? `unmount it first (dmfs umount ${writer.mountpoint}) or mount with --ro once it is unmounted` : 'wait for that process to finish';
-      throw dmfsError('LAYER_IN_USE', `layer '${name}' is ${how}; ${fix}`);
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}; ${fix}`);
     }
     if (want.writable && mounted) {
       throw dmfsError(
         'LAYER_IN_USE',
-        `layer '${name}' is mounted read-only ${where(mounted)}: writing it would leave that mount stale. ` +
+        `layer '${name}' is in use, mounted read-only ${where(mounted)}: writing it would leave that mount stale. ` +
           `Unmount it first (dmfs umount ${mounted.mountpoint}), or mount with --ro.`,
       );
     }
     if (want.writable && want.mountpoint && selfMounts.some((mp) => mp !== want.mountpoint)) {
-      throw dmfsError('LAYER_IN_USE', `layer '${name}' is already mounted read-write at ${selfMounts[0]} by this process; one writable layer has one mount`);
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, mounted read-write at ${selfMounts[0]} by this process; one writable layer has one mount`);
     }
   }
 
