@@ -11,7 +11,8 @@
  * transport: kernelOptionsFor. Of libfuse 2: a read-only layer keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
- * (see attrTimeoutS). */
+ * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,
+ * which start() makes so by claiming the mount in the store first (LAYER_IN_USE otherwise). */
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
@@ -114,8 +115,9 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
 
 /**
  * Cache policy of the kernel transport. Node ids are store inodes and this mount is the
- * layer's only writer (lower layers are immutable), so every change passes through the
- * kernel, which updates or invalidates what it cached: names and attributes are kept for
+ * layer's only writer (lower layers are immutable; the store refuses a second mount of a
+ * read-write mounted layer and any writer on a mounted one: LayerFs.claimMount), so every
+ * change passes through the kernel, which updates or invalidates what it cached: names and attributes are kept for
  * an hour on every layer, and so are directory listings (the kernel drops a cached
  * listing when the directory changes through it). The writeback cache stays off: with it
  * write(2) would return before the store has the data, so a full pool or the layer's size

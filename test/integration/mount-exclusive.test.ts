@@ -34,7 +34,12 @@ describeFuse('one writer, no stale mounts (CLI, API, races, dead daemons)', () =
     root = tempDir('excl-pool');
     work = tempDir('excl-work');
     await dmfsOk('pool create --size 256M');
-    await dmfsOk('create img --image');
+    // An image with content: a container's files, committed.
+    await dmfsOk('create seed');
+    await dmfsOk(`mount seed ${work}/seed`);
+    await run(`mkdir ${work}/seed/etc && echo v1 > ${work}/seed/etc/conf && echo keep > ${work}/seed/top`);
+    await dmfsOk(`umount ${work}/seed`);
+    await dmfsOk('commit seed img');
     await dmfsOk('create c1 --from img');
   }, 300_000);
 
@@ -61,7 +66,7 @@ describeFuse('one writer, no stale mounts (CLI, API, races, dead daemons)', () =
     await dmfsOk(`umount ${a}`);
     // After the unmount the read-only mount works, sees the last state, and now blocks a writer.
     expect((await mountJson(`c1 ${b} --ro`)).readOnly).toBe(true);
-    expect(await run(`ls -A ${b}`)).toBe('d\n');
+    expect(await run(`ls -A ${b}`)).toBe('d\netc\ntop\n');
     const w = await refused(`mount c1 ${a}`);
     expect(w.code).toBe('LAYER_IN_USE');
     expect(w.message).toContain(b);
@@ -96,15 +101,26 @@ describeFuse('one writer, no stale mounts (CLI, API, races, dead daemons)', () =
     }
   });
 
-  it('image layers mount read-only several times, also while a container on them is mounted read-write', async () => {
-    await mountJson(`c1 ${work}/c`);
-    const i1 = await mountJson(`img ${work}/i1`);
-    const i2 = await mountJson(`img ${work}/i2`);
-    expect(i1.readOnly && i2.readOnly).toBe(true);
-    await run(`echo x > ${work}/c/new`);
-    expect(await run(`ls -A ${work}/i1 ${work}/i2`)).not.toContain('new');
-    for (const mp of ['c', 'i1', 'i2']) await dmfsOk(`umount ${work}/${mp}`);
-  });
+  for (const transport of ['kernel', 'libfuse2'] as const) {
+    it(`${transport} transport: image layers mount read-only several times, and a container on them mounted read-write does not change what they show`, async () => {
+      const env = `DMFS_FUSE_TRANSPORT=${transport}`;
+      const i1 = JSON.parse(await run(`${env} node ${DMFS_BIN} mount img ${work}/i1-${transport} --json --root ${shq(root)}`)) as { readOnly: boolean; log: string };
+      const i2 = JSON.parse(await run(`${env} node ${DMFS_BIN} mount img ${work}/i2-${transport} --json --root ${shq(root)}`)) as { readOnly: boolean };
+      expect(i1.readOnly && i2.readOnly).toBe(true);
+      expect(await run(`cat ${shq(i1.log)}`)).toContain(`${transport} transport`);
+      const before = await run(`ls -lAR ${work}/i1-${transport} && cat ${work}/i1-${transport}/etc/conf`);
+      expect(before).toContain('top');
+      // Warm the read-only mounts' caches (an hour for names and attributes), then change the child.
+      await dmfsOk(`create kid-${transport} --from img`);
+      await run(`${env} node ${DMFS_BIN} mount kid-${transport} ${work}/kid-${transport} --root ${shq(root)}`);
+      await run(`echo x > ${work}/kid-${transport}/new && echo v2 > ${work}/kid-${transport}/etc/conf && rm ${work}/kid-${transport}/top && mkdir ${work}/kid-${transport}/d2`);
+      expect(await run(`cat ${work}/i1-${transport}/etc/conf ${work}/i2-${transport}/etc/conf`)).toBe('v1\nv1\n');
+      for (const mp of [`i1-${transport}`, `i2-${transport}`]) {
+        expect(await run(`ls -lAR ${work}/${mp} && cat ${work}/${mp}/etc/conf`)).toBe(before.split(`i1-${transport}`).join(mp));
+      }
+      for (const mp of [`kid-${transport}`, `i1-${transport}`, `i2-${transport}`]) await dmfsOk(`umount ${work}/${mp}`);
+    });
+  }
 
   it('of two CLIs mounting the same container at once, exactly one wins', async () => {
     for (let round = 0; round < 3; round++) {
