@@ -13,6 +13,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import { DmfsError, dmfsError, errnoOf } from '../errors';
+import { libfuseMountProblem } from './fuse-diagnosis';
 import type { Attr, DirEntry, FileKind, StatFs } from '../store/layer-store';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK } from '../store/layer-store';
 
@@ -393,7 +394,8 @@ export class FuseMount {
   /**
    * Mounts and resolves once the kernel sent INIT (the mount is live). The mountpoint must
    * exist and not be a dead FUSE mount (see mount-table.ts). Throws FUSE_UNAVAILABLE when
-   * fuse-native cannot load, MOUNT_FAILED when libfuse refuses.
+   * fuse-native cannot load or the host cannot mount FUSE (the cause named: fuse-diagnosis.ts),
+   * MOUNT_FAILED when libfuse refuses for another reason.
    */
   static async mount(mountpoint: string, ops: FuseOperations, opts: FuseMountOptions, onUnexpected?: (err: unknown) => void): Promise<FuseMount> {
     const lib = loadFuseNative();
@@ -412,7 +414,12 @@ export class FuseMount {
     await new Promise<void>((resolve, reject) => {
       n.mount((err) => {
         if (!err) return resolve();
-        reject(err instanceof DmfsError ? err : dmfsError('MOUNT_FAILED', `mounting ${mountpoint} failed: ${err.message}`, err));
+        if (err instanceof DmfsError) return reject(err);
+        // libfuse 2 says only "fuse failed" (its own line goes to stderr): name the cause this host shows.
+        const cause = libfuseMountProblem({ allowOther: opts.allowOther });
+        reject(cause
+          ? dmfsError('FUSE_UNAVAILABLE', `cannot mount ${mountpoint}: ${cause}`, err)
+          : dmfsError('MOUNT_FAILED', `mounting ${mountpoint} failed: ${err.message} (libfuse 2 printed its reason on stderr: see the mount log)`, err));
       });
     });
     return new FuseMount(mountpoint, n);

@@ -23,6 +23,7 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dmfsError } from '../errors';
 import { loadFuseDevice, type FuseDevice } from '../native';
+import { devFuseProblem } from './fuse-diagnosis';
 import { FUSE_FSTYPE } from './mount-table';
 import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
 
@@ -72,7 +73,7 @@ export interface KernelMountOptions {
 
 /** Why the kernel transport cannot be used here (null: it can). */
 export function kernelTransportUnavailable(): string | null {
-  if ((process.getuid?.() ?? -1) !== 0) return 'mounting with the kernel transport needs root (mount(2) with a /dev/fuse fd)';
+  if ((process.getuid?.() ?? -1) !== 0) return 'mounting with the kernel transport needs root (mount(2) with a /dev/fuse fd): run as root, or let DMFS_FUSE_TRANSPORT default to auto (libfuse 2 through fusermount)';
   const dev = loadFuseDevice();
   if ('reason' in dev) return `the native addon is unavailable: ${dev.reason}`;
   return null;
@@ -139,7 +140,7 @@ export class KernelSession {
     try {
       fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
     } catch (err) {
-      throw dmfsError('FUSE_UNAVAILABLE', `cannot open /dev/fuse: ${(err as Error).message}`, err);
+      throw dmfsError('FUSE_UNAVAILABLE', devFuseProblem() ?? `cannot open /dev/fuse: ${(err as Error).message}`, err);
     }
     const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
     try {

@@ -11,7 +11,8 @@
  * transport: kernelOptionsFor. Of libfuse 2: a read-only layer keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
- * (see attrTimeoutS). */
+ * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,
+ * which start() makes so by claiming the mount in the store first (LAYER_IN_USE otherwise). */
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
@@ -114,8 +115,9 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
 
 /**
  * Cache policy of the kernel transport. Node ids are store inodes and this mount is the
- * layer's only writer (lower layers are immutable), so every change passes through the
- * kernel, which updates or invalidates what it cached: names and attributes are kept for
+ * layer's only writer (lower layers are immutable; the store refuses a second mount of a
+ * read-write mounted layer and any writer on a mounted one: LayerFs.claimMount), so every
+ * change passes through the kernel, which updates or invalidates what it cached: names and attributes are kept for
  * an hour on every layer, and so are directory listings (the kernel drops a cached
  * listing when the directory changes through it). The writeback cache stays off: with it
  * write(2) would return before the store has the data, so a full pool or the layer's size
@@ -155,6 +157,19 @@ export class MountService {
 
   /** Mounts and returns once the mount is live. On failure nothing stays mounted; the layer stays open (the caller's). */
   static async start(opts: MountServiceOptions): Promise<MountService> {
+    // Registered in the store before the kernel sees the mount (LayerFs.claimMount): a
+    // second mount of a read-write mounted layer, or a mount of a layer written elsewhere,
+    // is refused with LAYER_IN_USE, whoever mounts (CLI, mount.dmfs, this API).
+    await opts.layer.claimMount?.(opts.mountpoint);
+    try {
+      return await MountService.startClaimed(opts);
+    } catch (err) {
+      await opts.layer.releaseMount?.(opts.mountpoint).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private static async startClaimed(opts: MountServiceOptions): Promise<MountService> {
     const log = opts.log ?? (() => undefined);
     const statfs = await opts.layer.statfs();
     const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
@@ -165,6 +180,7 @@ export class MountService {
     // eslint-disable-next-line prefer-const
     let service: MountService | undefined;
     let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
+    let kernelFailure: string | null = null;
     if (!kernelBlocked && !opts.debug) {
       const kernelOps = createKernelOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
       try {
@@ -180,12 +196,19 @@ export class MountService {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
         // container, where fusermount may still mount.
         if (wanted === 'kernel' || !isDmfsError(err)) throw err;
+        kernelFailure = err.message;
         log(`kernel FUSE transport failed (${err.message}); using libfuse 2`);
       }
     }
     if (!served) {
       const pathOps = createOperations(opts.layer);
-      served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+      try {
+        served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+      } catch (err) {
+        // Both transports failed: say why each did (the kernel one's reason is often the real one).
+        if (kernelFailure && isDmfsError(err)) throw dmfsError(err.code, `${err.message}; the kernel transport failed first: ${kernelFailure}`, err);
+        throw err;
+      }
     }
     const { ops, fuse, transport } = served;
     service = new MountService(opts.layer, opts.mountpoint, ops, fuse, transport, log);

@@ -15,6 +15,7 @@ import {
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
+import { layerStatfs } from './layer-statfs';
 
 /** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
 interface BlockRead {
@@ -73,6 +74,9 @@ export interface ChainLayerFsOptions {
   sizeLimitBytes: number;
   /** Called once by close(), after the final sync. */
   onClose: () => Promise<void>;
+  /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
+  onClaimMount?: (mountpoint: string) => void;
+  onReleaseMount?: (mountpoint: string) => void;
 }
 
 /** A simple FIFO mutex keyed by inode: data-path operations on one inode run one at a time. */
@@ -133,6 +137,8 @@ export class ChainLayerFs implements LayerFs {
    */
   private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
   private readonly lowerUsageBytes: number;
+  /** Inodes of the lower segments (statfs), counted at the first statfs. */
+  private lowerInodeCount: number | null = null;
   private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
   /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
   private readonly intactMaps = new Set<string>();
@@ -150,6 +156,8 @@ export class ChainLayerFs implements LayerFs {
   private syncTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly onClose: () => Promise<void>;
+  private readonly onClaimMount: (mountpoint: string) => void;
+  private readonly onReleaseMount: (mountpoint: string) => void;
 
   constructor(private readonly pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
     this.layerName = opts.layerName;
@@ -162,6 +170,8 @@ export class ChainLayerFs implements LayerFs {
     this.sectorBytes = sectorSizeBytes(this.bs);
     this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
     this.onClose = opts.onClose;
+    this.onClaimMount = opts.onClaimMount ?? (() => undefined);
+    this.onReleaseMount = opts.onReleaseMount ?? (() => undefined);
     let lower = 0;
     for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
     this.lowerUsageBytes = lower;
@@ -1167,20 +1177,27 @@ export class ChainLayerFs implements LayerFs {
 
   async statfs(): Promise<StatFs> {
     this.assertOpen();
-    const space = this.pool.space();
-    const limitBlocks = Math.floor(this.sizeLimitBytes / this.bs);
-    const usedInLayer = Math.ceil((this.lowerUsageBytes + this.segmentBytes(this.top)) / this.bs);
-    const free = Math.max(0, Math.min(limitBlocks - usedInLayer, space.totalBlocks - space.usedBlocks));
-    const avail = Math.max(0, Math.min(limitBlocks - usedInLayer, space.availableBlocks));
-    return {
+    const inodes = this.t.inodes;
+    // Lower segments never change under an open layer: counted once.
+    this.lowerInodeCount ??= this.segs.slice(1).reduce((n, s) => n + inodes.count([s], [s + 1]), 0);
+    return layerStatfs({
       blockSizeBytes: this.bs,
-      totalBlocks: limitBlocks,
-      freeBlocks: free,
-      availBlocks: this.readOnly ? 0 : avail,
-      totalInodes: 1 << 30,
-      freeInodes: (1 << 30) - Math.min(1 << 29, this.pool.table('inodes').count([this.top], [this.top + 1])),
+      sizeLimitBytes: this.sizeLimitBytes,
+      chainUsedBytes: this.lowerUsageBytes + this.segmentBytes(this.top),
+      poolAvailableBlocks: this.pool.space().availableBlocks,
+      chainInodes: this.lowerInodeCount + inodes.count([this.top], [this.top + 1]),
+      readOnly: this.readOnly,
       nameMaxBytes: NAME_MAX_BYTES,
-    };
+    });
+  }
+
+  async claimMount(mountpoint: string): Promise<void> {
+    this.assertOpen();
+    this.onClaimMount(mountpoint);
+  }
+
+  async releaseMount(mountpoint: string): Promise<void> {
+    if (!this.closed) this.onReleaseMount(mountpoint);
   }
 
   private markDirty(): void {

@@ -224,6 +224,17 @@ export interface LayerFs {
   removexattr(ino: Ino, name: string): Promise<void>;
 
   statfs(): Promise<StatFs>;
+  /**
+   * Registers a mount of this open layer at `mountpoint` (MountService calls it before
+   * mounting; openLayer with `mountpoint` registers at open). A mount caches what it
+   * serves, so a layer mounted read-write has no other mount, and a layer mounted
+   * anywhere has no other writer: LAYER_IN_USE otherwise, checked in one metadata
+   * transaction (race-free between processes). Read-only mounts of a layer nobody writes
+   * stack freely. Absent on layers outside a store (nobody else can reach them).
+   */
+  claimMount?(mountpoint: string): Promise<void>;
+  /** Undoes claimMount (a mount that failed to come up); close() releases every claim. */
+  releaseMount?(mountpoint: string): Promise<void>;
   /** Makes every write so far durable: data blocks first, then the metadata that points at them. */
   fsync(): Promise<void>;
   /** The layer's own changes against its parent. */

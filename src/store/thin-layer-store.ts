@@ -31,6 +31,8 @@ export class ThinLayerStore implements LayerStore {
   private readonly holders: Table;
   private readonly tables: StoreTables;
   private readonly open = new Set<ChainLayerFs>();
+  /** What each layer open in this process holds: its layer id, writability and mounts (see assertNoConflict). */
+  private readonly openHere = new Map<ChainLayerFs, { layerId: number; writable: boolean; mountpoints: Set<string> }>();
 
   private constructor(private readonly pool: ThinPool) {
     this.layers = pool.table('layers');
@@ -339,6 +341,7 @@ export class ThinLayerStore implements LayerStore {
   }
 
   async openLayer(name: string, opts: OpenLayerOptions = {}): Promise<LayerFs> {
+    const mountpoints = new Set<string>(opts.mountpoint ? [opts.mountpoint] : []);
     // Read-only pool: no holder record can be written; every layer opens read-only.
     const { rec, readOnly } = this.pool.readOnly ? this.readOnlyPoolLayer(name) : this.pool.txn(() => {
       const r = this.layerByName(name);
@@ -347,22 +350,8 @@ export class ThinLayerStore implements LayerStore {
       if (r.state === 'building' && r.builderOwnerId !== undefined && r.builderOwnerId !== this.pool.ownerId && this.pool.isOwnerAlive(r.builderOwnerId)) {
         throw dmfsError('LAYER_IN_USE', `layer '${name}' is being built by another process`);
       }
-      if (writable) {
-        const other = this.liveHolders(r.id).find((h) => h.writable);
-        if (other || this.isOpenWritableHere(name)) {
-          throw dmfsError('LAYER_IN_USE', `layer '${name}' is already open for writing (${other?.mountpoint ?? `pid ${other?.pid ?? process.pid}`}); unmount it first or mount with --ro`);
-        }
-      }
-      const holderKey = [r.id, this.pool.ownerId];
-      const existing = this.holders.get(holderKey);
-      const prev = existing ? unpackHolder(existing) : null;
-      this.holders.put(holderKey, packHolder({
-        v: 1,
-        writable: writable || Boolean(prev?.writable),
-        mountpoint: opts.mountpoint ?? prev?.mountpoint ?? null,
-        readOnly: !writable,
-        pid: process.pid,
-      }));
+      this.assertNoConflict(r, null, { writable, mountpoint: opts.mountpoint ?? null });
+      this.writeOwnHolder(r.id, { writable, mountpoints });
       return { rec: r, readOnly: !writable };
     });
     const fs: ChainLayerFs = new ChainLayerFs(this.pool, this.tables, {
@@ -372,10 +361,27 @@ export class ThinLayerStore implements LayerStore {
       sizeLimitBytes: rec.sizeLimitBytes,
       onClose: async () => {
         this.open.delete(fs);
-        await this.afterClose(rec.id, rec.name, !readOnly);
+        this.openHere.delete(fs);
+        await this.afterClose(rec.id, !readOnly);
+      },
+      // A read-only pool records no holders (nothing can change under its mounts either).
+      onClaimMount: (mountpoint) => {
+        const mine = this.openHere.get(fs);
+        if (this.pool.readOnly || !mine || mine.mountpoints.has(mountpoint)) return;
+        this.pool.txn(() => {
+          this.assertNoConflict(this.layerById(rec.id), fs, { writable: !readOnly, mountpoint });
+          mine.mountpoints.add(mountpoint);
+          this.writeOwnHolder(rec.id);
+        });
+      },
+      onReleaseMount: (mountpoint) => {
+        const mine = this.openHere.get(fs);
+        if (!mine || !mine.mountpoints.delete(mountpoint) || this.pool.readOnly) return;
+        this.pool.txn(() => this.writeOwnHolder(rec.id));
       },
     });
     this.open.add(fs);
+    this.openHere.set(fs, { layerId: rec.id, writable: !readOnly, mountpoints });
     // A writable layer is about to write: take this process's block reservation now, so
     // the first write (a container's first copy-up) does not wait for it.
     if (!readOnly) this.pool.reserveAhead();
@@ -388,17 +394,84 @@ export class ThinLayerStore implements LayerStore {
     return { rec: r, readOnly: true };
   }
 
-  private isOpenWritableHere(name: string): boolean {
-    for (const fs of this.open) if (fs.layerName === name && !fs.readOnly) return true;
-    return false;
+  /**
+   * Inside txn: refuses (LAYER_IN_USE) an open or a mount that would let a mount serve
+   * stale names, attributes or data. Every mount caches what it serves for as long as the
+   * kernel likes (the kernel transport: an hour), trusting that nothing but itself changes
+   * its layer. So, counting other processes' live holders and this process's other opens:
+   * - a writable open: no other writer (one writer per layer) and no mount anywhere;
+   * - a mount (`want.mountpoint`): no writer anywhere else;
+   * - one writable open mounted at two places: refused too (each mount caches on its own).
+   * Read-only opens that do not mount (export, diff) only read committed metadata: free.
+   * Holders of dead processes do not count (liveHolders), so a killed mount blocks nothing.
+   */
+  private assertNoConflict(r: LayerRecord, self: ChainLayerFs | null, want: { writable: boolean; mountpoint: string | null }): void {
+    type Use = { pid: number; writable: boolean; mountpoint: string | null };
+    const uses: Use[] = this.liveHolders(r.id)
+      .filter((h) => h.ownerId !== this.pool.ownerId)
+      .map((h) => ({ pid: h.pid, writable: h.writable, mountpoint: h.mountpoint }));
+    for (const [fs, o] of this.openHere) {
+      if (fs === self || o.layerId !== r.id) continue;
+      if (!o.mountpoints.size) uses.push({ pid: process.pid, writable: o.writable, mountpoint: null });
+      for (const mp of o.mountpoints) uses.push({ pid: process.pid, writable: o.writable, mountpoint: mp });
+    }
+    const selfMounts = self ? [...(this.openHere.get(self)?.mountpoints ?? [])] : [];
+    const name = r.name;
+    const where = (u: Use) => (u.mountpoint ? `at ${u.mountpoint} (pid ${u.pid})` : `by pid ${u.pid}`);
+    const rwMount = uses.find((u) => u.writable && u.mountpoint);
+    const writer = rwMount ?? uses.find((u) => u.writable);
+    const mounted = uses.find((u) => u.mountpoint);
+    const afterwards =
+      `To see its files elsewhere, unmount it, commit it (dmfs commit ${name} IMAGE) ` +
+      `and mount the image, or a new container on it (dmfs create NAME --from IMAGE).`;
+    if (want.mountpoint && writer) {
+      const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `open for writing ${where(writer)}`;
+      const fix = writer.mountpoint ? `Unmount it first (dmfs umount ${writer.mountpoint}). ${afterwards}` : 'Wait for that process to finish.';
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}: a second mount at ${want.mountpoint} would not see its changes. ${fix}`);
+    }
+    if (want.writable && writer) {
+      const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `already open for writing ${where(writer)}`;
+      const fix = writer.mountpoint ? `unmount it first (dmfs umount ${writer.mountpoint}) or mount with --ro once it is unmounted` : 'wait for that process to finish';
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}; ${fix}`);
+    }
+    if (want.writable && mounted) {
+      throw dmfsError(
+        'LAYER_IN_USE',
+        `layer '${name}' is in use, mounted read-only ${where(mounted)}: writing it would leave that mount stale. ` +
+          `Unmount it first (dmfs umount ${mounted.mountpoint}), or mount with --ro.`,
+      );
+    }
+    if (want.writable && want.mountpoint && selfMounts.some((mp) => mp !== want.mountpoint)) {
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, mounted read-write at ${selfMounts[0]} by this process; one writable layer has one mount`);
+    }
   }
 
-  private async afterClose(layerId: number, name: string, wasWritable: boolean): Promise<void> {
-    // Backup hook: a writable layer closing (an unmount) may have changed files.
-    if (wasWritable && !this.pool.readOnly) this.pool.txn(() => this.pool.noteMetadataChange('unmount'));
-    if (this.isOpenHere(name) || this.pool.readOnly) return;
+  /**
+   * Inside txn: this process's holder record of a layer, from what it has open (plus
+   * `extra`, an open being registered). Gone when nothing is open; `mountpoint` names
+   * one of its mounts (`dmfs ls`, error messages).
+   */
+  private writeOwnHolder(layerId: number, extra?: { writable: boolean; mountpoints: Set<string> }): void {
+    const mine = [...this.openHere.values()].filter((o) => o.layerId === layerId);
+    if (extra) mine.push({ layerId, ...extra });
+    const key = [layerId, this.pool.ownerId];
+    if (!mine.length) {
+      this.holders.del(key);
+      return;
+    }
+    const writable = mine.some((o) => o.writable);
+    const mountpoint = mine.flatMap((o) => [...o.mountpoints])[0] ?? null;
+    this.holders.put(key, packHolder({ v: 1, writable, mountpoint, readOnly: !writable, pid: process.pid }));
+  }
+
+  private async afterClose(layerId: number, wasWritable: boolean): Promise<void> {
+    if (this.pool.readOnly) return;
     const removeNow = this.pool.txn(() => {
-      this.holders.del([layerId, this.pool.ownerId]);
+      // Backup hook: a writable layer closing (an unmount) may have changed files.
+      if (wasWritable) this.pool.noteMetadataChange('unmount');
+      // Still open here under another handle: the holder shrinks to what stays open.
+      this.writeOwnHolder(layerId);
+      if ([...this.openHere.values()].some((o) => o.layerId === layerId)) return false;
       const raw = this.layers.get(layerId);
       if (!raw) return false;
       const r = unpackLayer(raw);
@@ -440,7 +513,8 @@ export class ThinLayerStore implements LayerStore {
         });
         await this.finishRemoval(l.id);
         report.removals++;
-      } else if (!this.liveHolders(l.id).some((h) => h.writable)) {
+      } else if (!this.liveHolders(l.id).length) {
+        // Held by nobody: a writable open here cannot conflict with a live mount's caches.
         const orphanKeys = [...this.tables.orphans.keys([l.segment], [l.segment + 1])];
         if (orphanKeys.length) {
           const fs = (await this.openLayer(l.name, l.kind === 'container' || l.state === 'building' ? {} : { readOnly: true })) as ChainLayerFs;
