@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import type { LayerChange } from '../../store/layer-store';
 import type { Command } from '../command';
 import { printJson, withPool } from '../output';
@@ -34,7 +35,11 @@ export const command: Command = {
         ...(c.attr ? { kind: c.attr.kind, mode: c.attr.mode, uid: c.attr.uid, gid: c.attr.gid, sizeBytes: c.attr.sizeBytes, mtimeNs: c.attr.mtimeNs } : {}),
       })));
     } else {
-      for (const c of changes) ctx.stdout.write(`${LETTER[c.change]} ${c.path}\n`);
+      for (const c of changes) {
+        // wt-image: wait while the reader is behind, or a pipe buffers the whole listing
+        // (a tree 10,000 levels deep lists 100 MB).
+        if (!ctx.stdout.write(`${LETTER[c.change]} ${c.path}\n`)) await once(ctx.stdout, 'drain');
+      }
     }
     return 0;
   },

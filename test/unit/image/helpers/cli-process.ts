@@ -12,6 +12,8 @@ export interface CliRun {
   stderr: string;
   /** Peak RSS of the process in KiB, when measured. */
   maxRssKiB: number | null;
+  /** User plus system CPU seconds of the process, when measured (steadier than wall time on a busy host). */
+  cpuSeconds: number | null;
   elapsedMs: number;
 }
 
@@ -28,17 +30,20 @@ export function dmfs(root: string, args: string[], opts: { measure?: boolean; ti
   }
   const argv = [process.execPath, DMFS_BIN, ...args, '--root', root];
   const rssMarker = 'dmfs-test-max-rss-kib=';
-  const [cmd, cmdArgs] = opts.measure ? [TIME_BIN, ['-f', `${rssMarker}%M`, ...argv]] : [argv[0], argv.slice(1)];
+  const [cmd, cmdArgs] = opts.measure ? [TIME_BIN, ['-f', `${rssMarker}%M %U %S`, ...argv]] : [argv[0], argv.slice(1)];
   const t0 = Date.now();
   const r = spawnSync(cmd, cmdArgs, { encoding: 'utf8', maxBuffer: 1 << 30, timeout: opts.timeoutMs ?? 120_000 });
   const elapsedMs = Date.now() - t0;
   if (r.error) throw r.error;
   let stderr = r.stderr;
   let maxRssKiB: number | null = null;
+  let cpuSeconds: number | null = null;
   const at = stderr.lastIndexOf(rssMarker);
   if (opts.measure && at >= 0) {
-    maxRssKiB = Number(stderr.slice(at + rssMarker.length).trim());
+    const [rss, user, sys] = stderr.slice(at + rssMarker.length).trim().split(/\s+/).map(Number);
+    maxRssKiB = rss;
+    cpuSeconds = user + sys;
     stderr = stderr.slice(0, at);
   }
-  return { code: r.status ?? -1, stdout: r.stdout, stderr, maxRssKiB, elapsedMs };
+  return { code: r.status ?? -1, stdout: r.stdout, stderr, maxRssKiB, cpuSeconds, elapsedMs };
 }
