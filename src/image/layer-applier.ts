@@ -10,7 +10,12 @@
  * - An entry replaces whatever is at its name: a file replaces a directory (with its
  *   subtree), a directory replaces a file; a later duplicate entry wins; a directory
  *   entry over a directory only updates its attributes and xattrs.
- * - Hard links name a file of this or a lower layer by path; symlinks are stored as
+ * - Hard links name a file of this or a lower layer by path. A link to a lower file
+ *   means that file was copied up (an overlay copies up before linking, and Docker's
+ *   tars carry the target in full): the target name gets a copy made in this layer and
+ *   the new name links to it, while the lower file's other names keep the lower inode.
+ *   So a layer is the same tree whether its tar carries the copy or only the link, and
+ *   `dmfs save` of a re-imported image gives the same diff ids. Symlinks are stored as
  *   text and never followed.
  *
  * Untrusted input: every path is split by `entryComponents` (`..` refused) and walked
@@ -60,6 +65,8 @@ const WRITE_COALESCE_BYTES = 1 << 20;
 function writtenKey(parent: Ino, name: string): string {
   return `${parent}/${name}`;
 }
+/** Where `copyUp` builds a copy: a reserved name no tar entry can take. */
+const COPY_UP_NAME = '.wh..wh.dmfs-copy-up';
 /** The root directory's own key (it has no parent entry). */
 const ROOT_KEY = '/';
 
@@ -175,8 +182,17 @@ export class LayerApplier {
     }
     let linkTarget: Attr | null = null;
     if (entry.type === 'hardlink') {
-      linkTarget = await this.resolveLinkTarget(entry);
-      if (existing && existing.ino === linkTarget.ino) {
+      const t = await this.resolveLinkTarget(entry);
+      linkTarget = t.attr;
+      let cur = existing;
+      if (!this.written.has(writtenKey(t.dir, t.base))) {
+        // A link to a lower file: the file was copied up (what an overlay does, and what
+        // Docker's tars say by carrying the target as a full file). Its other lower names
+        // keep the lower inode. So the layer is the same whichever way the tar says it.
+        linkTarget = await this.copyUp(t.dir, t.base, t.attr, t.depth);
+        cur = await this.fs.lookup(parent, base);
+      }
+      if (cur && cur.ino === linkTarget.ino) {
         this.markWritten(key, depth); // Already this very file (a link to itself, or a repeated link).
         this.stats.hardlinks++;
         return;
@@ -190,7 +206,8 @@ export class LayerApplier {
       this.markWritten(key, depth);
       return;
     }
-    if (existing) await this.remove(parent, base, existing);
+    const replaced = entry.type === 'hardlink' ? await this.fs.lookup(parent, base) : existing;
+    if (replaced) await this.remove(parent, base, replaced);
     await this.touchDir(parent);
 
     let node: Attr;
@@ -256,10 +273,10 @@ export class LayerApplier {
    * (the root for 0): that directory and every one above it have something written
    * below. Stops at the first already marked, so each directory is marked once.
    */
-  private markWritten(key: string, depth: number): void {
+  private markWritten(key: string, depth: number, chain = this.entryChain): void {
     this.written.add(key);
     for (let i = depth - 1; i >= 0; i--) {
-      const ino = this.entryChain[i].ino;
+      const ino = chain[i].ino;
       if (this.writtenUnder.has(ino)) return;
       this.writtenUnder.add(ino);
     }
@@ -315,7 +332,8 @@ export class LayerApplier {
     return ino;
   }
 
-  private async resolveLinkTarget(entry: TarEntry): Promise<Attr> {
+  /** The hard link's target, its directory and name there, and its depth in `linkChain`. */
+  private async resolveLinkTarget(entry: TarEntry): Promise<{ attr: Attr; dir: Ino; base: string; depth: number }> {
     const comps = entryComponents(entry.linkPath);
     if (comps.length === 0) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to the root`);
     const base = comps[comps.length - 1];
@@ -324,7 +342,52 @@ export class LayerApplier {
     const a = await this.fs.lookup(dir, base);
     if (a === null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} does not exist`);
     if (a.kind === 'dir') throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} is a directory`);
-    return a;
+    return { attr: a, dir, base, depth: this.linkChain.length };
+  }
+
+  /**
+   * Replaces lower entry `name` of `dir` by a copy of it made in this layer (content,
+   * attributes, xattrs; holes stay holes) and returns the copy. The copy is made under a
+   * reserved name (`.wh..wh.*`, never an entry of a tar) and renamed over the original
+   * once whole, so the lower inode is read while it still has its name. `depth` places
+   * `dir` in `linkChain`, for the written-below marks.
+   */
+  private async copyUp(dir: Ino, name: string, lower: Attr, depth: number): Promise<Attr> {
+    await this.touchDir(dir);
+    const ids = { uid: lower.uid, gid: lower.gid };
+    const tmp = COPY_UP_NAME;
+    const stale = await this.fs.lookup(dir, tmp);
+    if (stale) await this.remove(dir, tmp, stale);
+    let copy = lower.kind === 'symlink'
+      ? await this.fs.symlink(dir, tmp, await this.fs.readlink(lower.ino), ids)
+      : await this.fs.mknod(dir, tmp, { mode: lower.mode, ...ids, rdev: lower.rdev });
+    if (lower.kind === 'file') {
+      await this.copyContent(lower, copy.ino);
+      if (lower.sizeBytes > 0) await this.fs.setattr(copy.ino, { sizeBytes: lower.sizeBytes });
+    }
+    for (const x of await this.fs.listxattr(lower.ino)) {
+      const v = await this.fs.getxattr(lower.ino, x);
+      if (v !== null) await this.fs.setxattr(copy.ino, x, v);
+    }
+    await this.fs.unlink(dir, name);
+    await this.fs.rename(dir, tmp, dir, name);
+    copy = await this.fs.setattr(copy.ino, { mtimeNs: lower.mtimeNs, atimeNs: lower.atimeNs });
+    if (lower.kind !== 'symlink' && (copy.mode & 0o7777) !== (lower.mode & 0o7777)) {
+      // A write may clear setuid/setgid bits; the lower file's mode is what counts.
+      copy = await this.fs.setattr(copy.ino, { mode: lower.mode });
+    }
+    this.markWritten(writtenKey(dir, name), depth, this.linkChain);
+    return copy;
+  }
+
+  /** Copies a file's non-zero chunks to inode `to` (holes stay holes). */
+  private async copyContent(from: Attr, to: Ino): Promise<void> {
+    const buf = Buffer.alloc(Math.min(WRITE_COALESCE_BYTES, Math.max(from.sizeBytes, 1)));
+    for (let off = 0; off < from.sizeBytes; off += buf.length) {
+      const want = Math.min(buf.length, from.sizeBytes - off);
+      const n = await this.fs.read(from.ino, buf.subarray(0, want), off);
+      if (n > 0 && buf.subarray(0, n).some((b) => b !== 0)) await this.fs.write(to, buf.subarray(0, n), off);
+    }
   }
 
   private async whiteout(parent: Ino, name: string): Promise<void> {
