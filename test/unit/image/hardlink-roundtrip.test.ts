@@ -8,6 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Pool } from '../../../src/api';
 import { buildOci, dir, Entry, file, hardlink, whiteout } from './helpers/image-builder';
 import { dmfs } from './helpers/cli-process';
 import { sh, tmpdir } from './helpers/tar-helpers';
@@ -123,4 +124,41 @@ describe('hard links across layers: save → import → save is a fixed point', 
     expect(saved[0]).toBeDefined();
     expect(saved[1]).toEqual(saved[0]);
   });
+
+  test('a container that linked a lower file (ln in a mount): committed, saved, re-imported, saved alike', async () => {
+    const rootA = newPool('container-a');
+    const rootB = newPool('container-b');
+    const oci = path.join(work, 'container-src');
+    await buildOci(oci, [
+      { entries: [dir('usr'), dir('usr/bin'), file('usr/bin/perl', PERL, { mode: 0o755 }), hardlink('usr/bin/perl5.36', 'usr/bin/perl')] },
+    ], { ref: 'base' });
+    ok(rootA, ['import', `${oci}:base`, '--name', 'debian']);
+    const pool = await Pool.open(rootA);
+    try {
+      await pool.store.createLayer('ctr', { parent: 'debian', kind: 'container' });
+      const f = await pool.store.openLayer('ctr');
+      const bin = await f.resolve('/usr/bin');
+      const perl = (await f.lookup(bin.ino, 'perl'))!;
+      await f.link(perl.ino, bin.ino, 'perl5'); // the lower inode itself: three names now
+      await f.close();
+      await pool.store.commit('ctr', 'debian-perl5');
+    } finally {
+      await pool.close();
+    }
+    const diffsA = diffsOf(rootA, 'debian-perl5');
+    const savedA = save(rootA, 'debian-perl5', path.join(work, 'container-a-out'));
+    ok(rootB, ['import', `${path.join(work, 'container-a-out')}:latest`, '--name', 'debian-perl5']);
+    const savedB = save(rootB, 'debian-perl5', path.join(work, 'container-b-out'));
+    expect(savedB).toEqual(savedA);
+    // The re-import lists the upper layer from its tar: every name of the three-name file.
+    expect(diffsOf(rootB, 'debian-perl5')[1]).toEqual(['C /usr/bin', 'A /usr/bin/perl', 'A /usr/bin/perl5', 'A /usr/bin/perl5.36']);
+    expect(diffsA[0]).toEqual(diffsOf(rootB, 'debian-perl5')[0]);
+    const bundle = path.join(work, 'container-bundle');
+    sh('umoci', ['unpack', '--image', `${path.join(work, 'container-b-out')}:latest`, bundle]);
+    const bin = path.join(bundle, 'rootfs', 'usr', 'bin');
+    const inos = new Set(['perl', 'perl5', 'perl5.36'].map((n) => fs.statSync(path.join(bin, n)).ino));
+    expect(inos.size).toBe(1);
+    expect(fs.statSync(path.join(bin, 'perl')).nlink).toBe(3);
+    expect(fs.readFileSync(path.join(bin, 'perl5')).equals(PERL)).toBe(true);
+  }, 120_000);
 });
