@@ -86,18 +86,31 @@ export interface TarIndexResult {
   sizeBytes: number;
 }
 
-/** Reads the member list of an uncompressed tar file (and hashes the file on the way). */
+/**
+ * Longest member name indexed. An image archive's own files have short names
+ * (`blobs/sha256/<hex>`, `<id>/layer.tar`, `manifest.json`); a layer tar may hold paths
+ * of many KiB (a tree 10,000 levels deep), and keeping those would cost memory in the
+ * square of the depth for nothing.
+ */
+const MAX_MEMBER_NAME_CHARS = 1024;
+
+/**
+ * Reads the member list of an uncompressed tar file (and hashes the file on the way).
+ * At most `maxMembers` entries (counting the unindexed long names) before it gives up.
+ */
 export async function indexTarFile(file: string, maxMembers: number): Promise<TarIndexResult> {
   const tap = new DigestTap();
   const reader = ByteReader.from(tap.tap(fs.createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>));
   const members = new Map<string, Member>();
   let complete = true;
+  let seen = 0;
   try {
     for await (const { entry } of readTar(reader)) {
-      if (members.size >= maxMembers) {
+      if (seen++ >= maxMembers) {
         complete = false;
         break;
       }
+      if (entry.path.length > MAX_MEMBER_NAME_CHARS) continue;
       let name: string;
       try {
         name = normaliseMember(entry.path);

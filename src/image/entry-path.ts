@@ -21,7 +21,8 @@ export function entryComponents(name: string): string[] {
   for (const part of name.split('/')) {
     if (part === '' || part === '.') continue;
     if (part === '..') throw dmfsError('UNSAFE_PATH', `entry name escapes the layer: ${JSON.stringify(name)}`);
-    if (Buffer.byteLength(part) > NAME_MAX_BYTES) {
+    // A UTF-16 unit is at most 3 UTF-8 bytes: only long parts need counting.
+    if (part.length * 3 > NAME_MAX_BYTES && Buffer.byteLength(part) > NAME_MAX_BYTES) {
       throw dmfsError('NAME_TOO_LONG', `entry name component longer than ${NAME_MAX_BYTES} bytes: ${JSON.stringify(part.slice(0, 64))}...`);
     }
     out.push(part);

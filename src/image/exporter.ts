@@ -15,7 +15,7 @@
  * (tar has no type for them).
  */
 import { dmfsError } from '../errors';
-import type { Attr, LayerFs, LayerStore } from '../store/layer-store';
+import type { Attr, ChangeDir, DirEntry, LayerChange, LayerFs, LayerStore } from '../store/layer-store';
 import { OPAQUE_MARKER, WHITEOUT_PREFIX } from './entry-path';
 import { devMajorOf, devMinorOf, TarSink, TarWriteEntry, TarWriter } from './tar-writer';
 
@@ -32,19 +32,6 @@ export interface ExportStats {
   opaques: number;
   contentBytes: number;
   tarBytes: number;
-}
-
-type Planned =
-  | { kind: 'node'; path: string; attr: Attr }
-  | { kind: 'whiteout'; path: string }
-  | { kind: 'opaque'; path: string };
-
-function rel(path: string): string {
-  return path.replace(/^\/+/, '');
-}
-
-function join(dir: string, name: string): string {
-  return dir === '/' || dir === '' ? `/${name}` : `${dir}/${name}`;
 }
 
 async function* fileContent(fs: LayerFs, attr: Attr, path: string): AsyncGenerator<Buffer> {
@@ -88,18 +75,254 @@ async function sameXattrs(a: LayerFs, aIno: number, b: LayerFs, bIno: number): P
   return true;
 }
 
+/** What goes out at one path of the plan. */
+type Item = { kind: 'node'; attr: Attr } | { kind: 'whiteout' } | { kind: 'opaque' };
+
+/** A planned entry with its tar path (relative, no leading '/'). */
+interface Planned {
+  path: string;
+  item: Item;
+}
+
+/**
+ * V8 keeps a substring (from `split`, `slice`) of 13 or more characters as a view of the
+ * whole string: a name kept from a path 10,000 levels deep would keep that path alive.
+ * Names the plan keeps are copied out.
+ */
+function ownCopy(name: string): string {
+  return name.length < 13 ? name : Buffer.from(name, 'utf8').toString('utf8');
+}
+
+/**
+ * The values (plan nodes, lower-layer entries) along the last path looked at, found again
+ * for the next path by string prefix. Paths come in tree order, so the next one is nearly
+ * always below one of them: a seek compares one prefix natively and steps through the
+ * new components only, where splitting every path and walking it from the root would
+ * cost the square of the depth of a deep tree.
+ */
+class PathCursor<T> {
+  /** The last path, '/a/b' ('' for the root); stack[i].end is where its i-th prefix ends. */
+  private path = '';
+  private readonly stack: { end: number; value: T }[];
+
+  constructor(root: T) {
+    this.stack = [{ end: 0, value: root }];
+  }
+
+  /**
+   * Moves to `path` (absolute, '/'-separated, no trailing '/'; '/' is the root): keeps the
+   * values of the ancestors it shares with the last path and returns the deepest, with
+   * the components still to step through (each then given to `push`, in order).
+   */
+  seek(path: string): { value: T; rest: string[] } {
+    const p = path === '/' ? '' : path;
+    if (p === this.path) return { value: this.stack[this.stack.length - 1].value, rest: [] };
+    while (this.stack.length > 1) {
+      const end = this.stack[this.stack.length - 1].end;
+      const below = p.length === end || (p.length > end && p.charCodeAt(end) === 0x2f);
+      if (below && p.startsWith(this.path.substring(0, end))) break;
+      this.stack.pop();
+    }
+    const top = this.stack[this.stack.length - 1];
+    this.path = p;
+    return { value: top.value, rest: p.length > top.end ? p.substring(top.end + 1).split('/') : [] };
+  }
+
+  /** The value at the next component of the path last given to `seek` (callers push every one). */
+  push(name: string, value: T): void {
+    this.stack.push({ end: this.stack[this.stack.length - 1].end + 1 + name.length, value });
+  }
+}
+
+/**
+ * Values (plan nodes, lower-layer entries) of the directories changes name through
+ * `LayerChange.at`: each directory is worked out once, from the nearest one already
+ * known, so a tree of any depth costs one step per directory.
+ */
+class DirMemo<T> {
+  private readonly known = new Map<ChangeDir, T>();
+
+  constructor(private readonly root: T, private readonly step: (parent: T, name: string) => T | Promise<T>) {}
+
+  async get(dir: ChangeDir): Promise<T> {
+    const pending: ChangeDir[] = [];
+    let cur: ChangeDir | null = dir;
+    let value: T | undefined;
+    while (cur !== null && (value = this.known.get(cur)) === undefined) {
+      if (cur.parent === null) {
+        value = this.root;
+        this.known.set(cur, value);
+        break;
+      }
+      pending.push(cur);
+      cur = cur.parent;
+    }
+    let v = value as T;
+    for (let i = pending.length - 1; i >= 0; i--) {
+      v = await this.step(v, pending[i].name);
+      this.known.set(pending[i], v);
+    }
+    return v;
+  }
+}
+
+/** One name in the plan: the entry written at its path, if any, and the names below it. */
+interface PlanNode {
+  /** Its last tar path component ('.wh.NAME' for a whiteout, the marker for an opaque one). */
+  tarName: string;
+  /**
+   * Order among siblings, byte-wise: the tar name, except '' for an opaque marker so that
+   * it comes right after its directory.
+   */
+  sortKey: string;
+  item: Item | null;
+  children: Map<string, PlanNode> | null;
+}
+
+/**
+ * The planned entries as a tree of names, written out depth first with siblings sorted:
+ * parents before children, names byte-wise. A tree rather than a sorted list of paths:
+ * memory stays linear in the entries however deep the tree (a list of whole paths, or
+ * sort keys split from them, grows with the square of the depth).
+ */
+class PlanTree {
+  private readonly root: PlanNode = { tarName: '', sortKey: '', item: null, children: null };
+  private readonly cursor = new PathCursor<PlanNode>(this.root);
+  private readonly dirs = new DirMemo<PlanNode>(this.root, (parent, name) => PlanTree.child(parent, name));
+
+  private static child(parent: PlanNode, tarName: string, sortKey = tarName): PlanNode {
+    parent.children ??= new Map();
+    let next = parent.children.get(sortKey);
+    if (next === undefined) {
+      const name = ownCopy(tarName);
+      next = { tarName: name, sortKey: sortKey === tarName ? name : sortKey, item: null, children: null };
+      parent.children.set(next.sortKey, next);
+    }
+    return next;
+  }
+
+  /** The node of a change's path, made (empty) when missing. */
+  private async nodeOf(c: LayerChange): Promise<PlanNode> {
+    return c.at !== undefined ? PlanTree.child(await this.dirs.get(c.at.dir), c.at.name) : this.nodeAt(c.path);
+  }
+
+  /** The node of layer path `path` ('/a/b'), made (empty) when missing. */
+  private nodeAt(path: string): PlanNode {
+    let { value: cur, rest } = this.cursor.seek(path);
+    for (const c of rest) {
+      cur = PlanTree.child(cur, c);
+      this.cursor.push(c, cur);
+    }
+    return cur;
+  }
+
+  /** The same by components, from the root (for walks that have no path strings). */
+  private nodeAtComponents(components: readonly string[]): PlanNode {
+    let cur = this.root;
+    for (const c of components) cur = PlanTree.child(cur, c);
+    return cur;
+  }
+
+  /** Plans a node at the change's path unless something is already planned there; false if it was. */
+  async addNode(c: LayerChange, attr: Attr): Promise<boolean> {
+    const n = await this.nodeOf(c);
+    if (n.item !== null) return false;
+    n.item = { kind: 'node', attr };
+    return true;
+  }
+
+  /** `addNode` by components (the root is []). */
+  addNodeAt(components: readonly string[], attr: Attr): void {
+    const n = this.nodeAtComponents(components);
+    n.item ??= { kind: 'node', attr };
+  }
+
+  async addWhiteout(c: LayerChange): Promise<void> {
+    let dir: PlanNode;
+    let name: string;
+    if (c.at !== undefined) {
+      dir = await this.dirs.get(c.at.dir);
+      name = c.at.name;
+    } else {
+      const slash = c.path.lastIndexOf('/');
+      if (slash < 0 || slash === c.path.length - 1) return;
+      dir = this.nodeAt(c.path.substring(0, slash) || '/');
+      name = c.path.substring(slash + 1);
+    }
+    PlanTree.child(dir, WHITEOUT_PREFIX + name).item ??= { kind: 'whiteout' };
+  }
+
+  /** Plans the opaque marker of the change's directory ('/' included). */
+  async addOpaque(c: LayerChange): Promise<void> {
+    PlanTree.child(c.path === '/' ? this.root : await this.nodeOf(c), OPAQUE_MARKER, '').item ??= { kind: 'opaque' };
+  }
+
+  async hasOpaque(c: LayerChange): Promise<boolean> {
+    return (await this.nodeOf(c)).children?.has('') ?? false;
+  }
+
+  /** The planned entries in tar order; each path is built once, as it is handed out. */
+  *entries(): Generator<Planned> {
+    const sorted = (n: PlanNode): PlanNode[] => {
+      const kids = [...(n.children?.values() ?? [])].map((k) => ({ k, b: Buffer.from(k.sortKey) }));
+      kids.sort((x, y) => Buffer.compare(x.b, y.b));
+      return kids.map((x) => x.k);
+    };
+    const components: string[] = [];
+    const stack: { kids: PlanNode[]; next: number }[] = [{ kids: sorted(this.root), next: 0 }];
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      if (top.next >= top.kids.length) {
+        stack.pop();
+        components.pop(); // The directory this level listed (nothing for the root).
+        continue;
+      }
+      const n = top.kids[top.next++];
+      components.push(n.tarName);
+      if (n.item !== null) yield { path: components.join('/'), item: n.item };
+      if (n.children !== null && n.children.size > 0) stack.push({ kids: sorted(n), next: 0 });
+      else components.pop();
+    }
+  }
+}
+
+/** Looks changes' paths up in a layer by lookup (symlinks never followed), reusing the directories seen. */
+class PathResolver {
+  private cursor: PathCursor<Attr | null> | null = null;
+  private dirs: DirMemo<Attr | null> | null = null;
+
+  constructor(private readonly fs: LayerFs) {}
+
+  private async lookup(dir: Attr | null, name: string): Promise<Attr | null> {
+    return dir !== null && dir.kind === 'dir' && name !== '' ? this.fs.lookup(dir.ino, name) : null;
+  }
+
+  /** The entry at the change's path, or null when a component is missing or not a directory. */
+  async resolveChange(c: LayerChange): Promise<Attr | null> {
+    if (c.at === undefined) return this.resolve(c.path);
+    this.dirs ??= new DirMemo<Attr | null>(await this.fs.getattr(this.fs.rootIno), (d, n) => this.lookup(d, n));
+    return this.lookup(await this.dirs.get(c.at.dir), c.at.name);
+  }
+
+  /** The entry at `path` ('/a/b'), or null when a component is missing or not a directory. */
+  async resolve(path: string): Promise<Attr | null> {
+    this.cursor ??= new PathCursor<Attr | null>(await this.fs.getattr(this.fs.rootIno));
+    let { value: cur, rest } = this.cursor.seek(path);
+    for (const c of rest) {
+      cur = await this.lookup(cur, c);
+      this.cursor.push(c, cur);
+    }
+    return cur;
+  }
+}
+
 /**
  * True when a `modified` non-directory differs from the parent layer's only in what a
  * tar cannot carry anyway (link count, ctime): e.g. another name of it was unlinked.
  * Emitting it would replace the file and cut it off from its other names.
  */
-async function onlyLinkCountChanged(fs: LayerFs, attr: Attr, path: string, parentFs: LayerFs): Promise<boolean> {
-  let lower: Attr;
-  try {
-    lower = await parentFs.resolve(path);
-  } catch {
-    return false;
-  }
+async function onlyLinkCountChanged(fs: LayerFs, attr: Attr, lower: Attr | null, parentFs: LayerFs): Promise<boolean> {
+  if (lower === null) return false;
   if (lower.ino !== attr.ino || lower.kind !== attr.kind) return false;
   if (lower.mode !== attr.mode || lower.uid !== attr.uid || lower.gid !== attr.gid || lower.rdev !== attr.rdev) return false;
   if (lower.mtimeNs !== attr.mtimeNs || lower.sizeBytes !== attr.sizeBytes) return false;
@@ -109,134 +332,106 @@ async function onlyLinkCountChanged(fs: LayerFs, attr: Attr, path: string, paren
   return true;
 }
 
-/** Every name of each inode in `inos`, found by one walk of the layer's merged tree. */
-async function namesOf(fs: LayerFs, inos: Set<number>): Promise<Map<number, { path: string; attr: Attr }[]>> {
-  const out = new Map<number, { path: string; attr: Attr }[]>();
-  const visit = async (dirIno: number, dirPath: string): Promise<void> => {
-    for (const e of await fs.readdir(dirIno)) {
-      const p = join(dirPath, e.name);
-      if (e.kind === 'dir') await visit(e.ino, p);
-      else if (inos.has(e.ino)) {
-        if (!out.has(e.ino)) out.set(e.ino, []);
-        out.get(e.ino)!.push({ path: p, attr: await fs.getattr(e.ino) });
-      }
-    }
-  };
-  await visit(fs.rootIno, '/');
-  return out;
-}
-
-/** Plans the entries of a layer's changes, in output order. */
-async function planChanges(fs: LayerFs, parentFs: LayerFs | null): Promise<Planned[]> {
-  const plan: Planned[] = [];
-  const opaque = new Set<string>();
-  const nodes: { path: string; attr: Attr; change: string }[] = [];
-  for await (const c of fs.changes()) {
-    if (c.change === 'opaque') opaque.add(c.path);
-    else if (c.change === 'deleted') plan.push({ kind: 'whiteout', path: c.path });
-    else if (c.path !== '/' && c.attr) nodes.push({ path: c.path, attr: c.attr, change: c.change });
-  }
-  const planned = new Set<string>();
-  for (const n of nodes) {
-    if (n.change === 'modified' && n.attr.kind !== 'dir' && parentFs !== null && (await onlyLinkCountChanged(fs, n.attr, n.path, parentFs))) {
+/**
+ * Plans every name of each inode in `inos` not planned yet, found by one walk of the
+ * layer's merged tree (iterative: one listing per level of the current path).
+ */
+async function planOtherNames(fs: LayerFs, inos: Set<number>, tree: PlanTree): Promise<void> {
+  const components: string[] = [];
+  const stack: { entries: DirEntry[]; next: number }[] = [{ entries: await fs.readdir(fs.rootIno), next: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.next >= top.entries.length) {
+      stack.pop();
+      components.pop();
       continue;
     }
-    plan.push({ kind: 'node', path: n.path, attr: n.attr });
-    planned.add(n.path);
-    if (n.attr.kind === 'dir' && n.change === 'added' && !opaque.has(n.path) && parentFs !== null) {
+    const e = top.entries[top.next++];
+    if (e.kind === 'dir') {
+      components.push(e.name);
+      stack.push({ entries: await fs.readdir(e.ino), next: 0 });
+    } else if (inos.has(e.ino)) {
+      tree.addNodeAt([...components, e.name], await fs.getattr(e.ino));
+    }
+  }
+}
+
+/** Plans the entries of a layer's changes. */
+async function planChanges(fs: LayerFs, parentFs: LayerFs | null): Promise<PlanTree> {
+  const tree = new PlanTree();
+  const lower = parentFs !== null ? new PathResolver(parentFs) : null;
+  // Files with several names among the planned nodes: how many names each has, how many are planned.
+  const counts = new Map<number, { nlink: number; seen: number }>();
+  for await (const c of fs.changes()) {
+    if (c.change === 'opaque') {
+      await tree.addOpaque(c);
+      continue;
+    }
+    if (c.change === 'deleted') {
+      await tree.addWhiteout(c);
+      continue;
+    }
+    if (c.path === '/' || !c.attr) continue;
+    const attr = c.attr;
+    if (c.change === 'modified' && attr.kind !== 'dir' && parentFs !== null && lower !== null) {
+      if (await onlyLinkCountChanged(fs, attr, await lower.resolveChange(c), parentFs)) continue;
+    }
+    if (!(await tree.addNode(c, attr))) continue;
+    if (attr.kind !== 'dir' && attr.nlink >= 2) {
+      const n = counts.get(attr.ino) ?? { nlink: attr.nlink, seen: 0 };
+      n.seen++;
+      counts.set(attr.ino, n);
+    }
+    if (attr.kind === 'dir' && c.change === 'added' && lower !== null && !(await tree.hasOpaque(c))) {
       // A new directory over a lower one of the same path: the lower entries must not show.
-      try {
-        const lower = await parentFs.resolve(n.path);
-        if (lower.kind === 'dir') opaque.add(n.path);
-      } catch {
-        // Nothing below: nothing to hide.
-      }
+      if ((await lower.resolveChange(c))?.kind === 'dir') await tree.addOpaque(c);
     }
   }
   // A changed file with several names: every name goes in, so applying the tar keeps
   // them one inode (the first carries the content, the others link to it).
-  const counts = new Map<number, { nlink: number; seen: number }>();
-  for (const p of plan) {
-    if (p.kind !== 'node' || p.attr.kind === 'dir' || p.attr.nlink < 2) continue;
-    const c = counts.get(p.attr.ino) ?? { nlink: p.attr.nlink, seen: 0 };
-    c.seen++;
-    counts.set(p.attr.ino, c);
-  }
   const incomplete = new Set([...counts].filter(([, c]) => c.seen < c.nlink).map(([ino]) => ino));
-  if (incomplete.size > 0) {
-    for (const names of (await namesOf(fs, incomplete)).values()) {
-      for (const { path, attr } of names) {
-        if (!planned.has(path)) {
-          plan.push({ kind: 'node', path, attr });
-          planned.add(path);
-        }
-      }
+  if (incomplete.size > 0) await planOtherNames(fs, incomplete, tree);
+  return tree;
+}
+
+/** The flattened tree: every entry below the root, depth first, names sorted byte-wise. */
+async function* planFull(fs: LayerFs): AsyncGenerator<Planned> {
+  const sorted = async (dirIno: number): Promise<DirEntry[]> => {
+    const entries = (await fs.readdir(dirIno)).map((e) => ({ e, b: Buffer.from(e.name) }));
+    entries.sort((x, y) => Buffer.compare(x.b, y.b));
+    return entries.map((x) => x.e);
+  };
+  const components: string[] = [];
+  const stack: { entries: DirEntry[]; next: number }[] = [{ entries: await sorted(fs.rootIno), next: 0 }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.next >= top.entries.length) {
+      stack.pop();
+      components.pop();
+      continue;
     }
+    const e = top.entries[top.next++];
+    components.push(e.name);
+    const attr = await fs.getattr(e.ino);
+    yield { path: components.join('/'), item: { kind: 'node', attr } };
+    if (attr.kind === 'dir') stack.push({ entries: await sorted(e.ino), next: 0 });
+    else components.pop();
   }
-  for (const p of opaque) plan.push({ kind: 'opaque', path: p });
-  return sortPlan(plan);
-}
-
-function plannedPath(p: Planned): string {
-  if (p.kind === 'node') return rel(p.path);
-  const slash = p.path.lastIndexOf('/');
-  if (p.kind === 'whiteout') return rel(`${p.path.slice(0, slash)}/${WHITEOUT_PREFIX}${p.path.slice(slash + 1)}`);
-  return rel(p.path === '/' ? OPAQUE_MARKER : `${p.path}/${OPAQUE_MARKER}`);
-}
-
-/**
- * Tar order: parents before children, names byte-wise; a directory's opaque marker
- * right after the directory (its key is the directory's plus an empty component).
- */
-function sortPlan(plan: Planned[]): Planned[] {
-  const keyOf = (p: Planned): Buffer[] => {
-    const comps = rel(p.path).split('/').filter((c) => c !== '');
-    if (p.kind === 'opaque') comps.push('');
-    else if (p.kind === 'whiteout') comps[comps.length - 1] = WHITEOUT_PREFIX + comps[comps.length - 1];
-    return comps.map((c) => Buffer.from(c));
-  };
-  const keyed = plan.map((p) => ({ p, key: keyOf(p) }));
-  keyed.sort((a, b) => {
-    const n = Math.min(a.key.length, b.key.length);
-    for (let i = 0; i < n; i++) {
-      const c = Buffer.compare(a.key[i], b.key[i]);
-      if (c !== 0) return c;
-    }
-    return a.key.length - b.key.length;
-  });
-  return keyed.map((k) => k.p);
-}
-
-/** Plans the flattened tree: every entry below the root, depth first, names sorted. */
-async function planFull(fs: LayerFs): Promise<Planned[]> {
-  const plan: Planned[] = [];
-  const visit = async (dirIno: number, dirPath: string): Promise<void> => {
-    const entries = (await fs.readdir(dirIno)).sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
-    for (const e of entries) {
-      const path = join(dirPath, e.name);
-      const attr = await fs.getattr(e.ino);
-      plan.push({ kind: 'node', path, attr });
-      if (attr.kind === 'dir') await visit(e.ino, path);
-    }
-  };
-  await visit(fs.rootIno, '/');
-  return plan;
 }
 
 /** Writes the planned entries. */
-async function writePlan(fs: LayerFs, plan: Planned[], writer: TarWriter): Promise<ExportStats> {
+async function writePlan(fs: LayerFs, plan: Iterable<Planned> | AsyncIterable<Planned>, writer: TarWriter): Promise<ExportStats> {
   const stats: ExportStats = { entries: 0, whiteouts: 0, opaques: 0, contentBytes: 0, tarBytes: 0 };
   const firstNameOf = new Map<number, string>();
-  for (const p of plan) {
-    const path = plannedPath(p);
-    if (p.kind !== 'node') {
+  for await (const { path, item } of plan) {
+    if (item.kind !== 'node') {
       await writer.add({ type: 'file', path, mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, sizeBytes: 0 });
-      if (p.kind === 'whiteout') stats.whiteouts++;
+      if (item.kind === 'whiteout') stats.whiteouts++;
       else stats.opaques++;
       stats.entries++;
       continue;
     }
-    const a = p.attr;
+    const a = item.attr;
     if (a.kind === 'socket') continue;
     const base: Omit<TarWriteEntry, 'type'> = {
       path, mode: a.mode & 0o7777, uid: a.uid, gid: a.gid, mtimeNs: a.mtimeNs, xattrs: await xattrsOf(fs, a.ino),
@@ -287,11 +482,11 @@ export async function exportLayer(store: LayerStore, name: string, sink: TarSink
   const fs = await store.openLayer(name, { readOnly: true });
   let parentFs: LayerFs | null = null;
   try {
-    let plan: Planned[];
-    if (opts.full) plan = await planFull(fs);
+    let plan: Iterable<Planned> | AsyncIterable<Planned>;
+    if (opts.full) plan = planFull(fs);
     else {
       if (info.parent !== null) parentFs = await store.openLayer(info.parent, { readOnly: true });
-      plan = await planChanges(fs, parentFs);
+      plan = (await planChanges(fs, parentFs)).entries();
     }
     return await writePlan(fs, plan, new TarWriter(sink));
   } finally {

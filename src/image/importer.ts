@@ -64,6 +64,11 @@ export interface ImportOptions {
   /** Image name; default the source's own (see above). */
   name?: string;
   onProgress?: (p: ImportProgress) => void;
+  /**
+   * One line about input accepted with a defect (a layer tar without end-of-archive
+   * blocks), at most once per layer; the import goes on. The CLI prints it on stderr.
+   */
+  onWarning?: (message: string) => void;
   /** Per-layer cap on uncompressed tar bytes; default twice the layer size limit plus 1 GiB. */
   maxLayerTarBytes?: number;
   /** Largest single file; default the layer size limit. */
@@ -371,7 +376,8 @@ export class Importer {
     const diffTap = new DigestTap();
     const reader = ByteReader.from(diffTap.tap(decompress(counted(), { maxOutputBytes: maxTar })));
     try {
-      await applier.apply(readTar(reader) as AsyncIterable<TarItem>);
+      const onWarning = (m: string): void => this.opts.onWarning?.(`${ls.description}: ${m}`);
+      await applier.apply(readTar(reader, { onWarning }) as AsyncIterable<TarItem>);
       await reader.drain(); // Bytes after the end-of-archive blocks count in the diff id.
     } finally {
       await reader.close();

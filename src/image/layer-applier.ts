@@ -10,7 +10,12 @@
  * - An entry replaces whatever is at its name: a file replaces a directory (with its
  *   subtree), a directory replaces a file; a later duplicate entry wins; a directory
  *   entry over a directory only updates its attributes and xattrs.
- * - Hard links name a file of this or a lower layer by path; symlinks are stored as
+ * - Hard links name a file of this or a lower layer by path. A link to a lower file
+ *   means that file was copied up (an overlay copies up before linking, and Docker's
+ *   tars carry the target in full): the target name gets a copy made in this layer and
+ *   the new name links to it, while the lower file's other names keep the lower inode.
+ *   So a layer is the same tree whether its tar carries the copy or only the link, and
+ *   `dmfs save` of a re-imported image gives the same diff ids. Symlinks are stored as
  *   text and never followed.
  *
  * Untrusted input: every path is split by `entryComponents` (`..` refused) and walked
@@ -56,6 +61,15 @@ export interface ApplyStats {
 
 const WRITE_COALESCE_BYTES = 1 << 20;
 
+/** The key of a name this layer wrote: its parent directory's inode and the name. */
+function writtenKey(parent: Ino, name: string): string {
+  return `${parent}/${name}`;
+}
+/** Where `copyUp` builds a copy: a reserved name no tar entry can take. */
+const COPY_UP_NAME = '.wh..wh.dmfs-copy-up';
+/** The root directory's own key (it has no parent entry). */
+const ROOT_KEY = '/';
+
 interface DirTimes {
   mtimeNs: bigint;
   atimeNs: bigint;
@@ -63,12 +77,28 @@ interface DirTimes {
   explicit: boolean;
 }
 
+/** One resolved directory of a path: its name in its parent and its inode. */
+interface ChainLink {
+  name: string;
+  ino: Ino;
+}
+
+/**
+ * Memory and time: nothing here is keyed by a whole path. A path 10,000 levels deep is
+ * 20 KB, and a tar of such a tree has one per entry: sets of paths would hold the square
+ * of the depth. Entries are resolved against the directories of the previous one (tar
+ * order makes neighbours share most of their path), and what this layer wrote is keyed
+ * by (parent inode, name) and directory inode, so state is linear in entries.
+ */
 export class LayerApplier {
-  private readonly dirCache = new Map<string, Ino>();
-  /** Paths ('a/b') that entries of this layer wrote. */
+  /** The directories of the last entry's parent path, root first (the root itself implicit). */
+  private readonly entryChain: ChainLink[] = [];
+  /** The same for the last hard link target, so links elsewhere do not evict entryChain. */
+  private readonly linkChain: ChainLink[] = [];
+  /** Names (`writtenKey`) that entries of this layer wrote. */
   private readonly written = new Set<string>();
-  /** Paths of directories with something written below them in this layer. */
-  private readonly writtenUnder = new Set<string>();
+  /** Directories with something written below them in this layer. */
+  private readonly writtenUnder = new Set<Ino>();
   private readonly dirTimes = new Map<Ino, DirTimes>();
   private readonly maxFileBytes: number;
   readonly stats: ApplyStats = {
@@ -79,7 +109,6 @@ export class LayerApplier {
 
   constructor(private readonly fs: LayerFs, private readonly opts: ApplyOptions = {}) {
     this.maxFileBytes = opts.maxFileBytes ?? fs.sizeLimitBytes;
-    this.dirCache.set('', fs.rootIno);
   }
 
   /** Applies every entry, then the deferred directory times. */
@@ -105,24 +134,29 @@ export class LayerApplier {
     const parentComps = comps.slice(0, -1);
     const wo = whiteoutOf(base);
     if (wo?.kind === 'reserved') return;
-    const parentPath = parentComps.join('/');
     if (wo?.kind === 'whiteout') {
       if (Buffer.byteLength(wo.name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `whiteout name too long: ${base.slice(0, 64)}...`);
       // A whiteout below a missing name or a non-directory hides nothing (umoci writes
       // `d/.wh.x` after replacing directory d by a file): no parents are made for it.
       const dir = await this.resolveDir(parentComps, 'or-null');
-      if (dir !== null) await this.whiteout(dir, parentPath, wo.name);
+      if (dir !== null) await this.whiteout(dir, wo.name);
       this.stats.whiteouts++;
       return;
     }
     const parent = (await this.resolveDir(parentComps, true))!;
     if (wo?.kind === 'opaque') {
       await this.fs.setOpaque(parent);
-      this.markWritten(parentPath);
+      // The directory itself counts as written by this layer (its parent's entry for it).
+      const depth = this.entryChain.length;
+      if (depth === 0) this.markWritten(ROOT_KEY, 0);
+      else this.markWritten(writtenKey(depth === 1 ? this.fs.rootIno : this.entryChain[depth - 2].ino, this.entryChain[depth - 1].name), depth - 1);
       this.stats.opaques++;
       return;
     }
-    const path = comps.join('/');
+    // The whole path only for messages: joining it per entry costs the square of the depth.
+    const where = (): string => comps.join('/');
+    const key = writtenKey(parent, base);
+    const depth = this.entryChain.length;
     const existing = await this.fs.lookup(parent, base);
 
     if (entry.type === 'dir') {
@@ -131,46 +165,56 @@ export class LayerApplier {
         ino = existing.ino;
         await this.updateDir(ino, entry, existing);
       } else {
-        if (existing) await this.remove(parent, base, existing, path);
+        if (existing) await this.remove(parent, base, existing);
         await this.touchDir(parent);
         const a = await this.fs.mkdir(parent, base, { mode: S_IFDIR | entry.mode, uid: entry.uid, gid: entry.gid });
         ino = a.ino;
         await this.setXattrs(ino, entry, false);
       }
-      this.dirCache.set(path, ino);
       this.setDirTimes(ino, entry);
-      this.markWritten(path);
+      this.markWritten(key, depth);
       this.stats.dirs++;
       return;
     }
 
     if (entry.type === 'file' && entry.sizeBytes > this.maxFileBytes) {
-      throw dmfsError('FILE_TOO_BIG', `${path}: ${entry.sizeBytes} bytes exceeds the layer limit of ${this.maxFileBytes}`);
+      throw dmfsError('FILE_TOO_BIG', `${where()}: ${entry.sizeBytes} bytes exceeds the layer limit of ${this.maxFileBytes}`);
     }
     let linkTarget: Attr | null = null;
     if (entry.type === 'hardlink') {
-      linkTarget = await this.resolveLinkTarget(entry);
-      if (existing && existing.ino === linkTarget.ino) {
-        this.markWritten(path); // Already this very file (a link to itself, or a repeated link).
+      const t = await this.resolveLinkTarget(entry);
+      linkTarget = t.attr;
+      let cur = existing;
+      if (!this.written.has(writtenKey(t.dir, t.base))) {
+        // A link to a lower file: the file was copied up (what an overlay does, and what
+        // Docker's tars say by carrying the target as a full file). Its other lower names
+        // keep the lower inode. So the layer is the same whichever way the tar says it.
+        linkTarget = await this.copyUp(t.dir, t.base, t.attr, t.depth);
+        cur = await this.fs.lookup(parent, base);
+      }
+      if (cur && cur.ino === linkTarget.ino) {
+        this.markWritten(key, depth); // Already this very file (a link to itself, or a repeated link).
         this.stats.hardlinks++;
         return;
       }
     }
     if (
       entry.type === 'file' && existing?.kind === 'file' && existing.nlink === 1 && entry.sparse === null &&
-      !this.written.has(path) && (await this.worthRewriting(existing, entry))
+      !this.written.has(key) && (await this.worthRewriting(existing, entry))
     ) {
-      await this.rewriteInPlace(existing, entry, body, path);
+      await this.rewriteInPlace(existing, entry, body, where);
+      this.markWritten(key, depth);
       return;
     }
-    if (existing) await this.remove(parent, base, existing, path);
+    const replaced = entry.type === 'hardlink' ? await this.fs.lookup(parent, base) : existing;
+    if (replaced) await this.remove(parent, base, replaced);
     await this.touchDir(parent);
 
     let node: Attr;
     switch (entry.type) {
       case 'file': {
         node = await this.fs.mknod(parent, base, { mode: S_IFREG | entry.mode, uid: entry.uid, gid: entry.gid });
-        await this.writeContent(node.ino, entry, body, path);
+        await this.writeContent(node.ino, entry, body, where);
         this.stats.files++;
         break;
       }
@@ -194,7 +238,7 @@ export class LayerApplier {
         break;
       case 'hardlink':
         await this.fs.link(linkTarget!.ino, parent, base);
-        this.markWritten(path);
+        this.markWritten(key, depth);
         this.stats.hardlinks++;
         return;
       default:
@@ -206,7 +250,7 @@ export class LayerApplier {
       // A write may clear setuid/setgid bits; the entry's mode is what counts.
       await this.fs.setattr(node.ino, { mode: (after.mode & S_IFMT) | entry.mode });
     }
-    this.markWritten(path);
+    this.markWritten(key, depth);
   }
 
   /** Applies the deferred directory times. Called by `apply`; call it after feeding `applyEntry` by hand. */
@@ -224,16 +268,19 @@ export class LayerApplier {
     this.dirTimes.clear();
   }
 
-  private markWritten(path: string): void {
-    this.written.add(path);
-    let p = path;
-    for (;;) {
-      const slash = p.lastIndexOf('/');
-      p = slash < 0 ? '' : p.slice(0, slash);
-      if (this.writtenUnder.has(p)) break;
-      this.writtenUnder.add(p);
-      if (p === '') break;
+  /**
+   * Records that this layer wrote the name `key`, whose parent is `entryChain[depth - 1]`
+   * (the root for 0): that directory and every one above it have something written
+   * below. Stops at the first already marked, so each directory is marked once.
+   */
+  private markWritten(key: string, depth: number, chain = this.entryChain): void {
+    this.written.add(key);
+    for (let i = depth - 1; i >= 0; i--) {
+      const ino = chain[i].ino;
+      if (this.writtenUnder.has(ino)) return;
+      this.writtenUnder.add(ino);
     }
+    this.writtenUnder.add(this.fs.rootIno);
   }
 
   /** Remembers a directory's times before this layer first changes its entries. */
@@ -252,91 +299,152 @@ export class LayerApplier {
    * Missing directories: created with `true`, BAD_IMAGE with `false`; with 'or-null' a
    * missing name or a non-directory gives null.
    */
-  private async resolveDir(comps: readonly string[], create: boolean): Promise<Ino>;
+  private async resolveDir(comps: readonly string[], create: boolean, chain?: ChainLink[]): Promise<Ino>;
   private async resolveDir(comps: readonly string[], create: 'or-null'): Promise<Ino | null>;
-  private async resolveDir(comps: readonly string[], create: boolean | 'or-null'): Promise<Ino | null> {
-    let ino = this.fs.rootIno;
-    let path = '';
-    for (let i = 0; i < comps.length; i++) {
-      path = i === 0 ? comps[0] : `${path}/${comps[i]}`;
-      const cached = this.dirCache.get(path);
-      if (cached !== undefined) {
-        ino = cached;
-        continue;
-      }
+  private async resolveDir(comps: readonly string[], create: boolean | 'or-null', chain = this.entryChain): Promise<Ino | null> {
+    // The previous path's directories up to the first differing component are still right
+    // (remove() cuts the chains at a removed directory): look up only the rest.
+    let same = 0;
+    while (same < comps.length && same < chain.length && chain[same].name === comps[same]) same++;
+    chain.length = same;
+    let ino = same === 0 ? this.fs.rootIno : chain[same - 1].ino;
+    const shown = (n: number): string => `/${comps.slice(0, n).join('/')}`;
+    for (let i = same; i < comps.length; i++) {
       const a = await this.fs.lookup(ino, comps[i]);
       if (a === null) {
         if (create === 'or-null') return null;
-        if (!create) throw dmfsError('BAD_IMAGE', `/${path} does not exist`);
+        if (!create) throw dmfsError('BAD_IMAGE', `${shown(i + 1)} does not exist`);
         await this.touchDir(ino);
         const made = await this.fs.mkdir(ino, comps[i], { mode: S_IFDIR | 0o755, uid: 0, gid: 0 });
-        this.markWritten(path);
+        if (chain === this.entryChain) this.markWritten(writtenKey(ino, comps[i]), i);
+        else this.written.add(writtenKey(ino, comps[i]));
         ino = made.ino;
       } else if (a.kind === 'dir') {
         ino = a.ino;
       } else if (a.kind === 'symlink') {
-        throw dmfsError('UNSAFE_PATH', `/${comps.join('/')} goes through the symlink /${path}`);
+        throw dmfsError('UNSAFE_PATH', `${shown(comps.length)} goes through the symlink ${shown(i + 1)}`);
       } else {
         if (create === 'or-null') return null;
-        throw dmfsError('BAD_IMAGE', `/${comps.join('/')}: /${path} is not a directory`);
+        throw dmfsError('BAD_IMAGE', `${shown(comps.length)}: ${shown(i + 1)} is not a directory`);
       }
-      this.dirCache.set(path, ino);
+      chain.push({ name: comps[i], ino });
     }
     return ino;
   }
 
-  private async resolveLinkTarget(entry: TarEntry): Promise<Attr> {
+  /** The hard link's target, its directory and name there, and its depth in `linkChain`. */
+  private async resolveLinkTarget(entry: TarEntry): Promise<{ attr: Attr; dir: Ino; base: string; depth: number }> {
     const comps = entryComponents(entry.linkPath);
     if (comps.length === 0) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to the root`);
     const base = comps[comps.length - 1];
     if (whiteoutOf(base) !== null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to a whiteout name`);
-    const dir = await this.resolveDir(comps.slice(0, -1), false);
+    const dir = await this.resolveDir(comps.slice(0, -1), false, this.linkChain);
     const a = await this.fs.lookup(dir, base);
     if (a === null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} does not exist`);
     if (a.kind === 'dir') throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} is a directory`);
-    return a;
+    return { attr: a, dir, base, depth: this.linkChain.length };
   }
 
-  private async whiteout(parent: Ino, parentPath: string, name: string): Promise<void> {
-    const path = parentPath === '' ? name : `${parentPath}/${name}`;
+  /**
+   * Replaces lower entry `name` of `dir` by a copy of it made in this layer (content,
+   * attributes, xattrs; holes stay holes) and returns the copy. The copy is made under a
+   * reserved name (`.wh..wh.*`, never an entry of a tar) and renamed over the original
+   * once whole, so the lower inode is read while it still has its name. `depth` places
+   * `dir` in `linkChain`, for the written-below marks.
+   */
+  private async copyUp(dir: Ino, name: string, lower: Attr, depth: number): Promise<Attr> {
+    await this.touchDir(dir);
+    const ids = { uid: lower.uid, gid: lower.gid };
+    const tmp = COPY_UP_NAME;
+    const stale = await this.fs.lookup(dir, tmp);
+    if (stale) await this.remove(dir, tmp, stale);
+    let copy = lower.kind === 'symlink'
+      ? await this.fs.symlink(dir, tmp, await this.fs.readlink(lower.ino), ids)
+      : await this.fs.mknod(dir, tmp, { mode: lower.mode, ...ids, rdev: lower.rdev });
+    if (lower.kind === 'file') {
+      await this.copyContent(lower, copy.ino);
+      if (lower.sizeBytes > 0) await this.fs.setattr(copy.ino, { sizeBytes: lower.sizeBytes });
+    }
+    for (const x of await this.fs.listxattr(lower.ino)) {
+      const v = await this.fs.getxattr(lower.ino, x);
+      if (v !== null) await this.fs.setxattr(copy.ino, x, v);
+    }
+    await this.fs.unlink(dir, name);
+    await this.fs.rename(dir, tmp, dir, name);
+    copy = await this.fs.setattr(copy.ino, { mtimeNs: lower.mtimeNs, atimeNs: lower.atimeNs });
+    if (lower.kind !== 'symlink' && (copy.mode & 0o7777) !== (lower.mode & 0o7777)) {
+      // A write may clear setuid/setgid bits; the lower file's mode is what counts.
+      copy = await this.fs.setattr(copy.ino, { mode: lower.mode });
+    }
+    this.markWritten(writtenKey(dir, name), depth, this.linkChain);
+    return copy;
+  }
+
+  /** Copies a file's non-zero chunks to inode `to` (holes stay holes). */
+  private async copyContent(from: Attr, to: Ino): Promise<void> {
+    const buf = Buffer.alloc(Math.min(WRITE_COALESCE_BYTES, Math.max(from.sizeBytes, 1)));
+    for (let off = 0; off < from.sizeBytes; off += buf.length) {
+      const want = Math.min(buf.length, from.sizeBytes - off);
+      const n = await this.fs.read(from.ino, buf.subarray(0, want), off);
+      if (n > 0 && buf.subarray(0, n).some((b) => b !== 0)) await this.fs.write(to, buf.subarray(0, n), off);
+    }
+  }
+
+  private async whiteout(parent: Ino, name: string): Promise<void> {
     const existing = await this.fs.lookup(parent, name);
     if (existing === null) return; // Nothing below to hide.
-    if (this.written.has(path) || this.writtenUnder.has(path)) {
+    if (this.written.has(writtenKey(parent, name)) || (existing.kind === 'dir' && this.writtenUnder.has(existing.ino))) {
       // This layer's own entry stays; only what is below goes.
       if (existing.kind === 'dir') await this.fs.setOpaque(existing.ino);
       return;
     }
-    await this.remove(parent, name, existing, path);
+    await this.remove(parent, name, existing);
   }
 
-  /** Removes `name` (a whole subtree for a directory) from the merged view of this layer. */
-  private async remove(parent: Ino, name: string, a: Attr, path: string): Promise<void> {
+  /**
+   * Removes `name` (a whole subtree for a directory) from the merged view of this layer.
+   * Iterative, one directory listing per level held: trees may be far deeper than the stack.
+   */
+  private async remove(parent: Ino, name: string, a: Attr): Promise<void> {
     await this.touchDir(parent);
+    this.written.delete(writtenKey(parent, name));
     if (a.kind !== 'dir') {
       await this.fs.unlink(parent, name);
       return;
     }
-    // Hide everything of the lower layers at once, then remove this layer's own entries.
-    await this.fs.setOpaque(a.ino);
-    for (const child of await this.fs.readdir(a.ino)) {
-      const ca = await this.fs.lookup(a.ino, child.name);
-      if (ca) await this.remove(a.ino, child.name, ca, `${path}/${child.name}`);
+    this.cutChains(a.ino);
+    // Hide everything of the lower layers at once, then remove this layer's own entries,
+    // children before their directory. Keys under a removed directory name its inode,
+    // which is never reused: they can stay in `written`.
+    type Level = { parent: Ino; name: string; ino: Ino; children: string[] };
+    const open = async (p: Ino, n: string, ino: Ino): Promise<Level> => {
+      await this.fs.setOpaque(ino);
+      return { parent: p, name: n, ino, children: (await this.fs.readdir(ino)).map((c) => c.name).reverse() };
+    };
+    const stack: Level[] = [await open(parent, name, a.ino)];
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      const child = top.children.pop();
+      if (child === undefined) {
+        stack.pop();
+        await this.fs.rmdir(top.parent, top.name);
+        this.dirTimes.delete(top.ino);
+        this.writtenUnder.delete(top.ino);
+        continue;
+      }
+      const ca = await this.fs.lookup(top.ino, child);
+      if (ca === null) continue;
+      if (ca.kind === 'dir') stack.push(await open(top.ino, child, ca.ino));
+      else await this.fs.unlink(top.ino, child);
     }
-    await this.fs.rmdir(parent, name);
-    this.dirTimes.delete(a.ino);
-    this.forget(path);
   }
 
-  private forget(path: string): void {
-    const prefix = `${path}/`;
-    this.dirCache.delete(path);
-    for (const k of this.dirCache.keys()) if (k.startsWith(prefix)) this.dirCache.delete(k);
-    if (this.writtenUnder.has(path)) {
-      this.writtenUnder.delete(path);
-      for (const k of this.writtenUnder) if (k.startsWith(prefix)) this.writtenUnder.delete(k);
-      for (const k of this.written) if (k.startsWith(prefix)) this.written.delete(k);
+  /** Drops the cached path directories from a removed directory down. */
+  private cutChains(removedIno: Ino): void {
+    for (const chain of [this.entryChain, this.linkChain]) {
+      const at = chain.findIndex((l) => l.ino === removedIno);
+      if (at >= 0) chain.length = at;
     }
-    this.written.delete(path);
   }
 
   private async updateDir(ino: Ino, entry: TarEntry, cur: Attr): Promise<void> {
@@ -368,7 +476,7 @@ export class LayerApplier {
    * layer (a 4 KiB change to a large file costs one block, not the file). The merged
    * view is the same as unlink-and-create; only the inode number is the lower one.
    */
-  private async rewriteInPlace(existing: Attr, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, path: string): Promise<void> {
+  private async rewriteInPlace(existing: Attr, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, where: () => string): Promise<void> {
     const ino = existing.ino;
     if ((existing.mode & 0o7777) !== entry.mode || existing.uid !== entry.uid || existing.gid !== entry.gid) {
       await this.fs.setattr(ino, { mode: S_IFREG | entry.mode, uid: entry.uid, gid: entry.gid });
@@ -400,12 +508,11 @@ export class LayerApplier {
       }
       await flushRun(data.length);
     };
-    await this.writeContent(ino, entry, body, path, writeChanged, existing.sizeBytes);
+    await this.writeContent(ino, entry, body, where, writeChanged, existing.sizeBytes);
     this.stats.files++;
     this.stats.rewrittenInPlace++;
     await this.setXattrs(ino, entry, true);
     await this.fs.setattr(ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs });
-    this.markWritten(path);
   }
 
   /**
@@ -417,7 +524,7 @@ export class LayerApplier {
     ino: Ino,
     entry: TarEntry,
     body: AsyncIterable<{ offsetBytes: number; data: Buffer }>,
-    path: string,
+    where: () => string,
     write: (data: Buffer, offsetBytes: number) => Promise<unknown> = (d, o) => this.fs.write(ino, d, o),
     currentSizeBytes = 0,
   ): Promise<void> {
@@ -437,7 +544,7 @@ export class LayerApplier {
       pendingOffset += n;
     };
     for await (const { offsetBytes, data } of body) {
-      if (offsetBytes + data.length > entry.sizeBytes) throw dmfsError('BAD_IMAGE', `${path}: content beyond the declared size`);
+      if (offsetBytes + data.length > entry.sizeBytes) throw dmfsError('BAD_IMAGE', `${where()}: content beyond the declared size`);
       if (pendingBytes > 0 && offsetBytes !== pendingOffset + pendingBytes) await flush(true);
       if (pendingBytes === 0) pendingOffset = offsetBytes;
       pending.push(data);

@@ -7,8 +7,12 @@
  * Untrusted input: every header checksum is verified (unsigned, or the historic signed
  * sum), every numeric field is parsed strictly, metadata records (pax, long names,
  * sparse maps) are bounded in size, names must be valid UTF-8, and a short read
- * anywhere is a `BAD_IMAGE` "truncated" error. End of archive is two zero blocks; like
- * GNU tar, a lone zero block or a clean end of input at a header boundary is accepted.
+ * anywhere is a `BAD_IMAGE` "truncated" error. End of archive is two zero blocks. Like
+ * Go's archive/tar (Docker, containerd), an archive that stops at an entry boundary is
+ * accepted: input ending where a header would start, after a lone zero block, or after
+ * the last entry's content with its padding short (`umoci insert` writes layers without
+ * end-of-archive blocks). Each such end is reported once through `onWarning`; an end
+ * inside a header, a pending extended header or an entry's content stays "truncated".
  * Nothing here interprets paths: see `entry-path.ts` for that.
  *
  * Memory: one header, the pending metadata records (bounded by `maxMetaBytes`) and the
@@ -74,6 +78,11 @@ export interface TarReaderOptions {
   maxMetaBytes?: number;
   /** Most sparse segments per entry. Default 1,048,576. */
   maxSparseSegments?: number;
+  /**
+   * Told once, with a one-line message, when the archive ends without its two
+   * end-of-archive zero blocks but at an entry boundary (accepted, see above).
+   */
+  onWarning?: (message: string) => void;
 }
 
 const DEFAULT_MAX_META_BYTES = 1 << 20;
@@ -256,6 +265,9 @@ export async function* readTar(
   const r = source instanceof ByteReader ? source : ByteReader.from(source);
   const maxMetaBytes = opts.maxMetaBytes ?? DEFAULT_MAX_META_BYTES;
   const maxSparseSegments = opts.maxSparseSegments ?? DEFAULT_MAX_SPARSE_SEGMENTS;
+  const endedEarly = (what: string, offsetBytes: number): void => {
+    opts.onWarning?.(`tar: archive ends ${what} without end-of-archive blocks (at byte ${offsetBytes}); accepted`);
+  };
 
   let body: BodyState | null = null;
   const globalPax = new Map<string, Buffer>();
@@ -280,16 +292,24 @@ export async function* readTar(
   for (;;) {
     if (body) {
       body.current = false;
-      const skip = body.remainingBytes + body.paddingBytes;
-      if ((await r.skip(skip)) < skip) throw truncated(r.positionBytes);
+      const rest = body.remainingBytes;
+      if ((await r.skip(rest)) < rest) throw truncated(r.positionBytes);
+      const pad = body.paddingBytes;
       body = null;
+      const padded = await r.skip(pad);
+      if (padded < pad) {
+        // The input ended inside the padding: every byte of the last entry is here.
+        endedEarly("after the last entry's content", r.positionBytes);
+        return;
+      }
     }
     const offsetBytes = r.positionBytes;
     const block = await r.readExact(TAR_BLOCK_BYTES);
     const pendingMeta = pax !== null || longName !== null || longLink !== null;
     if (block.length === 0) {
       if (pendingMeta) throw truncated(offsetBytes);
-      return; // Clean end at a header boundary without end-of-archive blocks: GNU tar accepts it.
+      endedEarly('at an entry boundary', offsetBytes);
+      return;
     }
     if (block.length < TAR_BLOCK_BYTES) throw truncated(offsetBytes);
     if (isZeroBlock(block)) {
@@ -297,6 +317,7 @@ export async function* readTar(
       if (next.length > 0 && next.length < TAR_BLOCK_BYTES) throw truncated(r.positionBytes);
       if (next.length > 0 && !isZeroBlock(next)) throw bad('a zero block inside the archive', offsetBytes);
       if (pendingMeta) throw bad('extended header without an entry at the end of the archive', offsetBytes);
+      if (next.length === 0) endedEarly('after one zero block', offsetBytes);
       return;
     }
     verifyChecksum(block, offsetBytes);

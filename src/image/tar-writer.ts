@@ -147,7 +147,8 @@ export class TarWriter {
     let name = splitUstarPath(path);
     if (name === null || !isAscii(path)) {
       records.push(paxRecord('path', path));
-      const base = path.replace(/\/$/, '').split('/').pop() ?? 'entry';
+      const trimmed = path.endsWith('/') ? path.slice(0, -1) : path;
+      const base = trimmed.slice(trimmed.lastIndexOf('/') + 1);
       name = { prefix: '', name: truncateUtf8(base.replace(/[^\x20-\x7e]/g, '_'), 99) + (entry.type === 'dir' ? '/' : '') };
     }
     let linkField = linkPath;

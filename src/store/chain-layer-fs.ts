@@ -5,7 +5,7 @@ import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
-  type Attr, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
+  type Attr, type ChangeDir, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
   fileKindOfMode, type NewNodeOptions, type ReadOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
 import {
@@ -1219,84 +1219,114 @@ export class ChainLayerFs implements LayerFs {
     await this.pool.sync();
   }
 
-  /** Path of a directory inode from its parent links ('' for the root). */
-  private dirPath(dirIno: Ino): string {
-    const parts: string[] = [];
+  /**
+   * Marks `dirIno` and its ancestors (by the parent links of their nearest records) as
+   * directories the change walk must enter. Stops at the first one already marked, so
+   * marking every changed entry's directory costs time linear in the directories.
+   */
+  private markChangedDir(dirIno: Ino, marked: Set<Ino>): void {
     let cur = dirIno;
-    for (let depth = 0; cur !== ROOT_INO; depth++) {
-      if (depth > 100000) throw dmfsError('METADATA_CORRUPT', 'directory parent chain does not reach the root');
-      const rec = this.mustInode(cur).rec;
-      parts.push(rec.name);
-      cur = rec.parent;
-    }
-    return parts.reverse().map((p) => '/' + p).join('');
-  }
-
-  /** Whether the directory is reachable from the root of this layer (not under a removed directory). */
-  private reachable(dirIno: Ino): boolean {
-    let cur = dirIno;
-    for (let depth = 0; cur !== ROOT_INO; depth++) {
-      if (depth > 100000) return false;
+    while (!marked.has(cur)) {
+      marked.add(cur);
+      if (cur === ROOT_INO) return;
       const found = this.findInode(cur);
-      if (!found || found.rec.kind !== 'dir' || found.rec.nlink === 0) return false;
-      const e = this.findEntry(found.rec.parent, found.rec.name);
-      if (!e || isWhiteout(e) || e.ino !== cur) return false;
+      if (!found || found.rec.kind !== 'dir') return;
       cur = found.rec.parent;
     }
-    return true;
   }
 
+  /**
+   * What this layer's own segment changed, as one walk of the merged tree from the root
+   * that enters only directories holding a change (found from the segment's dirents and
+   * inode records) and whole subtrees that are new at their path. Tree order: parents
+   * before children, siblings by name; a directory's `opaque` just before its own line.
+   *
+   * Time linear in the changes plus the sizes of the directories holding them; memory is
+   * one listing per level of the current path and a set of directory inodes. Paths are
+   * never rebuilt from the root per entry (a tree 10,000 levels deep would cost the square
+   * of its depth): each level's path is its parent's plus one name. V8 keeps such a
+   * concatenation as a rope sharing its prefix, until something reads it as flat text
+   * (then that one string gets a flat copy): each frame keeps a path string of its own,
+   * never the one handed out, so the listing holds linear memory whatever the consumer
+   * does, and a consumer that keeps every change (`dmfs diff`) keeps ropes, not copies.
+   */
   async *changes(): AsyncIterable<LayerChange> {
     this.assertOpen();
-    const out = new Map<string, LayerChange>();
-    const seenIno = new Set<Ino>();
-    const addSubtree = async (dirIno: Ino, path: string): Promise<void> => {
-      for (const e of await this.readdir(dirIno)) {
-        const p = `${path}/${e.name}`;
-        const attr = await this.getattr(e.ino);
-        if (!out.has(p)) out.set(p, { path: p, change: 'added', attr });
-        if (e.kind === 'dir') await addSubtree(e.ino, p);
-      }
-    };
-    // Entries this segment added or whited out.
-    const [dStart, dEnd] = [[this.top], [this.top + 1]];
-    const addedLowerDirs: { ino: Ino; path: string }[] = [];
-    for (const { key, value } of this.t.dirents.range(dStart, dEnd)) {
-      const [, dirIno, name] = key as [number, number, string];
-      if (!this.reachable(dirIno)) continue;
-      const path = `${this.dirPath(dirIno)}/${name}`;
-      const d = unpackDirent(value);
-      if (isWhiteout(d)) {
-        out.set(path, { path, change: 'deleted' });
-        continue;
-      }
-      const found = this.findInode(d.ino);
-      if (!found) continue;
-      seenIno.add(d.ino);
-      out.set(path, { path, change: 'added', attr: this.toAttr(d.ino, found.rec) });
-      if (d.kind === 'dir' && !found.rec.born) addedLowerDirs.push({ ino: d.ino, path });
+    const marked = new Set<Ino>();
+    for (const { key } of this.t.dirents.range([this.top], [this.top + 1])) {
+      const dirIno = (key as [number, number, string])[1];
+      if (!marked.has(dirIno)) this.markChangedDir(dirIno, marked);
     }
-    // Inodes this segment changed in place (content or attributes), found by their link.
     for (const { key, value } of this.t.inodes.range([this.top], [this.top + 1])) {
       const ino = (key as [number, number])[1];
+      if (ino === ROOT_INO) continue;
       const rec = unpackInode(value);
-      if (rec.born || rec.nlink === 0) continue;
-      if (ino === ROOT_INO) {
-        if (rec.opaque) out.set('/', { path: '/', change: 'opaque', attr: this.toAttr(ino, rec) });
+      if (!rec.born && rec.nlink > 0) this.markChangedDir(rec.parent, marked);
+    }
+    const ownRecord = (ino: Ino): InodeRecord | null => {
+      const found = this.findInode(ino);
+      return found !== null && found.level === 0 ? found.rec : null;
+    };
+    const root = ownRecord(ROOT_INO);
+    if (root?.opaque && !root.born) yield { path: '/', change: 'opaque', attr: this.toAttr(ROOT_INO, root) };
+    if (!marked.has(ROOT_INO)) return;
+
+    /** One directory being listed: its path ('' for the root) and its names still to go, last first. */
+    interface Frame {
+      dirIno: Ino;
+      path: string;
+      dir: ChangeDir;
+      /** Every entry below is new at its path (a directory moved here from a lower path). */
+      allAdded: boolean;
+      names: string[];
+      own: Map<string, DirentRecord>;
+      merged: Map<string, { ino: Ino; kind: FileKind }>;
+    }
+    const open = (dirIno: Ino, path: string, dir: ChangeDir, allAdded: boolean): Frame => {
+      const own = new Map<string, DirentRecord>();
+      const [start, end] = direntRange(this.top, dirIno);
+      for (const { key, value } of this.t.dirents.range(start, end)) own.set((key as [number, number, string])[2], unpackDirent(value));
+      const merged = this.mergedEntries(dirIno);
+      const names = [...new Set([...own.keys(), ...merged.keys()])];
+      names.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+      return { dirIno, path, dir, allAdded, names, own, merged };
+    };
+    const stack: Frame[] = [open(ROOT_INO, '', { parent: null, name: '' }, false)];
+    while (stack.length > 0) {
+      const frame = stack[stack.length - 1];
+      const name = frame.names.pop();
+      if (name === undefined) {
+        stack.pop();
         continue;
       }
-      if (!this.reachable(rec.parent)) continue;
-      const e = this.findEntry(rec.parent, rec.name);
-      if (!e || isWhiteout(e) || e.ino !== ino) continue;
-      const path = `${this.dirPath(rec.parent)}/${rec.name}`;
-      if (rec.opaque) out.set(`${path}\0opaque`, { path, change: 'opaque', attr: this.toAttr(ino, rec) });
-      if (!out.has(path)) out.set(path, { path, change: 'modified', attr: this.toAttr(ino, rec) });
+      const path = `${frame.path}/${name}`;
+      const at = { dir: frame.dir, name };
+      const own = frame.own.get(name);
+      if (own !== undefined && isWhiteout(own)) {
+        yield { path, change: 'deleted', at };
+        continue;
+      }
+      const entry = frame.merged.get(name);
+      if (entry === undefined) continue;
+      const found = this.findInode(entry.ino);
+      if (found === null) continue;
+      const rec = found.level === 0 ? found.rec : null;
+      const attr = this.toAttr(entry.ino, found.rec);
+      if (rec?.opaque && !rec.born && entry.kind === 'dir') yield { path, change: 'opaque', attr, at };
+      let descend: 'no' | 'changes' | 'all' = 'no';
+      if (frame.allAdded || own !== undefined) {
+        yield { path, change: 'added', attr, at };
+        // A directory made here has only own entries; one moved here brings its lower ones.
+        if (entry.kind === 'dir') descend = frame.allAdded || (rec !== null && !rec.born) ? 'all' : 'changes';
+      } else {
+        if (rec !== null && !rec.born && rec.nlink > 0 && rec.parent === frame.dirIno && rec.name === name) {
+          yield { path, change: 'modified', attr, at };
+        }
+        if (entry.kind === 'dir' && marked.has(entry.ino)) descend = 'changes';
+      }
+      // A string of its own for the frame: consumers flatten the one they were given.
+      if (descend !== 'no') stack.push(open(entry.ino, frame.path + '/' + name, { parent: frame.dir, name }, descend === 'all'));
     }
-    // A directory moved here from a lower path brings its lower contents along: all new at this path.
-    for (const d of addedLowerDirs) await addSubtree(d.ino, d.path);
-    const list = [...out.values()].filter((c) => c.path !== '/' || c.change === 'opaque');
-    list.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : a.change === 'opaque' ? -1 : 1));
-    for (const c of list) yield c;
   }
 
   async close(): Promise<void> {

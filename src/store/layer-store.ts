@@ -165,6 +165,17 @@ export interface StatFs {
   nameMaxBytes: number;
 }
 
+/**
+ * A directory as its name and its parent's (the root is `{ parent: null, name: '' }`).
+ * The changes of one directory share one object, so a path thousands of levels deep
+ * costs nothing to hand out, and a consumer finds its place from the nearest directory
+ * it has seen instead of comparing whole paths.
+ */
+export interface ChangeDir {
+  readonly parent: ChangeDir | null;
+  readonly name: string;
+}
+
 /** One change of a layer against its parent, computed from the layer's own segment. */
 export interface LayerChange {
   /** Absolute path inside the layer, '/'-separated, no trailing slash ('/' itself never appears). */
@@ -178,6 +189,8 @@ export interface LayerChange {
   change: 'added' | 'modified' | 'deleted' | 'opaque';
   /** Attributes in this layer; absent for `deleted`. */
   attr?: Attr;
+  /** Where `path` is, as its directory and its name there, when the implementation says (not for '/'). */
+  at?: { dir: ChangeDir; name: string };
 }
 
 /** File-level operations on one layer. What the FUSE frontend and the image importer call. */
