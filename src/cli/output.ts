@@ -8,16 +8,20 @@ import type { CommandContext } from './command';
 
 /**
  * Opens the pool at ctx.root for the duration of fn, closing it whatever happens. Refuses
- * (PATH_IN_POOL) when the process's standard output is a file of this pool.
+ * (PATH_IN_POOL) when the process's standard output is a file of this pool: before the
+ * open for the pool's own files (an open commits to data.mdb), after it for a data device
+ * outside the root (direct mode, named by the superblock).
  */
 export async function withPool<T>(
   ctx: CommandContext,
   fn: (pool: Pool) => Promise<T>,
   openOptions: ThinPoolOpenOptions = {},
 ): Promise<T> {
+  const guardStdout = ctx.stdout === process.stdout;
+  if (guardStdout) assertFdOutsidePool(ctx.root, 1, 'standard output');
   const pool = await Pool.open(ctx.root, openOptions);
   try {
-    if (ctx.stdout === process.stdout) assertFdOutsidePool(pool.root, 1, 'standard output', { extraPaths: [pool.thinPool.dataPath] });
+    if (guardStdout) assertFdOutsidePool(pool.root, 1, 'standard output', { extraPaths: [pool.thinPool.dataPath] });
     return await fn(pool);
   } finally {
     await pool.close();

@@ -4,6 +4,7 @@ import { open, type Key, type RootDatabase } from 'lmdb';
 import { dmfsError } from '../errors';
 import { METADATA_FORMAT, type MetadataEnv, type Table, type TableKey } from './metadata-env';
 import { isProcessAlive, processStartTicks } from './process-identity';
+import { verifyMetadataFile } from './metadata-verify';
 
 /**
  * Metadata backups, like LVM's metadata archive (/etc/lvm/archive): consistent, compacted
@@ -168,9 +169,15 @@ export class MetadataSnapshot {
   private readonly dbs = new Map<string, Table>();
   private constructor(private readonly root: RootDatabase<Buffer, Key>, readonly dir: string) {}
 
-  /** Opens `dir/data.mdb`; METADATA_CORRUPT when LMDB cannot open it. */
+  /**
+   * Opens `dir/data.mdb`; METADATA_CORRUPT when it is damaged (walked first: liblmdb
+   * trusts every page it maps, so a damaged backup would crash the process) or LMDB
+   * cannot open it.
+   */
   static open(dir: string): MetadataSnapshot {
     if (!fs.existsSync(path.join(dir, 'data.mdb'))) throw dmfsError('NOT_FOUND', `no metadata file in ${dir}`);
+    const damage = verifyStructure(path.join(dir, 'data.mdb'));
+    if (damage.length) throw dmfsError('METADATA_CORRUPT', `${dir}/data.mdb is damaged: ${damage.slice(0, 3).join('; ')}`);
     try {
       const root = open<Buffer, Key>({ path: dir, readOnly: true, maxDbs: 32, encoding: 'binary', maxReaders: 16 });
       return new MetadataSnapshot(root, dir);
@@ -208,25 +215,15 @@ export class MetadataSnapshot {
 }
 
 /**
- * Structural validation of an LMDB file, when src/pool/metadata-verify.ts provides
- * `verifyMetadataFile(path)` (the wt-mdverify helper's walker). Returns null when the
- * walker is not there, else the list of problems (empty = sound). A walker that throws
+ * Structural damage of an LMDB file that would stop liblmdb reading it right (the walker
+ * of metadata-verify.ts: damage in what liblmdb opens). Empty = sound. An unreadable file
  * counts as one problem.
  */
-export function verifyStructure(file: string): string[] | null {
-  let verify: ((p: string) => unknown) | undefined;
+export function verifyStructure(file: string): string[] {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    verify = require('./metadata-verify').verifyMetadataFile;
-  } catch {
-    return null;
-  }
-  if (typeof verify !== 'function') return null;
-  try {
-    const r = verify(file) as { ok?: boolean; problems?: unknown[] } | boolean | undefined;
-    if (r === false) return ['the structural check failed'];
-    if (r && typeof r === 'object' && r.ok === false) return (r.problems ?? ['the structural check failed']).map((p) => (typeof p === 'string' ? p : JSON.stringify(p)));
-    return [];
+    return verifyMetadataFile(file)
+      .damage.filter((d) => d.scope === 'live')
+      .map((d) => `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}): ${d.message}`);
   } catch (err) {
     return [(err as Error).message];
   }

@@ -530,14 +530,12 @@ function walk(fd: number, t0: bigint, wantRoles: boolean): MetadataVerifyReport 
         }
         if (!already) {
           visited++;
-          const hdrPgno = page.readBigUInt64LE(0);
           const flags = page.readUInt16LE(18);
           const count = page.readUInt32LE(20);
           const txnid = page.readBigUInt64LE(8);
-          if (hdrPgno !== BigInt(first)) {
-            add(first, name, `overflow page header says page ${hdrPgno}`);
-            return null;
-          }
+          // An overflow header's own page number is not checked: liblmdb never reads it, and a
+          // compacted copy (mdb_env_copy2 MDB_CP_COMPACT: backups, restored pools) keeps the
+          // source's number there. Flags and page count (32 bits) still catch a damaged header.
           if ((flags & (P_BRANCH | P_LEAF | P_OVERFLOW | P_META | P_LEAF2 | P_SUBP)) !== P_OVERFLOW) {
             add(first, name, `page flags 0x${flags.toString(16)} are not an overflow page's`);
             return null;

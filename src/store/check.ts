@@ -8,7 +8,7 @@ import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './chain-layer-fs';
 import {
   blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
-  unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
+  packInode, unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
 } from './records';
 
 export interface CheckProblem {
@@ -177,6 +177,9 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
   const unknownSegmentFiles = new Map<string, { seg: number; ino: number; blocks: number[] }>();
   /** Block-map entries per `${segment}:${ino}`, readable or not: the inode records' `mapped` must match. */
   const mapEntries = new Map<string, number>();
+  /** Of those, the damaged ones --force drops: the inode's count must follow. */
+  const droppedEntries = new Map<string, number>();
+  const recountedInodes: { key: unknown; rec: ReturnType<typeof unpackInode> }[] = [];
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     mapEntries.set(`${seg}:${ino}`, (mapEntries.get(`${seg}:${ino}`) ?? 0) + 1);
@@ -186,6 +189,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
     } catch (err) {
       report('CORRUPT_RECORD', `block map entry ${(key as number[]).join(':')}: ${(err as Error).message}`, force);
       corruptKeys.push({ table: 'bmap', key });
+      if (force) droppedEntries.set(`${seg}:${ino}`, (droppedEntries.get(`${seg}:${ino}`) ?? 0) + 1);
       mapDamaged = true;
       const f = corruptBmapFiles.get(`${seg}:${ino}`) ?? { seg, ino, entries: 0 };
       f.entries++;
@@ -261,14 +265,19 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       continue;
     }
     const held = mapEntries.get(`${seg}:${ino}`) ?? 0;
+    const kept = held - (droppedEntries.get(`${seg}:${ino}`) ?? 0);
     if (rec.mapped !== undefined && rec.mapped !== held) {
       // Fewer: entries were lost (a damaged key or page), their blocks look unreferenced.
+      // --force accepts the loss: the count follows the map (those blocks read as holes).
       report(
         held < rec.mapped ? 'MAP_ENTRIES_LOST' : 'MAP_COUNT_MISMATCH',
-        `inode ${ino} in layer ${layers.find((l) => l.segment === seg)?.name ?? seg} records ${rec.mapped} block-map entries, the map holds ${held}`,
+        `inode ${ino} in layer ${layers.find((l) => l.segment === seg)?.name ?? seg} records ${rec.mapped} block-map entries, the map holds ${held}` +
+          (force ? ` (count set to ${kept}, --force: the missing blocks are lost)` : ''),
+        force,
       );
       mapDamaged = true;
     }
+    if (force && rec.mapped !== undefined && rec.mapped !== kept) recountedInodes.push({ key, rec: { ...rec, mapped: kept } });
     nrInodes++;
     inodeKeys.add(`${seg}:${ino}`);
     inos.add(ino);
@@ -404,6 +413,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       for (const { table, key } of badKeys) t[table].del(key as never);
     });
     if (force && corruptKeys.length) pool.txn(() => corruptKeys.forEach(({ table, key }) => t[table].del(key as never)));
+    if (recountedInodes.length) pool.txn(() => recountedInodes.forEach(({ key, rec }) => t.inodes.put(key as never, packInode(rec))));
     // Kept blocks count as referenced: repairSpaceMap frees only what nothing may own.
     if (leaked.length > kept.size || unmarked.length) pool.repairSpaceMap(new Set([...referenced, ...kept]));
     await pool.sync();

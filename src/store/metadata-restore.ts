@@ -165,7 +165,7 @@ async function stageAndCheck(
   opts: { data: boolean },
 ): Promise<{ ok: true; file: string } | { ok: false; problems: string[] }> {
   const structural = verifyStructure(backup.file);
-  if (structural?.length) return { ok: false, problems: structural.map((p) => `structure: ${p}`) };
+  if (structural.length) return { ok: false, problems: structural.map((p) => `structure: ${p}`) };
   const sp = poolPaths(stagingRoot);
   fs.mkdirSync(sp.metadataDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(path.dirname(sp.dataFile), { recursive: true, mode: 0o700 });

@@ -196,7 +196,7 @@ describeFuse('damaged metadata pages (fault injection, real check and mount proc
     const checkReported =
       check.code === 1 &&
       ((cj?.error as { code?: string } | undefined)?.code === 'METADATA_CORRUPT' || (Array.isArray(cj?.problems) && (cj!.problems as unknown[]).length > 0));
-    const mp = path.join(root, 'mnt');
+    const mp = path.join(work, `mnt-p${pgno}`); // outside the pool: a mountpoint inside it is refused
     const mount = await dmfs(root, ['mount', 'ctr', mp, '--ro', '--json']);
     const out: Outcome = { pgno, role, check, checkReported, mount, mounted: mount.code === 0, readRight: 0, readFailed: 0, readWrong: [], crash: crashed(check) ?? crashed(mount) };
     if (out.mounted) {

@@ -13,7 +13,7 @@ import { formatTable, printJson } from '../output';
 /** Problem kinds a plain --repair fixes without dropping anything that may still be data. */
 const SAFE_REPAIR_KINDS = new Set(['LEAKED_BLOCK', 'FREE_BUT_MAPPED', 'USAGE_MISMATCH', 'DANGLING_ENTRY', 'DATA_DEVICE_SHORT']);
 /** Kinds --force can clear (by dropping the data or records concerned). */
-const FORCE_KINDS = new Set(['UNREFERENCED_DATA', 'UNKNOWN_SEGMENT', 'CORRUPT_RECORD']);
+const FORCE_KINDS = new Set(['UNREFERENCED_DATA', 'UNKNOWN_SEGMENT', 'CORRUPT_RECORD', 'MAP_ENTRIES_LOST', 'MAP_COUNT_MISMATCH']);
 
 export const command: Command = {
   name: 'check',

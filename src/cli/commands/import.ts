@@ -37,7 +37,7 @@ export const command: Command = {
         importImage(pool.store, ctx.args[0], {
           name: stringOpt(ctx, 'name'),
           onProgress: (p) => bar.update(p, p.entriesDone === 0),
-          // wt-image: accepted-with-a-defect notes (tar without end blocks), one line each on stderr.
+          // Accepted-with-a-defect notes (tar without end blocks), one line each on stderr.
           onWarning: (m) => {
             bar.done();
             ctx.stderr.write(`warning: ${m}\n`);

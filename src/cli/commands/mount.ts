@@ -85,7 +85,7 @@ export async function prepareMountpoint(mountpoint: string, runDir: string): Pro
 export async function serveMount(spec: MountSpec, hooks: { log: (line: string) => void; onReady: (r: MountResult) => void | Promise<void>; logFile: string | null; recovered: boolean }): Promise<StopResult> {
   assertMountpointOutsidePool(spec.root, spec.mountpoint);
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
-  requireFullMetadataVerify(); // wt-mdverify: a mount lives long; walk data.mdb before LMDB opens it
+  requireFullMetadataVerify(); // a mount lives long; walk data.mdb before LMDB opens it
   const pool = await Pool.open(spec.root);
   let result: StopResult | null = null;
   // Kept until the exit record is written: `dmfs umount` sends SIGTERM right after the

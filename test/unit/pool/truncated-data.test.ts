@@ -87,7 +87,7 @@ describe('truncated data file', () => {
 
     const repair = dmfs(root, 'check', '--repair', '--data');
     expect(repair.code).toBe(0);
-    expect(repair.stdout).toMatch(/pool is consistent/);
+    expect(repair.stdout).toMatch(/finds the pool consistent/);
     expect(repair.stdout).not.toMatch(/run 'dmfs check --repair'/);
     expect(fs.statSync(dataFile).size).toBe(1024 ** 3);
     const again = dmfs(root, 'check', '--json');
