@@ -44,6 +44,8 @@ export const ERROR_CODES = {
   UNSAFE_PATH: E.EPERM,
   DEVICE_HAS_FILESYSTEM: E.EBUSY,
   NOT_SUPPORTED: E.EOPNOTSUPP,
+  /** An operation this file system leaves out on purpose (FUSE then stops asking, e.g. FLUSH). */
+  NOT_IMPLEMENTED: E.ENOSYS,
   NATIVE_UNAVAILABLE: E.ENOSYS,
   FUSE_UNAVAILABLE: E.ENODEV,
   MOUNT_FAILED: E.EIO,

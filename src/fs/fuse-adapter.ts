@@ -1,6 +1,6 @@
 /**
  * The one module that touches fuse-native (2.2.6, patched in place by
- * scripts/patch-fuse-native.js). It turns the promise handlers of `FuseOperations` into
+ * scripts/patch-fuse-native.js). It turns the promise handlers of `PathOperations` into
  * fuse-native's callbacks, errors into negative errno, attributes into the patched stat
  * layout, and raw utimens arguments into nanoseconds / UTIME_NOW / UTIME_OMIT.
  *
@@ -12,7 +12,8 @@
  * never touch its own mountpoint synchronously, or it deadlocks.
  */
 import { constants as osConstants } from 'node:os';
-import { DmfsError, dmfsError, errnoOf } from '../errors';
+import { DmfsError, dmfsError } from '../errors';
+import { errnoFor, type CallerContext } from './fuse-operations';
 import { libfuseMountProblem } from './fuse-diagnosis';
 import type { Attr, DirEntry, FileKind, StatFs } from '../store/layer-store';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK } from '../store/layer-store';
@@ -29,57 +30,54 @@ export const UTIME_OMIT = (1 << 30) - 2;
 /** A time to set: exact nanoseconds since the epoch, the current time, or unchanged. */
 export type TimeSpec = bigint | 'now' | 'omit';
 
-/** The process that issued the current operation (fuse_get_context). */
-export interface CallerContext {
-  uid: number;
-  gid: number;
-  pid: number;
-  umask: number;
-}
+export type { CallerContext } from './fuse-operations';
 
 /**
- * Promise-based, path-based operations of libfuse's high-level API. Paths are absolute
- * ('/' for the root). `fh` is the handle returned by open/create (always in [1, 2^31)).
- * Errors: throw (DmfsError preferred); the adapter answers -errnoOf(err).
+ * Promise-based, path-based operations of libfuse's high-level API (path-transport.ts
+ * implements them over the operations table). Paths are absolute ('/' for the root). `fh`
+ * is the handle returned by open/create (always in [1, 2^31)). `ctx` is the caller
+ * (fuse_get_context); the adapter always gives it. Errors: throw (DmfsError preferred);
+ * the adapter answers -errno.
  */
-export interface FuseOperations {
+export interface PathOperations {
   init?(): Promise<void>;
-  statfs(path: string): Promise<StatFs>;
-  getattr(path: string): Promise<Attr>;
-  fgetattr(path: string, fh: number): Promise<Attr>;
+  statfs(path: string, ctx?: CallerContext): Promise<StatFs>;
+  getattr(path: string, ctx?: CallerContext): Promise<Attr>;
+  fgetattr(path: string, fh: number, ctx?: CallerContext): Promise<Attr>;
   /** Every entry, including '.' and '..'. */
-  readdir(path: string): Promise<DirEntry[]>;
-  open(path: string, flags: number): Promise<number>;
+  readdir(path: string, ctx?: CallerContext): Promise<DirEntry[]>;
+  open(path: string, flags: number, ctx?: CallerContext): Promise<number>;
   create(path: string, mode: number, ctx: CallerContext): Promise<number>;
   /** Fills target (FUSE's own buffer) from offsetBytes; returns the count. */
-  read(path: string, fh: number, target: Buffer, offsetBytes: number): Promise<number>;
+  read(path: string, fh: number, target: Buffer, offsetBytes: number, ctx?: CallerContext): Promise<number>;
   /** data is FUSE's buffer, valid only until the promise settles. */
-  write(path: string, fh: number, data: Buffer, offsetBytes: number): Promise<number>;
-  release(path: string, fh: number): Promise<void>;
-  flush(path: string, fh: number): Promise<void>;
-  fsync(path: string, dataSync: boolean, fh: number): Promise<void>;
-  fsyncdir(path: string, dataSync: boolean): Promise<void>;
-  truncate(path: string, sizeBytes: number): Promise<void>;
-  ftruncate(path: string, fh: number, sizeBytes: number): Promise<void>;
-  utimens(path: string, atime: TimeSpec, mtime: TimeSpec): Promise<void>;
-  readlink(path: string): Promise<string>;
+  write(path: string, fh: number, data: Buffer, offsetBytes: number, ctx?: CallerContext): Promise<number>;
+  release(path: string, fh: number, ctx?: CallerContext): Promise<void>;
+  flush(path: string, fh: number, ctx?: CallerContext): Promise<void>;
+  fsync(path: string, dataSync: boolean, fh: number, ctx?: CallerContext): Promise<void>;
+  fsyncdir(path: string, dataSync: boolean, ctx?: CallerContext): Promise<void>;
+  truncate(path: string, sizeBytes: number, ctx?: CallerContext): Promise<void>;
+  ftruncate(path: string, fh: number, sizeBytes: number, ctx?: CallerContext): Promise<void>;
+  utimens(path: string, atime: TimeSpec, mtime: TimeSpec, ctx?: CallerContext): Promise<void>;
+  readlink(path: string, ctx?: CallerContext): Promise<string>;
   /** uid/gid null: leave unchanged (chown -1). */
-  chown(path: string, uid: number | null, gid: number | null): Promise<void>;
-  chmod(path: string, mode: number): Promise<void>;
+  chown(path: string, uid: number | null, gid: number | null, ctx?: CallerContext): Promise<void>;
+  chmod(path: string, mode: number, ctx?: CallerContext): Promise<void>;
   mknod(path: string, mode: number, rdev: number, ctx: CallerContext): Promise<void>;
   mkdir(path: string, mode: number, ctx: CallerContext): Promise<void>;
   symlink(target: string, path: string, ctx: CallerContext): Promise<void>;
-  link(existingPath: string, newPath: string): Promise<void>;
-  unlink(path: string): Promise<void>;
-  rmdir(path: string): Promise<void>;
-  rename(fromPath: string, toPath: string): Promise<void>;
+  link(existingPath: string, newPath: string, ctx?: CallerContext): Promise<void>;
+  unlink(path: string, ctx?: CallerContext): Promise<void>;
+  rmdir(path: string, ctx?: CallerContext): Promise<void>;
+  rename(fromPath: string, toPath: string, ctx?: CallerContext): Promise<void>;
   /** value is FUSE's buffer, valid only until the promise settles. */
-  setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void>;
-  getxattr(path: string, name: string): Promise<Buffer | null>;
-  listxattr(path: string): Promise<string[]>;
-  removexattr(path: string, name: string): Promise<void>;
+  setxattr(path: string, name: string, value: Buffer, flags: number, ctx?: CallerContext): Promise<void>;
+  /** null: no such attribute (fuse-native answers ENODATA). */
+  getxattr(path: string, name: string, ctx?: CallerContext): Promise<Buffer | null>;
+  listxattr(path: string, ctx?: CallerContext): Promise<string[]>;
+  removexattr(path: string, name: string, ctx?: CallerContext): Promise<void>;
   /** access(2) when the kernel does not check modes itself (no default_permissions). */
-  access(path: string, mode: number): Promise<void>;
+  access(path: string, mode: number, ctx?: CallerContext): Promise<void>;
 }
 
 // ---- conversions (pure, unit-tested) ----------------------------------------------------
@@ -193,8 +191,7 @@ export function statfsToArray(s: StatFs): Uint32Array {
 
 /** Negative errno for the callback; never 0 (an error that maps to nothing becomes -EIO). */
 export function negErrno(err: unknown): number {
-  const n = errnoOf(err);
-  return n > 0 ? -n : -E.EIO;
+  return -errnoFor(err);
 }
 
 // ---- mount options ------------------------------------------------------------------------
@@ -300,7 +297,7 @@ const NO_CONTEXT: CallerContext = { uid: 0, gid: 0, pid: 0, umask: 0o022 };
  * just before calling the handler).
  */
 export function toNativeHandlers(
-  ops: FuseOperations,
+  ops: PathOperations,
   blockSizeBytes: number,
   context: () => CallerContext,
   onUnexpected: (err: unknown) => void = () => undefined,
@@ -323,64 +320,65 @@ export function toNativeHandlers(
   return {
     init: (cb: Cb) => v(ops.init ? ops.init() : Promise.resolve(), cb),
     statfs: (path: string, cb: Cb) => {
-      ops.statfs(path).then((s) => cb(0, statfsToArray(s)), (err) => fail(cb, err));
+      ops.statfs(path, context()).then((s) => cb(0, statfsToArray(s)), (err) => fail(cb, err));
     },
-    getattr: (path: string, cb: Cb) => stat(ops.getattr(path), cb),
-    fgetattr: (path: string, fh: number, cb: Cb) => stat(ops.fgetattr(path, fh), cb),
+    getattr: (path: string, cb: Cb) => stat(ops.getattr(path, context()), cb),
+    fgetattr: (path: string, fh: number, cb: Cb) => stat(ops.fgetattr(path, fh, context()), cb),
     readdir: (path: string, cb: Cb) => {
-      ops.readdir(path).then(
+      ops.readdir(path, context()).then(
         (entries) => cb(0, entries.map((e) => e.name), entries.map(direntToStat)),
         (err) => fail(cb, err),
       );
     },
-    open: (path: string, flags: number, cb: Cb) => num(ops.open(path, flags), cb),
+    open: (path: string, flags: number, cb: Cb) => num(ops.open(path, flags, context()), cb),
     create: (path: string, mode: number, cb: Cb) => num(ops.create(path, mode, context()), cb),
     read: (path: string, fh: number, buf: Buffer, len: number, offset: number, cb: Cb) => {
       const target = buf.length === len ? buf : buf.subarray(0, len);
-      ops.read(path, fh, target, offset).then((n) => cb(n), (err) => cb(errno(err)));
+      ops.read(path, fh, target, offset, context()).then((n) => cb(n), (err) => cb(errno(err)));
     },
     write: (path: string, fh: number, buf: Buffer, len: number, offset: number, cb: Cb) => {
       const data = buf.length === len ? buf : buf.subarray(0, len);
-      ops.write(path, fh, data, offset).then((n) => cb(n), (err) => cb(errno(err)));
+      ops.write(path, fh, data, offset, context()).then((n) => cb(n), (err) => cb(errno(err)));
     },
-    release: (path: string, fh: number, cb: Cb) => v(ops.release(path, fh), cb),
-    flush: (path: string, fh: number, cb: Cb) => v(ops.flush(path, fh), cb),
-    fsync: (path: string, dataSync: number, fh: number, cb: Cb) => v(ops.fsync(path, dataSync !== 0, fh), cb),
-    fsyncdir: (path: string, dataSync: number, _fh: number, cb: Cb) => v(ops.fsyncdir(path, dataSync !== 0), cb),
-    truncate: (path: string, size: number, cb: Cb) => v(ops.truncate(path, size), cb),
-    ftruncate: (path: string, fh: number, size: number, cb: Cb) => v(ops.ftruncate(path, fh, size), cb),
+    release: (path: string, fh: number, cb: Cb) => v(ops.release(path, fh, context()), cb),
+    flush: (path: string, fh: number, cb: Cb) => v(ops.flush(path, fh, context()), cb),
+    fsync: (path: string, dataSync: number, fh: number, cb: Cb) => v(ops.fsync(path, dataSync !== 0, fh, context()), cb),
+    fsyncdir: (path: string, dataSync: number, _fh: number, cb: Cb) => v(ops.fsyncdir(path, dataSync !== 0, context()), cb),
+    truncate: (path: string, size: number, cb: Cb) => v(ops.truncate(path, size, context()), cb),
+    ftruncate: (path: string, fh: number, size: number, cb: Cb) => v(ops.ftruncate(path, fh, size, context()), cb),
     utimens: (path: string, aSec: number, aNsec: number, mSec: number, mNsec: number, cb: Cb) => {
+      const ctx = context();
       let p: Promise<void>;
       try {
-        p = ops.utimens(path, timespecToTimeSpec(aSec, aNsec), timespecToTimeSpec(mSec, mNsec));
+        p = ops.utimens(path, timespecToTimeSpec(aSec, aNsec), timespecToTimeSpec(mSec, mNsec), ctx);
       } catch (err) {
         p = Promise.reject(err);
       }
       v(p, cb);
     },
     readlink: (path: string, cb: Cb) => {
-      ops.readlink(path).then((t) => cb(0, t), (err) => fail(cb, err));
+      ops.readlink(path, context()).then((t) => cb(0, t), (err) => fail(cb, err));
     },
     chown: (path: string, uid: number, gid: number, cb: Cb) =>
-      v(ops.chown(path, uid === 0xffffffff ? null : uid, gid === 0xffffffff ? null : gid), cb),
-    chmod: (path: string, mode: number, cb: Cb) => v(ops.chmod(path, mode), cb),
+      v(ops.chown(path, uid === 0xffffffff ? null : uid, gid === 0xffffffff ? null : gid, context()), cb),
+    chmod: (path: string, mode: number, cb: Cb) => v(ops.chmod(path, mode, context()), cb),
     mknod: (path: string, mode: number, dev: number, cb: Cb) => v(ops.mknod(path, mode, dev, context()), cb),
     mkdir: (path: string, mode: number, cb: Cb) => v(ops.mkdir(path, mode, context()), cb),
     symlink: (target: string, path: string, cb: Cb) => v(ops.symlink(target, path, context()), cb),
-    link: (existing: string, path: string, cb: Cb) => v(ops.link(existing, path), cb),
-    unlink: (path: string, cb: Cb) => v(ops.unlink(path), cb),
-    rmdir: (path: string, cb: Cb) => v(ops.rmdir(path), cb),
-    rename: (from: string, to: string, cb: Cb) => v(ops.rename(from, to), cb),
+    link: (existing: string, path: string, cb: Cb) => v(ops.link(existing, path, context()), cb),
+    unlink: (path: string, cb: Cb) => v(ops.unlink(path, context()), cb),
+    rmdir: (path: string, cb: Cb) => v(ops.rmdir(path, context()), cb),
+    rename: (from: string, to: string, cb: Cb) => v(ops.rename(from, to, context()), cb),
     setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
-      v(ops.setxattr(path, name, value, flags), cb),
+      v(ops.setxattr(path, name, value, flags, context()), cb),
     getxattr: (path: string, name: string, _position: number, cb: Cb) => {
-      ops.getxattr(path, name).then((val) => cb(0, val), (err) => fail(cb, err));
+      ops.getxattr(path, name, context()).then((val) => cb(0, val), (err) => fail(cb, err));
     },
     listxattr: (path: string, cb: Cb) => {
-      ops.listxattr(path).then((names) => cb(0, names), (err) => fail(cb, err));
+      ops.listxattr(path, context()).then((names) => cb(0, names), (err) => fail(cb, err));
     },
-    removexattr: (path: string, name: string, cb: Cb) => v(ops.removexattr(path, name), cb),
-    access: (path: string, mode: number, cb: Cb) => v(ops.access(path, mode), cb),
+    removexattr: (path: string, name: string, cb: Cb) => v(ops.removexattr(path, name, context()), cb),
+    access: (path: string, mode: number, cb: Cb) => v(ops.access(path, mode, context()), cb),
   };
 }
 
@@ -397,7 +395,7 @@ export class FuseMount {
    * fuse-native cannot load or the host cannot mount FUSE (the cause named: fuse-diagnosis.ts),
    * MOUNT_FAILED when libfuse refuses for another reason.
    */
-  static async mount(mountpoint: string, ops: FuseOperations, opts: FuseMountOptions, onUnexpected?: (err: unknown) => void): Promise<FuseMount> {
+  static async mount(mountpoint: string, ops: PathOperations, opts: FuseMountOptions, onUnexpected?: (err: unknown) => void): Promise<FuseMount> {
     const lib = loadFuseNative();
     if ('error' in lib) throw dmfsError('FUSE_UNAVAILABLE', lib.error);
     let native: NativeFuse | null = null;

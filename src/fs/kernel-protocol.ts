@@ -63,9 +63,8 @@ export const SetattrValid = {
 export const FOPEN_KEEP_CACHE = 1 << 1;
 export const FOPEN_CACHE_DIR = 1 << 3;
 
-/** renameat2 flags as FUSE_RENAME2 carries them. */
-export const RENAME_NOREPLACE = 1 << 0;
-export const RENAME_EXCHANGE = 1 << 1;
+/** renameat2 flags, which FUSE_RENAME2 carries as they are (the table reads them). */
+export { RENAME_EXCHANGE, RENAME_NOREPLACE } from './fuse-operations';
 
 const TWO32 = 4294967296;
 

@@ -53,7 +53,7 @@ function spinMicrosFromEnv(value = process.env.DMFS_FUSE_SPIN_US): number {
   return Number.isFinite(n) && n >= 0 ? Math.min(n, 1000) : DEFAULT_SPIN_MICROS;
 }
 
-/** What the operations table gives the session. */
+/** What the codec (kernel-transport.ts) gives the session. */
 export interface KernelDispatcher {
   /**
    * Handles one request (`len` bytes of `req`). Returns a promise only when it keeps

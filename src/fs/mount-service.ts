@@ -6,9 +6,10 @@
  * the files still open until the last one closes. Either way it ends the same: release
  * open handles, sync (data, then metadata), close the layer.
  *
- * Two transports (FuseTransport): the kernel one (kernel-session.ts, root with the native
- * addon) and libfuse 2 through fuse-native (everything else). Cache policy of the kernel
- * transport: kernelOptionsFor. Of libfuse 2: a read-only layer keeps its page cache across
+ * Two transports (FuseTransport) over one operations table (fuse-operations.ts): the kernel
+ * one (kernel-session.ts + kernel-transport.ts, root with the native addon) and libfuse 2
+ * through fuse-native (path-transport.ts + fuse-adapter.ts, everything else). Cache policy
+ * of the kernel transport: kernelOptionsFor. Of libfuse 2 (libfuse2OptionsFor): a read-only layer keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
  * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,
@@ -16,9 +17,10 @@
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
-import { createOperations } from './operations';
-import { createKernelOperations, type KernelOperationsOptions } from './kernel-operations';
+import { createFuseOperations, type FuseOperations, type FuseOperationsOptions } from './fuse-operations';
+import { createKernelTransport } from './kernel-transport';
 import { KernelSession, kernelTransportUnavailable } from './kernel-session';
+import { createPathTransport } from './path-transport';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { dmfsError, isDmfsError } from '../errors';
 
@@ -41,11 +43,10 @@ interface FuseSessionHandle {
   detach(): void;
 }
 
-/** The operations side, whichever transport. */
+/** The operations side, whichever transport: the table, and the transport's request counts if it keeps them. */
 interface ServedOperations {
-  shutdown(): Promise<void>;
+  table: FuseOperations;
   requestCounts?(): Record<string, number>;
-  readonly openHandles: number;
 }
 
 export interface MountServiceOptions {
@@ -124,14 +125,33 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
  * limit would surface as EIO at close instead of ENOSPC/EFBIG at the write, and a killed
  * daemon would lose writes already acknowledged.
  */
-export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexpected: (err: unknown) => void): KernelOperationsOptions {
+export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexpected: (err: unknown) => void): FuseOperationsOptions {
   return {
     blockSizeBytes,
     entryTimeoutS: 3600,
     attrTimeoutS: 3600,
     negativeTimeoutS: 3600,
+    keepCache: true,
     writebackCache: false,
     cacheDirs: true,
+    onUnexpected,
+  };
+}
+
+/**
+ * The table's options under libfuse 2: the cache policy of mountOptionsFor (libfuse 2 tells
+ * the kernel through mount options, not per reply). No page cache or listing is kept
+ * across opens of a writable layer: each hard link is its own kernel inode there.
+ */
+export function libfuse2OptionsFor(o: FuseMountOptions, onUnexpected: (err: unknown) => void): FuseOperationsOptions {
+  return {
+    blockSizeBytes: o.blockSizeBytes,
+    entryTimeoutS: o.entryTimeoutS,
+    attrTimeoutS: o.attrTimeoutS,
+    negativeTimeoutS: o.negativeTimeoutS,
+    keepCache: o.kernelCache,
+    writebackCache: false,
+    cacheDirs: false,
     onUnexpected,
   };
 }
@@ -182,16 +202,17 @@ export class MountService {
     let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
     let kernelFailure: string | null = null;
     if (!kernelBlocked && !opts.debug) {
-      const kernelOps = createKernelOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      const kernel = createKernelTransport(table, { onUnexpected });
       try {
-        const session = await KernelSession.mount(opts.mountpoint, kernelOps, {
+        const session = await KernelSession.mount(opts.mountpoint, kernel, {
           source: fuseOpts.fsName,
           readOnly: fuseOpts.readOnly,
           allowOther: fuseOpts.allowOther,
           suidDev: Boolean(fuseOpts.suidDev),
         }, onUnexpected);
         session.onEnded = () => queueMicrotask(() => service?.checkSession());
-        served = { ops: kernelOps, fuse: session, transport: 'kernel' };
+        served = { ops: { table, requestCounts: kernel.requestCounts }, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
         // container, where fusermount may still mount.
@@ -201,9 +222,9 @@ export class MountService {
       }
     }
     if (!served) {
-      const pathOps = createOperations(opts.layer);
+      const table = createFuseOperations(opts.layer, libfuse2OptionsFor(fuseOpts, onUnexpected));
       try {
-        served = { ops: pathOps, fuse: await FuseMount.mount(opts.mountpoint, pathOps, fuseOpts, onUnexpected), transport: 'libfuse2' };
+        served = { ops: { table }, fuse: await FuseMount.mount(opts.mountpoint, createPathTransport(table), fuseOpts, onUnexpected), transport: 'libfuse2' };
       } catch (err) {
         // Both transports failed: say why each did (the kernel one's reason is often the real one).
         if (kernelFailure && isDmfsError(err)) throw dmfsError(err.code, `${err.message}; the kernel transport failed first: ${kernelFailure}`, err);
@@ -229,7 +250,7 @@ export class MountService {
   }
 
   get openHandles(): number {
-    return this.ops.openHandles;
+    return this.ops.table.openHandles;
   }
 
   private async isMounted(): Promise<boolean> {
@@ -286,7 +307,7 @@ export class MountService {
     this.fuse = null;
     if (this.ops.requestCounts) this.log(`FUSE requests: ${JSON.stringify(this.ops.requestCounts())}`);
     try {
-      await this.ops.shutdown();
+      await this.ops.table.shutdown();
     } catch (err) {
       error = error ?? (err as Error);
       this.log(`final sync failed: ${(err as Error).message}`);

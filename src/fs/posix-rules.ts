@@ -1,7 +1,7 @@
 /**
- * The POSIX rules both FUSE operation tables apply on top of the layer store (operations.ts
- * for libfuse 2, kernel-operations.ts for the kernel transport): name length, new nodes'
- * owners, access(2) without default_permissions, POSIX ACL names, the clock for "now".
+ * POSIX rules the operations table (fuse-operations.ts) applies on top of the layer store:
+ * name length, new nodes' owners, access(2) without default_permissions, POSIX ACL names,
+ * the clock for "now".
  */
 import { constants as fsConstants } from 'node:fs';
 import { dmfsError } from '../errors';

@@ -16,7 +16,7 @@ import {
   UTIME_OMIT,
   type CallerContext,
   type FuseMountOptions,
-  type FuseOperations,
+  type PathOperations,
 } from '../../../src/fs/fuse-adapter';
 import { mountOptionsFor } from '../../../src/fs/mount-service';
 import type { Attr } from '../../../src/store/layer-store';
@@ -170,8 +170,8 @@ describe('mount options', () => {
 describe('toNativeHandlers: promises to fuse-native callbacks', () => {
   const ctx: CallerContext = { uid: 1000, gid: 1001, pid: 42, umask: 0o022 };
 
-  function handlers(ops: Partial<FuseOperations>): Record<string, (...a: unknown[]) => void> {
-    return toNativeHandlers(ops as FuseOperations, 4096, () => ctx) as Record<string, (...a: unknown[]) => void>;
+  function handlers(ops: Partial<PathOperations>): Record<string, (...a: unknown[]) => void> {
+    return toNativeHandlers(ops as PathOperations, 4096, () => ctx) as Record<string, (...a: unknown[]) => void>;
   }
 
   function call(h: Record<string, (...a: unknown[]) => void>, name: string, ...args: unknown[]): Promise<unknown[]> {

@@ -1,18 +1,20 @@
 /**
- * The kernel transport's operations table, driven with raw FUSE requests (linux/fuse.h
- * layouts, built here independently of kernel-protocol.ts) over a MemoryLayerFs, with a
- * fake session that records each reply. Needs no root and no /dev/fuse.
+ * The kernel transport (kernel-transport.ts) and the operations table behind it
+ * (fuse-operations.ts), driven with raw FUSE requests (linux/fuse.h layouts, built here
+ * independently of kernel-protocol.ts) over a MemoryLayerFs, with a fake session that
+ * records each reply. Needs no root and no /dev/fuse.
  *
  * Inode numbers start above 2^32 so every node id, file handle and offset crosses the
  * uint64 halves.
  */
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { createKernelOperations, type KernelOperations, type KernelOperationsOptions } from '../../../src/fs/kernel-operations';
+import { createFuseOperations, type FuseOperations, type FuseOperationsOptions } from '../../../src/fs/fuse-operations';
 import {
   FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_ROOT_ID, InitFlag, Op, RENAME_EXCHANGE, RENAME_NOREPLACE, SetattrValid,
   type Unique,
 } from '../../../src/fs/kernel-protocol';
+import { createKernelTransport, type KernelTransport } from '../../../src/fs/kernel-transport';
 import type { KernelSession } from '../../../src/fs/kernel-session';
 import type { Attr, DirEntry, Ino, LayerFs } from '../../../src/store/layer-store';
 import { S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG } from '../../../src/store/layer-store';
@@ -251,11 +253,12 @@ function parseDirents(b: Buffer, plus: boolean): WireDirent[] {
 
 // ---- harness ----------------------------------------------------------------------------
 
-const DEFAULT_OPTIONS: KernelOperationsOptions = {
+const DEFAULT_OPTIONS: FuseOperationsOptions = {
   blockSizeBytes: 4096,
   entryTimeoutS: 2,
   attrTimeoutS: 1.5,
   negativeTimeoutS: 3,
+  keepCache: true,
   writebackCache: true,
   cacheDirs: false,
   nowNs: () => FROZEN_NS,
@@ -267,19 +270,23 @@ async function tick(): Promise<void> {
 
 class Harness {
   readonly session = new FakeSession();
-  readonly ops: KernelOperations;
+  /** The table (open handles, syncs, shutdown). */
+  readonly ops: FuseOperations;
+  readonly transport: KernelTransport;
   readonly unexpected: unknown[] = [];
   private nextUnique = BigInt(TWO32) * 3n + 1n;
 
-  constructor(readonly layer: LayerFs, options: Partial<KernelOperationsOptions> = {}) {
-    this.ops = createKernelOperations(layer, { ...DEFAULT_OPTIONS, onUnexpected: (err) => this.unexpected.push(err), ...options });
+  constructor(readonly layer: LayerFs, options: Partial<FuseOperationsOptions> = {}) {
+    const onUnexpected = (err: unknown) => this.unexpected.push(err);
+    this.ops = createFuseOperations(layer, { ...DEFAULT_OPTIONS, onUnexpected, ...options });
+    this.transport = createKernelTransport(this.ops, { onUnexpected });
   }
 
   /** Dispatches one request; returns its unique id and what dispatch returned. */
   send(opcode: number, nodeid: number, body: Buffer[], caller: Caller = ROOT_CALLER): { unique: bigint; req: Buffer; kept: Promise<void> | void } {
     const unique = this.nextUnique++;
     const { req, len } = request(opcode, unique, nodeid, caller, body);
-    const kept = this.ops.dispatch(req, len, this.session as unknown as KernelSession);
+    const kept = this.transport.dispatch(req, len, this.session as unknown as KernelSession);
     return { unique, req, kept };
   }
 
@@ -406,7 +413,7 @@ const DMFS_INIT_FLAGS = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_
 
 // ---- tests --------------------------------------------------------------------------------
 
-describe('kernel operations: INIT', () => {
+describe('kernel transport: INIT', () => {
   function parseInitOut(b: Buffer) {
     expect(b.length).toBe(64);
     return {
@@ -450,7 +457,7 @@ describe('kernel operations: INIT', () => {
   });
 });
 
-describe('kernel operations: LOOKUP and names', () => {
+describe('kernel transport: LOOKUP and names', () => {
   it('answers a present name with its inode as node id, the timeouts and the attributes', async () => {
     const layer = memoryLayer();
     const dir = await layer.mkdir(layer.rootIno, 'etc', { mode: 0o750, uid: 7, gid: 8 });
@@ -514,7 +521,7 @@ describe('kernel operations: LOOKUP and names', () => {
   });
 });
 
-describe('kernel operations: files', () => {
+describe('kernel transport: files', () => {
   it('MKDIR, CREATE, WRITE, READ and RELEASE round-trip bytes across a page boundary', async () => {
     const layer = memoryLayer();
     const h = new Harness(layer);
@@ -634,7 +641,7 @@ describe('kernel operations: files', () => {
   });
 });
 
-describe('kernel operations: setgid directories', () => {
+describe('kernel transport: setgid directories', () => {
   it('gives new nodes the directory\'s group, and new directories its setgid bit', async () => {
     const layer = memoryLayer();
     const h = new Harness(layer);
@@ -658,7 +665,7 @@ describe('kernel operations: setgid directories', () => {
   });
 });
 
-describe('kernel operations: links and special files', () => {
+describe('kernel transport: links and special files', () => {
   it('SYMLINK takes the name then the target; READLINK answers the target', async () => {
     const h = new Harness(memoryLayer());
     const l = parseEntry(await h.ok(Op.SYMLINK, FUSE_ROOT_ID, [cstr('link'), cstr('../some/where')]));
@@ -708,7 +715,7 @@ describe('kernel operations: links and special files', () => {
   });
 });
 
-describe('kernel operations: extended attributes', () => {
+describe('kernel transport: extended attributes', () => {
   async function withXattrs(): Promise<{ h: Harness; layer: MemoryLayerFs; ino: number }> {
     const layer = memoryLayer();
     const f = await layer.mknod(layer.rootIno, 'f', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
@@ -772,7 +779,7 @@ describe('kernel operations: extended attributes', () => {
   });
 });
 
-describe('kernel operations: directories', () => {
+describe('kernel transport: directories', () => {
   async function withDir(names: string[]): Promise<{ h: Harness; layer: MemoryLayerFs; dir: WireEntry; fh: number; inos: Map<string, number> }> {
     const layer = memoryLayer();
     const d = await layer.mkdir(layer.rootIno, 'd', { mode: 0o755, uid: 0, gid: 0 });
@@ -895,7 +902,7 @@ describe('kernel operations: directories', () => {
   });
 });
 
-describe('kernel operations: RENAME2', () => {
+describe('kernel transport: RENAME2', () => {
   const rename2In = (newDir: number, flags: number, from: string, to: string): Buffer[] => [u64(newDir), u32(flags, 0), cstr(from), cstr(to)];
 
   async function twoFiles(): Promise<{ h: Harness; layer: MemoryLayerFs; a: Attr; b: Attr; sub: Attr }> {
@@ -938,7 +945,7 @@ describe('kernel operations: RENAME2', () => {
   });
 });
 
-describe('kernel operations: replies in general', () => {
+describe('kernel transport: replies in general', () => {
   it.each([7, 39, 40, 43, 46, 47, 51, 4096])('answers unknown opcode %p with ENOSYS', async (opcode) => {
     const h = new Harness(memoryLayer());
     expect(await h.errno(opcode, FUSE_ROOT_ID, [Buffer.alloc(64)])).toBe(E.ENOSYS);

@@ -1,0 +1,381 @@
+/**
+ * The kernel transport's codec: each request read from /dev/fuse (kernel-session.ts) is
+ * parsed from its fuse.h layout, handed to the operations table (fuse-operations.ts), and
+ * its reply encoded (kernel-protocol.ts). No FUSE semantics live here, only layouts,
+ * INIT's flag negotiation and the reply buffers; FUSE over io_uring carries the same
+ * layouts and can share this codec.
+ *
+ * Hot paths (READ, WRITE, GETATTR, LOOKUP) cost one table call and one reply buffer: the
+ * request's reply address and caller are one object, READ replies of 128 KiB and more use
+ * pooled buffers, and WRITE data stays in the request buffer until the store has it.
+ */
+import { constants as osConstants } from 'node:os';
+import type { Attr, DirEntry } from '../store/layer-store';
+import type { CallerContext, Entry, FuseFeatures, FuseOperations, OpenReply } from './fuse-operations';
+import { MAX_WRITE_BYTES, type KernelDispatcher, type KernelSession } from './kernel-session';
+import {
+  ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_MIN_KERNEL_MINOR,
+  FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
+  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeInitOut,
+  writeOpenOut, writeStatfs, type Unique,
+} from './kernel-protocol';
+
+const E = osConstants.errno;
+/** Read reply buffers kept for reuse (each up to 1 MiB + header). */
+const POOLED_READ_BUFFERS = 8;
+const PAGE_BYTES = 4096;
+/** READs up to this size get a reply buffer of their own (see takeReadBuffer). */
+const SMALL_READ_BYTES = 128 * 1024;
+/** fuse_fsync_in.fsync_flags: fdatasync. */
+const FSYNC_FDATASYNC = 1;
+
+/** INIT flags dmfs always asks for; the table's features add theirs (featureFlags). */
+const TRANSPORT_FLAGS = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO |
+  InitFlag.ASYNC_DIO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+
+function featuresOf(flags: number): FuseFeatures {
+  return {
+    writebackCache: (flags & InitFlag.WRITEBACK_CACHE) !== 0,
+    killPrivileges: (flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0,
+    cacheSymlinks: (flags & InitFlag.CACHE_SYMLINKS) !== 0,
+  };
+}
+
+function featureFlags(f: FuseFeatures): number {
+  return (f.writebackCache ? InitFlag.WRITEBACK_CACHE : 0) | (f.killPrivileges ? InitFlag.HANDLE_KILLPRIV_V2 : 0) |
+    (f.cacheSymlinks ? InitFlag.CACHE_SYMLINKS : 0);
+}
+
+/** One request's reply address (the session's Unique) and its caller, in one object. */
+interface Request extends Unique, CallerContext {}
+
+function readRequest(req: Buffer): Request {
+  return { lo: req.readUInt32LE(8), hi: req.readUInt32LE(12), uid: req.readUInt32LE(24), gid: req.readUInt32LE(28), pid: req.readUInt32LE(32), umask: 0 };
+}
+
+export interface KernelTransportOptions {
+  /** Trouble that is no request's fault (a kernel too old), before it is answered. */
+  onUnexpected?: (err: unknown) => void;
+}
+
+export interface KernelTransport extends KernelDispatcher {
+  /** Requests received so far, by opcode name (for profiles and tests). */
+  requestCounts(): Record<string, number>;
+}
+
+export function createKernelTransport(ops: FuseOperations, options: KernelTransportOptions = {}): KernelTransport {
+  const onUnexpected = options.onUnexpected ?? (() => undefined);
+  const bs = ops.blockSizeBytes;
+  const readBuffers: Buffer[] = [];
+  const counts = new Uint32Array(64);
+
+  function sendEntry(session: KernelSession, r: Request, e: Entry): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
+    writeEntry(out, OUT_HEADER_BYTES, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
+    session.send(r, out, out.length);
+  }
+
+  function sendAttr(session: KernelSession, r: Request, attr: Attr): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ATTR_OUT_BYTES);
+    writeAttrOut(out, OUT_HEADER_BYTES, attr, ops.cache.attrTimeoutS, bs);
+    session.send(r, out, out.length);
+  }
+
+  function openFlags(o: OpenReply): number {
+    return (o.keepCache ? FOPEN_KEEP_CACHE : 0) | (o.cacheDir ? FOPEN_CACHE_DIR : 0);
+  }
+
+  function sendOpen(session: KernelSession, r: Request, o: OpenReply): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + OPEN_OUT_BYTES);
+    writeOpenOut(out, OUT_HEADER_BYTES, o.fh, openFlags(o));
+    session.send(r, out, out.length);
+  }
+
+  function sendBytes(session: KernelSession, r: Request, data: Buffer): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + data.length);
+    data.copy(out, OUT_HEADER_BYTES);
+    session.send(r, out, out.length);
+  }
+
+  /** getxattr/listxattr's reply: size 0 asks for the length; a too small buffer is ERANGE. */
+  function sendSized(session: KernelSession, r: Request, data: Buffer, size: number): void {
+    if (size === 0) {
+      const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
+      out.writeUInt32LE(data.length, OUT_HEADER_BYTES);
+      session.send(r, out, out.length);
+    } else if (data.length > size) {
+      session.fail(r, E.ERANGE);
+    } else {
+      sendBytes(session, r, data);
+    }
+  }
+
+  /**
+   * A reply buffer for a READ of `size` bytes. Large reads share a few pooled 1 MiB
+   * buffers; small ones (random 4 KiB reads, many in flight) get their own, so that they
+   * never allocate 1 MiB each (short-lived external memory drives V8 into mark-compacts).
+   */
+  function takeReadBuffer(size: number): Buffer {
+    if (size <= SMALL_READ_BYTES || size > MAX_WRITE_BYTES) return Buffer.allocUnsafe(OUT_HEADER_BYTES + size);
+    return readBuffers.pop() ?? Buffer.allocUnsafeSlow(OUT_HEADER_BYTES + MAX_WRITE_BYTES);
+  }
+
+  function giveReadBuffer(buf: Buffer): void {
+    if (buf.length === OUT_HEADER_BYTES + MAX_WRITE_BYTES && readBuffers.length < POOLED_READ_BUFFERS) readBuffers.push(buf);
+  }
+
+  function init(session: KernelSession, r: Request, req: Buffer): void {
+    const major = req.readUInt32LE(IN_HEADER_BYTES);
+    const minor = req.readUInt32LE(IN_HEADER_BYTES + 4);
+    const maxReadahead = req.readUInt32LE(IN_HEADER_BYTES + 8);
+    const offered = req.readUInt32LE(IN_HEADER_BYTES + 12);
+    if (major !== FUSE_KERNEL_VERSION || minor < FUSE_MIN_KERNEL_MINOR) {
+      onUnexpected(new Error(`kernel FUSE protocol ${major}.${minor} is older than 7.${FUSE_MIN_KERNEL_MINOR}`));
+      session.fail(r, E.EPROTO);
+      session.markInitialised();
+      return;
+    }
+    const wanted = TRANSPORT_FLAGS | featureFlags(ops.init(featuresOf(offered)));
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + INIT_OUT_BYTES);
+    writeInitOut(out, OUT_HEADER_BYTES, {
+      flags: (offered & wanted) >>> 0,
+      maxReadaheadBytes: maxReadahead,
+      maxBackground: 64,
+      congestionThreshold: 48,
+      maxWriteBytes: MAX_WRITE_BYTES,
+      maxPages: MAX_WRITE_BYTES / PAGE_BYTES,
+    });
+    session.send(r, out, out.length);
+    session.markInitialised();
+  }
+
+  function readdir(session: KernelSession, r: Request, node: number, req: Buffer, plus: boolean): void {
+    const at = IN_HEADER_BYTES;
+    const fh = readU64(req, at);
+    const offset = readU64(req, at + 8);
+    const size = req.readUInt32LE(at + 16);
+    // Which entries fit, from the name lengths alone (the table then fetches plus's attributes).
+    const nameBytes: number[] = [];
+    let used = 0;
+    const fits = (e: DirEntry): boolean => {
+      const n = Buffer.byteLength(e.name);
+      const need = direntBytes(n, plus);
+      if (used + need > size) return false;
+      used += need;
+      nameBytes.push(n);
+      return true;
+    };
+    ops.readdir(r, node, fh, offset, plus, fits).then((page) => {
+      const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + used);
+      let p = OUT_HEADER_BYTES;
+      for (let k = 0; k < page.entries.length; k++) {
+        if (page.plus) {
+          // '.', '..' and entries gone meanwhile carry no entry (node id 0: no lookup counted).
+          const e = page.plus[k];
+          if (e) writeEntry(out, p, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
+          else out.fill(0, p, p + ENTRY_OUT_BYTES);
+          // writeDirent aligns (24 + name) alone; the whole record is aligned the same way
+          // because ENTRY_OUT_BYTES is a multiple of 8.
+          p += ENTRY_OUT_BYTES;
+        }
+        p += writeDirent(out, p, page.entries[k], nameBytes[k], offset + k + 1);
+      }
+      session.send(r, out, p);
+    }, failTo(session, r));
+  }
+
+  // Reply callbacks, made only where a request is answered later (one closure each).
+  const failTo = (session: KernelSession, r: Request) => (err: unknown): void => session.fail(r, ops.errno(err));
+  const okTo = (session: KernelSession, r: Request) => (): void => session.ok(r);
+  const entryTo = (session: KernelSession, r: Request) => (e: Entry): void => sendEntry(session, r, e);
+
+  function dispatch(req: Buffer, len: number, session: KernelSession): Promise<void> | void {
+    const opcode = req.readUInt32LE(4);
+    counts[opcode & 63]++;
+    const r = readRequest(req);
+    const node = readU64(req, 16);
+    const at = IN_HEADER_BYTES;
+    try {
+      switch (opcode) {
+        case Op.INIT:
+          return init(session, r, req);
+        case Op.FORGET:
+          return ops.forget(node, readU64(req, at));
+        case Op.BATCH_FORGET: {
+          const n = req.readUInt32LE(at);
+          for (let i = 0, p = at + 8; i < n && p + 16 <= len; i++, p += 16) ops.forget(readU64(req, p), readU64(req, p + 8));
+          return;
+        }
+        case Op.INTERRUPT:
+          return; // no reply
+        case Op.DESTROY:
+          return session.ok(r);
+        case Op.LOOKUP:
+          void ops.lookup(r, node, readName(req, at, len).name).then((e) => sendEntry(session, r, e), failTo(session, r));
+          return;
+        case Op.GETATTR:
+          void ops.getattr(r, node).then((a) => sendAttr(session, r, a), failTo(session, r));
+          return;
+        case Op.SETATTR: {
+          const valid = req.readUInt32LE(at);
+          const time = (secAt: number, nsecAt: number): bigint => req.readBigInt64LE(secAt) * 1_000_000_000n + BigInt(req.readUInt32LE(nsecAt));
+          const changes = {
+            mode: valid & SetattrValid.MODE ? req.readUInt32LE(at + 68) : undefined,
+            uid: valid & SetattrValid.UID ? req.readUInt32LE(at + 76) : undefined,
+            gid: valid & SetattrValid.GID ? req.readUInt32LE(at + 80) : undefined,
+            sizeBytes: valid & SetattrValid.SIZE ? readU64(req, at + 16) : undefined,
+            atime: valid & SetattrValid.ATIME ? (valid & SetattrValid.ATIME_NOW ? 'now' as const : time(at + 32, at + 56)) : undefined,
+            mtime: valid & SetattrValid.MTIME ? (valid & SetattrValid.MTIME_NOW ? 'now' as const : time(at + 40, at + 60)) : undefined,
+            ctimeNs: valid & SetattrValid.CTIME ? time(at + 48, at + 64) : undefined,
+          };
+          // Under HANDLE_KILLPRIV_V2 the kernel strips the mode change a chown implies and
+          // flags it instead; chown(f, -1, -1) then arrives with no field at all (nothing
+          // else sends an empty SETATTR).
+          const kill = (valid & SetattrValid.KILL_SUIDGID) !== 0 || valid === 0;
+          void ops.setattr(r, node, changes, kill).then((a) => sendAttr(session, r, a), failTo(session, r));
+          return;
+        }
+        case Op.READLINK:
+          void ops.readlink(r, node).then((t) => sendBytes(session, r, Buffer.from(t)), failTo(session, r));
+          return;
+        case Op.SYMLINK: {
+          const { name, next } = readName(req, at, len);
+          void ops.symlink(r, node, name, readName(req, next, len).name).then(entryTo(session, r), failTo(session, r));
+          return;
+        }
+        case Op.MKNOD: {
+          r.umask = req.readUInt32LE(at + 8);
+          const name = readName(req, at + 16, len).name;
+          void ops.mknod(r, node, name, req.readUInt32LE(at), req.readUInt32LE(at + 4)).then(entryTo(session, r), failTo(session, r));
+          return;
+        }
+        case Op.MKDIR:
+          r.umask = req.readUInt32LE(at + 4);
+          void ops.mkdir(r, node, readName(req, at + 8, len).name, req.readUInt32LE(at)).then(entryTo(session, r), failTo(session, r));
+          return;
+        case Op.UNLINK:
+          void ops.unlink(r, node, readName(req, at, len).name).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.RMDIR:
+          void ops.rmdir(r, node, readName(req, at, len).name).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.RENAME:
+        case Op.RENAME2: {
+          const rename2 = opcode === Op.RENAME2;
+          const from = readName(req, at + (rename2 ? 16 : 8), len);
+          const to = readName(req, from.next, len).name;
+          void ops.rename(r, node, from.name, readU64(req, at), to, rename2 ? req.readUInt32LE(at + 8) : 0).then(okTo(session, r), failTo(session, r));
+          return;
+        }
+        case Op.LINK:
+          void ops.link(r, readU64(req, at), node, readName(req, at + 8, len).name).then(entryTo(session, r), failTo(session, r));
+          return;
+        case Op.OPEN:
+          void ops.open(r, node, req.readUInt32LE(at)).then((o) => sendOpen(session, r, o), failTo(session, r));
+          return;
+        case Op.CREATE: {
+          const flags = req.readUInt32LE(at);
+          const mode = req.readUInt32LE(at + 4);
+          r.umask = req.readUInt32LE(at + 8);
+          void ops.create(r, node, readName(req, at + 16, len).name, mode, flags).then((c) => {
+            const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES + OPEN_OUT_BYTES);
+            writeEntry(out, OUT_HEADER_BYTES, c.entry.nodeId, c.entry.attr, c.entry.entryTimeoutS, c.entry.attrTimeoutS, bs);
+            writeOpenOut(out, OUT_HEADER_BYTES + ENTRY_OUT_BYTES, c.open.fh, openFlags(c.open));
+            session.send(r, out, out.length);
+          }, failTo(session, r));
+          return;
+        }
+        case Op.READ: {
+          const size = req.readUInt32LE(at + 16);
+          const out = takeReadBuffer(size);
+          // Alone in flight, a cold read may wait for the disk on this thread: nothing else
+          // is waiting for it, and the pool thread hand-off costs ~50 µs on a small VM.
+          const mayBlock = session.inFlight === 1;
+          void ops.read(r, node, readU64(req, at), out.subarray(OUT_HEADER_BYTES, OUT_HEADER_BYTES + size), readU64(req, at + 8), { mayBlock })
+            .then((n) => session.send(r, out, OUT_HEADER_BYTES + n), failTo(session, r))
+            .finally(() => giveReadBuffer(out));
+          return;
+        }
+        case Op.WRITE: {
+          const size = req.readUInt32LE(at + 16);
+          const kill = (req.readUInt32LE(at + 20) & FUSE_WRITE_KILL_SUIDGID) !== 0;
+          const data = req.subarray(at + 40, at + 40 + size);
+          // The data stays in `req` until the store has it: return the promise (see KernelDispatcher).
+          return ops.write(r, node, readU64(req, at), data, readU64(req, at + 8), kill).then((n) => {
+            const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
+            out.writeUInt32LE(n, OUT_HEADER_BYTES);
+            session.send(r, out, out.length);
+          }, failTo(session, r));
+        }
+        case Op.STATFS:
+          void ops.statfs(r, node).then((s) => {
+            const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + STATFS_OUT_BYTES);
+            writeStatfs(out, OUT_HEADER_BYTES, s);
+            session.send(r, out, out.length);
+          }, failTo(session, r));
+          return;
+        case Op.RELEASE:
+          void ops.release(r, node, readU64(req, at)).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.FLUSH:
+          return ops.flush(r, node, readU64(req, at));
+        case Op.FSYNC:
+          void ops.fsync(r, node, readU64(req, at), (req.readUInt32LE(at + 8) & FSYNC_FDATASYNC) !== 0).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.FSYNCDIR:
+          void ops.fsyncdir(r, node, readU64(req, at), (req.readUInt32LE(at + 8) & FSYNC_FDATASYNC) !== 0).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.SYNCFS:
+          void ops.syncfs(r).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.SETXATTR: {
+          const size = req.readUInt32LE(at);
+          const flags = req.readUInt32LE(at + 4);
+          const { name, next } = readName(req, at + 8, len);
+          void ops.setxattr(r, node, name, req.subarray(next, next + size), flags).then(okTo(session, r), failTo(session, r));
+          return;
+        }
+        case Op.GETXATTR: {
+          const size = req.readUInt32LE(at);
+          void ops.getxattr(r, node, readName(req, at + 8, len).name).then((v) => {
+            if (v === null) session.fail(r, E.ENODATA);
+            else sendSized(session, r, v, size);
+          }, failTo(session, r));
+          return;
+        }
+        case Op.LISTXATTR: {
+          const size = req.readUInt32LE(at);
+          void ops.listxattr(r, node).then((names) => sendSized(session, r, Buffer.from(names.map((n) => `${n}\0`).join('')), size), failTo(session, r));
+          return;
+        }
+        case Op.REMOVEXATTR:
+          void ops.removexattr(r, node, readName(req, at, len).name).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.OPENDIR:
+          return sendOpen(session, r, ops.opendir(r, node, req.readUInt32LE(at)));
+        case Op.READDIR:
+        case Op.READDIRPLUS:
+          return readdir(session, r, node, req, opcode === Op.READDIRPLUS);
+        case Op.RELEASEDIR:
+          ops.releasedir(r, node, readU64(req, at));
+          return session.ok(r);
+        case Op.ACCESS:
+          void ops.access(r, node, req.readUInt32LE(at)).then(okTo(session, r), failTo(session, r));
+          return;
+        default:
+          return session.fail(r, E.ENOSYS);
+      }
+    } catch (err) {
+      session.fail(r, ops.errno(err));
+    }
+  }
+
+  return {
+    dispatch,
+    requestCounts() {
+      const out: Record<string, number> = {};
+      for (const [name, op] of Object.entries(Op)) if (counts[op]) out[name] = counts[op];
+      return out;
+    },
+  };
+}
