@@ -5,18 +5,18 @@
  * served by this process against one real pool; every access is by child processes.
  */
 import { Pool } from '../../src/api';
-import { describeFuse, mountLayer, run, sh, tempDir, type InProcessMount } from '../support/fuse-harness';
+import { describeFuse, fuseTransports, mountLayer, run, sh, tempDir, type InProcessMount } from '../support/fuse-harness';
 
 const MiB = 2 ** 20;
 
-describeFuse('layer chains through FUSE', () => {
+for (const transport of fuseTransports()) describeFuse(`layer chains through FUSE (${transport} transport)`, () => {
   let pool: Pool;
   const mounts: InProcessMount[] = [];
   let host: string;
 
   async function mount(name: string, opts: { readOnly?: boolean } = {}): Promise<InProcessMount> {
     const layer = await pool.store.openLayer(name, { readOnly: opts.readOnly });
-    const m = await mountLayer(layer);
+    const m = await mountLayer(layer, undefined, { transport });
     mounts.push(m);
     return m;
   }

@@ -6,11 +6,12 @@
  */
 import * as path from 'node:path';
 import { Pool } from '../../src/api';
-import { describeFuse, mountLayer, mountMemory, run, sh, shq, tempDir, type InProcessMount } from '../support/fuse-harness';
+import type { FuseTransport } from '../../src/fs/mount-service';
+import { describeFuse, fuseTransports, mountLayer, mountMemory, run, sh, shq, tempDir, type InProcessMount } from '../support/fuse-harness';
 
 interface Target {
   name: string;
-  mount(): Promise<{ m: InProcessMount; close(): Promise<void> }>;
+  mount(transport: FuseTransport): Promise<{ m: InProcessMount; close(): Promise<void> }>;
 }
 
 const GiB = 2 ** 30;
@@ -18,18 +19,18 @@ const GiB = 2 ** 30;
 const targets: Target[] = [
   {
     name: 'memory layer',
-    async mount() {
-      const m = await mountMemory({ sizeLimitBytes: 4 * GiB });
+    async mount(transport) {
+      const m = await mountMemory({ sizeLimitBytes: 4 * GiB }, transport);
       return { m, close: () => m.unmount() };
     },
   },
   {
     name: 'store container layer',
-    async mount() {
+    async mount(transport) {
       const pool = await Pool.create({ root: tempDir('pool'), sizeBytes: 16 * GiB });
       await pool.store.createLayer('c1', { parent: 'base', kind: 'container', sizeLimitBytes: 8 * GiB });
       const layer = await pool.store.openLayer('c1');
-      const m = await mountLayer(layer);
+      const m = await mountLayer(layer, undefined, { transport });
       return {
         m,
         async close() {
@@ -81,15 +82,18 @@ function listing(dir: string): Promise<string> {
   return run(`cd ${shq(dir)} && find . -mindepth 1 -printf '%p %y %#m %U:%G %n %T@ %l|' -exec sh -c 'if [ -f "$1" ] && [ ! -L "$1" ]; then stat -c %s "$1"; else echo -; fi' _ {} \\; | sort`);
 }
 
-for (const target of targets) {
-  describeFuse(`POSIX tools on a ${target.name}`, () => {
+/** Every target through every transport (fuseTransports). */
+const runs = fuseTransports().flatMap((transport) => targets.map((target) => ({ target, transport })));
+
+for (const { target, transport } of runs) {
+  describeFuse(`POSIX tools on a ${target.name} (${transport} transport)`, () => {
     let mnt: string;
     let m: InProcessMount;
     let close: () => Promise<void>;
     let src: string;
 
     beforeAll(async () => {
-      ({ m, close } = await target.mount());
+      ({ m, close } = await target.mount(transport));
       mnt = m.mnt;
       src = await makeSourceTree();
     });

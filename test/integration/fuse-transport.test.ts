@@ -10,7 +10,14 @@ import { describeFuse, mountLayer, run, tempDir } from '../support/fuse-harness'
 import { MemoryLayerFs } from '../support/memory-layer-fs';
 
 test('DMFS_FUSE_TRANSPORT is auto, kernel or libfuse2; anything else is BAD_CONFIG', () => {
-  expect(transportFromEnv(undefined)).toBe('auto');
+  // Unset here whatever this run sets (transportFromEnv(undefined) reads the variable).
+  const saved = process.env.DMFS_FUSE_TRANSPORT;
+  delete process.env.DMFS_FUSE_TRANSPORT;
+  try {
+    expect(transportFromEnv(undefined)).toBe('auto');
+  } finally {
+    if (saved !== undefined) process.env.DMFS_FUSE_TRANSPORT = saved;
+  }
   expect(transportFromEnv('')).toBe('auto');
   expect(transportFromEnv('kernel')).toBe('kernel');
   expect(transportFromEnv('libfuse2')).toBe('libfuse2');
@@ -19,7 +26,7 @@ test('DMFS_FUSE_TRANSPORT is auto, kernel or libfuse2; anything else is BAD_CONF
 
 describeFuse('FUSE transport selection', () => {
   it('auto uses the kernel transport as root; the mount serves and logs it', async () => {
-    const m = await mountLayer(new MemoryLayerFs());
+    const m = await mountLayer(new MemoryLayerFs(), undefined, { transport: 'auto' });
     try {
       expect(m.service.transport).toBe('kernel');
       await run(`echo hi > ${m.mnt}/f && ln ${m.mnt}/f ${m.mnt}/g`);
@@ -51,7 +58,7 @@ describeFuse('FUSE transport selection', () => {
 
     it('auto falls back to libfuse 2 and says why', async () => {
       process.env.PATH = bin;
-      const m = await mountLayer(new MemoryLayerFs());
+      const m = await mountLayer(new MemoryLayerFs(), undefined, { transport: 'auto' });
       process.env.PATH = savedPath;
       try {
         expect(m.service.transport).toBe('libfuse2');

@@ -9,16 +9,15 @@
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { describeFuse, run, sh } from '../support/fuse-harness';
+import { describeFuse, fuseTransports, run, sh } from '../support/fuse-harness';
 import { SYSCALL_CASES } from '../support/posix-cases';
 import {
   defineProbeTests, mountFreshContainer, openTempDir, probeSession, PYTHON, removeDirs,
 } from '../support/posix-harness';
 
 /**
- * Case name -> report row (QA report of the commit that added this file; diagnosis in short).
- * Fixed since by the kernel transport (src/fs/kernel-session.ts; the libfuse 2 transport
- * still has them): R2 hard-link aliases (node id = inode now), R8 renameat2 flags (RENAME2).
+ * Case name -> report row (QA report of the commit that added this file; diagnosis in short),
+ * on both transports.
  * R4  names are decoded as UTF-8 into the store's strings: non-UTF-8 bytes become U+FFFD.
  * R7  atime is never updated on read/readdir (ext4: relatime).
  * R10 system.posix_acl_* refused on purpose (the kernel would not enforce stored ACLs).
@@ -26,7 +25,7 @@ import {
  * R12 listxattr shows trusted.* to unprivileged callers (ext4 hides them).
  * R13 no statx birth time (no FUSE_STATX; the store keeps no btime).
  */
-const KNOWN: Record<string, string> = {
+const KNOWN_BOTH: Record<string, string> = {
   'names: bytes that are not UTF-8 (Latin-1 names, symlink targets) are kept as they are': 'R4 non-UTF-8 names',
   'atime: a read after a write moves atime (relatime), readdir of a changed directory too': 'R7 atime',
   'xattr: POSIX ACLs (system.posix_acl_access with a named user), setfacl -b': 'R10 POSIX ACLs',
@@ -35,36 +34,52 @@ const KNOWN: Record<string, string> = {
   'stat: statx reports a birth time': 'R13 btime',
 };
 
-describeFuse('POSIX syscalls: dmfs container layer vs ext4', () => {
-  const s = probeSession(SYSCALL_CASES, () => mountFreshContainer());
+/**
+ * libfuse 2 only; fixed by the kernel transport (kernel-transport.ts):
+ * R2  libfuse 2's path API gives each name of a hard link its own kernel inode (the
+ *     kernel transport's node id is the inode).
+ * R8  libfuse 2 speaks FUSE 7.19, before RENAME2: renameat2 with flags is EINVAL.
+ */
+const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
+  kernel: KNOWN_BOTH,
+  libfuse2: {
+    ...KNOWN_BOTH,
+    'link: a descriptor open on one name sees writes made through the other': 'R2 hard-link aliases',
+    'rename: renameat2 RENAME_NOREPLACE and RENAME_EXCHANGE': 'R8 renameat2 flags',
+  },
+};
 
-  it('the oracle is ext4', () => {
-    expect(s.oracle.fsType).toBe('ext2/ext3');
-  });
+for (const transport of fuseTransports()) {
+  describeFuse(`POSIX syscalls: dmfs container layer vs ext4 (${transport} transport)`, () => {
+    const s = probeSession(SYSCALL_CASES, () => mountFreshContainer(transport));
 
-  defineProbeTests(SYSCALL_CASES, KNOWN, () => s);
+    it('the oracle is ext4', () => {
+      expect(s.oracle.fsType).toBe('ext2/ext3');
+    });
 
-  // ---- mount-level behaviour -------------------------------------------------------------
+    defineProbeTests(SYSCALL_CASES, KNOWN[transport], () => s);
 
-  const suidProbe = (dir: string) =>
-    sh(`cp /usr/bin/id ${dir}/suid-id && chmod 4755 ${dir}/suid-id && setpriv --reuid=65534 --regid=65534 --clear-groups ${dir}/suid-id -u`);
+    // ---- mount-level behaviour -------------------------------------------------------------
 
-  // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
-  test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
-    const [e, d] = [await suidProbe(s.oracle.dir), await suidProbe(s.m.mnt)];
-    expect(e.stdout.trim()).toBe('0');
-    expect(d.stdout.trim()).toBe(e.stdout.trim());
-  });
+    const suidProbe = (dir: string) =>
+      sh(`cp /usr/bin/id ${dir}/suid-id && chmod 4755 ${dir}/suid-id && setpriv --reuid=65534 --regid=65534 --clear-groups ${dir}/suid-id -u`);
 
-  test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
-    const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
-    const [e, d] = [await devProbe(s.oracle.dir), await devProbe(s.m.mnt)];
-    expect(e.code).toBe(0);
-    expect({ code: d.code, out: d.stdout }).toEqual({ code: e.code, out: e.stdout });
-  });
+    // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
+    test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
+      const [e, d] = [await suidProbe(s.oracle.dir), await suidProbe(s.m.mnt)];
+      expect(e.stdout.trim()).toBe('0');
+      expect(d.stdout.trim()).toBe(e.stdout.trim());
+    });
 
-  it('unix domain sockets bind and connect in the mount; fcntl locks conflict across processes', async () => {
-    const script = `
+    test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
+      const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
+      const [e, d] = [await devProbe(s.oracle.dir), await devProbe(s.m.mnt)];
+      expect(e.code).toBe(0);
+      expect({ code: d.code, out: d.stdout }).toEqual({ code: e.code, out: e.stdout });
+    });
+
+    it('unix domain sockets bind and connect in the mount; fcntl locks conflict across processes', async () => {
+      const script = `
 import socket, os, sys, fcntl, errno
 d = sys.argv[1]
 s = socket.socket(socket.AF_UNIX); s.bind(d + '/sock'); s.listen(1)
@@ -79,28 +94,29 @@ if pid == 0:
         os._exit(2 if e.errno in (errno.EAGAIN, errno.EACCES) else 3)
 print('child', os.waitpid(pid, 0)[1] >> 8)
 fcntl.flock(fd, fcntl.LOCK_EX); print('flock ok')
-`;
-    const dir = openTempDir('posix-sock');
-    const file = path.join(dir, 'sockets.py');
-    writeFileSync(file, script);
-    const go = (d: string) => run(`${PYTHON} ${file} ${d}`);
-    await run(`mkdir -p ${s.oracle.dir}/sockets ${s.m.mnt}/sockets`);
-    try {
-      expect(await go(`${s.m.mnt}/sockets`)).toBe(await go(`${s.oracle.dir}/sockets`));
-    } finally {
-      await removeDirs(dir);
-    }
-  });
+  `;
+      const dir = openTempDir('posix-sock');
+      const file = path.join(dir, 'sockets.py');
+      writeFileSync(file, script);
+      const go = (d: string) => run(`${PYTHON} ${file} ${d}`);
+      await run(`mkdir -p ${s.oracle.dir}/sockets ${s.m.mnt}/sockets`);
+      try {
+        expect(await go(`${s.m.mnt}/sockets`)).toBe(await go(`${s.oracle.dir}/sockets`));
+      } finally {
+        await removeDirs(dir);
+      }
+    });
 
-  it('chattr/lsattr: the flags ioctl is refused (EOPNOTSUPP/ENOTTY), not answered wrongly', async () => {
-    await run(`touch ${s.m.mnt}/attrs-file`);
-    const r = await sh(`lsattr ${s.m.mnt}/attrs-file; chattr +i ${s.m.mnt}/attrs-file`);
-    expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/Operation not supported|Inappropriate ioctl/);
-    await run(`echo still-writable > ${s.m.mnt}/attrs-file`);
-  });
+    it('chattr/lsattr: the flags ioctl is refused (EOPNOTSUPP/ENOTTY), not answered wrongly', async () => {
+      await run(`touch ${s.m.mnt}/attrs-file`);
+      const r = await sh(`lsattr ${s.m.mnt}/attrs-file; chattr +i ${s.m.mnt}/attrs-file`);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/Operation not supported|Inappropriate ioctl/);
+      await run(`echo still-writable > ${s.m.mnt}/attrs-file`);
+    });
 
-  it('no unexpected errors were logged by the mount', () => {
-    expect(s.m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+    it('no unexpected errors were logged by the mount', () => {
+      expect(s.m.log.filter((l) => /unexpected/.test(l))).toEqual([]);
+    });
   });
-});
+}

@@ -8,7 +8,7 @@
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
-import { describeFuse, run, sh, shq } from '../support/fuse-harness';
+import { describeFuse, fuseTransports, run, sh, shq } from '../support/fuse-harness';
 import { ext4Oracle, mountFreshContainer, PYTHON, type Oracle, type PosixMount } from '../support/posix-harness';
 
 function onPath(tool: string): boolean {
@@ -41,7 +41,7 @@ function listing(dir: string, opts: { mtimes?: boolean } = {}): Promise<string> 
   );
 }
 
-describeFuse('tools in a dmfs container layer vs ext4', () => {
+for (const transport of fuseTransports()) describeFuse(`tools in a dmfs container layer vs ext4 (${transport} transport)`, () => {
   let oracle: Oracle;
   let m: PosixMount;
   let sides: [string, string];
@@ -49,7 +49,7 @@ describeFuse('tools in a dmfs container layer vs ext4', () => {
 
   beforeAll(async () => {
     oracle = await ext4Oracle();
-    m = await mountFreshContainer();
+    m = await mountFreshContainer(transport);
     sides = [oracle.dir, m.mnt];
     // A rootfs sample from this machine (~2,000 entries): Perl modules, time zones, /etc.
     rootfs = `${oracle.dir}/rootfs.tar`;

@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadFuseNative } from '../../src/fs/fuse-adapter';
-import { MountService, type FuseTransport } from '../../src/fs/mount-service';
+import { MountService, transportFromEnv, type FuseTransport } from '../../src/fs/mount-service';
 import type { LayerFs } from '../../src/store/layer-store';
 import { MemoryLayerFs, type MemoryLayerFsOptions } from './memory-layer-fs';
 
@@ -79,6 +79,15 @@ export function describeFuse(name: string, fn: () => void): void {
     console.log(`skipping "${name}": ${r.reason}`);
     describe.skip(name, fn);
   }
+}
+
+/**
+ * The transports a FUSE suite runs over: the one DMFS_FUSE_TRANSPORT names, else (auto)
+ * both, so that one run covers the kernel transport and libfuse 2.
+ */
+export function fuseTransports(): ('kernel' | 'libfuse2')[] {
+  const t = transportFromEnv();
+  return t === 'auto' ? ['kernel', 'libfuse2'] : [t];
 }
 
 export interface ShResult {
@@ -160,8 +169,8 @@ export async function mountLayer(layer: LayerFs, mnt?: string, opts: { allowOthe
   };
 }
 
-export async function mountMemory(opts: MemoryLayerFsOptions = {}): Promise<InProcessMount & { layer: MemoryLayerFs }> {
+export async function mountMemory(opts: MemoryLayerFsOptions = {}, transport?: FuseTransport): Promise<InProcessMount & { layer: MemoryLayerFs }> {
   const layer = new MemoryLayerFs(opts);
-  const m = await mountLayer(layer);
+  const m = await mountLayer(layer, undefined, { transport });
   return { ...m, layer };
 }

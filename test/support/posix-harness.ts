@@ -12,7 +12,7 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../../src/api';
 import { importImage } from '../../src/image/importer';
-import { MountService } from '../../src/fs/mount-service';
+import { MountService, type FuseTransport } from '../../src/fs/mount-service';
 import type { LayerFs } from '../../src/store/layer-store';
 import { run, sh, shq, tempDir } from './fuse-harness';
 import type { ProbeCase } from './posix-cases';
@@ -84,10 +84,10 @@ export interface PosixMount {
 
 /**
  * Mounts a layer with allow_other (default_permissions is always on), served by this
- * process. close() unmounts, closes the pool and removes the mountpoint, the pool and
- * `extraDirs`.
+ * process through `transport` (default: DMFS_FUSE_TRANSPORT). close() unmounts, closes the
+ * pool and removes the mountpoint, the pool and `extraDirs`.
  */
-export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[] = []): Promise<PosixMount> {
+export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[] = [], transport?: FuseTransport): Promise<PosixMount> {
   const mntParent = openTempDir('posix-mnt');
   const mnt = path.join(mntParent, 'm');
   mkdirSync(mnt, { mode: 0o755 });
@@ -95,6 +95,7 @@ export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[
   const service = await MountService.start({
     layer,
     mountpoint: mnt,
+    transport,
     allowOther: true,
     watchIntervalMs: 200,
     // eslint-disable-next-line no-console
@@ -115,19 +116,20 @@ export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[
 }
 
 /** A fresh pool with one container layer on the base, mounted for every uid. */
-export async function mountFreshContainer(): Promise<PosixMount> {
+export async function mountFreshContainer(transport?: FuseTransport): Promise<PosixMount> {
   const pool = await Pool.create({ root: openTempDir('posix-pool'), sizeBytes: 16 * GiB });
   await pool.store.createLayer('c', { parent: 'base', kind: 'container', sizeLimitBytes: 12 * GiB });
-  return mountForAll(pool, await pool.store.openLayer('c'));
+  return mountForAll(pool, await pool.store.openLayer('c'), [], transport);
 }
 
 /**
  * An image chain built the way users build one: `tree` (a shell script run in an empty
  * host directory) imported as a directory (`dmfs import DIR`), then a second image layer
  * built through a mount that runs `overlay` (a shell script, e.g. setfattr), sealed; a
- * container on top, mounted for every uid. The oracle directory gets the same two scripts.
+ * container on top, mounted for every uid, both through `transport`. The oracle directory
+ * gets the same two scripts.
  */
-export async function mountImageContainer(tree: string, overlay: string, oracleDir: string): Promise<PosixMount> {
+export async function mountImageContainer(tree: string, overlay: string, oracleDir: string, transport?: FuseTransport): Promise<PosixMount> {
   const srcParent = openTempDir('posix-tree');
   const src = path.join(srcParent, 'tree');
   mkdirSync(src, { mode: 0o755 });
@@ -143,7 +145,7 @@ export async function mountImageContainer(tree: string, overlay: string, oracleD
   const buildParent = openTempDir('posix-build');
   const buildMnt = path.join(buildParent, 'm');
   mkdirSync(buildMnt, { mode: 0o755 });
-  const building = await MountService.start({ layer: await pool.store.openLayer('img2'), mountpoint: buildMnt });
+  const building = await MountService.start({ layer: await pool.store.openLayer('img2'), mountpoint: buildMnt, transport });
   try {
     await run(`cd ${buildMnt}\n${overlay}`);
   } finally {
@@ -152,7 +154,7 @@ export async function mountImageContainer(tree: string, overlay: string, oracleD
   }
   await pool.store.sealLayer('img2');
   await pool.store.createLayer('c', { parent: 'img2', kind: 'container', sizeLimitBytes: 12 * GiB });
-  return mountForAll(pool, await pool.store.openLayer('c'), [srcParent, buildParent]);
+  return mountForAll(pool, await pool.store.openLayer('c'), [srcParent, buildParent], transport);
 }
 
 export type ProbeResults = Record<string, string[]>;
