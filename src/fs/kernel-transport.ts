@@ -46,6 +46,12 @@ function featureFlags(f: FuseFeatures): number {
     (f.cacheSymlinks ? InitFlag.CACHE_SYMLINKS : 0);
 }
 
+/**
+ * Where replies go: what the codec uses of a KernelSession (a FUSE-over-io_uring queue
+ * can offer the same, and tests a fake).
+ */
+export type ReplyChannel = Pick<KernelSession, 'send' | 'ok' | 'fail' | 'inFlight' | 'markInitialised'>;
+
 /** One request's reply address (the session's Unique) and its caller, in one object. */
 interface Request extends Unique, CallerContext {}
 
@@ -59,6 +65,7 @@ export interface KernelTransportOptions {
 }
 
 export interface KernelTransport extends KernelDispatcher {
+  dispatch(req: Buffer, len: number, session: ReplyChannel): Promise<void> | void;
   /** Requests received so far, by opcode name (for profiles and tests). */
   requestCounts(): Record<string, number>;
 }
@@ -69,13 +76,13 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const readBuffers: Buffer[] = [];
   const counts = new Uint32Array(64);
 
-  function sendEntry(session: KernelSession, r: Request, e: Entry): void {
+  function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
     writeEntry(out, OUT_HEADER_BYTES, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
     session.send(r, out, out.length);
   }
 
-  function sendAttr(session: KernelSession, r: Request, attr: Attr): void {
+  function sendAttr(session: ReplyChannel, r: Request, attr: Attr): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ATTR_OUT_BYTES);
     writeAttrOut(out, OUT_HEADER_BYTES, attr, ops.cache.attrTimeoutS, bs);
     session.send(r, out, out.length);
@@ -85,20 +92,20 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     return (o.keepCache ? FOPEN_KEEP_CACHE : 0) | (o.cacheDir ? FOPEN_CACHE_DIR : 0);
   }
 
-  function sendOpen(session: KernelSession, r: Request, o: OpenReply): void {
+  function sendOpen(session: ReplyChannel, r: Request, o: OpenReply): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + OPEN_OUT_BYTES);
     writeOpenOut(out, OUT_HEADER_BYTES, o.fh, openFlags(o));
     session.send(r, out, out.length);
   }
 
-  function sendBytes(session: KernelSession, r: Request, data: Buffer): void {
+  function sendBytes(session: ReplyChannel, r: Request, data: Buffer): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + data.length);
     data.copy(out, OUT_HEADER_BYTES);
     session.send(r, out, out.length);
   }
 
   /** getxattr/listxattr's reply: size 0 asks for the length; a too small buffer is ERANGE. */
-  function sendSized(session: KernelSession, r: Request, data: Buffer, size: number): void {
+  function sendSized(session: ReplyChannel, r: Request, data: Buffer, size: number): void {
     if (size === 0) {
       const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
       out.writeUInt32LE(data.length, OUT_HEADER_BYTES);
@@ -124,7 +131,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     if (buf.length === OUT_HEADER_BYTES + MAX_WRITE_BYTES && readBuffers.length < POOLED_READ_BUFFERS) readBuffers.push(buf);
   }
 
-  function init(session: KernelSession, r: Request, req: Buffer): void {
+  function init(session: ReplyChannel, r: Request, req: Buffer): void {
     const major = req.readUInt32LE(IN_HEADER_BYTES);
     const minor = req.readUInt32LE(IN_HEADER_BYTES + 4);
     const maxReadahead = req.readUInt32LE(IN_HEADER_BYTES + 8);
@@ -149,7 +156,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     session.markInitialised();
   }
 
-  function readdir(session: KernelSession, r: Request, node: number, req: Buffer, plus: boolean): void {
+  function readdir(session: ReplyChannel, r: Request, node: number, req: Buffer, plus: boolean): void {
     const at = IN_HEADER_BYTES;
     const fh = readU64(req, at);
     const offset = readU64(req, at + 8);
@@ -185,11 +192,11 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   }
 
   // Reply callbacks, made only where a request is answered later (one closure each).
-  const failTo = (session: KernelSession, r: Request) => (err: unknown): void => session.fail(r, ops.errno(err));
-  const okTo = (session: KernelSession, r: Request) => (): void => session.ok(r);
-  const entryTo = (session: KernelSession, r: Request) => (e: Entry): void => sendEntry(session, r, e);
+  const failTo = (session: ReplyChannel, r: Request) => (err: unknown): void => session.fail(r, ops.errno(err));
+  const okTo = (session: ReplyChannel, r: Request) => (): void => session.ok(r);
+  const entryTo = (session: ReplyChannel, r: Request) => (e: Entry): void => sendEntry(session, r, e);
 
-  function dispatch(req: Buffer, len: number, session: KernelSession): Promise<void> | void {
+  function dispatch(req: Buffer, len: number, session: ReplyChannel): Promise<void> | void {
     const opcode = req.readUInt32LE(4);
     counts[opcode & 63]++;
     const r = readRequest(req);
