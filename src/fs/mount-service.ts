@@ -9,7 +9,8 @@
  * Two transports (FuseTransport) over one operations table (fuse-operations.ts): the kernel
  * one (kernel-session.ts + kernel-transport.ts, root with the native addon) and libfuse 2
  * through fuse-native (path-transport.ts + fuse-adapter.ts, everything else). Cache policy
- * of the kernel transport: kernelOptionsFor. Of libfuse 2 (libfuse2OptionsFor): a read-only layer keeps its page cache across
+ * of the kernel transport: kernelOptionsFor. Of libfuse 2 (mountOptionsFor, and
+ * libfuse2OptionsFor for the table): a read-only layer keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
  * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,

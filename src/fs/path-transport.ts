@@ -21,7 +21,6 @@ import type { Attr } from '../store/layer-store';
 import { DentryCache } from './dentry-cache';
 import type { PathOperations, TimeSpec } from './fuse-adapter';
 import { NO_FEATURES, ROOT_NODE_ID, type AttrChanges, type CallerContext, type FuseOperations, type TimeToSet } from './fuse-operations';
-import { NAME_MAX_BYTES } from './posix-rules';
 
 const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/;
 
@@ -38,12 +37,9 @@ export function createPathTransport(ops: FuseOperations, options: PathTransportO
   /** Hidden name -> node of an open file whose real name is gone. */
   const hidden = new Map<string, number>();
 
+  /** A path's names; the table checks each as the walk or the operation reaches it. */
   function components(path: string): string[] {
-    const parts = path.split('/').filter((p) => p.length > 0);
-    for (const p of parts) {
-      if (Buffer.byteLength(p) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `name longer than ${NAME_MAX_BYTES} bytes`);
-    }
-    return parts;
+    return path.split('/').filter((p) => p.length > 0);
   }
 
   async function child(ctx: CallerContext, dir: number, name: string): Promise<{ nodeId: number; attr: Attr }> {
