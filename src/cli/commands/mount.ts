@@ -20,6 +20,7 @@ import {
 import { assertOutsidePool } from '../../pool/pool-guard';
 import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
+import { explainUnwrappedError } from '../system-errors';
 import type { Command, CommandContext } from '../command';
 import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
@@ -157,7 +158,13 @@ async function spawnDaemon(spec: MountSpec, recovered: boolean, timeoutMs = 120_
   const paths = mountRunPaths(runDir, spec.mountpoint);
   await fsp.mkdir(runDir, { recursive: true, mode: 0o700 });
   await removeFile(paths.exit);
-  const logFd = openSync(paths.log, 'a', 0o600);
+  let logFd: number;
+  try {
+    logFd = openSync(paths.log, 'a', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EROFS') throw err;
+    throw dmfsError('POOL_READ_ONLY', `the pool ${spec.root} is on a read-only file system, and a mount keeps its log and run record in ${runDir}: remount it read-write to mount a layer (ls, info, check, export, diff and save work as it is)`, err);
+  }
   const child = spawn(process.execPath, [daemonScript(), DAEMON_ARG, JSON.stringify({ ...spec, recovered, logFile: paths.log })], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc'],
@@ -271,8 +278,10 @@ async function daemonMain(specJson: string): Promise<number> {
     });
     return result.error ? 1 : 0;
   } catch (err) {
-    log(`mount failed: ${(err as Error)?.stack ?? String(err)}`);
-    await send({ type: 'error', code: isDmfsError(err) ? err.code : 'MOUNT_FAILED', message: (err as Error)?.message ?? String(err) });
+    // A DmfsError (or a host condition) is the user's to act on: its message, no stack. Anything else is a bug.
+    const known = isDmfsError(err) ? err : explainUnwrappedError(err, spec.root);
+    log(`mount failed: ${known ? `${known.code}: ${known.message}` : (err as Error)?.stack ?? String(err)}`);
+    await send({ type: 'error', code: known ? known.code : 'MOUNT_FAILED', message: known ? known.message : (err as Error)?.message ?? String(err) });
     return 1;
   }
 }
