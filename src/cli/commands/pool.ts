@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
-import { isRecordOwnerAlive, readMountRecord } from '../../fs/mount-table';
 import { poolPaths } from '../../pool/pool-paths';
+import { liveMountRecords } from '../../store/metadata-restore';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
 import { listOpt, printJson, stringOpt, withPool } from '../output';
@@ -118,24 +118,6 @@ function poolDamage(err: unknown): boolean {
   return typeof (err as NodeJS.ErrnoException)?.code === 'string';
 }
 
-/** Mountpoints whose serving daemon (run record under POOL/run) still runs. */
-async function liveMountsOf(root: string): Promise<string[]> {
-  const runDir = poolPaths(root).runDir;
-  let names: string[];
-  try {
-    names = fs.readdirSync(runDir);
-  } catch {
-    return [];
-  }
-  const live: string[] = [];
-  for (const name of names) {
-    if (!/^mount-.*\.json$/.test(name) || name.endsWith('.exit.json')) continue;
-    const rec = await readMountRecord(path.join(runDir, name));
-    if (rec && isRecordOwnerAlive(rec)) live.push(rec.mountpoint);
-  }
-  return live;
-}
-
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
   let damaged: Error | null = null;
@@ -148,7 +130,7 @@ async function destroy(ctx: CommandContext): Promise<number> {
     // A pool this build cannot read, or whose metadata or data device is damaged, can still
     // be destroyed (that is how to start again), once no daemon serves a mount from it.
     if (!poolDamage(err) || !fs.existsSync(poolPaths(ctx.root).metadataDir)) throw err;
-    const live = await liveMountsOf(ctx.root);
+    const live = liveMountRecords(poolPaths(ctx.root).runDir);
     if (live.length) throw dmfsError('LAYER_IN_USE', `the pool cannot be opened (${(err as Error).message}), and layers of it are still mounted (${live.join(', ')}); run 'dmfs umount' on them first`, err);
     damaged = err as Error;
   }
