@@ -135,7 +135,7 @@ async function destroy(ctx: CommandContext): Promise<number> {
     damaged = err as Error;
   }
   const kept = removePoolEntries(ctx.root);
-  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept, damaged: damaged ? damaged.message : null });
+  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept, ...(damaged ? { damaged: damaged.message } : {}) });
   else {
     if (damaged) ctx.stderr.write(`dmfs pool: the pool could not be opened (${damaged.message}); destroyed it as asked\n`);
     ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
