@@ -6,7 +6,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { devFuseProblem, findFusermount, libfuseMountProblem, type FuseHostView } from '../../../src/fs/fuse-diagnosis';
+import { devFuseProblem, findFusermount, kernelFusermount, KERNEL_FUSERMOUNTS, libfuseMountProblem, type FuseHostView } from '../../../src/fs/fuse-diagnosis';
 
 describe('fuse-diagnosis', () => {
   let dir: string;
@@ -62,5 +62,40 @@ describe('fuse-diagnosis', () => {
     expect(libfuseMountProblem({ allowOther: true }, view)).toMatch(/user_allow_other/);
     writeFileSync(view.fuseConfPath, '# comment\nuser_allow_other\n');
     expect(libfuseMountProblem({ allowOther: true }, view)).toBeNull();
+  });
+
+  describe('the fusermount of a non-root kernel-transport mount', () => {
+    const stub = (name: string, mode: number) => {
+      const bin = path.join(dir, 'bin');
+      mkdirSync(bin, { recursive: true });
+      writeFileSync(path.join(bin, name), '#!/bin/sh\n');
+      chmodSync(path.join(bin, name), mode);
+      return path.join(bin, name);
+    };
+
+    test('none: install fuse3', () => {
+      expect(kernelFusermount({}, view)).toEqual({ problem: expect.stringMatching(/no fusermount3 or fusermount .*install fuse3/) });
+    });
+
+    test('/dev/fuse comes first: fusermount opens it as the calling user', () => {
+      stub('fusermount3', 0o755);
+      expect(kernelFusermount({}, { ...view, devFusePath: path.join(dir, 'fuse') })).toEqual({ problem: expect.stringMatching(/is missing/) });
+    });
+
+    test('fusermount3 is preferred to fusermount; either must be setuid root', () => {
+      stub('fusermount', 0o755);
+      expect(findFusermount(view, KERNEL_FUSERMOUNTS)).toBe(path.join(dir, 'bin', 'fusermount'));
+      const fm3 = stub('fusermount3', 0o755);
+      expect(findFusermount(view, KERNEL_FUSERMOUNTS)).toBe(fm3);
+      expect(kernelFusermount({}, view)).toEqual({ problem: expect.stringMatching(/fusermount3 is not setuid root/) });
+    });
+
+    (root ? test : test.skip)('a setuid-root fusermount3 is used; --allow-other still needs user_allow_other (needs root to make the stand-in)', () => {
+      const fm3 = stub('fusermount3', 0o4755);
+      expect(kernelFusermount({}, view)).toEqual({ fusermount: fm3 });
+      expect(kernelFusermount({ allowOther: true }, view)).toEqual({ problem: expect.stringMatching(/user_allow_other/) });
+      writeFileSync(view.fuseConfPath, 'user_allow_other\n');
+      expect(kernelFusermount({ allowOther: true }, view)).toEqual({ fusermount: fm3 });
+    });
   });
 });
