@@ -123,7 +123,8 @@ export async function mountWithFusermount(
     }
     const how = exit.signal ? `killed by ${exit.signal}` : `exit ${exit.code}`;
     const cause = diagnose();
-    if (cause) throw dmfsError('FUSE_UNAVAILABLE', `${cause} (${fusermount}: ${exit.stderr || how})`);
+    // fusermount's messages start with its own name.
+    if (cause) throw dmfsError('FUSE_UNAVAILABLE', `${cause} (${exit.stderr || `${fusermount}: ${how}`})`);
     throw dmfsError('MOUNT_FAILED', `${fusermount} failed (${how})${said || ': no message'}`);
   } finally {
     closeSync(ours);

@@ -221,8 +221,10 @@ export class MountService {
         served = { ops: kernelOps, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
-        // container, where fusermount may still mount.
-        if (wanted === 'kernel' || !isDmfsError(err)) throw err;
+        // container, where fusermount may still mount (MOUNT_FAILED). Not after
+        // FUSE_UNAVAILABLE: the host lacks what libfuse 2 needs as well (/dev/fuse, a setuid
+        // fusermount, user_allow_other), and its error says so first-hand.
+        if (wanted === 'kernel' || !isDmfsError(err) || err.code === 'FUSE_UNAVAILABLE') throw err;
         kernelFailure = err.message;
         log(`kernel FUSE transport failed (${err.message}); using libfuse 2`);
       }
