@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { blockIo } from '../../native';
 import type { BlockIo } from '../../native/block-io';
 import type { Command } from '../command';
+import { fusermountSetuidProblem } from '../../fs/fuse-diagnosis';
 import { chooseTransport, type TransportChoice } from '../../fs/mount-service';
 import { poolPaths } from '../../pool/pool-paths';
 import { describeHostSpace } from '../../pool/thin-pool';
@@ -150,11 +151,14 @@ export function checkLibfuse(found: string | null = findLibfuse2(), needed = tra
   };
 }
 
-export function checkFusermount(pathEnv?: string): DoctorCheck {
+/** fusermount / fusermount3: present, and for a non-root user setuid root (both transports mount through it then). */
+export function checkFusermount(pathEnv?: string, uid: number = process.geteuid?.() ?? 0): DoctorCheck {
   const base = { id: 'fuse.fusermount', title: 'fusermount', essential: true };
-  const found = findExecutable('fusermount', pathEnv) ?? findExecutable('fusermount3', pathEnv);
-  if (found) return { ...base, status: 'ok', detail: found, hint: null };
-  return { ...base, status: 'missing', detail: 'neither fusermount nor fusermount3 on PATH', hint: 'apt-get install fuse3 (or fuse)' };
+  const found = ['fusermount', 'fusermount3'].map((n) => findExecutable(n, pathEnv)).filter((p): p is string => p !== null);
+  if (!found.length) return { ...base, status: 'missing', detail: 'neither fusermount nor fusermount3 on PATH', hint: 'apt-get install fuse3 (or fuse)' };
+  const problem = uid === 0 ? null : found.map(fusermountSetuidProblem).find((p) => p !== null);
+  if (problem) return { ...base, status: 'missing', detail: problem, hint: 'as root: mount-helpers/setup-host (restores the setuid bit)' };
+  return { ...base, status: 'ok', detail: found.join(', '), hint: null };
 }
 
 export function checkNative(io: BlockIo = blockIo): DoctorCheck {

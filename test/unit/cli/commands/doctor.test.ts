@@ -104,6 +104,14 @@ describe('dmfs doctor', () => {
       (d) => fs.existsSync(path.join(d, 'fusermount')) || fs.existsSync(path.join(d, 'fusermount3')),
     );
     expect(r.status).toBe(onHost ? 'ok' : 'missing');
+    // A non-root user needs it setuid root: a plain executable named fusermount is not enough.
+    const bin = path.join(tmp, 'bin');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, 'fusermount'), '#!/bin/sh\n', { mode: 0o755 });
+    fs.writeFileSync(path.join(bin, 'fusermount3'), '#!/bin/sh\n', { mode: 0o755 });
+    expect(checkFusermount(bin, 1000)).toMatchObject({ status: 'missing', essential: true, detail: expect.stringMatching(/not setuid root/) });
+    expect(checkFusermount(bin, 0)).toMatchObject({ status: 'ok', detail: `${bin}/fusermount, ${bin}/fusermount3` });
+    fs.rmSync(bin, { recursive: true });
     const report: DoctorReport = { ok: false, root: tmp, checks: [dev] };
     expect(formatReport(report)).toMatch(/^missing +FUSE device .* -> .*modprobe fuse/m);
   });
