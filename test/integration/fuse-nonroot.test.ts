@@ -9,13 +9,12 @@
  * --json`, the daemon's log, and what only the kernel transport negotiates with the kernel:
  * 1 MiB WRITE requests (libfuse 2 gets 128 KiB), counted in the log at unmount.
  */
-import { chmodSync, chownSync, statSync } from 'node:fs';
+import { chmodSync, statSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import { describeFuse, run, sh, shq, tempDir } from '../support/fuse-harness';
+import { cliAsUser, describeFuse, run, sh, tempDirsOwnedBy, waitProcessGone } from '../support/fuse-harness';
 import { DMFS_BIN, ensureBuiltDist } from '../support/built-dist';
 
 const NOBODY = 65534;
-const AS_NOBODY = `setpriv --reuid ${NOBODY} --regid ${NOBODY} --clear-groups`;
 
 interface MountJson {
   layer: string;
@@ -29,22 +28,9 @@ describeFuse('non-root mounts served by the kernel transport (through fusermount
   let root: string;
   let work: string;
   let devFuseModeBefore: number;
-  const dmfs = (args: string, env: NodeJS.ProcessEnv = {}) => sh(`${AS_NOBODY} node ${DMFS_BIN} ${args} --root ${shq(root)}`, { env: { HOME: '/tmp', ...env } });
-  const dmfsOk = async (args: string, env: NodeJS.ProcessEnv = {}) => {
-    const r = await dmfs(args, env);
-    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
-    return r.stdout;
-  };
-  const asNobody = (script: string) => run(`${AS_NOBODY} sh -c ${shq(script)}`);
+  const { dmfsOk, shell: asNobody } = cliAsUser(NOBODY, DMFS_BIN, () => root);
   const mountLine = async (mp: string) => (await sh(`grep ' ${mp} ' /proc/self/mountinfo`)).stdout;
-  const waitGone = async (pid: number, ms = 15000) => {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if ((await sh(`s=$(ps -o stat= -p ${pid}) && [ "\${s#Z}" = "$s" ]`)).code !== 0) return true;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return false;
-  };
+  const waitGone = waitProcessGone;
   /** The "FUSE requests: {...}" line the kernel transport logs at unmount (libfuse 2 has none). */
   const requestCounts = async (log: string): Promise<Record<string, number> | null> => {
     const lines = (await fsp.readFile(log, 'utf8')).split('\n').filter((l) => l.includes('FUSE requests: '));
@@ -53,13 +39,9 @@ describeFuse('non-root mounts served by the kernel transport (through fusermount
 
   beforeAll(async () => {
     ensureBuiltDist();
-    if ((await sh('command -v setpriv')).code !== 0) throw new Error('setpriv (util-linux) is needed to run the CLI as another user');
     devFuseModeBefore = statSync('/dev/fuse').mode & 0o7777;
     chmodSync('/dev/fuse', 0o666);
-    root = tempDir('nonroot-pool');
-    work = tempDir('nonroot-work');
-    chownSync(root, NOBODY, NOBODY);
-    chownSync(work, NOBODY, NOBODY);
+    ({ root, work } = await tempDirsOwnedBy(NOBODY, 'nonroot'));
     await dmfsOk('pool create --size 1G');
     await dmfsOk('create c1');
   }, 300_000);

@@ -9,8 +9,8 @@
  * (test/integration/fuse-nonroot.test.ts); what remains to fail is what both transports
  * need: /dev/fuse openable, a setuid fusermount3, user_allow_other for --allow-other.
  */
-import { chmodSync, chownSync, statSync } from 'node:fs';
-import { describeFuse, run, sh, shq, tempDir } from '../support/fuse-harness';
+import { chmodSync, statSync } from 'node:fs';
+import { asUser, cliAsUser, describeFuse, run, sh, shq, tempDirsOwnedBy } from '../support/fuse-harness';
 import { DMFS_BIN, ensureBuiltDist } from '../support/built-dist';
 
 const NOBODY = 65534;
@@ -18,13 +18,7 @@ const NOBODY = 65534;
 describeFuse('clear FUSE mount errors for a non-root user', () => {
   let root: string;
   let work: string;
-  const asNobody = (args: string, env: NodeJS.ProcessEnv = {}) =>
-    sh(`setpriv --reuid ${NOBODY} --regid ${NOBODY} --clear-groups node ${DMFS_BIN} ${args} --root ${shq(root)}`, { env: { HOME: '/tmp', ...env } });
-  const okAsNobody = async (args: string) => {
-    const r = await asNobody(args);
-    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
-    return r.stdout;
-  };
+  const { dmfs: asNobody, dmfsOk: okAsNobody } = cliAsUser(NOBODY, DMFS_BIN, () => root);
   const isMounted = async (mp: string) => (await sh(`grep -q ' ${mp} fuse.dmfs ' /proc/self/mounts`)).code === 0;
   const errorOf = (stdout: string) => (JSON.parse(stdout.trim().split('\n').pop() || '{}') as { error?: { code: string; message: string } }).error;
 
@@ -41,11 +35,7 @@ describeFuse('clear FUSE mount errors for a non-root user', () => {
 
   beforeAll(async () => {
     ensureBuiltDist();
-    if ((await sh('command -v setpriv')).code !== 0) throw new Error('setpriv (util-linux) is needed to run the CLI as another user');
-    root = tempDir('mnterr-pool');
-    work = tempDir('mnterr-work');
-    chownSync(root, NOBODY, NOBODY);
-    chownSync(work, NOBODY, NOBODY);
+    ({ root, work } = await tempDirsOwnedBy(NOBODY, 'mnterr'));
     await okAsNobody('pool create --size 256M');
     await okAsNobody('create c1');
   }, 300_000);
@@ -75,33 +65,21 @@ describeFuse('clear FUSE mount errors for a non-root user', () => {
     await okAsNobody('check');
   });
 
-  it('the advice works: with /dev/fuse 0666 the same user mounts (kernel transport, through fusermount3), writes and unmounts', async () => {
-    const mp = `${work}/b`;
-    await withDevFuseMode(0o666, async () => {
-      const m = JSON.parse(await okAsNobody(`mount c1 ${mp} --json`)) as { transport: string };
-      try {
-        expect(m.transport).toBe('kernel');
-        expect(await isMounted(mp)).toBe(true);
-        await run(`setpriv --reuid ${NOBODY} --regid ${NOBODY} --clear-groups sh -c 'echo hi > ${mp}/f && cat ${mp}/f'`);
-      } finally {
-        await okAsNobody(`umount ${mp}`);
-      }
-    });
-    expect(await isMounted(mp)).toBe(false);
-  });
-
-  it('the kernel transport asked for by a non-root user mounts through fusermount3', async () => {
-    const mp = `${work}/k`;
-    await withDevFuseMode(0o666, async () => {
-      const r = await asNobody(`mount c1 ${mp} --json`, { DMFS_FUSE_TRANSPORT: 'kernel' });
-      try {
-        expect(r.code).toBe(0);
-        expect(JSON.parse(r.stdout)).toMatchObject({ transport: 'kernel' });
-      } finally {
-        await asNobody(`umount ${mp}`);
-      }
-    });
-    expect(await isMounted(mp)).toBe(false);
+  it('the advice works: with /dev/fuse 0666 the same user mounts (kernel transport, through fusermount3; also when asked for by name), writes and unmounts', async () => {
+    for (const env of [{}, { DMFS_FUSE_TRANSPORT: 'kernel' }]) {
+      const mp = `${work}/b`;
+      await withDevFuseMode(0o666, async () => {
+        const m = JSON.parse(await okAsNobody(`mount c1 ${mp} --json`, env)) as { transport: string };
+        try {
+          expect(m.transport).toBe('kernel');
+          expect(await isMounted(mp)).toBe(true);
+          await run(`${asUser(NOBODY)} sh -c 'echo hi > ${mp}/f && cat ${mp}/f'`);
+        } finally {
+          await okAsNobody(`umount ${mp}`);
+        }
+      });
+      expect(await isMounted(mp)).toBe(false);
+    }
   });
 
   it('the kernel transport asked for where it cannot mount: FUSE_UNAVAILABLE with the reason (/dev/fuse 0600, no addon)', async () => {
@@ -126,7 +104,7 @@ describeFuse('clear FUSE mount errors for a non-root user', () => {
     const copy = `${work}/fusermount3-copy`;
     await run(`cp ${fm3} ${copy} && chmod 0755 ${copy}`);
     const inNamespace = (env: string, args = `mount c1 ${work}/n --json`) =>
-      sh(`unshare -m --propagation private sh -c ${shq(`mount --bind ${copy} ${fm3} && ${env} setpriv --reuid ${NOBODY} --regid ${NOBODY} --clear-groups env HOME=/tmp node ${DMFS_BIN} ${args} --root ${shq(root)}`)}`);
+      sh(`unshare -m --propagation private sh -c ${shq(`mount --bind ${copy} ${fm3} && ${env} ${asUser(NOBODY)} env HOME=/tmp node ${DMFS_BIN} ${args} --root ${shq(root)}`)}`);
     await withDevFuseMode(0o666, async () => {
       // doctor sees it: libfuse 2 would be chosen, and it needs the setuid bit as well.
       const doctor = await inNamespace('', 'doctor --json');

@@ -1,16 +1,14 @@
 /**
  * Which route the kernel transport mounts by (kernelMountRoute: mount(8) as root, a setuid
  * fusermount otherwise), the transport a mount then uses (chooseTransport), and the option
- * strings each route passes. Host views are built in a temp directory; mounts for real:
+ * strings each route passes. Host views are built in a temp directory (tempFuseHost); mounts for real:
  * test/integration/fuse-transport.test.ts (root), fuse-nonroot.test.ts (nobody).
  */
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import type { FuseHostView } from '../../../src/fs/fuse-diagnosis';
 import { fusermountOptions, kernelMountOptions, kernelMountRoute, kernelTransportUnavailable } from '../../../src/fs/kernel-session';
 import { chooseTransport } from '../../../src/fs/mount-service';
 import { loadFuseDevice } from '../../../src/native';
+import { eachTempFuseHost } from '../../support/fuse-host-view';
 
 const addon = 'device' in loadFuseDevice();
 const mustLoad = process.env.CI === 'true' || process.env.DMFS_NATIVE === 'required';
@@ -18,46 +16,32 @@ const withAddon = addon || mustLoad ? test : test.skip;
 const asRoot = process.getuid?.() === 0;
 
 describe('kernel mount route', () => {
-  let dir: string;
-  let view: FuseHostView;
-  beforeEach(() => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'dmfs-route-'));
-    // /dev/null stands in for a /dev/fuse anyone may open.
-    view = { devFusePath: '/dev/null', uid: 1000, fusermountDirs: [path.join(dir, 'bin')], fuseConfPath: path.join(dir, 'fuse.conf') };
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
-
-  const fusermount3 = (mode: number) => {
-    mkdirSync(path.join(dir, 'bin'), { recursive: true });
-    const file = path.join(dir, 'bin', 'fusermount3');
-    writeFileSync(file, '#!/bin/sh\n');
-    chmodSync(file, mode);
-    return file;
-  };
+  const host = eachTempFuseHost();
+  const fusermount3 = (mode: number) => host.stub('fusermount3', mode);
 
   withAddon('root mounts with mount(8); fusermount is not looked at', () => {
-    expect(kernelMountRoute({ ...view, uid: 0 })).toEqual({ route: { via: 'mount' } });
+    expect(kernelMountRoute({ ...host.view, uid: 0 })).toEqual({ route: { via: 'mount' } });
   });
 
   withAddon('non-root without a usable fusermount: the reason says what to install or fix', () => {
-    expect(kernelTransportUnavailable(view)).toMatch(/no fusermount3 or fusermount .*install fuse3/);
+    expect(kernelTransportUnavailable(host.view)).toMatch(/no fusermount3 or fusermount .*install fuse3/);
     fusermount3(0o755);
-    expect(kernelTransportUnavailable(view)).toMatch(/not setuid root/);
-    expect(kernelTransportUnavailable({ ...view, devFusePath: path.join(dir, 'fuse') })).toMatch(/\/fuse is missing/);
+    expect(kernelTransportUnavailable(host.view)).toMatch(/not setuid root/);
+    expect(kernelTransportUnavailable({ ...host.view, devFusePath: path.join(host.dir, 'fuse') })).toMatch(/\/fuse is missing/);
   });
 
   (asRoot ? withAddon : test.skip)('non-root with a setuid-root fusermount3 goes through it (needs root to make the stand-in)', () => {
     const file = fusermount3(0o4755);
-    expect(kernelMountRoute(view)).toEqual({ route: { via: 'fusermount', fusermount: file } });
-    expect(kernelTransportUnavailable(view)).toBeNull();
+    expect(kernelMountRoute(host.view)).toEqual({ route: { via: 'fusermount', fusermount: file } });
+    expect(kernelTransportUnavailable(host.view)).toBeNull();
   });
 
   test('without the addon there is no kernel transport, whoever mounts', () => {
     const saved = process.env.DMFS_NATIVE;
     process.env.DMFS_NATIVE = 'off';
     try {
-      expect(kernelTransportUnavailable({ ...view, uid: 0 })).toBe('the native addon is unavailable: DMFS_NATIVE=off');
-      expect(kernelTransportUnavailable(view)).toBe('the native addon is unavailable: DMFS_NATIVE=off');
+      expect(kernelTransportUnavailable({ ...host.view, uid: 0 })).toBe('the native addon is unavailable: DMFS_NATIVE=off');
+      expect(kernelTransportUnavailable(host.view)).toBe('the native addon is unavailable: DMFS_NATIVE=off');
     } finally {
       if (saved === undefined) delete process.env.DMFS_NATIVE;
       else process.env.DMFS_NATIVE = saved;

@@ -112,7 +112,7 @@ describe('dmfs doctor', () => {
     expect(checkFusermount(bin, 1000)).toMatchObject({ status: 'missing', essential: true, detail: expect.stringMatching(/not setuid root/) });
     expect(checkFusermount(bin, 0)).toMatchObject({ status: 'ok', detail: `${bin}/fusermount, ${bin}/fusermount3` });
     fs.rmSync(bin, { recursive: true });
-    const report: DoctorReport = { ok: false, root: tmp, checks: [dev] };
+    const report: DoctorReport = { ok: false, root: tmp, fuse: { transport: 'kernel', reason: 'root' }, checks: [dev] };
     expect(formatReport(report)).toMatch(/^missing +FUSE device .* -> .*modprobe fuse/m);
   });
 
