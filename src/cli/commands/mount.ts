@@ -41,6 +41,8 @@ export interface MountResult {
   log: string | null;
   /** A dead mount (daemon gone) at the mountpoint was cleaned up first. */
   recovered: boolean;
+  /** The FUSE transport serving the mount (see chooseTransport in fs/mount-service). */
+  transport: 'kernel' | 'libfuse2';
 }
 
 /**
@@ -114,7 +116,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     };
     try {
       await writeMountRecord(paths.record, rec);
-      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered });
+      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered, transport: service.transport });
     } catch (err) {
       await service.stop('start-up failed');
       throw err;
@@ -206,7 +208,7 @@ function report(ctx: CommandContext, r: MountResult): void {
     ctx.stdout.write(JSON.stringify(r) + '\n');
     return;
   }
-  const how = r.readOnly ? 'read-only' : 'read-write';
+  const how = `${r.readOnly ? 'read-only' : 'read-write'}, ${r.transport} transport`;
   const where = r.log ? `, pid ${r.pid}, log ${r.log}` : '';
   if (r.recovered) ctx.stderr.write(`dmfs mount: cleaned up a dead mount at ${r.mountpoint}\n`);
   ctx.stdout.write(`mounted ${r.layer} at ${r.mountpoint} (${how}${where})\n`);
