@@ -1,7 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import { dmfsError } from '../errors';
 import { asDataBlock, type DataBlock } from '../pool/block-address';
-import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
@@ -15,7 +14,9 @@ import {
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
+import { KeyedMutex } from './keyed-mutex';
 import { layerStatfs } from './layer-statfs';
+import type { StoreTables } from './store-tables';
 
 /** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
 interface BlockRead {
@@ -47,25 +48,6 @@ const TYPE_BITS: Record<FileKind, number> = {
   file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, chardev: S_IFCHR, blockdev: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK,
 };
 
-/** The tables the layer store keeps in the pool's metadata environment. */
-export interface StoreTables {
-  inodes: Table;
-  dirents: Table;
-  bmap: Table;
-  usage: Table;
-  orphans: Table;
-}
-
-export function openStoreTables(pool: ThinPool): StoreTables {
-  return {
-    inodes: pool.table('inodes'),
-    dirents: pool.table('dirents'),
-    bmap: pool.table('bmap'),
-    usage: pool.table('usage'),
-    orphans: pool.table('orphans'),
-  };
-}
-
 export interface ChainLayerFsOptions {
   layerName: string;
   /** Segments top-down: [own segment, parent's, ..., base's]. */
@@ -77,25 +59,6 @@ export interface ChainLayerFsOptions {
   /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
   onClaimMount?: (mountpoint: string) => void;
   onReleaseMount?: (mountpoint: string) => void;
-}
-
-/** A simple FIFO mutex keyed by inode: data-path operations on one inode run one at a time. */
-class KeyedMutex {
-  private readonly tails = new Map<number, Promise<void>>();
-  async run<T>(key: number, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.tails.set(key, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
 }
 
 interface InodeInChain {
