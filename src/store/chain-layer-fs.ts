@@ -3,18 +3,19 @@ import { dmfsError } from '../errors';
 import { asDataBlock, type DataBlock } from '../pool/block-address';
 import type { ThinPool } from '../pool/thin-pool';
 import {
-  S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+  S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
   type Attr, type ChangeDir, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
   fileKindOfMode, type NewNodeOptions, type ReadOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
 import {
   bmapKey, bmapRange, blockContentMatches, direntKey, direntRange, firstBadSector, hasSectorCrcs, inodeKey, isWhiteout,
-  nowTime, nsToTime, packBlockRef, packDirent, packInode, packUsage, sectorCrcsOf, sectorSizeBytes, timeToNs, usageBytes,
+  nowTime, packBlockRef, packDirent, packUsage, sectorCrcsOf, usageBytes,
   unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
   isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 import { blockIo } from '../native';
-import { KeyedMutex } from './keyed-mutex';
+import { InodeRecords, ROOT_INO, type InodeInChain } from './inode-records';
+import { LayerContext, type LayerContextOptions } from './layer-context';
 import { layerStatfs } from './layer-statfs';
 import type { StoreTables } from './store-tables';
 
@@ -25,16 +26,12 @@ interface BlockRead {
   dst: Buffer;
 }
 
-export const ROOT_INO: Ino = 1;
-/** Entries of each lower-segment cache of an open layer. */
-const LOWER_CACHE_ENTRIES = 16384;
 /** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
 const INTACT_MAPS_MAX = 65536;
 const NAME_MAX_BYTES = 255;
 const XATTR_NAME_MAX_BYTES = 255;
 const XATTR_VALUE_MAX_BYTES = 64 * 1024;
 const LINK_MAX = 65000;
-const DIR_SIZE_BYTES = 4096;
 
 export function kindFromMode(mode: number): FileKind {
   try {
@@ -48,23 +45,12 @@ const TYPE_BITS: Record<FileKind, number> = {
   file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, chardev: S_IFCHR, blockdev: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK,
 };
 
-export interface ChainLayerFsOptions {
-  layerName: string;
-  /** Segments top-down: [own segment, parent's, ..., base's]. */
-  segments: number[];
-  readOnly: boolean;
-  sizeLimitBytes: number;
+export interface ChainLayerFsOptions extends LayerContextOptions {
   /** Called once by close(), after the final sync. */
   onClose: () => Promise<void>;
   /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
   onClaimMount?: (mountpoint: string) => void;
   onReleaseMount?: (mountpoint: string) => void;
-}
-
-interface InodeInChain {
-  /** Index into segments (0 = own). */
-  level: number;
-  rec: InodeRecord;
 }
 
 /**
@@ -83,7 +69,10 @@ export class ChainLayerFs implements LayerFs {
   readonly rootIno = ROOT_INO;
   readonly sizeLimitBytes: number;
 
-  private readonly segs: number[];
+  private readonly ctx: LayerContext;
+  private readonly records: InodeRecords;
+  private readonly pool: ThinPool;
+  private readonly segs: readonly number[];
   private readonly top: number;
   private readonly t: StoreTables;
   private readonly bs: number;
@@ -91,18 +80,9 @@ export class ChainLayerFs implements LayerFs {
   private readonly sectorBytes: number;
   /** Inline block content up to this many bytes is kept in metadata instead of a data block. */
   private readonly inlineMaxBytes: number;
-  private readonly mutex = new KeyedMutex();
-  private readonly openCounts = new Map<Ino, number>();
-  /**
-   * Lower segments never change while a chain is open: cache what they hold. Sizes are
-   * modest because lru-cache allocates every slot up front (65,536 slots take ~5 ms, paid
-   * at each layer open, i.e. each mount).
-   */
-  private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
   private readonly lowerUsageBytes: number;
   /** Inodes of the lower segments (statfs), counted at the first statfs. */
   private lowerInodeCount: number | null = null;
-  private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
   /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
   private readonly intactMaps = new Set<string>();
   /**
@@ -115,23 +95,25 @@ export class ChainLayerFs implements LayerFs {
   private get verified(): LRUCache<number, true> {
     return (this.verifiedCache ??= new LRUCache<number, true>({ max: 262144 }));
   }
-  private dirty = false;
   private syncTimer: NodeJS.Timeout | null = null;
-  private closed = false;
   private readonly onClose: () => Promise<void>;
   private readonly onClaimMount: (mountpoint: string) => void;
   private readonly onReleaseMount: (mountpoint: string) => void;
 
-  constructor(private readonly pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
-    this.layerName = opts.layerName;
-    this.readOnly = opts.readOnly;
-    this.sizeLimitBytes = opts.sizeLimitBytes;
-    this.segs = opts.segments;
-    this.top = opts.segments[0];
+  constructor(pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
+    const ctx = new LayerContext(pool, tables, opts);
+    this.ctx = ctx;
+    this.records = new InodeRecords(ctx);
+    this.pool = pool;
+    this.layerName = ctx.layerName;
+    this.readOnly = ctx.readOnly;
+    this.sizeLimitBytes = ctx.sizeLimitBytes;
+    this.segs = ctx.segments;
+    this.top = ctx.top;
     this.t = tables;
-    this.bs = pool.blockSizeBytes;
-    this.sectorBytes = sectorSizeBytes(this.bs);
-    this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
+    this.bs = ctx.blockSizeBytes;
+    this.sectorBytes = ctx.sectorBytes;
+    this.inlineMaxBytes = ctx.inlineMaxBytes;
     this.onClose = opts.onClose;
     this.onClaimMount = opts.onClaimMount ?? (() => undefined);
     this.onReleaseMount = opts.onReleaseMount ?? (() => undefined);
@@ -145,143 +127,11 @@ export class ChainLayerFs implements LayerFs {
     }
   }
 
-  // ---- records ---------------------------------------------------------------
-
   private segmentBytes(segment: number): number {
     return usageBytes(this.t.usage.get([segment]), this.bs);
   }
 
-  /** The inode as the layer sees it: the nearest segment's record. */
-  private findInode(ino: Ino): InodeInChain | null {
-    if (!this.readOnly || this.segs.length === 1) {
-      const raw = this.t.inodes.get(inodeKey(this.top, ino));
-      if (raw) return { level: 0, rec: unpackInode(raw) };
-      if (this.segs.length === 1) return null;
-      return this.findLowerInode(ino, 1);
-    }
-    return this.findLowerInode(ino, 0);
-  }
-
-  private findLowerInode(ino: Ino, fromLevel: number): InodeInChain | null {
-    const cacheKey = ino * 64 + fromLevel;
-    const cached = this.lowerInodeCache.get(cacheKey);
-    // Cached records are frozen and shared: writers copy them up through ownRecord (which clones).
-    if (cached !== undefined) return cached === 0 ? null : cached;
-    for (let level = fromLevel; level < this.segs.length; level++) {
-      const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
-      if (raw) {
-        const found: InodeInChain = { level, rec: Object.freeze(unpackInode(raw)) };
-        this.lowerInodeCache.set(cacheKey, found);
-        return found;
-      }
-    }
-    this.lowerInodeCache.set(cacheKey, 0);
-    return null;
-  }
-
-  private mustInode(ino: Ino): InodeInChain {
-    const found = this.findInode(ino);
-    if (!found || found.rec.nlink === 0 && !this.openCounts.get(ino) && found.rec.kind !== 'dir') {
-      throw dmfsError('NOT_FOUND', `inode ${ino} does not exist in layer ${this.layerName}`);
-    }
-    return found;
-  }
-
-  private toAttr(ino: Ino, rec: InodeRecord): Attr {
-    return {
-      ino,
-      kind: rec.kind,
-      mode: rec.mode,
-      uid: rec.uid,
-      gid: rec.gid,
-      sizeBytes: rec.kind === 'dir' ? DIR_SIZE_BYTES : rec.size,
-      nlink: rec.nlink,
-      rdev: rec.rdev,
-      atimeNs: timeToNs(rec.atime),
-      mtimeNs: timeToNs(rec.mtime),
-      ctimeNs: timeToNs(rec.ctime),
-      blocks512: rec.kind === 'file' ? this.allocatedSectors(ino, rec) : rec.kind === 'dir' ? 8 : 0,
-    };
-  }
-
-  /**
-   * st_blocks: visible mapped blocks, capped by the size rounded up to 4 KiB. The own
-   * segment's count is kept in the inode record; lower counts are cached (immutable).
-   */
-  private allocatedSectors(ino: Ino, rec: InodeRecord): number {
-    if (rec.size === 0) return 0;
-    const capSectors = Math.ceil(rec.size / 4096) * 8;
-    let mapped = 0;
-    let limit = Infinity;
-    for (const { level, rec: r } of this.inodeChain(ino)) {
-      const seg = this.segs[level];
-      const mutable = level === 0 && !this.readOnly;
-      if (limit === Infinity && r.mapped !== undefined) mapped += r.mapped;
-      else if (mutable) mapped += this.countMapped(seg, ino, limit);
-      else {
-        const key = `${seg}:${ino}:${limit}`;
-        let n = this.lowerMappedCache.get(key);
-        if (n === undefined) this.lowerMappedCache.set(key, (n = this.countMapped(seg, ino, limit)));
-        mapped += n;
-      }
-      limit = Math.min(limit, r.inherit);
-      if (limit === 0 || mapped * (this.bs / 512) >= capSectors) break;
-    }
-    return Math.min(capSectors, mapped * (this.bs / 512));
-  }
-
-  private countMapped(seg: number, ino: Ino, limit: number): number {
-    const [start, fullEnd] = bmapRange(seg, ino);
-    return this.t.bmap.count(start, limit === Infinity ? fullEnd : bmapKey(seg, ino, limit));
-  }
-
-  /** Records of one inode down the chain (top-down), stopping at the segment where it was born. */
-  private inodeChain(ino: Ino): InodeInChain[] {
-    const out: InodeInChain[] = [];
-    let level = 0;
-    while (level < this.segs.length) {
-      const found = level === 0 && !this.readOnly ? this.findInodeAt(ino, 0) ?? this.findLowerInode(ino, 1) : this.findLowerInode(ino, level);
-      if (!found) break;
-      out.push(found);
-      if (found.rec.born) break;
-      level = found.level + 1;
-    }
-    return out;
-  }
-
-  private findInodeAt(ino: Ino, level: number): InodeInChain | null {
-    const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
-    return raw ? { level, rec: unpackInode(raw) } : null;
-  }
-
-  /** Inside txn: the inode's record in the own segment, copied up from below if needed. */
-  private ownRecord(ino: Ino): InodeRecord {
-    const found = this.mustInode(ino);
-    if (found.level === 0 && (!this.readOnly)) return found.rec;
-    const rec: InodeRecord = {
-      ...structuredClone(found.rec),
-      born: false,
-      opaque: false,
-      inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.bs) : 0,
-      mapped: 0,
-    };
-    return rec;
-  }
-
-  private putRecord(ino: Ino, rec: InodeRecord): void {
-    this.t.inodes.put(inodeKey(this.top, ino), packInode(rec));
-  }
-
   // ---- guards ----------------------------------------------------------------
-
-  private assertWritable(): void {
-    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
-    if (this.readOnly) throw dmfsError('READ_ONLY_LAYER', `layer ${this.layerName} is read-only`);
-  }
-
-  private assertOpen(): void {
-    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
-  }
 
   private checkName(name: string): void {
     if (!name || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
@@ -291,7 +141,7 @@ export class ChainLayerFs implements LayerFs {
   }
 
   private dirRecord(dirIno: Ino): InodeInChain {
-    const d = this.mustInode(dirIno);
+    const d = this.records.mustInode(dirIno);
     if (d.rec.kind !== 'dir') throw dmfsError('NOT_DIR', `inode ${dirIno} is not a directory`);
     return d;
   }
@@ -314,13 +164,8 @@ export class ChainLayerFs implements LayerFs {
 
   /** Whether a directory's entries in segments below `level` are hidden (opaque there, or born there). */
   private dirStopsAt(dirIno: Ino, level: number): boolean {
-    const rec = level === 0 && !this.readOnly ? this.findInodeAt(dirIno, 0)?.rec : this.findInodeAtCached(dirIno, level);
+    const rec = this.records.recordAt(dirIno, level);
     return rec ? rec.born || Boolean(rec.opaque) : false;
-  }
-
-  private findInodeAtCached(ino: Ino, level: number): InodeRecord | undefined {
-    const found = this.findLowerInode(ino, level);
-    return found && found.level === level ? found.rec : undefined;
   }
 
   private entryKindIno(e: DirentRecord & { level: number }): { ino: Ino; kind: FileKind } {
@@ -329,30 +174,29 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async lookup(dirIno: Ino, name: string): Promise<Attr | null> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     this.dirRecord(dirIno);
     if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', 'name longer than 255 bytes');
     const e = this.findEntry(dirIno, name);
     if (!e) return null;
     const { ino } = this.entryKindIno(e);
-    const found = this.findInode(ino);
+    const found = this.records.findInode(ino);
     if (!found) throw dmfsError('METADATA_CORRUPT', `entry '${name}' in directory ${dirIno} points at missing inode ${ino}`);
-    return this.toAttr(ino, found.rec);
+    return this.records.toAttr(ino, found.rec);
   }
 
   async getattr(ino: Ino): Promise<Attr> {
-    this.assertOpen();
-    return this.toAttr(ino, this.mustInode(ino).rec);
+    return this.records.getattr(ino);
   }
 
   async resolve(path: string): Promise<Attr> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     let cur = await this.getattr(ROOT_INO);
     for (const part of path.split('/')) {
       if (!part || part === '.') continue;
       if (cur.kind !== 'dir') throw dmfsError('NOT_DIR', `${path}: a component is not a directory`);
       if (part === '..') {
-        const rec = this.mustInode(cur.ino).rec;
+        const rec = this.records.mustInode(cur.ino).rec;
         cur = await this.getattr(cur.ino === ROOT_INO ? ROOT_INO : rec.parent);
         continue;
       }
@@ -382,7 +226,7 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async readdir(dirIno: Ino): Promise<DirEntry[]> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     this.dirRecord(dirIno);
     const entries = [...this.mergedEntries(dirIno)].map(([name, e]) => ({ name, ino: e.ino, kind: e.kind }));
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -404,11 +248,11 @@ export class ChainLayerFs implements LayerFs {
   }
 
   private touchDir(dirIno: Ino, now: StoredTime, nlinkDelta = 0): void {
-    const rec = this.ownRecord(dirIno);
+    const rec = this.records.ownRecord(dirIno);
     rec.mtime = now;
     rec.ctime = now;
     rec.nlink += nlinkDelta;
-    this.putRecord(dirIno, rec);
+    this.records.putRecord(dirIno, rec);
   }
 
   private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
@@ -433,14 +277,14 @@ export class ChainLayerFs implements LayerFs {
       name,
       ...(opts.target !== undefined ? { target: opts.target } : {}),
     };
-    this.putRecord(ino, rec);
+    this.records.putRecord(ino, rec);
     this.t.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
     this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
     return { ino, rec };
   }
 
   private create(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): Attr {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.checkName(name);
     const { ino, rec } = this.pool.txn(() => {
       const dir = this.dirRecord(dirIno);
@@ -449,8 +293,8 @@ export class ChainLayerFs implements LayerFs {
       if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
       return this.newInode(dirIno, name, kind, opts);
     });
-    this.markDirty();
-    return this.toAttr(ino, rec);
+    this.ctx.markDirty();
+    return this.records.toAttr(ino, rec);
   }
 
   async mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
@@ -469,39 +313,39 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.checkName(newName);
     const rec = this.pool.txn(() => {
-      const src = this.mustInode(ino);
+      const src = this.records.mustInode(ino);
       if (src.rec.kind === 'dir') throw dmfsError('NOT_PERMITTED', 'hard links to directories are not allowed');
       if (src.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many links');
       this.dirRecord(newDirIno);
       if (this.findEntry(newDirIno, newName)) throw dmfsError('EXISTS', `'${newName}' already exists`);
       const now = nowTime();
-      const own = this.ownRecord(ino);
+      const own = this.records.ownRecord(ino);
       own.nlink += 1;
       own.ctime = now;
-      this.putRecord(ino, own);
+      this.records.putRecord(ino, own);
       this.t.orphans.del(inodeKey(this.top, ino));
       this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino, kind: own.kind }));
       this.touchDir(newDirIno, now);
       return own;
     });
-    this.markDirty();
-    return this.toAttr(ino, rec);
+    this.ctx.markDirty();
+    return this.records.toAttr(ino, rec);
   }
 
   /** Inside txn: one link of ino is gone; frees the inode's own data once nothing refers to it. */
   private dropLink(ino: Ino, now: StoredTime): void {
-    const rec = this.ownRecord(ino);
+    const rec = this.records.ownRecord(ino);
     rec.nlink = rec.kind === 'dir' ? 0 : Math.max(0, rec.nlink - 1);
     rec.ctime = now;
     if (rec.nlink > 0) {
-      this.putRecord(ino, rec);
+      this.records.putRecord(ino, rec);
       return;
     }
-    if (this.openCounts.get(ino)) {
-      this.putRecord(ino, rec);
+    if (this.ctx.openCounts.get(ino)) {
+      this.records.putRecord(ino, rec);
       this.t.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
       return;
     }
@@ -548,7 +392,7 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async unlink(dirIno: Ino, name: string): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.pool.txn(() => {
       this.dirRecord(dirIno);
       const e = this.findEntry(dirIno, name);
@@ -560,11 +404,11 @@ export class ChainLayerFs implements LayerFs {
       this.touchDir(dirIno, now);
       this.dropLink(ino, now);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   async rmdir(dirIno: Ino, name: string): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     if (name === '.') throw dmfsError('INVALID', "cannot remove '.'");
     if (name === '..') throw dmfsError('NOT_EMPTY', "cannot remove '..'");
     this.pool.txn(() => {
@@ -579,7 +423,7 @@ export class ChainLayerFs implements LayerFs {
       this.touchDir(dirIno, now, -1);
       this.destroyOwn(ino, true);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   private isAncestor(maybeAncestor: Ino, ino: Ino): boolean {
@@ -587,13 +431,13 @@ export class ChainLayerFs implements LayerFs {
     for (let depth = 0; depth < 100000; depth++) {
       if (cur === maybeAncestor) return true;
       if (cur === ROOT_INO) return false;
-      cur = this.mustInode(cur).rec.parent;
+      cur = this.records.mustInode(cur).rec.parent;
     }
     throw dmfsError('METADATA_CORRUPT', 'directory parent chain does not reach the root');
   }
 
   async rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags: RenameFlags = {}): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.checkName(newName);
     this.pool.txn(() => {
       this.dirRecord(oldDirIno);
@@ -643,112 +487,96 @@ export class ChainLayerFs implements LayerFs {
       }
       this.relink(src.ino, newDirIno, newName, now);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   private relink(ino: Ino, dirIno: Ino, name: string, now: StoredTime): void {
-    const rec = this.ownRecord(ino);
+    const rec = this.records.ownRecord(ino);
     rec.parent = dirIno;
     rec.name = name;
     rec.ctime = now;
-    this.putRecord(ino, rec);
+    this.records.putRecord(ino, rec);
   }
 
   async readlink(ino: Ino): Promise<string> {
-    this.assertOpen();
-    const rec = this.mustInode(ino).rec;
-    if (rec.kind !== 'symlink') throw dmfsError('INVALID', `inode ${ino} is not a symlink`);
-    return rec.target ?? '';
+    return this.records.readlink(ino);
   }
 
   async setOpaque(dirIno: Ino): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.pool.txn(() => {
       this.dirRecord(dirIno);
-      const rec = this.ownRecord(dirIno);
+      const rec = this.records.ownRecord(dirIno);
       if (rec.born) return;
       rec.opaque = true;
       // Entries of this segment stay; the lower ones vanish, so recount subdirectories.
-      this.putRecord(dirIno, rec);
+      this.records.putRecord(dirIno, rec);
       let subdirs = 0;
       for (const e of this.mergedEntries(dirIno).values()) if (e.kind === 'dir') subdirs++;
       rec.nlink = 2 + subdirs;
-      this.putRecord(dirIno, rec);
+      this.records.putRecord(dirIno, rec);
       // Whiteouts under an opaque directory hide nothing: drop them.
       const [start, end] = direntRange(this.top, dirIno);
       for (const { key, value } of [...this.t.dirents.range(start, end)]) if (isWhiteout(unpackDirent(value))) this.t.dirents.del(key);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   async setattr(ino: Ino, changes: SetAttr): Promise<Attr> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     if (changes.sizeBytes !== undefined) {
       const size = changes.sizeBytes;
       if (!Number.isSafeInteger(size) || size < 0) throw dmfsError('INVALID', `bad size ${size}`);
       if (size > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${size} exceeds the layer's size limit of ${this.sizeLimitBytes} bytes`);
-      await this.mutex.run(ino, () => this.truncate(ino, size));
+      await this.ctx.inodeMutex.run(ino, () => this.truncate(ino, size));
     }
-    const rec = this.pool.txn(() => {
-      const own = this.ownRecord(ino);
-      const now = nowTime();
-      if (changes.mode !== undefined) own.mode = (own.mode & S_IFMT) | (changes.mode & 0o7777);
-      if (changes.uid !== undefined) own.uid = changes.uid;
-      if (changes.gid !== undefined) own.gid = changes.gid;
-      if (changes.atimeNs !== undefined) own.atime = nsToTime(changes.atimeNs);
-      if (changes.mtimeNs !== undefined) own.mtime = nsToTime(changes.mtimeNs);
-      own.ctime = changes.ctimeNs !== undefined ? nsToTime(changes.ctimeNs) : now;
-      this.putRecord(ino, own);
-      return own;
-    });
-    this.markDirty();
-    return this.toAttr(ino, rec);
+    return this.records.setAttributes(ino, changes);
   }
 
   // ---- xattrs ----------------------------------------------------------------
 
   async getxattr(ino: Ino, name: string): Promise<Buffer | null> {
-    this.assertOpen();
-    const v = this.mustInode(ino).rec.xattrs?.[name];
+    this.ctx.assertOpen();
+    const v = this.records.mustInode(ino).rec.xattrs?.[name];
     return v ? Buffer.from(v) : null;
   }
 
   async listxattr(ino: Ino): Promise<string[]> {
-    this.assertOpen();
-    return Object.keys(this.mustInode(ino).rec.xattrs ?? {}).sort();
+    this.ctx.assertOpen();
+    return Object.keys(this.records.mustInode(ino).rec.xattrs ?? {}).sort();
   }
 
   async setxattr(ino: Ino, name: string, value: Buffer, flags: XattrSetFlags = {}): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     if (!name || Buffer.byteLength(name) > XATTR_NAME_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'bad xattr name');
     // POSIX ACLs (system.posix_acl_*) are refused, as on a filesystem mounted without ACL
     // support: storing them uninterpreted would make tools like `cp -a` skip their chmod.
     if (!/^(user|trusted|security)\./.test(name)) throw dmfsError('NOT_SUPPORTED', `xattr namespace of '${name}' is not supported`);
     if (value.length > XATTR_VALUE_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'xattr value too large');
     this.pool.txn(() => {
-      const rec = this.ownRecord(ino);
+      const rec = this.records.ownRecord(ino);
       const has = rec.xattrs !== undefined && name in rec.xattrs;
       if (flags.create && has) throw dmfsError('XATTR_EXISTS', `xattr ${name} exists`);
       if (flags.replace && !has) throw dmfsError('NO_XATTR', `no xattr ${name}`);
       rec.xattrs = { ...(rec.xattrs ?? {}), [name]: Buffer.from(value) };
       rec.ctime = nowTime();
-      this.putRecord(ino, rec);
+      this.records.putRecord(ino, rec);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   async removexattr(ino: Ino, name: string): Promise<void> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     this.pool.txn(() => {
-      const rec = this.ownRecord(ino);
+      const rec = this.records.ownRecord(ino);
       if (!rec.xattrs || !(name in rec.xattrs)) throw dmfsError('NO_XATTR', `no xattr ${name}`);
       const next = { ...rec.xattrs };
       delete next[name];
       rec.xattrs = next;
       rec.ctime = nowTime();
-      this.putRecord(ino, rec);
+      this.records.putRecord(ino, rec);
     });
-    this.markDirty();
+    this.ctx.markDirty();
   }
 
   // ---- data --------------------------------------------------------------------
@@ -758,7 +586,7 @@ export class ChainLayerFs implements LayerFs {
    * null is a hole, proved one: see assertNoLostEntries.
    */
   private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
-    const chain = this.inodeChain(ino);
+    const chain = this.records.inodeChain(ino);
     for (let i = 0; i < chain.length; i++) {
       const { level, rec } = chain[i];
       const raw = this.t.bmap.get(bmapKey(this.segs[level], ino, idx));
@@ -787,7 +615,7 @@ export class ChainLayerFs implements LayerFs {
       const seg = this.segs[level];
       const key = `${seg}:${ino}`;
       if (this.intactMaps.has(key)) continue;
-      const held = this.countMapped(seg, ino, Infinity);
+      const held = this.records.countMapped(seg, ino, Infinity);
       if (held < rec.mapped) {
         const root = this.pool.paths.root;
         throw dmfsError(
@@ -802,9 +630,9 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
-    const found = this.mustInode(ino);
+    const found = this.records.mustInode(ino);
     if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
     if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
     const size = found.rec.size;
@@ -940,18 +768,18 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
-    this.assertWritable();
+    this.ctx.assertWritable();
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
     if (data.length === 0) return 0;
     const end = offsetBytes + data.length;
     if (end > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.sizeLimitBytes} bytes`);
-    await this.mutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
-    this.markDirty();
+    await this.ctx.inodeMutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
+    this.ctx.markDirty();
     return data.length;
   }
 
   private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
-    const found = this.mustInode(ino);
+    const found = this.records.mustInode(ino);
     if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
     if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
     const end = offsetBytes + data.length;
@@ -1027,18 +855,18 @@ export class ChainLayerFs implements LayerFs {
       const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
       this.pool.txn(() => {
         this.checkLayerSpace(newBlocks, inlineDelta);
-        const rec = this.ownRecord(ino);
+        const rec = this.records.ownRecord(ino);
         for (const m of mapped) {
           this.t.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
           if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
         }
         this.addUsage(newBlocks, inlineDelta);
-        rec.mapped = (rec.mapped ?? this.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
+        rec.mapped = (rec.mapped ?? this.records.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
         const now = nowTime();
         rec.size = Math.max(rec.size, end);
         rec.mtime = now;
         rec.ctime = now;
-        this.putRecord(ino, rec);
+        this.records.putRecord(ino, rec);
       });
     } catch (err) {
       for (const b of taken) this.pool.untakeBlock(b);
@@ -1048,19 +876,19 @@ export class ChainLayerFs implements LayerFs {
 
   /** Truncates or extends a regular file (under the inode's mutex). */
   private async truncate(ino: Ino, size: number): Promise<void> {
-    const found = this.mustInode(ino);
+    const found = this.records.mustInode(ino);
     if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
     if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
     const oldSize = found.rec.size;
     if (size >= oldSize) {
       // Same size still counts as a change (O_TRUNC of an empty file, `: > f`): mtime and ctime move, as on ext4.
       this.pool.txn(() => {
-        const rec = this.ownRecord(ino);
+        const rec = this.records.ownRecord(ino);
         rec.size = size;
         const now = nowTime();
         rec.mtime = now;
         rec.ctime = now;
-        this.putRecord(ino, rec);
+        this.records.putRecord(ino, rec);
       });
       return;
     }
@@ -1087,9 +915,9 @@ export class ChainLayerFs implements LayerFs {
     }
     try {
       this.pool.txn(() => {
-        const rec = this.ownRecord(ino);
+        const rec = this.records.ownRecord(ino);
         const from = partialIdx >= 0 ? partialIdx : keepBlocks;
-        const before = rec.mapped ?? this.countMapped(this.top, ino, Infinity);
+        const before = rec.mapped ?? this.records.countMapped(this.top, ino, Infinity);
         rec.mapped = before - this.truncateOwnBlocks(ino, from) + (partialRef !== null ? 1 : 0);
         if (partialRef !== null) {
           this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
@@ -1103,7 +931,7 @@ export class ChainLayerFs implements LayerFs {
         const now = nowTime();
         rec.mtime = now;
         rec.ctime = now;
-        this.putRecord(ino, rec);
+        this.records.putRecord(ino, rec);
       });
     } catch (err) {
       if (taken !== null) this.pool.untakeBlock(taken);
@@ -1114,18 +942,18 @@ export class ChainLayerFs implements LayerFs {
   // ---- open handles ------------------------------------------------------------
 
   retain(ino: Ino): void {
-    this.openCounts.set(ino, (this.openCounts.get(ino) ?? 0) + 1);
+    this.ctx.openCounts.set(ino, (this.ctx.openCounts.get(ino) ?? 0) + 1);
   }
 
   async release(ino: Ino): Promise<void> {
-    const n = (this.openCounts.get(ino) ?? 0) - 1;
+    const n = (this.ctx.openCounts.get(ino) ?? 0) - 1;
     if (n > 0) {
-      this.openCounts.set(ino, n);
+      this.ctx.openCounts.set(ino, n);
       return;
     }
-    this.openCounts.delete(ino);
-    if (this.readOnly || this.closed) return;
-    await this.mutex.run(ino, async () => {
+    this.ctx.openCounts.delete(ino);
+    if (this.readOnly || this.ctx.closed) return;
+    await this.ctx.inodeMutex.run(ino, async () => {
       this.pool.txn(() => {
         if (!this.t.orphans.has(inodeKey(this.top, ino))) return;
         const raw = this.t.inodes.get(inodeKey(this.top, ino));
@@ -1139,7 +967,7 @@ export class ChainLayerFs implements LayerFs {
   // ---- whole layer -------------------------------------------------------------
 
   async statfs(): Promise<StatFs> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     const inodes = this.t.inodes;
     // Lower segments never change under an open layer: counted once.
     this.lowerInodeCount ??= this.segs.slice(1).reduce((n, s) => n + inodes.count([s], [s + 1]), 0);
@@ -1155,20 +983,16 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async claimMount(mountpoint: string): Promise<void> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     this.onClaimMount(mountpoint);
   }
 
   async releaseMount(mountpoint: string): Promise<void> {
-    if (!this.closed) this.onReleaseMount(mountpoint);
-  }
-
-  private markDirty(): void {
-    this.dirty = true;
+    if (!this.ctx.closed) this.onReleaseMount(mountpoint);
   }
 
   private async periodicSync(): Promise<void> {
-    if (!this.dirty || this.closed) return;
+    if (!this.ctx.dirty || this.ctx.closed) return;
     try {
       await this.fsync();
       await this.pool.trim();
@@ -1178,7 +1002,7 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async fsync(): Promise<void> {
-    this.dirty = false;
+    this.ctx.dirty = false;
     await this.pool.sync();
   }
 
@@ -1192,7 +1016,7 @@ export class ChainLayerFs implements LayerFs {
     while (!marked.has(cur)) {
       marked.add(cur);
       if (cur === ROOT_INO) return;
-      const found = this.findInode(cur);
+      const found = this.records.findInode(cur);
       if (!found || found.rec.kind !== 'dir') return;
       cur = found.rec.parent;
     }
@@ -1214,7 +1038,7 @@ export class ChainLayerFs implements LayerFs {
    * does, and a consumer that keeps every change (`dmfs diff`) keeps ropes, not copies.
    */
   async *changes(): AsyncIterable<LayerChange> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     const marked = new Set<Ino>();
     for (const { key } of this.t.dirents.range([this.top], [this.top + 1])) {
       const dirIno = (key as [number, number, string])[1];
@@ -1227,11 +1051,11 @@ export class ChainLayerFs implements LayerFs {
       if (!rec.born && rec.nlink > 0) this.markChangedDir(rec.parent, marked);
     }
     const ownRecord = (ino: Ino): InodeRecord | null => {
-      const found = this.findInode(ino);
+      const found = this.records.findInode(ino);
       return found !== null && found.level === 0 ? found.rec : null;
     };
     const root = ownRecord(ROOT_INO);
-    if (root?.opaque && !root.born) yield { path: '/', change: 'opaque', attr: this.toAttr(ROOT_INO, root) };
+    if (root?.opaque && !root.born) yield { path: '/', change: 'opaque', attr: this.records.toAttr(ROOT_INO, root) };
     if (!marked.has(ROOT_INO)) return;
 
     /** One directory being listed: its path ('' for the root) and its names still to go, last first. */
@@ -1271,10 +1095,10 @@ export class ChainLayerFs implements LayerFs {
       }
       const entry = frame.merged.get(name);
       if (entry === undefined) continue;
-      const found = this.findInode(entry.ino);
+      const found = this.records.findInode(entry.ino);
       if (found === null) continue;
       const rec = found.level === 0 ? found.rec : null;
-      const attr = this.toAttr(entry.ino, found.rec);
+      const attr = this.records.toAttr(entry.ino, found.rec);
       if (rec?.opaque && !rec.born && entry.kind === 'dir') yield { path, change: 'opaque', attr, at };
       let descend: 'no' | 'changes' | 'all' = 'no';
       if (frame.allAdded || own !== undefined) {
@@ -1293,7 +1117,7 @@ export class ChainLayerFs implements LayerFs {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.ctx.closed) return;
     if (this.syncTimer) clearInterval(this.syncTimer);
     this.syncTimer = null;
     if (!this.readOnly) {
@@ -1308,7 +1132,7 @@ export class ChainLayerFs implements LayerFs {
       });
       await this.pool.sync();
     }
-    this.closed = true;
+    this.ctx.closed = true;
     await this.onClose();
   }
 }
