@@ -1,33 +1,21 @@
-import { LRUCache } from 'lru-cache';
 import { dmfsError } from '../errors';
-import { asDataBlock, type DataBlock } from '../pool/block-address';
 import type { ThinPool } from '../pool/thin-pool';
+import { FileData } from './file-data';
+import { InodeRecords, ROOT_INO, type InodeInChain } from './inode-records';
+import { LayerContext, type LayerContextOptions } from './layer-context';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
   type Attr, type ChangeDir, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
   fileKindOfMode, type NewNodeOptions, type ReadOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
 } from './layer-store';
-import {
-  bmapKey, bmapRange, blockContentMatches, direntKey, direntRange, firstBadSector, hasSectorCrcs, inodeKey, isWhiteout,
-  nowTime, packBlockRef, packDirent, packUsage, sectorCrcsOf, usageBytes,
-  unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
-  isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
-} from './records';
-import { blockIo } from '../native';
-import { InodeRecords, ROOT_INO, type InodeInChain } from './inode-records';
-import { LayerContext, type LayerContextOptions } from './layer-context';
 import { layerStatfs } from './layer-statfs';
+import {
+  direntKey, direntRange, inodeKey, isWhiteout, nowTime, packDirent, unpackDirent, unpackInode,
+  type DirentRecord, type InodeRecord, type StoredTime,
+} from './records';
 import type { StoreTables } from './store-tables';
+import { VerifiedBlockReader } from './verified-block-reader';
 
-/** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
-interface BlockRead {
-  ref: DataRef;
-  inBlock: number;
-  dst: Buffer;
-}
-
-/** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
-const INTACT_MAPS_MAX = 65536;
 const NAME_MAX_BYTES = 255;
 const XATTR_NAME_MAX_BYTES = 255;
 const XATTR_VALUE_MAX_BYTES = 64 * 1024;
@@ -71,30 +59,14 @@ export class ChainLayerFs implements LayerFs {
 
   private readonly ctx: LayerContext;
   private readonly records: InodeRecords;
+  private readonly data: FileData;
   private readonly pool: ThinPool;
   private readonly segs: readonly number[];
   private readonly top: number;
   private readonly t: StoreTables;
   private readonly bs: number;
-  /** Bytes covered by one per-sector CRC. */
-  private readonly sectorBytes: number;
-  /** Inline block content up to this many bytes is kept in metadata instead of a data block. */
-  private readonly inlineMaxBytes: number;
-  private readonly lowerUsageBytes: number;
   /** Inodes of the lower segments (statfs), counted at the first statfs. */
   private lowerInodeCount: number | null = null;
-  /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
-  private readonly intactMaps = new Set<string>();
-  /**
-   * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
-   * read them whole: partial reads of them read only what they need. Per-sector blocks
-   * verify every read, which costs no extra I/O, so they are never entered here. Made on
-   * first use: only pools written before per-sector CRCs have tag-0 blocks.
-   */
-  private verifiedCache: LRUCache<number, true> | null = null;
-  private get verified(): LRUCache<number, true> {
-    return (this.verifiedCache ??= new LRUCache<number, true>({ max: 262144 }));
-  }
   private syncTimer: NodeJS.Timeout | null = null;
   private readonly onClose: () => Promise<void>;
   private readonly onClaimMount: (mountpoint: string) => void;
@@ -104,6 +76,7 @@ export class ChainLayerFs implements LayerFs {
     const ctx = new LayerContext(pool, tables, opts);
     this.ctx = ctx;
     this.records = new InodeRecords(ctx);
+    this.data = new FileData(ctx, this.records, new VerifiedBlockReader(ctx));
     this.pool = pool;
     this.layerName = ctx.layerName;
     this.readOnly = ctx.readOnly;
@@ -112,23 +85,14 @@ export class ChainLayerFs implements LayerFs {
     this.top = ctx.top;
     this.t = tables;
     this.bs = ctx.blockSizeBytes;
-    this.sectorBytes = ctx.sectorBytes;
-    this.inlineMaxBytes = ctx.inlineMaxBytes;
     this.onClose = opts.onClose;
     this.onClaimMount = opts.onClaimMount ?? (() => undefined);
     this.onReleaseMount = opts.onReleaseMount ?? (() => undefined);
-    let lower = 0;
-    for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
-    this.lowerUsageBytes = lower;
     if (!this.readOnly) {
       // Metadata commits at once; this makes it (and the data under it) durable at least every second.
       this.syncTimer = setInterval(() => void this.periodicSync(), 1000);
       this.syncTimer.unref();
     }
-  }
-
-  private segmentBytes(segment: number): number {
-    return usageBytes(this.t.usage.get([segment]), this.bs);
   }
 
   // ---- guards ----------------------------------------------------------------
@@ -356,39 +320,11 @@ export class ChainLayerFs implements LayerFs {
   private destroyOwn(ino: Ino, isDir: boolean): void {
     this.t.inodes.del(inodeKey(this.top, ino));
     this.t.orphans.del(inodeKey(this.top, ino));
-    this.truncateOwnBlocks(ino, 0);
+    this.data.truncateOwnBlocks(ino, 0);
     if (isDir) {
       const [start, end] = direntRange(this.top, ino);
       for (const key of [...this.t.dirents.keys(start, end)]) this.t.dirents.del(key);
     }
-  }
-
-  /** Inside txn: removes own block-map entries at or past fromBlock; returns how many. */
-  private truncateOwnBlocks(ino: Ino, fromBlock: number): number {
-    const [start, end] = bmapRange(this.top, ino, fromBlock);
-    const entries = [...this.t.bmap.range(start, end)];
-    if (!entries.length) return 0;
-    let blocks = 0;
-    let inlineBytes = 0;
-    for (const { key, value } of entries) {
-      const ref = unpackBlockRef(value);
-      if (isDataRef(ref)) {
-        this.pool.recycleBlock(asDataBlock(ref.block));
-        this.verifiedCache?.delete(ref.block);
-        blocks++;
-      } else inlineBytes += ref.length;
-      this.t.bmap.del(key);
-    }
-    this.addUsage(-blocks, -inlineBytes);
-    return entries.length;
-  }
-
-  private addUsage(blocks: number, inlineBytes: number): void {
-    if (!blocks && !inlineBytes) return;
-    const u = unpackUsage(this.t.usage.get([this.top]));
-    u.blocks += blocks;
-    u.inlineBytes += inlineBytes;
-    this.t.usage.put([this.top], packUsage(u));
   }
 
   async unlink(dirIno: Ino, name: string): Promise<void> {
@@ -524,12 +460,7 @@ export class ChainLayerFs implements LayerFs {
 
   async setattr(ino: Ino, changes: SetAttr): Promise<Attr> {
     this.ctx.assertWritable();
-    if (changes.sizeBytes !== undefined) {
-      const size = changes.sizeBytes;
-      if (!Number.isSafeInteger(size) || size < 0) throw dmfsError('INVALID', `bad size ${size}`);
-      if (size > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${size} exceeds the layer's size limit of ${this.sizeLimitBytes} bytes`);
-      await this.ctx.inodeMutex.run(ino, () => this.truncate(ino, size));
-    }
+    if (changes.sizeBytes !== undefined) await this.data.truncate(ino, changes.sizeBytes);
     return this.records.setAttributes(ino, changes);
   }
 
@@ -581,362 +512,12 @@ export class ChainLayerFs implements LayerFs {
 
   // ---- data --------------------------------------------------------------------
 
-  /**
-   * The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts.
-   * null is a hole, proved one: see assertNoLostEntries.
-   */
-  private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
-    const chain = this.records.inodeChain(ino);
-    for (let i = 0; i < chain.length; i++) {
-      const { level, rec } = chain[i];
-      const raw = this.t.bmap.get(bmapKey(this.segs[level], ino, idx));
-      if (raw) return { ref: unpackBlockRef(raw), level };
-      if (idx >= rec.inherit) {
-        this.assertNoLostEntries(ino, idx, chain, i + 1);
-        return null;
-      }
-    }
-    this.assertNoLostEntries(ino, idx, chain, chain.length);
-    return null;
+  read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
+    return this.data.read(ino, target, offsetBytes, opts);
   }
 
-  /**
-   * A hole must not be a lost block-map entry (a damaged key or page makes the entry
-   * vanish, and the block would read as zeros). Each segment's inode record counts its
-   * entries (`mapped`): the first hole looked up in an inode counts the entries of each
-   * segment consulted, chain[0, upTo), once; a segment short of its count is
-   * METADATA_CORRUPT (EIO), never zeros. Proved counts stay proved: lower segments never
-   * change, and this layer's own writes change entries and count together.
-   */
-  private assertNoLostEntries(ino: Ino, idx: number, chain: InodeInChain[], upTo: number): void {
-    for (let i = 0; i < upTo; i++) {
-      const { level, rec } = chain[i];
-      if (rec.mapped === undefined) continue; // written before the count existed
-      const seg = this.segs[level];
-      const key = `${seg}:${ino}`;
-      if (this.intactMaps.has(key)) continue;
-      const held = this.records.countMapped(seg, ino, Infinity);
-      if (held < rec.mapped) {
-        const root = this.pool.paths.root;
-        throw dmfsError(
-          'METADATA_CORRUPT',
-          `inode ${ino} of layer ${this.layerName}: its record counts ${rec.mapped} block-map entries in segment ${seg}, the map holds ${held}, ` +
-            `so file block ${idx} may be a lost entry and is not read as zeros. Run 'dmfs check --root ${root}', then 'dmfs check --repair --from-backup --root ${root}'`,
-        );
-      }
-      if (this.intactMaps.size >= INTACT_MAPS_MAX) this.intactMaps.clear();
-      this.intactMaps.add(key);
-    }
-  }
-
-  async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
-    this.ctx.assertOpen();
-    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
-    const found = this.records.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const size = found.rec.size;
-    if (offsetBytes >= size) return 0;
-    const length = Math.min(target.length, size - offsetBytes);
-    const reads: BlockRead[] = [];
-    let pos = offsetBytes;
-    while (pos < offsetBytes + length) {
-      const idx = Math.floor(pos / this.bs);
-      const inBlock = pos - idx * this.bs;
-      const n = Math.min(this.bs - inBlock, offsetBytes + length - pos);
-      const dst = target.subarray(pos - offsetBytes, pos - offsetBytes + n);
-      const r = this.blockRef(ino, idx);
-      if (r === null) dst.fill(0);
-      else if (isDataRef(r.ref)) reads.push({ ref: r.ref, inBlock, dst });
-      else {
-        dst.fill(0);
-        if (inBlock < r.ref.length) r.ref.copy(dst, 0, inBlock, Math.min(r.ref.length, inBlock + n));
-      }
-      pos += n;
-    }
-    if (reads.length) await this.readVerified(reads, opts);
-    return length;
-  }
-
-  /**
-   * Reads data blocks into their targets (one gathered read), never handing out
-   * unverified bytes. A per-sector ref reads and verifies just the sectors covering the
-   * request, straight into the target when the request is sector-aligned. A whole-block
-   * ref (tag 0) is read whole and verified the first time this layer reads it; later
-   * partial reads of it read only what they need. A mismatch is DATA_CORRUPT (EIO)
-   * naming the block, and leaves every target zeroed.
-   */
-  private async readVerified(reads: BlockRead[], opts?: ReadOptions): Promise<void> {
-    const ss = this.sectorBytes;
-    const blocks: DataBlock[] = [];
-    const offsets: number[] = [];
-    const targets: Buffer[] = [];
-    /** `bytes` holds block bytes from firstSector's start; `from` is where the request starts in it. */
-    const checks: { ref: DataRef; bytes: Buffer; firstSector: number; copyTo: { dst: Buffer; from: number } | null }[] = [];
-    for (const r of reads) {
-      const end = r.inBlock + r.dst.length;
-      let begin = 0;
-      let stop = this.bs;
-      if (hasSectorCrcs(r.ref)) {
-        begin = Math.floor(r.inBlock / ss) * ss;
-        stop = Math.ceil(end / ss) * ss;
-      } else if (r.dst.length !== this.bs && this.verifiedCache?.has(r.ref.block)) {
-        blocks.push(asDataBlock(r.ref.block));
-        offsets.push(r.inBlock);
-        targets.push(r.dst);
-        continue;
-      }
-      const direct = begin === r.inBlock && stop === end;
-      const bytes = direct ? r.dst : Buffer.allocUnsafe(stop - begin);
-      blocks.push(asDataBlock(r.ref.block));
-      offsets.push(begin);
-      targets.push(bytes);
-      checks.push({ ref: r.ref, bytes, firstSector: begin / ss, copyTo: direct ? null : { dst: r.dst, from: r.inBlock - begin } });
-    }
-    await this.pool.readBlocks(blocks, offsets, targets, opts);
-    for (const c of checks) {
-      const ref = c.ref;
-      if (hasSectorCrcs(ref)) {
-        const bad = firstBadSector(ref, c.bytes, c.firstSector, ss);
-        if (bad >= 0) this.failRead(reads, ref, ` (sector ${bad})`);
-      } else {
-        if (blockIo.crc32c(c.bytes) !== ref.crc) this.failRead(reads, ref, '');
-        this.verified.set(ref.block, true);
-      }
-      if (c.copyTo) c.bytes.copy(c.copyTo.dst, 0, c.copyTo.from, c.copyTo.from + c.copyTo.dst.length);
-    }
-  }
-
-  /** A read found ref's content damaged: no target keeps what was read. */
-  private failRead(reads: BlockRead[], ref: DataRef, where: string): never {
-    this.verifiedCache?.delete(ref.block);
-    for (const r of reads) r.dst.fill(0);
-    throw dmfsError('DATA_CORRUPT', `data block ${ref.block}${where} of layer ${this.layerName} fails its checksum`);
-  }
-
-  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
-  private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
-    const buf = Buffer.alloc(length);
-    const r = this.blockRef(ino, idx);
-    if (r === null) return buf;
-    if (isDataRef(r.ref)) await this.readVerified([{ ref: r.ref, inBlock: 0, dst: buf }]);
-    else r.ref.copy(buf, 0, 0, Math.min(length, r.ref.length));
-    return buf;
-  }
-
-  /**
-   * The sector CRCs an own data block will have once `slice` lands at inBlock (the caller
-   * writes only the slice). Per-sector refs read (and verify) only the old bytes of the
-   * sectors the slice covers partly, and keep the other sectors' CRCs; a whole-block CRC
-   * can only be checked on the whole block, so a tag-0 block is read whole.
-   */
-  private async rewrittenSectorCrcs(ref: DataRef, slice: Buffer, inBlock: number): Promise<number[]> {
-    const ss = this.sectorBytes;
-    if (!hasSectorCrcs(ref)) {
-      const merged = Buffer.allocUnsafe(this.bs);
-      await this.readVerified([{ ref, inBlock: 0, dst: merged }]);
-      slice.copy(merged, inBlock);
-      return sectorCrcsOf(merged, ss);
-    }
-    const first = Math.floor(inBlock / ss);
-    const stop = Math.ceil((inBlock + slice.length) / ss);
-    const merged = Buffer.allocUnsafe((stop - first) * ss);
-    const partlyCovered = new Set<number>();
-    if (inBlock % ss !== 0) partlyCovered.add(first);
-    if ((inBlock + slice.length) % ss !== 0) partlyCovered.add(stop - 1);
-    const edges = [...partlyCovered].map((sector) => ({ ref, inBlock: sector * ss, dst: merged.subarray((sector - first) * ss, (sector - first + 1) * ss) }));
-    if (edges.length) await this.readVerified(edges);
-    slice.copy(merged, inBlock - first * ss);
-    const crcs = [...ref.sectorCrcs];
-    crcs.splice(first, stop - first, ...sectorCrcsOf(merged, ss));
-    return crcs;
-  }
-
-  private takeBlockOrThrow(): DataBlock {
-    const b = this.pool.takeBlock();
-    // The pool names the limit hit (dm.min_free_space, or the host file system under it).
-    if (b === null) throw this.pool.noSpaceError();
-    return b;
-  }
-
-  private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
-    if (newBlocks <= 0 && newInlineBytes <= 0) return;
-    const used = this.lowerUsageBytes + this.segmentBytes(this.top);
-    if (used + newBlocks * this.bs + newInlineBytes > this.sizeLimitBytes) {
-      throw dmfsError('LAYER_FULL', `layer ${this.layerName} is full (size limit ${this.sizeLimitBytes} bytes)`);
-    }
-  }
-
-  async write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
-    this.ctx.assertWritable();
-    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
-    if (data.length === 0) return 0;
-    const end = offsetBytes + data.length;
-    if (end > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.sizeLimitBytes} bytes`);
-    await this.ctx.inodeMutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
-    this.ctx.markDirty();
-    return data.length;
-  }
-
-  private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
-    const found = this.records.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const end = offsetBytes + data.length;
-    const newSize = Math.max(found.rec.size, end);
-    const lastIdx = Math.floor((newSize - 1) / this.bs);
-    const taken: DataBlock[] = [];
-    /** New block-map entries; `fresh` marks blocks taken from the reservation. */
-    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
-    /** Block-map entries this write adds (where the own segment had none). */
-    let newEntries = 0;
-    /** Data to put into blocks, issued together (one gathered write) before the commit. */
-    const pendingWrites: { block: DataBlock; offset: number; data: Buffer }[] = [];
-    try {
-      for (let pos = offsetBytes; pos < end; ) {
-        const idx = Math.floor(pos / this.bs);
-        const inBlock = pos - idx * this.bs;
-        const n = Math.min(this.bs - inBlock, end - pos);
-        const slice = data.subarray(pos - offsetBytes, pos - offsetBytes + n);
-        const whole = inBlock === 0 && n === this.bs;
-        pos += n;
-        const ownRaw = this.t.bmap.get(bmapKey(this.top, ino, idx));
-        const own = ownRaw ? unpackBlockRef(ownRaw) : null;
-        if (!own) newEntries++;
-        if (own && isDataRef(own)) {
-          // The layer's own block: written in place; its checksums follow the new content.
-          const sectorCrcs = whole ? sectorCrcsOf(slice, this.sectorBytes) : await this.rewrittenSectorCrcs(own, slice, inBlock);
-          this.verifiedCache?.delete(own.block);
-          pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
-          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
-          continue;
-        }
-        const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
-        const ownInlineLen = own ? own.length : 0;
-        if (contentLen <= this.inlineMaxBytes) {
-          const merged = Buffer.alloc(contentLen);
-          if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
-          else (await this.blockContent(ino, idx, contentLen)).copy(merged);
-          slice.copy(merged, inBlock);
-          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen });
-          continue;
-        }
-        const fresh = this.takeBlockOrThrow();
-        taken.push(fresh);
-        let sectorCrcs: number[];
-        const lower = whole || own ? null : this.blockRef(ino, idx);
-        if (whole) {
-          pendingWrites.push({ block: fresh, offset: 0, data: slice });
-          sectorCrcs = sectorCrcsOf(slice, this.sectorBytes);
-        } else if (lower && isDataRef(lower.ref)) {
-          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
-          // change. The copy is verified against the lower ref, whichever form it has.
-          await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
-          const copied = Buffer.allocUnsafe(this.bs);
-          await this.pool.readBlocks([fresh], [0], [copied]);
-          if (!blockContentMatches(lower.ref, copied)) {
-            throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.layerName}) fails its checksum`);
-          }
-          slice.copy(copied, inBlock);
-          sectorCrcs = sectorCrcsOf(copied, this.sectorBytes);
-          pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
-        } else {
-          const full = Buffer.alloc(this.bs);
-          if (own) own.copy(full);
-          else if (lower) (lower.ref as Buffer).copy(full);
-          slice.copy(full, inBlock);
-          pendingWrites.push({ block: fresh, offset: 0, data: full });
-          sectorCrcs = sectorCrcsOf(full, this.sectorBytes);
-        }
-        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
-      }
-      if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
-      const newBlocks = mapped.filter((m) => m.fresh).length;
-      const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
-      this.pool.txn(() => {
-        this.checkLayerSpace(newBlocks, inlineDelta);
-        const rec = this.records.ownRecord(ino);
-        for (const m of mapped) {
-          this.t.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
-          if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
-        }
-        this.addUsage(newBlocks, inlineDelta);
-        rec.mapped = (rec.mapped ?? this.records.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
-        const now = nowTime();
-        rec.size = Math.max(rec.size, end);
-        rec.mtime = now;
-        rec.ctime = now;
-        this.records.putRecord(ino, rec);
-      });
-    } catch (err) {
-      for (const b of taken) this.pool.untakeBlock(b);
-      throw err;
-    }
-  }
-
-  /** Truncates or extends a regular file (under the inode's mutex). */
-  private async truncate(ino: Ino, size: number): Promise<void> {
-    const found = this.records.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const oldSize = found.rec.size;
-    if (size >= oldSize) {
-      // Same size still counts as a change (O_TRUNC of an empty file, `: > f`): mtime and ctime move, as on ext4.
-      this.pool.txn(() => {
-        const rec = this.records.ownRecord(ino);
-        rec.size = size;
-        const now = nowTime();
-        rec.mtime = now;
-        rec.ctime = now;
-        this.records.putRecord(ino, rec);
-      });
-      return;
-    }
-    const keepBlocks = Math.ceil(size / this.bs);
-    const partialIdx = size % this.bs === 0 ? -1 : Math.floor(size / this.bs);
-    const tailLen = size - partialIdx * this.bs;
-    // The partial last block: copy-on-write with the tail zeroed, so a crash before the
-    // commit leaves the old content, and lower segments never show past the cut.
-    let partialRef: BlockRef | null = null;
-    let taken: DataBlock | null = null;
-    if (partialIdx >= 0) {
-      const current = this.blockRef(ino, partialIdx);
-      if (current) {
-        const content = await this.blockContent(ino, partialIdx, tailLen);
-        if (tailLen <= this.inlineMaxBytes) partialRef = content;
-        else {
-          taken = this.takeBlockOrThrow();
-          const full = Buffer.alloc(this.bs);
-          content.copy(full);
-          await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
-          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.sectorBytes) };
-        }
-      }
-    }
-    try {
-      this.pool.txn(() => {
-        const rec = this.records.ownRecord(ino);
-        const from = partialIdx >= 0 ? partialIdx : keepBlocks;
-        const before = rec.mapped ?? this.records.countMapped(this.top, ino, Infinity);
-        rec.mapped = before - this.truncateOwnBlocks(ino, from) + (partialRef !== null ? 1 : 0);
-        if (partialRef !== null) {
-          this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
-          if (isDataRef(partialRef)) {
-            this.pool.consumeBlock(asDataBlock(partialRef.block));
-            this.addUsage(1, 0);
-          } else this.addUsage(0, partialRef.length);
-        }
-        rec.inherit = Math.min(rec.inherit, Math.floor(size / this.bs));
-        rec.size = size;
-        const now = nowTime();
-        rec.mtime = now;
-        rec.ctime = now;
-        this.records.putRecord(ino, rec);
-      });
-    } catch (err) {
-      if (taken !== null) this.pool.untakeBlock(taken);
-      throw err;
-    }
+  write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
+    return this.data.write(ino, data, offsetBytes);
   }
 
   // ---- open handles ------------------------------------------------------------
@@ -974,7 +555,7 @@ export class ChainLayerFs implements LayerFs {
     return layerStatfs({
       blockSizeBytes: this.bs,
       sizeLimitBytes: this.sizeLimitBytes,
-      chainUsedBytes: this.lowerUsageBytes + this.segmentBytes(this.top),
+      chainUsedBytes: this.data.chainUsedBytes(),
       poolAvailableBlocks: this.pool.space().availableBlocks,
       chainInodes: this.lowerInodeCount + inodes.count([this.top], [this.top + 1]),
       readOnly: this.readOnly,
