@@ -26,13 +26,8 @@ const INTACT_MAPS_MAX = 65536;
 export class FileData {
   private readonly pool: ThinPool;
   private readonly bmap: Table;
-  private readonly usage: Table;
-  private readonly segs: readonly number[];
   private readonly top: number;
   private readonly bs: number;
-  private readonly sectorBytes: number;
-  private readonly inlineMaxBytes: number;
-  private readonly sizeLimitBytes: number;
   private readonly lowerUsageBytes: number;
   /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
   private readonly intactMaps = new Set<string>();
@@ -44,15 +39,10 @@ export class FileData {
   ) {
     this.pool = ctx.pool;
     this.bmap = ctx.tables.bmap;
-    this.usage = ctx.tables.usage;
-    this.segs = ctx.segments;
     this.top = ctx.top;
     this.bs = ctx.blockSizeBytes;
-    this.sectorBytes = ctx.sectorBytes;
-    this.inlineMaxBytes = ctx.inlineMaxBytes;
-    this.sizeLimitBytes = ctx.sizeLimitBytes;
     let lower = 0;
-    for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
+    for (const s of ctx.segments.slice(1)) lower += this.segmentBytes(s);
     this.lowerUsageBytes = lower;
   }
 
@@ -62,7 +52,7 @@ export class FileData {
   }
 
   private segmentBytes(segment: number): number {
-    return usageBytes(this.usage.get([segment]), this.bs);
+    return usageBytes(this.ctx.tables.usage.get([segment]), this.bs);
   }
 
   /**
@@ -73,7 +63,7 @@ export class FileData {
     const chain = this.records.inodeChain(ino);
     for (let i = 0; i < chain.length; i++) {
       const { level, rec } = chain[i];
-      const raw = this.bmap.get(bmapKey(this.segs[level], ino, idx));
+      const raw = this.bmap.get(bmapKey(this.ctx.segments[level], ino, idx));
       if (raw) return { ref: unpackBlockRef(raw), level };
       if (idx >= rec.inherit) {
         this.assertNoLostEntries(ino, idx, chain, i + 1);
@@ -96,7 +86,7 @@ export class FileData {
     for (let i = 0; i < upTo; i++) {
       const { level, rec } = chain[i];
       if (rec.mapped === undefined) continue; // written before the count existed
-      const seg = this.segs[level];
+      const seg = this.ctx.segments[level];
       const key = `${seg}:${ino}`;
       if (this.intactMaps.has(key)) continue;
       const held = this.records.countMapped(seg, ino, Infinity);
@@ -162,8 +152,8 @@ export class FileData {
   private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
     if (newBlocks <= 0 && newInlineBytes <= 0) return;
     const used = this.chainUsedBytes();
-    if (used + newBlocks * this.bs + newInlineBytes > this.sizeLimitBytes) {
-      throw dmfsError('LAYER_FULL', `layer ${this.ctx.layerName} is full (size limit ${this.sizeLimitBytes} bytes)`);
+    if (used + newBlocks * this.bs + newInlineBytes > this.ctx.sizeLimitBytes) {
+      throw dmfsError('LAYER_FULL', `layer ${this.ctx.layerName} is full (size limit ${this.ctx.sizeLimitBytes} bytes)`);
     }
   }
 
@@ -172,7 +162,7 @@ export class FileData {
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
     if (data.length === 0) return 0;
     const end = offsetBytes + data.length;
-    if (end > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.sizeLimitBytes} bytes`);
+    if (end > this.ctx.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.ctx.sizeLimitBytes} bytes`);
     await this.ctx.inodeMutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
     this.ctx.markDirty();
     return data.length;
@@ -205,7 +195,7 @@ export class FileData {
         if (!own) newEntries++;
         if (own && isDataRef(own)) {
           // The layer's own block: written in place; its checksums follow the new content.
-          const sectorCrcs = whole ? sectorCrcsOf(slice, this.sectorBytes) : await this.reader.rewrittenSectorCrcs(own, slice, inBlock);
+          const sectorCrcs = whole ? sectorCrcsOf(slice, this.ctx.sectorBytes) : await this.reader.rewrittenSectorCrcs(own, slice, inBlock);
           this.reader.forget(own.block);
           pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
           mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
@@ -213,7 +203,7 @@ export class FileData {
         }
         const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
         const ownInlineLen = own ? own.length : 0;
-        if (contentLen <= this.inlineMaxBytes) {
+        if (contentLen <= this.ctx.inlineMaxBytes) {
           const merged = Buffer.alloc(contentLen);
           if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
           else (await this.blockContent(ino, idx, contentLen)).copy(merged);
@@ -227,7 +217,7 @@ export class FileData {
         const lower = whole || own ? null : this.blockRef(ino, idx);
         if (whole) {
           pendingWrites.push({ block: fresh, offset: 0, data: slice });
-          sectorCrcs = sectorCrcsOf(slice, this.sectorBytes);
+          sectorCrcs = sectorCrcsOf(slice, this.ctx.sectorBytes);
         } else if (lower && isDataRef(lower.ref)) {
           // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
           // change. The copy is verified against the lower ref, whichever form it has.
@@ -238,7 +228,7 @@ export class FileData {
             throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.ctx.layerName}) fails its checksum`);
           }
           slice.copy(copied, inBlock);
-          sectorCrcs = sectorCrcsOf(copied, this.sectorBytes);
+          sectorCrcs = sectorCrcsOf(copied, this.ctx.sectorBytes);
           pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
         } else {
           const full = Buffer.alloc(this.bs);
@@ -246,7 +236,7 @@ export class FileData {
           else if (lower) (lower.ref as Buffer).copy(full);
           slice.copy(full, inBlock);
           pendingWrites.push({ block: fresh, offset: 0, data: full });
-          sectorCrcs = sectorCrcsOf(full, this.sectorBytes);
+          sectorCrcs = sectorCrcsOf(full, this.ctx.sectorBytes);
         }
         mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
       }
@@ -280,7 +270,7 @@ export class FileData {
    */
   async truncate(ino: Ino, sizeBytes: number): Promise<void> {
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) throw dmfsError('INVALID', `bad size ${sizeBytes}`);
-    if (sizeBytes > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${sizeBytes} exceeds the layer's size limit of ${this.sizeLimitBytes} bytes`);
+    if (sizeBytes > this.ctx.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${sizeBytes} exceeds the layer's size limit of ${this.ctx.sizeLimitBytes} bytes`);
     await this.ctx.inodeMutex.run(ino, () => this.truncateLocked(ino, sizeBytes));
   }
 
@@ -312,13 +302,13 @@ export class FileData {
       const current = this.blockRef(ino, partialIdx);
       if (current) {
         const content = await this.blockContent(ino, partialIdx, tailLen);
-        if (tailLen <= this.inlineMaxBytes) partialRef = content;
+        if (tailLen <= this.ctx.inlineMaxBytes) partialRef = content;
         else {
           taken = this.takeBlockOrThrow();
           const full = Buffer.alloc(this.bs);
           content.copy(full);
           await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
-          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.sectorBytes) };
+          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) };
         }
       }
     }
@@ -370,9 +360,9 @@ export class FileData {
 
   private addUsage(blocks: number, inlineBytes: number): void {
     if (!blocks && !inlineBytes) return;
-    const u = unpackUsage(this.usage.get([this.top]));
+    const u = unpackUsage(this.ctx.tables.usage.get([this.top]));
     u.blocks += blocks;
     u.inlineBytes += inlineBytes;
-    this.usage.put([this.top], packUsage(u));
+    this.ctx.tables.usage.put([this.top], packUsage(u));
   }
 }

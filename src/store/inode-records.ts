@@ -26,12 +26,9 @@ export interface InodeInChain {
  */
 export class InodeRecords {
   private readonly inodes: Table;
-  private readonly bmap: Table;
   private readonly segs: readonly number[];
   private readonly top: number;
   private readonly readOnly: boolean;
-  private readonly bs: number;
-  private readonly openCounts: ReadonlyMap<Ino, number>;
   /**
    * Lower segments never change while a chain is open: cache what they hold. Sizes are
    * modest because lru-cache allocates every slot up front (65,536 slots take ~5 ms, paid
@@ -42,12 +39,9 @@ export class InodeRecords {
 
   constructor(private readonly ctx: LayerContext) {
     this.inodes = ctx.tables.inodes;
-    this.bmap = ctx.tables.bmap;
     this.segs = ctx.segments;
     this.top = ctx.top;
     this.readOnly = ctx.readOnly;
-    this.bs = ctx.blockSizeBytes;
-    this.openCounts = ctx.openCounts;
   }
 
   /** The inode as the layer sees it: the nearest segment's record. */
@@ -81,7 +75,7 @@ export class InodeRecords {
   /** The nearest record, NOT_FOUND when there is none or the inode is gone (no link, no open handle, not a directory). */
   mustInode(ino: Ino): InodeInChain {
     const found = this.findInode(ino);
-    if (!found || found.rec.nlink === 0 && !this.openCounts.get(ino) && found.rec.kind !== 'dir') {
+    if (!found || found.rec.nlink === 0 && !this.ctx.openCounts.get(ino) && found.rec.kind !== 'dir') {
       throw dmfsError('NOT_FOUND', `inode ${ino} does not exist in layer ${this.ctx.layerName}`);
     }
     return found;
@@ -121,7 +115,7 @@ export class InodeRecords {
       ...structuredClone(found.rec),
       born: false,
       opaque: false,
-      inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.bs) : 0,
+      inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.ctx.blockSizeBytes) : 0,
       mapped: 0,
     };
     return rec;
@@ -134,7 +128,7 @@ export class InodeRecords {
   /** Block-map entries segment `seg` holds for ino below file block `limit` (Infinity: all of them). */
   countMapped(seg: number, ino: Ino, limit: number): number {
     const [start, fullEnd] = bmapRange(seg, ino);
-    return this.bmap.count(start, limit === Infinity ? fullEnd : bmapKey(seg, ino, limit));
+    return this.ctx.tables.bmap.count(start, limit === Infinity ? fullEnd : bmapKey(seg, ino, limit));
   }
 
   toAttr(ino: Ino, rec: InodeRecord): Attr {
@@ -175,9 +169,9 @@ export class InodeRecords {
         mapped += n;
       }
       limit = Math.min(limit, r.inherit);
-      if (limit === 0 || mapped * (this.bs / 512) >= capSectors) break;
+      if (limit === 0 || mapped * (this.ctx.blockSizeBytes / 512) >= capSectors) break;
     }
-    return Math.min(capSectors, mapped * (this.bs / 512));
+    return Math.min(capSectors, mapped * (this.ctx.blockSizeBytes / 512));
   }
 
   async getattr(ino: Ino): Promise<Attr> {

@@ -1,6 +1,5 @@
 import { dmfsError } from '../errors';
 import type { Table } from '../pool/metadata-env';
-import type { ThinPool } from '../pool/thin-pool';
 import type { FileData } from './file-data';
 import { ROOT_INO, type InodeInChain, type InodeRecords } from './inode-records';
 import type { LayerContext } from './layer-context';
@@ -39,26 +38,16 @@ export class LayerNamespace implements Pick<
   LayerFs,
   'lookup' | 'resolve' | 'readdir' | 'mknod' | 'mkdir' | 'symlink' | 'link' | 'unlink' | 'rmdir' | 'rename' | 'setOpaque'
 > {
-  private readonly pool: ThinPool;
-  private readonly inodes: Table;
   private readonly dirents: Table;
-  private readonly orphans: Table;
-  private readonly segs: readonly number[];
   private readonly top: number;
-  private readonly openCounts: ReadonlyMap<Ino, number>;
 
   constructor(
     private readonly ctx: LayerContext,
     private readonly records: InodeRecords,
     private readonly data: FileData,
   ) {
-    this.pool = ctx.pool;
-    this.inodes = ctx.tables.inodes;
     this.dirents = ctx.tables.dirents;
-    this.orphans = ctx.tables.orphans;
-    this.segs = ctx.segments;
     this.top = ctx.top;
-    this.openCounts = ctx.openCounts;
   }
 
   private checkName(name: string): void {
@@ -78,8 +67,8 @@ export class LayerNamespace implements Pick<
 
   /** The entry for name in dirIno from `fromLevel` down, honouring whiteouts and opaque/born directories. */
   private findEntry(dirIno: Ino, name: string, fromLevel = 0): (DirentRecord & { level: number }) | null {
-    for (let level = fromLevel; level < this.segs.length; level++) {
-      const seg = this.segs[level];
+    for (let level = fromLevel; level < this.ctx.segments.length; level++) {
+      const seg = this.ctx.segments[level];
       const raw = this.dirents.get(direntKey(seg, dirIno, name));
       if (raw) {
         const d = unpackDirent(raw);
@@ -135,8 +124,8 @@ export class LayerNamespace implements Pick<
   mergedEntries(dirIno: Ino): Map<string, { ino: Ino; kind: FileKind }> {
     const out = new Map<string, { ino: Ino; kind: FileKind }>();
     const hidden = new Set<string>();
-    for (let level = 0; level < this.segs.length; level++) {
-      const [start, end] = direntRange(this.segs[level], dirIno);
+    for (let level = 0; level < this.ctx.segments.length; level++) {
+      const [start, end] = direntRange(this.ctx.segments[level], dirIno);
       for (const { key, value } of this.dirents.range(start, end)) {
         const name = (key as [number, number, string])[2];
         if (out.has(name) || hidden.has(name)) continue;
@@ -181,7 +170,7 @@ export class LayerNamespace implements Pick<
 
   private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
     const now = nowTime();
-    const ino = this.pool.counter('ino');
+    const ino = this.ctx.pool.counter('ino');
     const rec: InodeRecord = {
       v: 1,
       kind,
@@ -210,7 +199,7 @@ export class LayerNamespace implements Pick<
   private create(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): Attr {
     this.ctx.assertWritable();
     this.checkName(name);
-    const { ino, rec } = this.pool.txn(() => {
+    const { ino, rec } = this.ctx.pool.txn(() => {
       const dir = this.dirRecord(dirIno);
       if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
       if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
@@ -239,7 +228,7 @@ export class LayerNamespace implements Pick<
   async link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr> {
     this.ctx.assertWritable();
     this.checkName(newName);
-    const rec = this.pool.txn(() => {
+    const rec = this.ctx.pool.txn(() => {
       const src = this.records.mustInode(ino);
       if (src.rec.kind === 'dir') throw dmfsError('NOT_PERMITTED', 'hard links to directories are not allowed');
       if (src.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many links');
@@ -250,7 +239,7 @@ export class LayerNamespace implements Pick<
       own.nlink += 1;
       own.ctime = now;
       this.records.putRecord(ino, own);
-      this.orphans.del(inodeKey(this.top, ino));
+      this.ctx.tables.orphans.del(inodeKey(this.top, ino));
       this.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino, kind: own.kind }));
       this.touchDir(newDirIno, now);
       return own;
@@ -268,9 +257,9 @@ export class LayerNamespace implements Pick<
       this.records.putRecord(ino, rec);
       return;
     }
-    if (this.openCounts.get(ino)) {
+    if (this.ctx.openCounts.get(ino)) {
       this.records.putRecord(ino, rec);
-      this.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
+      this.ctx.tables.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
       return;
     }
     this.destroyOwn(ino, rec.kind === 'dir');
@@ -278,8 +267,8 @@ export class LayerNamespace implements Pick<
 
   /** Inside txn: deletes every record of ino in the own segment (and its directory entries), recycling its blocks. */
   private destroyOwn(ino: Ino, isDir: boolean): void {
-    this.inodes.del(inodeKey(this.top, ino));
-    this.orphans.del(inodeKey(this.top, ino));
+    this.ctx.tables.inodes.del(inodeKey(this.top, ino));
+    this.ctx.tables.orphans.del(inodeKey(this.top, ino));
     this.data.truncateOwnBlocks(ino, 0);
     if (isDir) {
       const [start, end] = direntRange(this.top, ino);
@@ -289,7 +278,7 @@ export class LayerNamespace implements Pick<
 
   async unlink(dirIno: Ino, name: string): Promise<void> {
     this.ctx.assertWritable();
-    this.pool.txn(() => {
+    this.ctx.pool.txn(() => {
       this.dirRecord(dirIno);
       const e = this.findEntry(dirIno, name);
       if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
@@ -307,7 +296,7 @@ export class LayerNamespace implements Pick<
     this.ctx.assertWritable();
     if (name === '.') throw dmfsError('INVALID', "cannot remove '.'");
     if (name === '..') throw dmfsError('NOT_EMPTY', "cannot remove '..'");
-    this.pool.txn(() => {
+    this.ctx.pool.txn(() => {
       this.dirRecord(dirIno);
       const e = this.findEntry(dirIno, name);
       if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
@@ -335,7 +324,7 @@ export class LayerNamespace implements Pick<
   async rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags: RenameFlags = {}): Promise<void> {
     this.ctx.assertWritable();
     this.checkName(newName);
-    this.pool.txn(() => {
+    this.ctx.pool.txn(() => {
       this.dirRecord(oldDirIno);
       this.dirRecord(newDirIno);
       const se = this.findEntry(oldDirIno, oldName);
@@ -396,7 +385,7 @@ export class LayerNamespace implements Pick<
 
   async setOpaque(dirIno: Ino): Promise<void> {
     this.ctx.assertWritable();
-    this.pool.txn(() => {
+    this.ctx.pool.txn(() => {
       this.dirRecord(dirIno);
       const rec = this.records.ownRecord(dirIno);
       if (rec.born) return;
@@ -421,22 +410,22 @@ export class LayerNamespace implements Pick<
    * destroyed, one linked again since is no orphan any more. One transaction.
    */
   releaseOrphan(ino: Ino): void {
-    this.pool.txn(() => {
-      if (this.orphans.has(inodeKey(this.top, ino))) this.settleOrphan(ino);
+    this.ctx.pool.txn(() => {
+      if (this.ctx.tables.orphans.has(inodeKey(this.top, ino))) this.settleOrphan(ino);
     });
   }
 
   /** At close: every orphan of the own segment is settled (the handles die with the layer). One transaction. */
   releaseOrphans(): void {
-    this.pool.txn(() => {
-      for (const key of [...this.orphans.keys([this.top], [this.top + 1])]) this.settleOrphan((key as [number, number])[1]);
+    this.ctx.pool.txn(() => {
+      for (const key of [...this.ctx.tables.orphans.keys([this.top], [this.top + 1])]) this.settleOrphan((key as [number, number])[1]);
     });
   }
 
   /** Inside txn: an orphan without open handles is destroyed if it has no link left, else it is no orphan any more. */
   private settleOrphan(ino: Ino): void {
-    const raw = this.inodes.get(inodeKey(this.top, ino));
+    const raw = this.ctx.tables.inodes.get(inodeKey(this.top, ino));
     if (!raw || unpackInode(raw).nlink === 0) this.destroyOwn(ino, false);
-    else this.orphans.del(inodeKey(this.top, ino));
+    else this.ctx.tables.orphans.del(inodeKey(this.top, ino));
   }
 }
