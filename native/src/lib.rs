@@ -14,6 +14,8 @@
 //!                                                -> n | -1  (sync: page cache only, or waiting when mayBlock)
 //!   fuseWatch(fd, onReadable, spinMicros) -> id, fuseUnwatch(id)  (see fuse_dev.rs)
 //!   fuseRead(fd, buf) -> n | -errno, fuseWrite(fd, buf) -> n | -errno  (sync, never throw for errno)
+//!   fdSocketPair(out) -> 0 | -errno, fdReceive(sock) -> fd | -errno, fdSetNonblocking(fd) -> 0 | -errno
+//!                                                (sync, never throw for errno; see fd_passing.rs)
 //!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
 //!
 //! Errors: bad arguments throw synchronously an Error with code 'INVALID'. A failed system
@@ -25,6 +27,7 @@
 //! caller must not touch their bytes meanwhile (as with fs.read).
 
 mod crc32c;
+mod fd_passing;
 mod fuse_dev;
 mod napi;
 mod sys;
@@ -36,7 +39,7 @@ use std::ptr::null_mut;
 use sys::{OpErr, OpResult, Seg};
 
 /// Bumped when the exports change incompatibly; the loader refuses other versions.
-const ABI_VERSION: u32 = 2;
+const ABI_VERSION: u32 = 3;
 
 /// Largest fd accepted (fds are C ints).
 const MAX_FD: u64 = i32::MAX as u64;
@@ -369,6 +372,45 @@ unsafe extern "C" fn js_fuse_write(env: napi_env, info: napi_callback_info) -> n
     })
 }
 
+/// 0 on success, else the negative errno (the convention of the synchronous FUSE calls).
+fn status(r: Result<i32, i32>) -> f64 {
+    match r {
+        Ok(v) => v as f64,
+        Err(errno) => -(errno as f64),
+    }
+}
+
+unsafe extern "C" fn js_fd_socket_pair(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<1>(env, info, |[out]| {
+        let (ptr, len) = bytes_arg(env, out, "out")?;
+        if len < 8 {
+            return Err(JsErr::Invalid(format!("out must hold 8 bytes, got {len}")));
+        }
+        let r = fd_passing::socket_pair().map(|[a, b]| {
+            // Synchronous: the Buffer cannot move while we hold the JS thread.
+            let out = std::slice::from_raw_parts_mut(ptr, 8);
+            out[..4].copy_from_slice(&a.to_le_bytes());
+            out[4..].copy_from_slice(&b.to_le_bytes());
+            0
+        });
+        double(env, status(r))
+    })
+}
+
+unsafe extern "C" fn js_fd_receive(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<1>(env, info, |[sock]| {
+        let sock = fd_arg(env, sock, "sock")?;
+        double(env, status(fd_passing::receive(sock)))
+    })
+}
+
+unsafe extern "C" fn js_fd_set_nonblocking(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<1>(env, info, |[fd]| {
+        let fd = fd_arg(env, fd, "fd")?;
+        double(env, status(fd_passing::set_nonblocking(fd).map(|()| 0)))
+    })
+}
+
 /// The exported functions: name and entry point.
 const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value)] = &[
     (c"readBlocksNowait", js_read_blocks_nowait),
@@ -377,6 +419,9 @@ const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_
     (c"fuseUnwatch", js_fuse_unwatch),
     (c"fuseRead", js_fuse_read),
     (c"fuseWrite", js_fuse_write),
+    (c"fdSocketPair", js_fd_socket_pair),
+    (c"fdReceive", js_fd_receive),
+    (c"fdSetNonblocking", js_fd_set_nonblocking),
     (c"copyRange", js_copy_range),
     (c"cloneRange", js_clone_range),
     (c"readBlocks", js_read_blocks),

@@ -4,6 +4,7 @@ import { assertFdOutsidePool } from '../pool/pool-guard';
 import { defaultPoolRoot } from '../pool/pool-paths';
 import type { Command, CommandContext, OptionSpec } from './command';
 import { COMMAND_LOADERS, loadCommand } from './commands/index';
+import { explainUnwrappedError } from './system-errors';
 
 /** Options every command accepts. */
 export const GLOBAL_OPTIONS: OptionSpec[] = [
@@ -100,20 +101,24 @@ export function splitGlobalOptions(argv: string[]): { name: string | null; rest:
   return { name, rest: name === null ? [] : [...argv.slice(i + 1), ...leading], leading };
 }
 
-/**
- * Is fd 1 a file of the pool argv names (`dmfs ls --bogus --json >> POOL/data/data-file`)?
- * Then not even the --json error document may be written there. The root is taken from
- * argv as parseArgs would (last --root wins), since the error may be that argv does not parse.
- */
-function stdoutIsPoolFile(argv: string[]): boolean {
+/** The pool root argv names, taken as parseArgs would (last --root wins), even from argv that does not parse. */
+function rootOf(argv: string[]): string {
   let root: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--') break;
     if (argv[i] === '--root' && i + 1 < argv.length) root = argv[++i];
     else if (argv[i].startsWith('--root=')) root = argv[i].slice('--root='.length);
   }
+  return root ?? process.env.DMFS_ROOT ?? defaultPoolRoot();
+}
+
+/**
+ * Is fd 1 a file of the pool argv names (`dmfs ls --bogus --json >> POOL/data/data-file`)?
+ * Then not even the --json error document may be written there.
+ */
+function stdoutIsPoolFile(argv: string[]): boolean {
   try {
-    assertFdOutsidePool(root ?? process.env.DMFS_ROOT ?? defaultPoolRoot(), 1, 'standard output');
+    assertFdOutsidePool(rootOf(argv), 1, 'standard output');
     return false;
   } catch {
     return true;
@@ -199,6 +204,12 @@ async function run(argv: string[], stdout: NodeJS.WritableStream, stderr: NodeJS
       if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(err) + '\n');
       stderr.write(`dmfs ${name}: ${err.message}\n`);
       return err.exitCode;
+    }
+    const explained = explainUnwrappedError(err, rootOf(argv));
+    if (explained) {
+      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(explained) + '\n');
+      stderr.write(`dmfs ${name}: ${explained.message}\n`);
+      return explained.exitCode;
     }
     stderr.write(`dmfs ${name}: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
     return 1;

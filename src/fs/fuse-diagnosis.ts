@@ -3,12 +3,15 @@
  * answers every failure with "fuse failed" (its own line on stderr aside), and open(2) of
  * /dev/fuse gives a bare errno; the user needs the real cause: /dev/fuse missing, not
  * openable by this user, no usable fusermount for a non-root mount, allow_other not
- * permitted. Checked after a mount failed (never on the fast path of a mount that works).
+ * permitted. Checked after a mount failed (never on the fast path of a mount that works),
+ * and by the choice of transport (kernelFusermount).
  *
  * How libfuse 2 mounts (lib/mount.c): it opens /dev/fuse itself and tries mount(2); a
  * failed open is final (no fusermount fallback), so a non-root user needs a /dev/fuse it
  * may open (mode 0666, the usual one) as well as a setuid-root fusermount, looked up in
- * FUSERMOUNT_DIR (/usr/bin) and then on PATH.
+ * FUSERMOUNT_DIR (/usr/bin) and then on PATH. The kernel transport, as non-root, runs
+ * fusermount3 itself (src/fs/fusermount.ts), which opens /dev/fuse as the calling user: it
+ * needs the same two things.
  */
 import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
@@ -70,18 +73,73 @@ export function devFuseProblem(host: FuseHostView = defaultFuseHostView()): stri
   return null;
 }
 
-/** The fusermount libfuse 2 would run, or null. */
-export function findFusermount(host: FuseHostView = defaultFuseHostView()): string | null {
-  for (const dir of host.fusermountDirs) {
-    const file = path.join(dir, 'fusermount');
-    try {
-      accessSync(file, fsConstants.X_OK);
-      return file;
-    } catch {
-      /* next */
+/** What libfuse 2 runs for a non-root mount. */
+export const LIBFUSE2_FUSERMOUNTS: readonly string[] = ['fusermount'];
+/**
+ * What the kernel transport runs for a non-root mount, in order: fusermount3 (fuse3), as
+ * libfuse 3 does, then fusermount (a link to it, or fuse 2's, which speaks the same
+ * protocol and takes the same options).
+ */
+export const KERNEL_FUSERMOUNTS: readonly string[] = ['fusermount3', 'fusermount'];
+
+/** The first of `names` found executable in host.fusermountDirs (each name in every dir before the next name), or null. */
+export function findFusermount(host: FuseHostView = defaultFuseHostView(), names: readonly string[] = LIBFUSE2_FUSERMOUNTS): string | null {
+  for (const name of names) {
+    for (const dir of host.fusermountDirs) {
+      const file = path.join(dir, name);
+      try {
+        accessSync(file, fsConstants.X_OK);
+        return file;
+      } catch {
+        /* next */
+      }
     }
   }
   return null;
+}
+
+/** Why `fusermount` cannot mount for a non-root user (not setuid root), or null. */
+export function fusermountSetuidProblem(fusermount: string): string | null {
+  try {
+    const st = statSync(fusermount); // follows the link to fusermount3
+    if (st.uid !== 0 || !(st.mode & S_ISUID)) {
+      return `${fusermount} is not setuid root, so a non-root user cannot mount with it: reinstall fuse3 (or chmod u+s it as root), or run dmfs mount as root`;
+    }
+  } catch (err) {
+    return `cannot stat ${fusermount}: ${(err as Error).message}`;
+  }
+  return null;
+}
+
+/** Why a non-root user may not use allow_other here (no user_allow_other in fuse.conf), or null. */
+export function allowOtherProblem(host: FuseHostView = defaultFuseHostView()): string | null {
+  if (host.uid === 0) return null;
+  let conf = '';
+  try {
+    conf = readFileSync(host.fuseConfPath, 'utf8');
+  } catch {
+    /* missing: the option is not set */
+  }
+  if (/^\s*user_allow_other\s*$/m.test(conf)) return null;
+  return `--allow-other by a non-root user needs 'user_allow_other' in ${host.fuseConfPath}: add that line as root, or mount as root`;
+}
+
+/**
+ * The setuid fusermount a non-root kernel-transport mount goes through, or why there is
+ * none usable: /dev/fuse must be openable by this user too (fusermount opens it with the
+ * caller's file system uid, util/fusermount.c), and `allowOther` needs user_allow_other.
+ */
+export function kernelFusermount(opts: { allowOther?: boolean } = {}, host: FuseHostView = defaultFuseHostView()): { fusermount: string } | { problem: string } {
+  const dev = devFuseProblem(host);
+  if (dev) return { problem: dev };
+  const fusermount = findFusermount(host, KERNEL_FUSERMOUNTS);
+  if (!fusermount) {
+    return {
+      problem: `no ${KERNEL_FUSERMOUNTS.join(' or ')} for a non-root mount (looked in ${host.fusermountDirs[0]} and on PATH): install fuse3 (${SETUP_HOST} does), or run dmfs mount as root`,
+    };
+  }
+  const problem = fusermountSetuidProblem(fusermount) ?? (opts.allowOther ? allowOtherProblem(host) : null);
+  return problem ? { problem } : { fusermount };
 }
 
 /**
@@ -96,24 +154,5 @@ export function libfuseMountProblem(opts: { allowOther?: boolean }, host: FuseHo
   if (!fusermount) {
     return `no fusermount for a non-root mount (libfuse 2 looks in ${host.fusermountDirs[0]} and on PATH): install fuse3 and link fusermount to fusermount3 (${SETUP_HOST} does both), or run dmfs mount as root`;
   }
-  try {
-    const st = statSync(fusermount); // follows the link to fusermount3
-    if (st.uid !== 0 || !(st.mode & S_ISUID)) {
-      return `${fusermount} is not setuid root, so a non-root user cannot mount with it: reinstall fuse3 (or chmod u+s it as root), or run dmfs mount as root`;
-    }
-  } catch (err) {
-    return `cannot stat ${fusermount}: ${(err as Error).message}`;
-  }
-  if (opts.allowOther) {
-    let conf = '';
-    try {
-      conf = readFileSync(host.fuseConfPath, 'utf8');
-    } catch {
-      /* missing: the option is not set */
-    }
-    if (!/^\s*user_allow_other\s*$/m.test(conf)) {
-      return `--allow-other by a non-root user needs 'user_allow_other' in ${host.fuseConfPath}: add that line as root, or mount as root`;
-    }
-  }
-  return null;
+  return fusermountSetuidProblem(fusermount) ?? (opts.allowOther ? allowOtherProblem(host) : null);
 }

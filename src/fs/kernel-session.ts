@@ -10,9 +10,12 @@
  * gathered in the page cache and arrive in up to 1 MiB requests, and a request costs one
  * wake-up of the JS thread (native/src/fuse_dev.rs watches the device on Node's loop).
  *
- * Mounting needs mount(2) with the device's fd, which only root may call: `mount -i -t
- * fuse.dmfs -o fd=3,...` is run with the device as its fd 3. Non-root mounts use the
- * fuse-native transport (src/fs/fuse-adapter.ts), which goes through fusermount.
+ * Mounting needs mount(2) with the device's fd. Root runs `mount -i -t fuse.dmfs -o
+ * fd=3,...` with the device as its fd 3. Any other user goes through the setuid
+ * fusermount3, which mounts and passes the device fd back over a unix socket
+ * (fusermount.ts), as libfuse 3 does. Where neither works (no native addon, no setuid
+ * fusermount, /dev/fuse not openable) mounts use the fuse-native transport
+ * (src/fs/fuse-adapter.ts); kernelMountRoute says which applies and why.
  *
  * Buffers: a request is read into a pooled buffer of MAX_REQUEST_BYTES. Handlers parse
  * what they need synchronously; only WRITE keeps its buffer (the data) until the store
@@ -23,8 +26,9 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { dmfsError } from '../errors';
 import { loadFuseDevice, type FuseDevice } from '../native';
-import { devFuseProblem } from './fuse-diagnosis';
-import { FUSE_FSTYPE } from './mount-table';
+import { defaultFuseHostView, devFuseProblem, kernelFusermount, type FuseHostView } from './fuse-diagnosis';
+import { mountWithFusermount } from './fusermount';
+import { FUSE_FSTYPE, unmountFuse } from './mount-table';
 import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
 
 const E = osConstants.errno;
@@ -71,23 +75,60 @@ export interface KernelMountOptions {
   suidDev: boolean;
 }
 
-/** Why the kernel transport cannot be used here (null: it can). */
-export function kernelTransportUnavailable(): string | null {
-  if ((process.getuid?.() ?? -1) !== 0) return 'mounting with the kernel transport needs root (mount(2) with a /dev/fuse fd): run as root, or let DMFS_FUSE_TRANSPORT default to auto (libfuse 2 through fusermount)';
+/**
+ * How the kernel transport mounts: mount(8) with the device as its fd 3 (root), or through
+ * a setuid fusermount that passes the device fd back (everyone else).
+ */
+export type KernelMountRoute = { via: 'mount' } | { via: 'fusermount'; fusermount: string };
+
+/**
+ * How this process would mount with the kernel transport, or why it cannot (in words that
+ * say what to do). Reads the host only; a route found can still fail at mount time (no
+ * mount(8), no CAP_SYS_ADMIN in a container, a mountpoint the user may not write).
+ */
+export function kernelMountRoute(host: FuseHostView = defaultFuseHostView()): { route: KernelMountRoute } | { unavailable: string } {
   const dev = loadFuseDevice();
-  if ('reason' in dev) return `the native addon is unavailable: ${dev.reason}`;
-  return null;
+  if ('reason' in dev) return { unavailable: `the native addon is unavailable: ${dev.reason}` };
+  if (host.uid === 0) return { route: { via: 'mount' } };
+  const found = kernelFusermount({}, host);
+  if ('problem' in found) return { unavailable: found.problem };
+  return { route: { via: 'fusermount', fusermount: found.fusermount } };
 }
 
-/** The mount(8) option string of a FUSE mount whose device is the child's fd 3. */
-export function kernelMountOptions(o: KernelMountOptions, uid: number, gid: number): string {
-  const list = ['fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`];
+/** Why the kernel transport cannot be used here (null: it can). See kernelMountRoute. */
+export function kernelTransportUnavailable(host?: FuseHostView): string | null {
+  const r = kernelMountRoute(host);
+  return 'unavailable' in r ? r.unavailable : null;
+}
+
+/** The mount options every route passes: access, read-only, setuid/devices. */
+function commonMountOptions(o: KernelMountOptions): string[] {
+  const list: string[] = [];
   // The kernel checks permissions from the mode when other users may enter; without
   // allow_other only the mounting user gets in at all (see the access operation).
   if (o.allowOther) list.push('allow_other', 'default_permissions');
   list.push(o.readOnly ? 'ro' : 'rw');
   if (!o.suidDev) list.push('nosuid', 'nodev');
-  return list.join(',');
+  return list;
+}
+
+/** The mount(8) option string of a FUSE mount whose device is the child's fd 3. */
+export function kernelMountOptions(o: KernelMountOptions, uid: number, gid: number): string {
+  return ['fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, ...commonMountOptions(o)].join(',');
+}
+
+/** /proc/mounts' source field: what mount(8) and fusermount accept unescaped. */
+function mountSource(o: KernelMountOptions): string {
+  return o.source.replace(/[^A-Za-z0-9._:@/+-]/g, '_');
+}
+
+/**
+ * fusermount's -o list. It adds fd, rootmode, user_id and group_id itself and refuses
+ * unknown options; fsname and subtype give the same source and type (fuse.dmfs) as a root
+ * mount. For a non-root caller it forces nosuid,nodev and ignores suid/dev.
+ */
+export function fusermountOptions(o: KernelMountOptions): string {
+  return [`fsname=${mountSource(o)}`, `subtype=${FUSE_FSTYPE.slice('fuse.'.length)}`, ...commonMountOptions(o)].join(',');
 }
 
 function runMount(fd: number, args: string[]): Promise<void> {
@@ -103,6 +144,41 @@ function runMount(fd: number, args: string[]): Promise<void> {
       else reject(dmfsError('MOUNT_FAILED', `mount(8) failed (exit ${code}): ${stderr.trim() || 'no message'}`));
     });
   });
+}
+
+/** Root: opens /dev/fuse (non-blocking) and mounts it with mount(8). Returns the mounted fd; on failure closes it. */
+async function mountAsRoot(mountpoint: string, opts: KernelMountOptions): Promise<number> {
+  let fd: number;
+  try {
+    fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    throw dmfsError('FUSE_UNAVAILABLE', devFuseProblem() ?? `cannot open /dev/fuse: ${(err as Error).message}`, err);
+  }
+  try {
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    await runMount(fd, ['-i', '-t', FUSE_FSTYPE, '-o', kernelMountOptions(opts, uid, gid), mountSource(opts), mountpoint]);
+    return fd;
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+}
+
+/** Non-root: fusermount mounts and passes the device fd back (fusermount.ts); made non-blocking here. */
+async function mountThroughFusermount(device: FuseDevice, fusermount: string, mountpoint: string, opts: KernelMountOptions): Promise<number> {
+  const diagnose = () => {
+    const found = kernelFusermount({ allowOther: opts.allowOther });
+    return 'problem' in found ? found.problem : null;
+  };
+  const fd = await mountWithFusermount(device, fusermount, mountpoint, fusermountOptions(opts), diagnose);
+  const rc = device.setNonblocking(fd);
+  if (rc < 0) {
+    closeSync(fd);
+    await unmountFuse(mountpoint, { lazy: true }).catch(() => undefined);
+    throw dmfsError('MOUNT_FAILED', `cannot make the /dev/fuse descriptor from ${fusermount} non-blocking: errno ${-rc}`);
+  }
+  return fd;
 }
 
 /** One FUSE connection: the device fd, its watcher, and the reply path. */
@@ -129,29 +205,24 @@ export class KernelSession {
   ) {}
 
   /**
-   * Opens /dev/fuse, mounts it at `mountpoint` and serves requests on this event loop.
-   * Resolves once the mount is live. Throws FUSE_UNAVAILABLE / MOUNT_FAILED; on failure
+   * Mounts /dev/fuse at `mountpoint` by the route kernelMountRoute gives (mount(8) as root,
+   * fusermount otherwise) and serves requests on this event loop. Resolves once the kernel's
+   * INIT is answered: the mount is live. Throws FUSE_UNAVAILABLE / MOUNT_FAILED; on failure
    * nothing stays mounted or open.
    */
   static async mount(mountpoint: string, dispatcher: KernelDispatcher, opts: KernelMountOptions, onUnexpected: (err: unknown) => void = () => undefined): Promise<KernelSession> {
     const dev = loadFuseDevice();
     if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
-    let fd: number;
-    try {
-      fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
-    } catch (err) {
-      throw dmfsError('FUSE_UNAVAILABLE', devFuseProblem() ?? `cannot open /dev/fuse: ${(err as Error).message}`, err);
-    }
+    const how = kernelMountRoute();
+    if ('unavailable' in how) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${how.unavailable}`);
+    const fd = how.route.via === 'mount' ? await mountAsRoot(mountpoint, opts) : await mountThroughFusermount(dev.device, how.route.fusermount, mountpoint, opts);
     const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
     try {
-      const uid = process.getuid?.() ?? 0;
-      const gid = process.getgid?.() ?? 0;
-      const source = opts.source.replace(/[^A-Za-z0-9._:@/+-]/g, '_');
-      await runMount(fd, ['-i', '-t', FUSE_FSTYPE, '-o', kernelMountOptions(opts, uid, gid), source, mountpoint]);
       // Watched only once mounted: before that the device polls as an error and reads EPERM.
       session.watchId = dev.device.watch(fd, () => session.onReadable(), () => session.idleSpinMicros());
     } catch (err) {
       session.detach();
+      await unmountFuse(mountpoint, { lazy: true }).catch(() => undefined);
       throw err;
     }
     await session.initialised;

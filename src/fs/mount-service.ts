@@ -6,11 +6,12 @@
  * the files still open until the last one closes. Either way it ends the same: release
  * open handles, sync (data, then metadata), close the layer.
  *
- * Two transports (FuseTransport) over one operations table (fuse-operations.ts): the kernel
- * one (kernel-session.ts + kernel-transport.ts, root with the native addon) and libfuse 2
- * through fuse-native (path-transport.ts + fuse-adapter.ts, everything else). Cache policy
- * of the kernel transport: kernelOptionsFor. Of libfuse 2 (mountOptionsFor, and
- * libfuse2OptionsFor for the table): a read-only layer keeps its page cache across
+ * Two transports (FuseTransport, chosen by chooseTransport) over one operations table
+ * (fuse-operations.ts): the kernel one (kernel-session.ts + kernel-transport.ts: the native
+ * addon, and root or a setuid fusermount) and libfuse 2 through fuse-native
+ * (path-transport.ts + fuse-adapter.ts, everything else). Cache policy of the kernel
+ * transport: kernelOptionsFor. Of libfuse 2 (mountOptionsFor, and libfuse2OptionsFor for
+ * the table): a read-only layer keeps its page cache across
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
  * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,
@@ -20,14 +21,15 @@ import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
 import { createFuseOperations, type FuseOperations, type FuseOperationsOptions } from './fuse-operations';
 import { createKernelTransport } from './kernel-transport';
-import { KernelSession, kernelTransportUnavailable } from './kernel-session';
+import { KernelSession, kernelMountRoute } from './kernel-session';
 import { createPathTransport } from './path-transport';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { dmfsError, isDmfsError } from '../errors';
 
 /**
  * Which FUSE transport serves the mount. 'kernel': dmfs speaks the protocol on /dev/fuse
- * itself (kernel-session.ts; root and the native addon needed). 'libfuse2': fuse-native.
+ * itself (kernel-session.ts; the native addon and root or a setuid fusermount needed).
+ * 'libfuse2': fuse-native.
  * 'auto': kernel when it can, else libfuse2. DMFS_FUSE_TRANSPORT sets the default.
  */
 export type FuseTransport = 'auto' | 'kernel' | 'libfuse2';
@@ -36,6 +38,32 @@ export function transportFromEnv(value: string | undefined = process.env.DMFS_FU
   if (value === undefined || value === '' || value === 'auto') return 'auto';
   if (value === 'kernel' || value === 'libfuse2') return value;
   throw dmfsError('BAD_CONFIG', `DMFS_FUSE_TRANSPORT must be 'auto', 'kernel' or 'libfuse2', got '${value}'`);
+}
+
+/** The transport a mount will use, and why (for logs and `dmfs doctor`). */
+export interface TransportChoice {
+  transport: 'kernel' | 'libfuse2';
+  reason: string;
+}
+
+/**
+ * The transport for a mount asked for with `wanted`: the kernel one unless libfuse 2 is
+ * asked for (explicitly, or by `debug`, whose request log only libfuse has) or the kernel
+ * one cannot mount here (`route`); then libfuse 2, with the kernel route's reason. Throws
+ * FUSE_UNAVAILABLE when 'kernel' is asked for and cannot mount. A kernel mount that still
+ * fails at mount time falls back to libfuse 2 under 'auto' (MountService.start).
+ */
+export function chooseTransport(wanted: FuseTransport = transportFromEnv(), opts: { debug?: boolean } = {}, route: ReturnType<typeof kernelMountRoute> = kernelMountRoute()): TransportChoice {
+  if (wanted === 'libfuse2') return { transport: 'libfuse2', reason: 'libfuse 2 asked for (DMFS_FUSE_TRANSPORT=libfuse2)' };
+  if ('unavailable' in route) {
+    if (wanted === 'kernel') throw dmfsError('FUSE_UNAVAILABLE', `the kernel FUSE transport was asked for (DMFS_FUSE_TRANSPORT=kernel) but cannot mount here: ${route.unavailable}`);
+    return { transport: 'libfuse2', reason: route.unavailable };
+  }
+  if (opts.debug) return { transport: 'libfuse2', reason: 'debug asks for libfuse\'s request log' };
+  return {
+    transport: 'kernel',
+    reason: route.route.via === 'mount' ? 'root: mount(8) with the /dev/fuse descriptor' : `not root: ${route.route.fusermount} (setuid root) mounts and passes the /dev/fuse descriptor back`,
+  };
 }
 
 /** The live session, whichever transport: ended once unmounted; detach frees it. */
@@ -196,13 +224,12 @@ export class MountService {
     const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
     const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
     const wanted = opts.transport ?? transportFromEnv();
-    const kernelBlocked = wanted === 'libfuse2' ? 'libfuse2 asked for' : kernelTransportUnavailable();
-    if (wanted === 'kernel' && kernelBlocked) throw dmfsError('FUSE_UNAVAILABLE', kernelBlocked);
+    const choice = chooseTransport(wanted, { debug: opts.debug });
     // eslint-disable-next-line prefer-const
     let service: MountService | undefined;
     let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
     let kernelFailure: string | null = null;
-    if (!kernelBlocked && !opts.debug) {
+    if (choice.transport === 'kernel') {
       const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
       const kernel = createKernelTransport(table, { onUnexpected });
       try {
@@ -216,11 +243,15 @@ export class MountService {
         served = { ops: { table, requestCounts: kernel.requestCounts }, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
-        // container, where fusermount may still mount.
-        if (wanted === 'kernel' || !isDmfsError(err)) throw err;
+        // container, where fusermount may still mount (MOUNT_FAILED). Not after
+        // FUSE_UNAVAILABLE: the host lacks what libfuse 2 needs as well (/dev/fuse, a setuid
+        // fusermount, user_allow_other), and its error says so first-hand.
+        if (wanted === 'kernel' || !isDmfsError(err) || err.code === 'FUSE_UNAVAILABLE') throw err;
         kernelFailure = err.message;
         log(`kernel FUSE transport failed (${err.message}); using libfuse 2`);
       }
+    } else if (wanted === 'auto') {
+      log(`using libfuse 2: ${choice.reason}`);
     }
     if (!served) {
       const table = createFuseOperations(opts.layer, libfuse2OptionsFor(fuseOpts, onUnexpected));

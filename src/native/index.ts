@@ -28,7 +28,7 @@ export type { BlockIo, ReadBlocksOptions } from './block-io';
 export { FallbackBlockIo, crc32cTable } from './fallback';
 
 /** ABI the wrapper below speaks; must equal ABI_VERSION in native/src/lib.rs. */
-export const NATIVE_ABI_VERSION = 2;
+export const NATIVE_ABI_VERSION = 3;
 
 /** Bytes written and cloned by probeReflink: a multiple of every file system block size. */
 const PROBE_BYTES = 64 * 1024;
@@ -56,10 +56,15 @@ export interface RawAddon {
   fuseUnwatch(id: number): void;
   fuseRead(fd: number, buf: Buffer): number;
   fuseWrite(fd: number, buf: Buffer): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): 0 with both fds as int32 LE in out[0..8], or -errno. */
+  fdSocketPair(out: Buffer): number;
+  /** One non-blocking recvmsg: the one SCM_RIGHTS fd received (close-on-exec), or -errno (see native/src/fd_passing.rs). */
+  fdReceive(sock: number): number;
+  fdSetNonblocking(fd: number): number;
 }
 
 /**
- * The addon's FUSE device calls (native/src/fuse_dev.rs), used by the kernel FUSE
+ * The addon's FUSE device calls (native/src/fuse_dev.rs, fd_passing.rs), used by the kernel FUSE
  * transport only. read/write return a byte count or a negative errno; they never throw
  * for a system error.
  */
@@ -73,6 +78,15 @@ export interface FuseDevice {
   unwatch(id: number): void;
   read(fd: number, buf: Buffer): number;
   write(fd: number, buf: Buffer): number;
+  /**
+   * Descriptor passing, for mounting through fusermount (native/src/fd_passing.rs); -errno on
+   * failure, never a throw. socketPair writes two close-on-exec fds as int32 LE into out[0..8].
+   * receive: the one fd a message carried, -EAGAIN when none has arrived, -ENOMSG when the
+   * peer sent none, -EBADMSG when it sent more (all closed).
+   */
+  socketPair(out: Buffer): number;
+  receive(sock: number): number;
+  setNonblocking(fd: number): number;
 }
 
 /**
@@ -85,7 +99,17 @@ export function loadFuseDevice(mode: string | undefined = process.env.DMFS_NATIV
   if (!load.blockIo) return { reason: load.reason };
   // N-API functions ignore `this`: hand them out unbound, with no wrapper on the hot path.
   const raw = load.blockIo.addon;
-  return { device: { watch: raw.fuseWatch, unwatch: raw.fuseUnwatch, read: raw.fuseRead, write: raw.fuseWrite } };
+  return {
+    device: {
+      watch: raw.fuseWatch,
+      unwatch: raw.fuseUnwatch,
+      read: raw.fuseRead,
+      write: raw.fuseWrite,
+      socketPair: raw.fdSocketPair,
+      receive: raw.fdReceive,
+      setNonblocking: raw.fdSetNonblocking,
+    },
+  };
 }
 
 /** The package root: the nearest ancestor holding dmfs's package.json (same from src/ and dist/). */

@@ -37,7 +37,10 @@ import { DmfsError } from '../errors';
  * records well formed; and every page of [2, last_pg] either in use or free, never both.
  *
  * Not proved: value bytes (records carry their own CRC-32C, see codec.ts) and the content
- * of free pages (stale by definition; liblmdb overwrites them before use).
+ * of free pages. liblmdb never reads a free page (it writes a whole page before reuse), so
+ * damage there is harmless, and it cannot be told from stale bytes: a freed overflow run's
+ * continuation pages hold a value's raw bytes (inline file data, up to 32 KiB), and once the
+ * run's first page is reused nothing says they were ever part of a run.
  */
 
 export const LMDB_MAGIC = 0xbeefc0de;

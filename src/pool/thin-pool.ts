@@ -671,13 +671,25 @@ export class ThinPool {
     }
     let freed = 0;
     for (const ownerId of dead) {
-      const blocks: DataBlock[] = [];
-      for (const key of this.reserved.keys([ownerId], [ownerId + 1])) blocks.push(asDataBlock((key as number[])[1]));
-      if (blocks.length && this.sb.options.blkDiscard) await this.punch(blocks);
-      this.env.txn(() => {
-        for (const b of blocks) this.reserved.del([ownerId, b]);
-        this.spaceMap.release(blocks);
+      // Two processes may reclaim the same dead owner at once. What is still reserved to it
+      // is read and moved to this process's own reservation in one transaction, so each
+      // block is claimed by exactly one reclaimer; only then is it punched (no one else can
+      // allocate it meanwhile) and released.
+      const blocks = this.env.txn(() => {
+        const claimed: DataBlock[] = [];
+        for (const key of this.reserved.keys([ownerId], [ownerId + 1])) claimed.push(asDataBlock((key as number[])[1]));
+        for (const b of claimed) {
+          this.reserved.del([ownerId, b]);
+          this.reserved.put([this.ownerId, b], EMPTY);
+        }
         this.owners.del(ownerId);
+        return claimed;
+      });
+      if (!blocks.length) continue;
+      if (this.sb.options.blkDiscard) await this.punch(blocks);
+      this.env.txn(() => {
+        for (const b of blocks) this.reserved.del([this.ownerId, b]);
+        this.spaceMap.release(blocks);
       });
       freed += blocks.length;
     }
@@ -848,9 +860,14 @@ export class ThinPool {
     this.closed = true;
     fs.closeSync(this.dataFd);
     if (!this.readOnly) {
-      // Opened writable but failed: the owner record has nothing reserved yet; drop it.
+      // Opened writable but failed: drop the owner record unless it holds a reservation
+      // (blocks claimed from a dead owner half-way through reclaimDeadOwners), which the
+      // next open's reclaim frees once this process is gone.
       try {
-        this.env.txn(() => this.owners.del(this.ownerId));
+        this.env.txn(() => {
+          for (const _ of this.reserved.keys([this.ownerId], [this.ownerId + 1])) return;
+          this.owners.del(this.ownerId);
+        });
       } catch {
         /* left for the next open's reclaim (this process will be dead) */
       }

@@ -3,7 +3,7 @@ import { MetadataSnapshot } from '../pool/metadata-backup';
 import type { Table } from '../pool/metadata-env';
 import { isDataRef, unpackBlockRef, unpackInode, unpackLayer, type LayerRecord } from './records';
 
-/** The root directory's inode number (chain-layer-fs ROOT_INO; repeated to keep this module free of the FUSE-facing file). */
+/** The root directory's inode number (inode-records ROOT_INO; repeated to keep this module free of the open-layer code). */
 const ROOT_INO = 1;
 
 /** Anything with the store's tables: a ThinPool (live metadata) or a MetadataSnapshot (a backup, read-only). */

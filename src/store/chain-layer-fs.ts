@@ -1,107 +1,23 @@
-import { LRUCache } from 'lru-cache';
-import { dmfsError } from '../errors';
-import { asDataBlock, type DataBlock } from '../pool/block-address';
-import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
-import {
-  S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
-  type Attr, type ChangeDir, type DirEntry, type FileKind, type Ino, type LayerChange, type LayerFs,
-  fileKindOfMode, type NewNodeOptions, type ReadOptions, type RenameFlags, type SetAttr, type StatFs, type XattrSetFlags,
+import { ChangeListing } from './change-listing';
+import { FileData } from './file-data';
+import { InodeRecords, ROOT_INO } from './inode-records';
+import { LayerContext, type LayerContextOptions } from './layer-context';
+import { LayerNamespace, NAME_MAX_BYTES } from './layer-namespace';
+import type {
+  Attr, DirEntry, Ino, LayerChange, LayerFs, NewNodeOptions, ReadOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
 } from './layer-store';
-import {
-  bmapKey, bmapRange, blockContentMatches, direntKey, direntRange, firstBadSector, hasSectorCrcs, inodeKey, isWhiteout,
-  nowTime, nsToTime, packBlockRef, packDirent, packInode, packUsage, sectorCrcsOf, sectorSizeBytes, timeToNs, usageBytes,
-  unpackBlockRef, unpackDirent, unpackInode, unpackUsage,
-  isDataRef, type BlockRef, type DataRef, type DirentRecord, type InodeRecord, type StoredTime,
-} from './records';
-import { blockIo } from '../native';
 import { layerStatfs } from './layer-statfs';
+import { LayerXattrs } from './layer-xattrs';
+import type { StoreTables } from './store-tables';
+import { VerifiedBlockReader } from './verified-block-reader';
 
-/** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
-interface BlockRead {
-  ref: DataRef;
-  inBlock: number;
-  dst: Buffer;
-}
-
-export const ROOT_INO: Ino = 1;
-/** Entries of each lower-segment cache of an open layer. */
-const LOWER_CACHE_ENTRIES = 16384;
-/** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
-const INTACT_MAPS_MAX = 65536;
-const NAME_MAX_BYTES = 255;
-const XATTR_NAME_MAX_BYTES = 255;
-const XATTR_VALUE_MAX_BYTES = 64 * 1024;
-const LINK_MAX = 65000;
-const DIR_SIZE_BYTES = 4096;
-
-export function kindFromMode(mode: number): FileKind {
-  try {
-    return fileKindOfMode(mode);
-  } catch {
-    throw dmfsError('INVALID', `unknown file type in mode ${mode.toString(8)}`);
-  }
-}
-
-const TYPE_BITS: Record<FileKind, number> = {
-  file: S_IFREG, dir: S_IFDIR, symlink: S_IFLNK, chardev: S_IFCHR, blockdev: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK,
-};
-
-/** The tables the layer store keeps in the pool's metadata environment. */
-export interface StoreTables {
-  inodes: Table;
-  dirents: Table;
-  bmap: Table;
-  usage: Table;
-  orphans: Table;
-}
-
-export function openStoreTables(pool: ThinPool): StoreTables {
-  return {
-    inodes: pool.table('inodes'),
-    dirents: pool.table('dirents'),
-    bmap: pool.table('bmap'),
-    usage: pool.table('usage'),
-    orphans: pool.table('orphans'),
-  };
-}
-
-export interface ChainLayerFsOptions {
-  layerName: string;
-  /** Segments top-down: [own segment, parent's, ..., base's]. */
-  segments: number[];
-  readOnly: boolean;
-  sizeLimitBytes: number;
+export interface ChainLayerFsOptions extends LayerContextOptions {
   /** Called once by close(), after the final sync. */
   onClose: () => Promise<void>;
   /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
   onClaimMount?: (mountpoint: string) => void;
   onReleaseMount?: (mountpoint: string) => void;
-}
-
-/** A simple FIFO mutex keyed by inode: data-path operations on one inode run one at a time. */
-class KeyedMutex {
-  private readonly tails = new Map<number, Promise<void>>();
-  async run<T>(key: number, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.tails.set(key, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
-}
-
-interface InodeInChain {
-  /** Index into segments (0 = own). */
-  level: number;
-  rec: InodeRecord;
 }
 
 /**
@@ -113,6 +29,14 @@ interface InodeInChain {
  * - bytes of a file past its size, inside its last block, read as zeros in every segment;
  * - no segment maps a file block at or past ceil(size / blockSize) of its own record;
  * - a data block is referenced by at most one block-map entry in the whole pool.
+ *
+ * Made of parts sharing one LayerContext: InodeRecords (records, attributes), FileData
+ * (block maps, copy-on-write, inline tails; checksums through VerifiedBlockReader),
+ * LayerNamespace (entries, whiteouts, links, orphans), LayerXattrs and ChangeListing.
+ * This class forwards each operation to its part, which checks the layer is open (or
+ * writable) and its arguments; it keeps what belongs to the layer as a whole: open
+ * handles, statfs, mount claims, the periodic sync and close. Forwarders are not async,
+ * so a call costs no promise more than the part's own.
  */
 export class ChainLayerFs implements LayerFs {
   readonly layerName: string;
@@ -120,61 +44,33 @@ export class ChainLayerFs implements LayerFs {
   readonly rootIno = ROOT_INO;
   readonly sizeLimitBytes: number;
 
-  private readonly segs: number[];
-  private readonly top: number;
-  private readonly t: StoreTables;
-  private readonly bs: number;
-  /** Bytes covered by one per-sector CRC. */
-  private readonly sectorBytes: number;
-  /** Inline block content up to this many bytes is kept in metadata instead of a data block. */
-  private readonly inlineMaxBytes: number;
-  private readonly mutex = new KeyedMutex();
-  private readonly openCounts = new Map<Ino, number>();
-  /**
-   * Lower segments never change while a chain is open: cache what they hold. Sizes are
-   * modest because lru-cache allocates every slot up front (65,536 slots take ~5 ms, paid
-   * at each layer open, i.e. each mount).
-   */
-  private readonly lowerInodeCache = new LRUCache<number, InodeInChain | 0>({ max: LOWER_CACHE_ENTRIES });
-  private readonly lowerUsageBytes: number;
+  private readonly ctx: LayerContext;
+  private readonly records: InodeRecords;
+  private readonly data: FileData;
+  private readonly namespace: LayerNamespace;
+  private readonly xattrs: LayerXattrs;
+  private readonly changeListing: ChangeListing;
   /** Inodes of the lower segments (statfs), counted at the first statfs. */
   private lowerInodeCount: number | null = null;
-  private readonly lowerMappedCache = new LRUCache<string, number>({ max: LOWER_CACHE_ENTRIES });
-  /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
-  private readonly intactMaps = new Set<string>();
-  /**
-   * Tag-0 data blocks (one whole-block CRC) whose content matched when this layer last
-   * read them whole: partial reads of them read only what they need. Per-sector blocks
-   * verify every read, which costs no extra I/O, so they are never entered here. Made on
-   * first use: only pools written before per-sector CRCs have tag-0 blocks.
-   */
-  private verifiedCache: LRUCache<number, true> | null = null;
-  private get verified(): LRUCache<number, true> {
-    return (this.verifiedCache ??= new LRUCache<number, true>({ max: 262144 }));
-  }
-  private dirty = false;
   private syncTimer: NodeJS.Timeout | null = null;
-  private closed = false;
   private readonly onClose: () => Promise<void>;
   private readonly onClaimMount: (mountpoint: string) => void;
   private readonly onReleaseMount: (mountpoint: string) => void;
 
-  constructor(private readonly pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
-    this.layerName = opts.layerName;
-    this.readOnly = opts.readOnly;
-    this.sizeLimitBytes = opts.sizeLimitBytes;
-    this.segs = opts.segments;
-    this.top = opts.segments[0];
-    this.t = tables;
-    this.bs = pool.blockSizeBytes;
-    this.sectorBytes = sectorSizeBytes(this.bs);
-    this.inlineMaxBytes = Math.min(32 * 1024, this.bs / 2);
+  constructor(pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
+    const ctx = new LayerContext(pool, tables, opts);
+    this.ctx = ctx;
+    this.layerName = ctx.layerName;
+    this.readOnly = ctx.readOnly;
+    this.sizeLimitBytes = ctx.sizeLimitBytes;
+    this.records = new InodeRecords(ctx);
+    this.data = new FileData(ctx, this.records, new VerifiedBlockReader(ctx));
+    this.namespace = new LayerNamespace(ctx, this.records, this.data);
+    this.xattrs = new LayerXattrs(ctx, this.records);
+    this.changeListing = new ChangeListing(ctx, this.records, this.namespace);
     this.onClose = opts.onClose;
     this.onClaimMount = opts.onClaimMount ?? (() => undefined);
     this.onReleaseMount = opts.onReleaseMount ?? (() => undefined);
-    let lower = 0;
-    for (const s of this.segs.slice(1)) lower += this.segmentBytes(s);
-    this.lowerUsageBytes = lower;
     if (!this.readOnly) {
       // Metadata commits at once; this makes it (and the data under it) durable at least every second.
       this.syncTimer = setInterval(() => void this.periodicSync(), 1000);
@@ -182,1170 +78,175 @@ export class ChainLayerFs implements LayerFs {
     }
   }
 
-  // ---- records ---------------------------------------------------------------
+  // ---- inode records ------------------------------------------------------------
 
-  private segmentBytes(segment: number): number {
-    return usageBytes(this.t.usage.get([segment]), this.bs);
+  getattr(ino: Ino): Promise<Attr> {
+    return this.records.getattr(ino);
   }
 
-  /** The inode as the layer sees it: the nearest segment's record. */
-  private findInode(ino: Ino): InodeInChain | null {
-    if (!this.readOnly || this.segs.length === 1) {
-      const raw = this.t.inodes.get(inodeKey(this.top, ino));
-      if (raw) return { level: 0, rec: unpackInode(raw) };
-      if (this.segs.length === 1) return null;
-      return this.findLowerInode(ino, 1);
-    }
-    return this.findLowerInode(ino, 0);
-  }
-
-  private findLowerInode(ino: Ino, fromLevel: number): InodeInChain | null {
-    const cacheKey = ino * 64 + fromLevel;
-    const cached = this.lowerInodeCache.get(cacheKey);
-    // Cached records are frozen and shared: writers copy them up through ownRecord (which clones).
-    if (cached !== undefined) return cached === 0 ? null : cached;
-    for (let level = fromLevel; level < this.segs.length; level++) {
-      const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
-      if (raw) {
-        const found: InodeInChain = { level, rec: Object.freeze(unpackInode(raw)) };
-        this.lowerInodeCache.set(cacheKey, found);
-        return found;
-      }
-    }
-    this.lowerInodeCache.set(cacheKey, 0);
-    return null;
-  }
-
-  private mustInode(ino: Ino): InodeInChain {
-    const found = this.findInode(ino);
-    if (!found || found.rec.nlink === 0 && !this.openCounts.get(ino) && found.rec.kind !== 'dir') {
-      throw dmfsError('NOT_FOUND', `inode ${ino} does not exist in layer ${this.layerName}`);
-    }
-    return found;
-  }
-
-  private toAttr(ino: Ino, rec: InodeRecord): Attr {
-    return {
-      ino,
-      kind: rec.kind,
-      mode: rec.mode,
-      uid: rec.uid,
-      gid: rec.gid,
-      sizeBytes: rec.kind === 'dir' ? DIR_SIZE_BYTES : rec.size,
-      nlink: rec.nlink,
-      rdev: rec.rdev,
-      atimeNs: timeToNs(rec.atime),
-      mtimeNs: timeToNs(rec.mtime),
-      ctimeNs: timeToNs(rec.ctime),
-      blocks512: rec.kind === 'file' ? this.allocatedSectors(ino, rec) : rec.kind === 'dir' ? 8 : 0,
-    };
-  }
-
-  /**
-   * st_blocks: visible mapped blocks, capped by the size rounded up to 4 KiB. The own
-   * segment's count is kept in the inode record; lower counts are cached (immutable).
-   */
-  private allocatedSectors(ino: Ino, rec: InodeRecord): number {
-    if (rec.size === 0) return 0;
-    const capSectors = Math.ceil(rec.size / 4096) * 8;
-    let mapped = 0;
-    let limit = Infinity;
-    for (const { level, rec: r } of this.inodeChain(ino)) {
-      const seg = this.segs[level];
-      const mutable = level === 0 && !this.readOnly;
-      if (limit === Infinity && r.mapped !== undefined) mapped += r.mapped;
-      else if (mutable) mapped += this.countMapped(seg, ino, limit);
-      else {
-        const key = `${seg}:${ino}:${limit}`;
-        let n = this.lowerMappedCache.get(key);
-        if (n === undefined) this.lowerMappedCache.set(key, (n = this.countMapped(seg, ino, limit)));
-        mapped += n;
-      }
-      limit = Math.min(limit, r.inherit);
-      if (limit === 0 || mapped * (this.bs / 512) >= capSectors) break;
-    }
-    return Math.min(capSectors, mapped * (this.bs / 512));
-  }
-
-  private countMapped(seg: number, ino: Ino, limit: number): number {
-    const [start, fullEnd] = bmapRange(seg, ino);
-    return this.t.bmap.count(start, limit === Infinity ? fullEnd : bmapKey(seg, ino, limit));
-  }
-
-  /** Records of one inode down the chain (top-down), stopping at the segment where it was born. */
-  private inodeChain(ino: Ino): InodeInChain[] {
-    const out: InodeInChain[] = [];
-    let level = 0;
-    while (level < this.segs.length) {
-      const found = level === 0 && !this.readOnly ? this.findInodeAt(ino, 0) ?? this.findLowerInode(ino, 1) : this.findLowerInode(ino, level);
-      if (!found) break;
-      out.push(found);
-      if (found.rec.born) break;
-      level = found.level + 1;
-    }
-    return out;
-  }
-
-  private findInodeAt(ino: Ino, level: number): InodeInChain | null {
-    const raw = this.t.inodes.get(inodeKey(this.segs[level], ino));
-    return raw ? { level, rec: unpackInode(raw) } : null;
-  }
-
-  /** Inside txn: the inode's record in the own segment, copied up from below if needed. */
-  private ownRecord(ino: Ino): InodeRecord {
-    const found = this.mustInode(ino);
-    if (found.level === 0 && (!this.readOnly)) return found.rec;
-    const rec: InodeRecord = {
-      ...structuredClone(found.rec),
-      born: false,
-      opaque: false,
-      inherit: found.rec.kind === 'file' ? Math.ceil(found.rec.size / this.bs) : 0,
-      mapped: 0,
-    };
-    return rec;
-  }
-
-  private putRecord(ino: Ino, rec: InodeRecord): void {
-    this.t.inodes.put(inodeKey(this.top, ino), packInode(rec));
-  }
-
-  // ---- guards ----------------------------------------------------------------
-
-  private assertWritable(): void {
-    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
-    if (this.readOnly) throw dmfsError('READ_ONLY_LAYER', `layer ${this.layerName} is read-only`);
-  }
-
-  private assertOpen(): void {
-    if (this.closed) throw dmfsError('INVALID', `layer ${this.layerName} is closed`);
-  }
-
-  private checkName(name: string): void {
-    if (!name || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
-      throw dmfsError('INVALID', `'${name}' is not a valid file name`);
-    }
-    if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', `name of ${Buffer.byteLength(name)} bytes is longer than ${NAME_MAX_BYTES}`);
-  }
-
-  private dirRecord(dirIno: Ino): InodeInChain {
-    const d = this.mustInode(dirIno);
-    if (d.rec.kind !== 'dir') throw dmfsError('NOT_DIR', `inode ${dirIno} is not a directory`);
-    return d;
-  }
-
-  // ---- namespace lookups -----------------------------------------------------
-
-  /** The entry for name in dirIno from `fromLevel` down, honouring whiteouts and opaque/born directories. */
-  private findEntry(dirIno: Ino, name: string, fromLevel = 0): (DirentRecord & { level: number }) | null {
-    for (let level = fromLevel; level < this.segs.length; level++) {
-      const seg = this.segs[level];
-      const raw = this.t.dirents.get(direntKey(seg, dirIno, name));
-      if (raw) {
-        const d = unpackDirent(raw);
-        return isWhiteout(d) ? null : { ...d, level };
-      }
-      if (this.dirStopsAt(dirIno, level)) return null;
-    }
-    return null;
-  }
-
-  /** Whether a directory's entries in segments below `level` are hidden (opaque there, or born there). */
-  private dirStopsAt(dirIno: Ino, level: number): boolean {
-    const rec = level === 0 && !this.readOnly ? this.findInodeAt(dirIno, 0)?.rec : this.findInodeAtCached(dirIno, level);
-    return rec ? rec.born || Boolean(rec.opaque) : false;
-  }
-
-  private findInodeAtCached(ino: Ino, level: number): InodeRecord | undefined {
-    const found = this.findLowerInode(ino, level);
-    return found && found.level === level ? found.rec : undefined;
-  }
-
-  private entryKindIno(e: DirentRecord & { level: number }): { ino: Ino; kind: FileKind } {
-    if (isWhiteout(e)) throw new Error('unreachable');
-    return { ino: e.ino, kind: e.kind };
-  }
-
-  async lookup(dirIno: Ino, name: string): Promise<Attr | null> {
-    this.assertOpen();
-    this.dirRecord(dirIno);
-    if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw dmfsError('NAME_TOO_LONG', 'name longer than 255 bytes');
-    const e = this.findEntry(dirIno, name);
-    if (!e) return null;
-    const { ino } = this.entryKindIno(e);
-    const found = this.findInode(ino);
-    if (!found) throw dmfsError('METADATA_CORRUPT', `entry '${name}' in directory ${dirIno} points at missing inode ${ino}`);
-    return this.toAttr(ino, found.rec);
-  }
-
-  async getattr(ino: Ino): Promise<Attr> {
-    this.assertOpen();
-    return this.toAttr(ino, this.mustInode(ino).rec);
-  }
-
-  async resolve(path: string): Promise<Attr> {
-    this.assertOpen();
-    let cur = await this.getattr(ROOT_INO);
-    for (const part of path.split('/')) {
-      if (!part || part === '.') continue;
-      if (cur.kind !== 'dir') throw dmfsError('NOT_DIR', `${path}: a component is not a directory`);
-      if (part === '..') {
-        const rec = this.mustInode(cur.ino).rec;
-        cur = await this.getattr(cur.ino === ROOT_INO ? ROOT_INO : rec.parent);
-        continue;
-      }
-      const next = await this.lookup(cur.ino, part);
-      if (!next) throw dmfsError('NOT_FOUND', `${path}: no such file or directory`);
-      cur = next;
-    }
-    return cur;
-  }
-
-  /** Merged entries, name → entry, top segment first. */
-  private mergedEntries(dirIno: Ino): Map<string, { ino: Ino; kind: FileKind }> {
-    const out = new Map<string, { ino: Ino; kind: FileKind }>();
-    const hidden = new Set<string>();
-    for (let level = 0; level < this.segs.length; level++) {
-      const [start, end] = direntRange(this.segs[level], dirIno);
-      for (const { key, value } of this.t.dirents.range(start, end)) {
-        const name = (key as [number, number, string])[2];
-        if (out.has(name) || hidden.has(name)) continue;
-        const d = unpackDirent(value);
-        if (isWhiteout(d)) hidden.add(name);
-        else out.set(name, { ino: d.ino, kind: d.kind });
-      }
-      if (this.dirStopsAt(dirIno, level)) break;
-    }
-    return out;
-  }
-
-  async readdir(dirIno: Ino): Promise<DirEntry[]> {
-    this.assertOpen();
-    this.dirRecord(dirIno);
-    const entries = [...this.mergedEntries(dirIno)].map(([name, e]) => ({ name, ino: e.ino, kind: e.kind }));
-    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    return entries;
-  }
-
-  private dirIsEmpty(dirIno: Ino): boolean {
-    return this.mergedEntries(dirIno).size === 0;
-  }
-
-  // ---- namespace changes (each one synchronous transaction) ---------------------
-
-  /** Inside txn: removes name from dirIno in the own segment, writing a whiteout when a lower segment still has it. */
-  private removeEntry(dirIno: Ino, name: string): void {
-    const own = this.t.dirents.get(direntKey(this.top, dirIno, name));
-    const lowerHas = !this.dirStopsAt(dirIno, 0) && this.findEntry(dirIno, name, 1) !== null;
-    if (lowerHas) this.t.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, whiteout: true }));
-    else if (own) this.t.dirents.del(direntKey(this.top, dirIno, name));
-  }
-
-  private touchDir(dirIno: Ino, now: StoredTime, nlinkDelta = 0): void {
-    const rec = this.ownRecord(dirIno);
-    rec.mtime = now;
-    rec.ctime = now;
-    rec.nlink += nlinkDelta;
-    this.putRecord(dirIno, rec);
-  }
-
-  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
-    const now = nowTime();
-    const ino = this.pool.counter('ino');
-    const rec: InodeRecord = {
-      v: 1,
-      kind,
-      mode: TYPE_BITS[kind] | (opts.mode & 0o7777),
-      uid: opts.uid,
-      gid: opts.gid,
-      size: kind === 'symlink' ? Buffer.byteLength(opts.target ?? '') : 0,
-      nlink: kind === 'dir' ? 2 : 1,
-      rdev: kind === 'chardev' || kind === 'blockdev' ? opts.rdev ?? 0 : 0,
-      atime: now,
-      mtime: now,
-      ctime: now,
-      inherit: 0,
-      mapped: 0,
-      born: true,
-      parent: dirIno,
-      name,
-      ...(opts.target !== undefined ? { target: opts.target } : {}),
-    };
-    this.putRecord(ino, rec);
-    this.t.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
-    this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
-    return { ino, rec };
-  }
-
-  private create(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): Attr {
-    this.assertWritable();
-    this.checkName(name);
-    const { ino, rec } = this.pool.txn(() => {
-      const dir = this.dirRecord(dirIno);
-      if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
-      if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
-      if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
-      return this.newInode(dirIno, name, kind, opts);
-    });
-    this.markDirty();
-    return this.toAttr(ino, rec);
-  }
-
-  async mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
-    const kind = kindFromMode(opts.mode);
-    if (kind === 'dir' || kind === 'symlink') throw dmfsError('INVALID', 'mknod cannot make directories or symlinks');
-    return this.create(dirIno, name, kind, opts);
-  }
-
-  async mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
-    return this.create(dirIno, name, 'dir', opts);
-  }
-
-  async symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr> {
-    if (!target || Buffer.byteLength(target) > 4095) throw dmfsError(target ? 'NAME_TOO_LONG' : 'NOT_FOUND', 'bad symlink target');
-    return this.create(dirIno, name, 'symlink', { ...opts, mode: 0o777, target });
-  }
-
-  async link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr> {
-    this.assertWritable();
-    this.checkName(newName);
-    const rec = this.pool.txn(() => {
-      const src = this.mustInode(ino);
-      if (src.rec.kind === 'dir') throw dmfsError('NOT_PERMITTED', 'hard links to directories are not allowed');
-      if (src.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many links');
-      this.dirRecord(newDirIno);
-      if (this.findEntry(newDirIno, newName)) throw dmfsError('EXISTS', `'${newName}' already exists`);
-      const now = nowTime();
-      const own = this.ownRecord(ino);
-      own.nlink += 1;
-      own.ctime = now;
-      this.putRecord(ino, own);
-      this.t.orphans.del(inodeKey(this.top, ino));
-      this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino, kind: own.kind }));
-      this.touchDir(newDirIno, now);
-      return own;
-    });
-    this.markDirty();
-    return this.toAttr(ino, rec);
-  }
-
-  /** Inside txn: one link of ino is gone; frees the inode's own data once nothing refers to it. */
-  private dropLink(ino: Ino, now: StoredTime): void {
-    const rec = this.ownRecord(ino);
-    rec.nlink = rec.kind === 'dir' ? 0 : Math.max(0, rec.nlink - 1);
-    rec.ctime = now;
-    if (rec.nlink > 0) {
-      this.putRecord(ino, rec);
-      return;
-    }
-    if (this.openCounts.get(ino)) {
-      this.putRecord(ino, rec);
-      this.t.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
-      return;
-    }
-    this.destroyOwn(ino, rec.kind === 'dir');
-  }
-
-  /** Inside txn: deletes every record of ino in the own segment (and its directory entries), recycling its blocks. */
-  private destroyOwn(ino: Ino, isDir: boolean): void {
-    this.t.inodes.del(inodeKey(this.top, ino));
-    this.t.orphans.del(inodeKey(this.top, ino));
-    this.truncateOwnBlocks(ino, 0);
-    if (isDir) {
-      const [start, end] = direntRange(this.top, ino);
-      for (const key of [...this.t.dirents.keys(start, end)]) this.t.dirents.del(key);
-    }
-  }
-
-  /** Inside txn: removes own block-map entries at or past fromBlock; returns how many. */
-  private truncateOwnBlocks(ino: Ino, fromBlock: number): number {
-    const [start, end] = bmapRange(this.top, ino, fromBlock);
-    const entries = [...this.t.bmap.range(start, end)];
-    if (!entries.length) return 0;
-    let blocks = 0;
-    let inlineBytes = 0;
-    for (const { key, value } of entries) {
-      const ref = unpackBlockRef(value);
-      if (isDataRef(ref)) {
-        this.pool.recycleBlock(asDataBlock(ref.block));
-        this.verifiedCache?.delete(ref.block);
-        blocks++;
-      } else inlineBytes += ref.length;
-      this.t.bmap.del(key);
-    }
-    this.addUsage(-blocks, -inlineBytes);
-    return entries.length;
-  }
-
-  private addUsage(blocks: number, inlineBytes: number): void {
-    if (!blocks && !inlineBytes) return;
-    const u = unpackUsage(this.t.usage.get([this.top]));
-    u.blocks += blocks;
-    u.inlineBytes += inlineBytes;
-    this.t.usage.put([this.top], packUsage(u));
-  }
-
-  async unlink(dirIno: Ino, name: string): Promise<void> {
-    this.assertWritable();
-    this.pool.txn(() => {
-      this.dirRecord(dirIno);
-      const e = this.findEntry(dirIno, name);
-      if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
-      const { ino, kind } = this.entryKindIno(e);
-      if (kind === 'dir') throw dmfsError('IS_DIR', `'${name}' is a directory`);
-      const now = nowTime();
-      this.removeEntry(dirIno, name);
-      this.touchDir(dirIno, now);
-      this.dropLink(ino, now);
-    });
-    this.markDirty();
-  }
-
-  async rmdir(dirIno: Ino, name: string): Promise<void> {
-    this.assertWritable();
-    if (name === '.') throw dmfsError('INVALID', "cannot remove '.'");
-    if (name === '..') throw dmfsError('NOT_EMPTY', "cannot remove '..'");
-    this.pool.txn(() => {
-      this.dirRecord(dirIno);
-      const e = this.findEntry(dirIno, name);
-      if (!e) throw dmfsError('NOT_FOUND', `'${name}' does not exist`);
-      const { ino, kind } = this.entryKindIno(e);
-      if (kind !== 'dir') throw dmfsError('NOT_DIR', `'${name}' is not a directory`);
-      if (!this.dirIsEmpty(ino)) throw dmfsError('NOT_EMPTY', `directory '${name}' is not empty`);
-      const now = nowTime();
-      this.removeEntry(dirIno, name);
-      this.touchDir(dirIno, now, -1);
-      this.destroyOwn(ino, true);
-    });
-    this.markDirty();
-  }
-
-  private isAncestor(maybeAncestor: Ino, ino: Ino): boolean {
-    let cur = ino;
-    for (let depth = 0; depth < 100000; depth++) {
-      if (cur === maybeAncestor) return true;
-      if (cur === ROOT_INO) return false;
-      cur = this.mustInode(cur).rec.parent;
-    }
-    throw dmfsError('METADATA_CORRUPT', 'directory parent chain does not reach the root');
-  }
-
-  async rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags: RenameFlags = {}): Promise<void> {
-    this.assertWritable();
-    this.checkName(newName);
-    this.pool.txn(() => {
-      this.dirRecord(oldDirIno);
-      this.dirRecord(newDirIno);
-      const se = this.findEntry(oldDirIno, oldName);
-      if (!se) throw dmfsError('NOT_FOUND', `'${oldName}' does not exist`);
-      const src = this.entryKindIno(se);
-      const de = this.findEntry(newDirIno, newName);
-      const dst = de ? this.entryKindIno(de) : null;
-      if (dst && flags.noReplace) throw dmfsError('EXISTS', `'${newName}' already exists`);
-      if (flags.exchange && !dst) throw dmfsError('NOT_FOUND', `'${newName}' does not exist`);
-      if (dst && dst.ino === src.ino) return; // same inode: POSIX says do nothing
-      if (src.kind === 'dir' && newDirIno !== oldDirIno && this.isAncestor(src.ino, newDirIno)) {
-        throw dmfsError('INVALID', 'cannot move a directory into itself');
-      }
-      if (flags.exchange && dst && dst.kind === 'dir' && newDirIno !== oldDirIno && this.isAncestor(dst.ino, oldDirIno)) {
-        throw dmfsError('INVALID', 'cannot move a directory into itself');
-      }
-      const now = nowTime();
-      if (flags.exchange && dst) {
-        this.t.dirents.put(direntKey(this.top, oldDirIno, oldName), packDirent({ v: 1, ino: dst.ino, kind: dst.kind }));
-        this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino: src.ino, kind: src.kind }));
-        this.relink(src.ino, newDirIno, newName, now);
-        this.relink(dst.ino, oldDirIno, oldName, now);
-        const dirDelta = (src.kind === 'dir' ? 1 : 0) - (dst.kind === 'dir' ? 1 : 0);
-        this.touchDir(oldDirIno, now, oldDirIno === newDirIno ? 0 : -dirDelta);
-        if (newDirIno !== oldDirIno) this.touchDir(newDirIno, now, dirDelta);
-        return;
-      }
-      if (dst) {
-        if (src.kind === 'dir' && dst.kind !== 'dir') throw dmfsError('NOT_DIR', `'${newName}' is not a directory`);
-        if (src.kind !== 'dir' && dst.kind === 'dir') throw dmfsError('IS_DIR', `'${newName}' is a directory`);
-        if (dst.kind === 'dir' && !this.dirIsEmpty(dst.ino)) throw dmfsError('NOT_EMPTY', `directory '${newName}' is not empty`);
-      }
-      this.removeEntry(oldDirIno, oldName);
-      this.t.dirents.put(direntKey(this.top, newDirIno, newName), packDirent({ v: 1, ino: src.ino, kind: src.kind }));
-      const srcIsDir = src.kind === 'dir' ? 1 : 0;
-      if (dst) {
-        if (dst.kind === 'dir') this.destroyOwn(dst.ino, true);
-        else this.dropLink(dst.ino, now);
-      }
-      const dstWasDir = dst?.kind === 'dir' ? 1 : 0;
-      if (oldDirIno === newDirIno) this.touchDir(oldDirIno, now, -dstWasDir);
-      else {
-        this.touchDir(oldDirIno, now, -srcIsDir);
-        this.touchDir(newDirIno, now, srcIsDir - dstWasDir);
-      }
-      this.relink(src.ino, newDirIno, newName, now);
-    });
-    this.markDirty();
-  }
-
-  private relink(ino: Ino, dirIno: Ino, name: string, now: StoredTime): void {
-    const rec = this.ownRecord(ino);
-    rec.parent = dirIno;
-    rec.name = name;
-    rec.ctime = now;
-    this.putRecord(ino, rec);
-  }
-
-  async readlink(ino: Ino): Promise<string> {
-    this.assertOpen();
-    const rec = this.mustInode(ino).rec;
-    if (rec.kind !== 'symlink') throw dmfsError('INVALID', `inode ${ino} is not a symlink`);
-    return rec.target ?? '';
-  }
-
-  async setOpaque(dirIno: Ino): Promise<void> {
-    this.assertWritable();
-    this.pool.txn(() => {
-      this.dirRecord(dirIno);
-      const rec = this.ownRecord(dirIno);
-      if (rec.born) return;
-      rec.opaque = true;
-      // Entries of this segment stay; the lower ones vanish, so recount subdirectories.
-      this.putRecord(dirIno, rec);
-      let subdirs = 0;
-      for (const e of this.mergedEntries(dirIno).values()) if (e.kind === 'dir') subdirs++;
-      rec.nlink = 2 + subdirs;
-      this.putRecord(dirIno, rec);
-      // Whiteouts under an opaque directory hide nothing: drop them.
-      const [start, end] = direntRange(this.top, dirIno);
-      for (const { key, value } of [...this.t.dirents.range(start, end)]) if (isWhiteout(unpackDirent(value))) this.t.dirents.del(key);
-    });
-    this.markDirty();
+  readlink(ino: Ino): Promise<string> {
+    return this.records.readlink(ino);
   }
 
   async setattr(ino: Ino, changes: SetAttr): Promise<Attr> {
-    this.assertWritable();
-    if (changes.sizeBytes !== undefined) {
-      const size = changes.sizeBytes;
-      if (!Number.isSafeInteger(size) || size < 0) throw dmfsError('INVALID', `bad size ${size}`);
-      if (size > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${size} exceeds the layer's size limit of ${this.sizeLimitBytes} bytes`);
-      await this.mutex.run(ino, () => this.truncate(ino, size));
-    }
-    const rec = this.pool.txn(() => {
-      const own = this.ownRecord(ino);
-      const now = nowTime();
-      if (changes.mode !== undefined) own.mode = (own.mode & S_IFMT) | (changes.mode & 0o7777);
-      if (changes.uid !== undefined) own.uid = changes.uid;
-      if (changes.gid !== undefined) own.gid = changes.gid;
-      if (changes.atimeNs !== undefined) own.atime = nsToTime(changes.atimeNs);
-      if (changes.mtimeNs !== undefined) own.mtime = nsToTime(changes.mtimeNs);
-      own.ctime = changes.ctimeNs !== undefined ? nsToTime(changes.ctimeNs) : now;
-      this.putRecord(ino, own);
-      return own;
-    });
-    this.markDirty();
-    return this.toAttr(ino, rec);
+    this.ctx.assertWritable();
+    if (changes.sizeBytes !== undefined) await this.data.truncate(ino, changes.sizeBytes);
+    return this.records.setAttributes(ino, changes);
   }
 
-  // ---- xattrs ----------------------------------------------------------------
+  // ---- namespace ------------------------------------------------------------------
 
-  async getxattr(ino: Ino, name: string): Promise<Buffer | null> {
-    this.assertOpen();
-    const v = this.mustInode(ino).rec.xattrs?.[name];
-    return v ? Buffer.from(v) : null;
+  lookup(dirIno: Ino, name: string): Promise<Attr | null> {
+    return this.namespace.lookup(dirIno, name);
   }
 
-  async listxattr(ino: Ino): Promise<string[]> {
-    this.assertOpen();
-    return Object.keys(this.mustInode(ino).rec.xattrs ?? {}).sort();
+  resolve(path: string): Promise<Attr> {
+    return this.namespace.resolve(path);
   }
 
-  async setxattr(ino: Ino, name: string, value: Buffer, flags: XattrSetFlags = {}): Promise<void> {
-    this.assertWritable();
-    if (!name || Buffer.byteLength(name) > XATTR_NAME_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'bad xattr name');
-    // POSIX ACLs (system.posix_acl_*) are refused, as on a filesystem mounted without ACL
-    // support: storing them uninterpreted would make tools like `cp -a` skip their chmod.
-    if (!/^(user|trusted|security)\./.test(name)) throw dmfsError('NOT_SUPPORTED', `xattr namespace of '${name}' is not supported`);
-    if (value.length > XATTR_VALUE_MAX_BYTES) throw dmfsError('XATTR_RANGE', 'xattr value too large');
-    this.pool.txn(() => {
-      const rec = this.ownRecord(ino);
-      const has = rec.xattrs !== undefined && name in rec.xattrs;
-      if (flags.create && has) throw dmfsError('XATTR_EXISTS', `xattr ${name} exists`);
-      if (flags.replace && !has) throw dmfsError('NO_XATTR', `no xattr ${name}`);
-      rec.xattrs = { ...(rec.xattrs ?? {}), [name]: Buffer.from(value) };
-      rec.ctime = nowTime();
-      this.putRecord(ino, rec);
-    });
-    this.markDirty();
+  readdir(dirIno: Ino): Promise<DirEntry[]> {
+    return this.namespace.readdir(dirIno);
   }
 
-  async removexattr(ino: Ino, name: string): Promise<void> {
-    this.assertWritable();
-    this.pool.txn(() => {
-      const rec = this.ownRecord(ino);
-      if (!rec.xattrs || !(name in rec.xattrs)) throw dmfsError('NO_XATTR', `no xattr ${name}`);
-      const next = { ...rec.xattrs };
-      delete next[name];
-      rec.xattrs = next;
-      rec.ctime = nowTime();
-      this.putRecord(ino, rec);
-    });
-    this.markDirty();
+  mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
+    return this.namespace.mknod(dirIno, name, opts);
   }
 
-  // ---- data --------------------------------------------------------------------
-
-  /**
-   * The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts.
-   * null is a hole, proved one: see assertNoLostEntries.
-   */
-  private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
-    const chain = this.inodeChain(ino);
-    for (let i = 0; i < chain.length; i++) {
-      const { level, rec } = chain[i];
-      const raw = this.t.bmap.get(bmapKey(this.segs[level], ino, idx));
-      if (raw) return { ref: unpackBlockRef(raw), level };
-      if (idx >= rec.inherit) {
-        this.assertNoLostEntries(ino, idx, chain, i + 1);
-        return null;
-      }
-    }
-    this.assertNoLostEntries(ino, idx, chain, chain.length);
-    return null;
+  mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
+    return this.namespace.mkdir(dirIno, name, opts);
   }
 
-  /**
-   * A hole must not be a lost block-map entry (a damaged key or page makes the entry
-   * vanish, and the block would read as zeros). Each segment's inode record counts its
-   * entries (`mapped`): the first hole looked up in an inode counts the entries of each
-   * segment consulted, chain[0, upTo), once; a segment short of its count is
-   * METADATA_CORRUPT (EIO), never zeros. Proved counts stay proved: lower segments never
-   * change, and this layer's own writes change entries and count together.
-   */
-  private assertNoLostEntries(ino: Ino, idx: number, chain: InodeInChain[], upTo: number): void {
-    for (let i = 0; i < upTo; i++) {
-      const { level, rec } = chain[i];
-      if (rec.mapped === undefined) continue; // written before the count existed
-      const seg = this.segs[level];
-      const key = `${seg}:${ino}`;
-      if (this.intactMaps.has(key)) continue;
-      const held = this.countMapped(seg, ino, Infinity);
-      if (held < rec.mapped) {
-        const root = this.pool.paths.root;
-        throw dmfsError(
-          'METADATA_CORRUPT',
-          `inode ${ino} of layer ${this.layerName}: its record counts ${rec.mapped} block-map entries in segment ${seg}, the map holds ${held}, ` +
-            `so file block ${idx} may be a lost entry and is not read as zeros. Run 'dmfs check --root ${root}', then 'dmfs check --repair --from-backup --root ${root}'`,
-        );
-      }
-      if (this.intactMaps.size >= INTACT_MAPS_MAX) this.intactMaps.clear();
-      this.intactMaps.add(key);
-    }
+  symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr> {
+    return this.namespace.symlink(dirIno, name, target, opts);
   }
 
-  async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
-    this.assertOpen();
-    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
-    const found = this.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const size = found.rec.size;
-    if (offsetBytes >= size) return 0;
-    const length = Math.min(target.length, size - offsetBytes);
-    const reads: BlockRead[] = [];
-    let pos = offsetBytes;
-    while (pos < offsetBytes + length) {
-      const idx = Math.floor(pos / this.bs);
-      const inBlock = pos - idx * this.bs;
-      const n = Math.min(this.bs - inBlock, offsetBytes + length - pos);
-      const dst = target.subarray(pos - offsetBytes, pos - offsetBytes + n);
-      const r = this.blockRef(ino, idx);
-      if (r === null) dst.fill(0);
-      else if (isDataRef(r.ref)) reads.push({ ref: r.ref, inBlock, dst });
-      else {
-        dst.fill(0);
-        if (inBlock < r.ref.length) r.ref.copy(dst, 0, inBlock, Math.min(r.ref.length, inBlock + n));
-      }
-      pos += n;
-    }
-    if (reads.length) await this.readVerified(reads, opts);
-    return length;
+  link(ino: Ino, newDirIno: Ino, newName: string): Promise<Attr> {
+    return this.namespace.link(ino, newDirIno, newName);
   }
 
-  /**
-   * Reads data blocks into their targets (one gathered read), never handing out
-   * unverified bytes. A per-sector ref reads and verifies just the sectors covering the
-   * request, straight into the target when the request is sector-aligned. A whole-block
-   * ref (tag 0) is read whole and verified the first time this layer reads it; later
-   * partial reads of it read only what they need. A mismatch is DATA_CORRUPT (EIO)
-   * naming the block, and leaves every target zeroed.
-   */
-  private async readVerified(reads: BlockRead[], opts?: ReadOptions): Promise<void> {
-    const ss = this.sectorBytes;
-    const blocks: DataBlock[] = [];
-    const offsets: number[] = [];
-    const targets: Buffer[] = [];
-    /** `bytes` holds block bytes from firstSector's start; `from` is where the request starts in it. */
-    const checks: { ref: DataRef; bytes: Buffer; firstSector: number; copyTo: { dst: Buffer; from: number } | null }[] = [];
-    for (const r of reads) {
-      const end = r.inBlock + r.dst.length;
-      let begin = 0;
-      let stop = this.bs;
-      if (hasSectorCrcs(r.ref)) {
-        begin = Math.floor(r.inBlock / ss) * ss;
-        stop = Math.ceil(end / ss) * ss;
-      } else if (r.dst.length !== this.bs && this.verifiedCache?.has(r.ref.block)) {
-        blocks.push(asDataBlock(r.ref.block));
-        offsets.push(r.inBlock);
-        targets.push(r.dst);
-        continue;
-      }
-      const direct = begin === r.inBlock && stop === end;
-      const bytes = direct ? r.dst : Buffer.allocUnsafe(stop - begin);
-      blocks.push(asDataBlock(r.ref.block));
-      offsets.push(begin);
-      targets.push(bytes);
-      checks.push({ ref: r.ref, bytes, firstSector: begin / ss, copyTo: direct ? null : { dst: r.dst, from: r.inBlock - begin } });
-    }
-    await this.pool.readBlocks(blocks, offsets, targets, opts);
-    for (const c of checks) {
-      const ref = c.ref;
-      if (hasSectorCrcs(ref)) {
-        const bad = firstBadSector(ref, c.bytes, c.firstSector, ss);
-        if (bad >= 0) this.failRead(reads, ref, ` (sector ${bad})`);
-      } else {
-        if (blockIo.crc32c(c.bytes) !== ref.crc) this.failRead(reads, ref, '');
-        this.verified.set(ref.block, true);
-      }
-      if (c.copyTo) c.bytes.copy(c.copyTo.dst, 0, c.copyTo.from, c.copyTo.from + c.copyTo.dst.length);
-    }
+  unlink(dirIno: Ino, name: string): Promise<void> {
+    return this.namespace.unlink(dirIno, name);
   }
 
-  /** A read found ref's content damaged: no target keeps what was read. */
-  private failRead(reads: BlockRead[], ref: DataRef, where: string): never {
-    this.verifiedCache?.delete(ref.block);
-    for (const r of reads) r.dst.fill(0);
-    throw dmfsError('DATA_CORRUPT', `data block ${ref.block}${where} of layer ${this.layerName} fails its checksum`);
+  rmdir(dirIno: Ino, name: string): Promise<void> {
+    return this.namespace.rmdir(dirIno, name);
   }
 
-  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
-  private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
-    const buf = Buffer.alloc(length);
-    const r = this.blockRef(ino, idx);
-    if (r === null) return buf;
-    if (isDataRef(r.ref)) await this.readVerified([{ ref: r.ref, inBlock: 0, dst: buf }]);
-    else r.ref.copy(buf, 0, 0, Math.min(length, r.ref.length));
-    return buf;
+  rename(oldDirIno: Ino, oldName: string, newDirIno: Ino, newName: string, flags?: RenameFlags): Promise<void> {
+    return this.namespace.rename(oldDirIno, oldName, newDirIno, newName, flags);
   }
 
-  /**
-   * The sector CRCs an own data block will have once `slice` lands at inBlock (the caller
-   * writes only the slice). Per-sector refs read (and verify) only the old bytes of the
-   * sectors the slice covers partly, and keep the other sectors' CRCs; a whole-block CRC
-   * can only be checked on the whole block, so a tag-0 block is read whole.
-   */
-  private async rewrittenSectorCrcs(ref: DataRef, slice: Buffer, inBlock: number): Promise<number[]> {
-    const ss = this.sectorBytes;
-    if (!hasSectorCrcs(ref)) {
-      const merged = Buffer.allocUnsafe(this.bs);
-      await this.readVerified([{ ref, inBlock: 0, dst: merged }]);
-      slice.copy(merged, inBlock);
-      return sectorCrcsOf(merged, ss);
-    }
-    const first = Math.floor(inBlock / ss);
-    const stop = Math.ceil((inBlock + slice.length) / ss);
-    const merged = Buffer.allocUnsafe((stop - first) * ss);
-    const partlyCovered = new Set<number>();
-    if (inBlock % ss !== 0) partlyCovered.add(first);
-    if ((inBlock + slice.length) % ss !== 0) partlyCovered.add(stop - 1);
-    const edges = [...partlyCovered].map((sector) => ({ ref, inBlock: sector * ss, dst: merged.subarray((sector - first) * ss, (sector - first + 1) * ss) }));
-    if (edges.length) await this.readVerified(edges);
-    slice.copy(merged, inBlock - first * ss);
-    const crcs = [...ref.sectorCrcs];
-    crcs.splice(first, stop - first, ...sectorCrcsOf(merged, ss));
-    return crcs;
+  setOpaque(dirIno: Ino): Promise<void> {
+    return this.namespace.setOpaque(dirIno);
   }
 
-  private takeBlockOrThrow(): DataBlock {
-    const b = this.pool.takeBlock();
-    // The pool names the limit hit (dm.min_free_space, or the host file system under it).
-    if (b === null) throw this.pool.noSpaceError();
-    return b;
+  // ---- data ---------------------------------------------------------------------
+
+  read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
+    return this.data.read(ino, target, offsetBytes, opts);
   }
 
-  private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
-    if (newBlocks <= 0 && newInlineBytes <= 0) return;
-    const used = this.lowerUsageBytes + this.segmentBytes(this.top);
-    if (used + newBlocks * this.bs + newInlineBytes > this.sizeLimitBytes) {
-      throw dmfsError('LAYER_FULL', `layer ${this.layerName} is full (size limit ${this.sizeLimitBytes} bytes)`);
-    }
+  write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
+    return this.data.write(ino, data, offsetBytes);
   }
 
-  async write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
-    this.assertWritable();
-    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
-    if (data.length === 0) return 0;
-    const end = offsetBytes + data.length;
-    if (end > this.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.sizeLimitBytes} bytes`);
-    await this.mutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
-    this.markDirty();
-    return data.length;
-  }
-
-  private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
-    const found = this.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const end = offsetBytes + data.length;
-    const newSize = Math.max(found.rec.size, end);
-    const lastIdx = Math.floor((newSize - 1) / this.bs);
-    const taken: DataBlock[] = [];
-    /** New block-map entries; `fresh` marks blocks taken from the reservation. */
-    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
-    /** Block-map entries this write adds (where the own segment had none). */
-    let newEntries = 0;
-    /** Data to put into blocks, issued together (one gathered write) before the commit. */
-    const pendingWrites: { block: DataBlock; offset: number; data: Buffer }[] = [];
-    try {
-      for (let pos = offsetBytes; pos < end; ) {
-        const idx = Math.floor(pos / this.bs);
-        const inBlock = pos - idx * this.bs;
-        const n = Math.min(this.bs - inBlock, end - pos);
-        const slice = data.subarray(pos - offsetBytes, pos - offsetBytes + n);
-        const whole = inBlock === 0 && n === this.bs;
-        pos += n;
-        const ownRaw = this.t.bmap.get(bmapKey(this.top, ino, idx));
-        const own = ownRaw ? unpackBlockRef(ownRaw) : null;
-        if (!own) newEntries++;
-        if (own && isDataRef(own)) {
-          // The layer's own block: written in place; its checksums follow the new content.
-          const sectorCrcs = whole ? sectorCrcsOf(slice, this.sectorBytes) : await this.rewrittenSectorCrcs(own, slice, inBlock);
-          this.verifiedCache?.delete(own.block);
-          pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
-          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
-          continue;
-        }
-        const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
-        const ownInlineLen = own ? own.length : 0;
-        if (contentLen <= this.inlineMaxBytes) {
-          const merged = Buffer.alloc(contentLen);
-          if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
-          else (await this.blockContent(ino, idx, contentLen)).copy(merged);
-          slice.copy(merged, inBlock);
-          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen });
-          continue;
-        }
-        const fresh = this.takeBlockOrThrow();
-        taken.push(fresh);
-        let sectorCrcs: number[];
-        const lower = whole || own ? null : this.blockRef(ino, idx);
-        if (whole) {
-          pendingWrites.push({ block: fresh, offset: 0, data: slice });
-          sectorCrcs = sectorCrcsOf(slice, this.sectorBytes);
-        } else if (lower && isDataRef(lower.ref)) {
-          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
-          // change. The copy is verified against the lower ref, whichever form it has.
-          await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
-          const copied = Buffer.allocUnsafe(this.bs);
-          await this.pool.readBlocks([fresh], [0], [copied]);
-          if (!blockContentMatches(lower.ref, copied)) {
-            throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.layerName}) fails its checksum`);
-          }
-          slice.copy(copied, inBlock);
-          sectorCrcs = sectorCrcsOf(copied, this.sectorBytes);
-          pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
-        } else {
-          const full = Buffer.alloc(this.bs);
-          if (own) own.copy(full);
-          else if (lower) (lower.ref as Buffer).copy(full);
-          slice.copy(full, inBlock);
-          pendingWrites.push({ block: fresh, offset: 0, data: full });
-          sectorCrcs = sectorCrcsOf(full, this.sectorBytes);
-        }
-        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
-      }
-      if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
-      const newBlocks = mapped.filter((m) => m.fresh).length;
-      const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
-      this.pool.txn(() => {
-        this.checkLayerSpace(newBlocks, inlineDelta);
-        const rec = this.ownRecord(ino);
-        for (const m of mapped) {
-          this.t.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
-          if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
-        }
-        this.addUsage(newBlocks, inlineDelta);
-        rec.mapped = (rec.mapped ?? this.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
-        const now = nowTime();
-        rec.size = Math.max(rec.size, end);
-        rec.mtime = now;
-        rec.ctime = now;
-        this.putRecord(ino, rec);
-      });
-    } catch (err) {
-      for (const b of taken) this.pool.untakeBlock(b);
-      throw err;
-    }
-  }
-
-  /** Truncates or extends a regular file (under the inode's mutex). */
-  private async truncate(ino: Ino, size: number): Promise<void> {
-    const found = this.mustInode(ino);
-    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
-    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
-    const oldSize = found.rec.size;
-    if (size >= oldSize) {
-      // Same size still counts as a change (O_TRUNC of an empty file, `: > f`): mtime and ctime move, as on ext4.
-      this.pool.txn(() => {
-        const rec = this.ownRecord(ino);
-        rec.size = size;
-        const now = nowTime();
-        rec.mtime = now;
-        rec.ctime = now;
-        this.putRecord(ino, rec);
-      });
-      return;
-    }
-    const keepBlocks = Math.ceil(size / this.bs);
-    const partialIdx = size % this.bs === 0 ? -1 : Math.floor(size / this.bs);
-    const tailLen = size - partialIdx * this.bs;
-    // The partial last block: copy-on-write with the tail zeroed, so a crash before the
-    // commit leaves the old content, and lower segments never show past the cut.
-    let partialRef: BlockRef | null = null;
-    let taken: DataBlock | null = null;
-    if (partialIdx >= 0) {
-      const current = this.blockRef(ino, partialIdx);
-      if (current) {
-        const content = await this.blockContent(ino, partialIdx, tailLen);
-        if (tailLen <= this.inlineMaxBytes) partialRef = content;
-        else {
-          taken = this.takeBlockOrThrow();
-          const full = Buffer.alloc(this.bs);
-          content.copy(full);
-          await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
-          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.sectorBytes) };
-        }
-      }
-    }
-    try {
-      this.pool.txn(() => {
-        const rec = this.ownRecord(ino);
-        const from = partialIdx >= 0 ? partialIdx : keepBlocks;
-        const before = rec.mapped ?? this.countMapped(this.top, ino, Infinity);
-        rec.mapped = before - this.truncateOwnBlocks(ino, from) + (partialRef !== null ? 1 : 0);
-        if (partialRef !== null) {
-          this.t.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
-          if (isDataRef(partialRef)) {
-            this.pool.consumeBlock(asDataBlock(partialRef.block));
-            this.addUsage(1, 0);
-          } else this.addUsage(0, partialRef.length);
-        }
-        rec.inherit = Math.min(rec.inherit, Math.floor(size / this.bs));
-        rec.size = size;
-        const now = nowTime();
-        rec.mtime = now;
-        rec.ctime = now;
-        this.putRecord(ino, rec);
-      });
-    } catch (err) {
-      if (taken !== null) this.pool.untakeBlock(taken);
-      throw err;
-    }
-  }
-
-  // ---- open handles ------------------------------------------------------------
+  // ---- open handles -------------------------------------------------------------
 
   retain(ino: Ino): void {
-    this.openCounts.set(ino, (this.openCounts.get(ino) ?? 0) + 1);
+    const openCounts = this.ctx.openCounts;
+    openCounts.set(ino, (openCounts.get(ino) ?? 0) + 1);
   }
 
   async release(ino: Ino): Promise<void> {
-    const n = (this.openCounts.get(ino) ?? 0) - 1;
+    const openCounts = this.ctx.openCounts;
+    const n = (openCounts.get(ino) ?? 0) - 1;
     if (n > 0) {
-      this.openCounts.set(ino, n);
+      openCounts.set(ino, n);
       return;
     }
-    this.openCounts.delete(ino);
-    if (this.readOnly || this.closed) return;
-    await this.mutex.run(ino, async () => {
-      this.pool.txn(() => {
-        if (!this.t.orphans.has(inodeKey(this.top, ino))) return;
-        const raw = this.t.inodes.get(inodeKey(this.top, ino));
-        const rec = raw ? unpackInode(raw) : null;
-        if (!rec || rec.nlink === 0) this.destroyOwn(ino, false);
-        else this.t.orphans.del(inodeKey(this.top, ino));
-      });
+    openCounts.delete(ino);
+    if (this.readOnly || this.ctx.closed) return;
+    await this.ctx.inodeMutex.run(ino, async () => {
+      this.namespace.releaseOrphan(ino);
     });
   }
 
-  // ---- whole layer -------------------------------------------------------------
+  // ---- xattrs -------------------------------------------------------------------
+
+  getxattr(ino: Ino, name: string): Promise<Buffer | null> {
+    return this.xattrs.getxattr(ino, name);
+  }
+
+  listxattr(ino: Ino): Promise<string[]> {
+    return this.xattrs.listxattr(ino);
+  }
+
+  setxattr(ino: Ino, name: string, value: Buffer, flags?: XattrSetFlags): Promise<void> {
+    return this.xattrs.setxattr(ino, name, value, flags);
+  }
+
+  removexattr(ino: Ino, name: string): Promise<void> {
+    return this.xattrs.removexattr(ino, name);
+  }
+
+  // ---- whole layer --------------------------------------------------------------
 
   async statfs(): Promise<StatFs> {
-    this.assertOpen();
-    const inodes = this.t.inodes;
+    const ctx = this.ctx;
+    ctx.assertOpen();
+    const inodes = ctx.tables.inodes;
+    const top = ctx.top;
     // Lower segments never change under an open layer: counted once.
-    this.lowerInodeCount ??= this.segs.slice(1).reduce((n, s) => n + inodes.count([s], [s + 1]), 0);
+    this.lowerInodeCount ??= ctx.segments.slice(1).reduce((n, s) => n + inodes.count([s], [s + 1]), 0);
     return layerStatfs({
-      blockSizeBytes: this.bs,
+      blockSizeBytes: ctx.blockSizeBytes,
       sizeLimitBytes: this.sizeLimitBytes,
-      chainUsedBytes: this.lowerUsageBytes + this.segmentBytes(this.top),
-      poolAvailableBlocks: this.pool.space().availableBlocks,
-      chainInodes: this.lowerInodeCount + inodes.count([this.top], [this.top + 1]),
+      chainUsedBytes: this.data.chainUsedBytes(),
+      poolAvailableBlocks: ctx.pool.space().availableBlocks,
+      chainInodes: this.lowerInodeCount + inodes.count([top], [top + 1]),
       readOnly: this.readOnly,
       nameMaxBytes: NAME_MAX_BYTES,
     });
   }
 
   async claimMount(mountpoint: string): Promise<void> {
-    this.assertOpen();
+    this.ctx.assertOpen();
     this.onClaimMount(mountpoint);
   }
 
   async releaseMount(mountpoint: string): Promise<void> {
-    if (!this.closed) this.onReleaseMount(mountpoint);
+    if (!this.ctx.closed) this.onReleaseMount(mountpoint);
   }
 
-  private markDirty(): void {
-    this.dirty = true;
+  changes(): AsyncIterable<LayerChange> {
+    return this.changeListing.changes();
   }
 
   private async periodicSync(): Promise<void> {
-    if (!this.dirty || this.closed) return;
+    if (!this.ctx.dirty || this.ctx.closed) return;
     try {
       await this.fsync();
-      await this.pool.trim();
+      await this.ctx.pool.trim();
     } catch {
       // The next tick or an explicit fsync reports the error.
     }
   }
 
   async fsync(): Promise<void> {
-    this.dirty = false;
-    await this.pool.sync();
-  }
-
-  /**
-   * Marks `dirIno` and its ancestors (by the parent links of their nearest records) as
-   * directories the change walk must enter. Stops at the first one already marked, so
-   * marking every changed entry's directory costs time linear in the directories.
-   */
-  private markChangedDir(dirIno: Ino, marked: Set<Ino>): void {
-    let cur = dirIno;
-    while (!marked.has(cur)) {
-      marked.add(cur);
-      if (cur === ROOT_INO) return;
-      const found = this.findInode(cur);
-      if (!found || found.rec.kind !== 'dir') return;
-      cur = found.rec.parent;
-    }
-  }
-
-  /**
-   * What this layer's own segment changed, as one walk of the merged tree from the root
-   * that enters only directories holding a change (found from the segment's dirents and
-   * inode records) and whole subtrees that are new at their path. Tree order: parents
-   * before children, siblings by name; a directory's `opaque` just before its own line.
-   *
-   * Time linear in the changes plus the sizes of the directories holding them; memory is
-   * one listing per level of the current path and a set of directory inodes. Paths are
-   * never rebuilt from the root per entry (a tree 10,000 levels deep would cost the square
-   * of its depth): each level's path is its parent's plus one name. V8 keeps such a
-   * concatenation as a rope sharing its prefix, until something reads it as flat text
-   * (then that one string gets a flat copy): each frame keeps a path string of its own,
-   * never the one handed out, so the listing holds linear memory whatever the consumer
-   * does, and a consumer that keeps every change (`dmfs diff`) keeps ropes, not copies.
-   */
-  async *changes(): AsyncIterable<LayerChange> {
-    this.assertOpen();
-    const marked = new Set<Ino>();
-    for (const { key } of this.t.dirents.range([this.top], [this.top + 1])) {
-      const dirIno = (key as [number, number, string])[1];
-      if (!marked.has(dirIno)) this.markChangedDir(dirIno, marked);
-    }
-    for (const { key, value } of this.t.inodes.range([this.top], [this.top + 1])) {
-      const ino = (key as [number, number])[1];
-      if (ino === ROOT_INO) continue;
-      const rec = unpackInode(value);
-      if (!rec.born && rec.nlink > 0) this.markChangedDir(rec.parent, marked);
-    }
-    const ownRecord = (ino: Ino): InodeRecord | null => {
-      const found = this.findInode(ino);
-      return found !== null && found.level === 0 ? found.rec : null;
-    };
-    const root = ownRecord(ROOT_INO);
-    if (root?.opaque && !root.born) yield { path: '/', change: 'opaque', attr: this.toAttr(ROOT_INO, root) };
-    if (!marked.has(ROOT_INO)) return;
-
-    /** One directory being listed: its path ('' for the root) and its names still to go, last first. */
-    interface Frame {
-      dirIno: Ino;
-      path: string;
-      dir: ChangeDir;
-      /** Every entry below is new at its path (a directory moved here from a lower path). */
-      allAdded: boolean;
-      names: string[];
-      own: Map<string, DirentRecord>;
-      merged: Map<string, { ino: Ino; kind: FileKind }>;
-    }
-    const open = (dirIno: Ino, path: string, dir: ChangeDir, allAdded: boolean): Frame => {
-      const own = new Map<string, DirentRecord>();
-      const [start, end] = direntRange(this.top, dirIno);
-      for (const { key, value } of this.t.dirents.range(start, end)) own.set((key as [number, number, string])[2], unpackDirent(value));
-      const merged = this.mergedEntries(dirIno);
-      const names = [...new Set([...own.keys(), ...merged.keys()])];
-      names.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
-      return { dirIno, path, dir, allAdded, names, own, merged };
-    };
-    const stack: Frame[] = [open(ROOT_INO, '', { parent: null, name: '' }, false)];
-    while (stack.length > 0) {
-      const frame = stack[stack.length - 1];
-      const name = frame.names.pop();
-      if (name === undefined) {
-        stack.pop();
-        continue;
-      }
-      const path = `${frame.path}/${name}`;
-      const at = { dir: frame.dir, name };
-      const own = frame.own.get(name);
-      if (own !== undefined && isWhiteout(own)) {
-        yield { path, change: 'deleted', at };
-        continue;
-      }
-      const entry = frame.merged.get(name);
-      if (entry === undefined) continue;
-      const found = this.findInode(entry.ino);
-      if (found === null) continue;
-      const rec = found.level === 0 ? found.rec : null;
-      const attr = this.toAttr(entry.ino, found.rec);
-      if (rec?.opaque && !rec.born && entry.kind === 'dir') yield { path, change: 'opaque', attr, at };
-      let descend: 'no' | 'changes' | 'all' = 'no';
-      if (frame.allAdded || own !== undefined) {
-        yield { path, change: 'added', attr, at };
-        // A directory made here has only own entries; one moved here brings its lower ones.
-        if (entry.kind === 'dir') descend = frame.allAdded || (rec !== null && !rec.born) ? 'all' : 'changes';
-      } else {
-        if (rec !== null && !rec.born && rec.nlink > 0 && rec.parent === frame.dirIno && rec.name === name) {
-          yield { path, change: 'modified', attr, at };
-        }
-        if (entry.kind === 'dir' && marked.has(entry.ino)) descend = 'changes';
-      }
-      // A string of its own for the frame: consumers flatten the one they were given.
-      if (descend !== 'no') stack.push(open(entry.ino, frame.path + '/' + name, { parent: frame.dir, name }, descend === 'all'));
-    }
+    this.ctx.dirty = false;
+    await this.ctx.pool.sync();
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.ctx.closed) return;
     if (this.syncTimer) clearInterval(this.syncTimer);
     this.syncTimer = null;
     if (!this.readOnly) {
       // Files still open at close: their orphans are freed now (the handles die with the layer).
-      this.pool.txn(() => {
-        for (const key of [...this.t.orphans.keys([this.top], [this.top + 1])]) {
-          const ino = (key as [number, number])[1];
-          const raw = this.t.inodes.get(inodeKey(this.top, ino));
-          if (!raw || unpackInode(raw).nlink === 0) this.destroyOwn(ino, false);
-          else this.t.orphans.del(key);
-        }
-      });
-      await this.pool.sync();
+      this.namespace.releaseOrphans();
+      await this.ctx.pool.sync();
     }
-    this.closed = true;
+    this.ctx.closed = true;
     await this.onClose();
   }
 }

@@ -5,7 +5,7 @@ import { damageSeenAtOpen, verifyMetadataStable, type MetadataDamage } from '../
 import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
-import { openStoreTables } from './chain-layer-fs';
+import { openStoreTables } from './store-tables';
 import {
   blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
   packInode, unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,

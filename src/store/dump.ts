@@ -1,7 +1,7 @@
 import { dmfsError } from '../errors';
 import { packUint48 } from '../pool/codec';
 import type { ThinPool } from '../pool/thin-pool';
-import { openStoreTables } from './chain-layer-fs';
+import { openStoreTables } from './store-tables';
 import {
   SECTORS_PER_BLOCK, hasSectorCrcs, isDataRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef,
   unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef, type DirentRecord, type InodeRecord, type LayerRecord,

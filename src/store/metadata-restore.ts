@@ -64,7 +64,7 @@ function fsyncDir(dir: string): void {
 }
 
 /** Mount daemons recorded under run/ that are still alive (the pool is in use even if its metadata cannot be read). */
-function liveMountRecords(runDir: string): string[] {
+export function liveMountRecords(runDir: string): string[] {
   let names: string[];
   try {
     names = fs.readdirSync(runDir);

@@ -3,7 +3,9 @@ import { asDataBlock } from '../pool/block-address';
 import { packUint48, unpackUint48 } from '../pool/codec';
 import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
-import { ChainLayerFs, ROOT_INO, openStoreTables, type StoreTables } from './chain-layer-fs';
+import { ChainLayerFs } from './chain-layer-fs';
+import { ROOT_INO } from './inode-records';
+import { openStoreTables, type StoreTables } from './store-tables';
 import type {
   CreateLayerOptions, LayerFs, LayerInfo, LayerStore, OpenLayerOptions,
 } from './layer-store';

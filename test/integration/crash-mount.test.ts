@@ -65,4 +65,4 @@ function mountPid(root: string, mountpoint: string): number {
     spawnSync('fusermount', ['-uz', mnt]);
     fs.rmSync(base, { recursive: true, force: true });
   }
-});
+}, 300_000); // 20 rounds of mount, write, kill -9, recheck: ~100 s alone, more on a shared machine

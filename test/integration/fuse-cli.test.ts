@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
-import { describeFuse, run, sh, shq, tempDir } from '../support/fuse-harness';
+import { describeFuse, run, sh, shq, tempDir, waitProcessGone } from '../support/fuse-harness';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const CLI = path.join(REPO, 'bin', 'dmfs.js');
@@ -23,15 +23,7 @@ describeFuse('dmfs mount / umount (CLI, daemon, mount helper)', () => {
   };
   const json = async <T = Record<string, unknown>>(args: string): Promise<T> => JSON.parse(await dmfsOk(`${args} --json`)) as T;
   const isMounted = async (mp: string) => (await sh(`grep -q ' ${mp} fuse.dmfs ' /proc/self/mounts`)).code === 0;
-  // Gone or a zombie (the daemon's parent, `dmfs mount`, exited; who reaps it is up to pid 1).
-  const waitGone = async (pid: number, ms = 15000) => {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if ((await sh(`s=$(ps -o stat= -p ${pid}) && [ "\${s#Z}" = "$s" ]`)).code !== 0) return true;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return false;
-  };
+  const waitGone = waitProcessGone;
   const runFiles = () => (existsSync(path.join(root, 'run')) ? readdirSync(path.join(root, 'run')).filter((f) => f.endsWith('.json') && !f.endsWith('.exit.json')) : []);
 
   beforeAll(async () => {

@@ -95,7 +95,9 @@ describeRoot('pool on a read-only file system (real read-only bind mount)', () =
 
   it('writing commands fail with POOL_READ_ONLY and say so, without a stack trace, and change nothing', () => {
     const before = snapshot(roPool());
-    for (const args of [['create', 'c2'], ['rm', 'c1'], ['check', '--repair'], ['pool', 'resize', '2G']]) {
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt, { recursive: true });
+    for (const args of [['create', 'c2'], ['rm', 'c1'], ['check', '--repair'], ['pool', 'resize', '2G'], ['mount', 'c1', mnt, '--ro']]) {
       const r = dmfs(roPool(), ...args, '--json');
       expect([args.join(' '), r.code]).toEqual([args.join(' '), 1]);
       // The error object (top level, or per layer for rm) carries the stable code.

@@ -6,7 +6,7 @@
  * fs.*Sync): the event loop that answers FUSE would be blocked waiting for itself.
  */
 import { execFile } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { accessSync, chownSync, constants as fsConstants, existsSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -173,4 +173,43 @@ export async function mountMemory(opts: MemoryLayerFsOptions = {}, transport?: F
   const layer = new MemoryLayerFs(opts);
   const m = await mountLayer(layer, undefined, { transport });
   return { ...m, layer };
+}
+
+/** True once pid is gone or a zombie (a detached daemon whose parent exited; who reaps it is up to pid 1). */
+export async function waitProcessGone(pid: number, ms = 15000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if ((await sh(`s=$(ps -o stat= -p ${pid}) && [ "\${s#Z}" = "$s" ]`)).code !== 0) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
+/** The prefix that runs a command as uid/gid `uid` with no supplementary groups. */
+export function asUser(uid: number): string {
+  return `setpriv --reuid ${uid} --regid ${uid} --clear-groups`;
+}
+
+/**
+ * The dmfs CLI (`bin`) run as user `uid` on the pool at root() (read at each call: set in a
+ * beforeAll), with HOME=/tmp. `dmfs` resolves with the result, `dmfsOk` with stdout or throws
+ * with the output; `shell` runs a sh script as that user and returns its stdout.
+ */
+export function cliAsUser(uid: number, bin: string, root: () => string) {
+  const dmfs = (args: string, env: NodeJS.ProcessEnv = {}) => sh(`${asUser(uid)} node ${bin} ${args} --root ${shq(root())}`, { env: { HOME: '/tmp', ...env } });
+  const dmfsOk = async (args: string, env: NodeJS.ProcessEnv = {}): Promise<string> => {
+    const r = await dmfs(args, env);
+    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
+    return r.stdout;
+  };
+  const shell = (script: string) => run(`${asUser(uid)} sh -c ${shq(script)}`);
+  return { dmfs, dmfsOk, shell };
+}
+
+/** A pool root and a work directory (for mountpoints) owned by `uid`, for the CLI run as that user (setpriv needed). */
+export async function tempDirsOwnedBy(uid: number, prefix: string): Promise<{ root: string; work: string }> {
+  if ((await sh('command -v setpriv')).code !== 0) throw new Error('setpriv (util-linux) is needed to run the CLI as another user');
+  const dirs = { root: tempDir(`${prefix}-pool`), work: tempDir(`${prefix}-work`) };
+  for (const d of Object.values(dirs)) chownSync(d, uid, uid);
+  return dirs;
 }

@@ -37,34 +37,35 @@ export const command: Command = {
   async run(ctx) {
     const nul = ctx.opts.null === true;
     if (nul && ctx.json) throw dmfsError('USAGE', '-z and --json are two output formats; choose one');
-    const changes = await withPool(ctx, async (pool) => {
+    type Record = { path: string; change: LayerChange['change']; kind?: string; mode?: number; uid?: number; gid?: number; sizeBytes?: number; mtimeNs?: bigint };
+    const records: Record[] = [];
+    // Text is written as the changes come (memory bounded by one chunk, whatever the
+    // number and depth of paths; a reader that goes away, | head, stops the walk early).
+    let chunk = '';
+    await withPool(ctx, async (pool) => {
       const fs = await pool.store.openLayer(ctx.args[0], { readOnly: true });
       try {
-        const out: LayerChange[] = [];
-        for await (const c of fs.changes()) out.push(c);
-        return out;
+        for await (const c of fs.changes()) {
+          if (ctx.json) {
+            records.push({
+              path: c.path,
+              change: c.change,
+              ...(c.attr ? { kind: c.attr.kind, mode: c.attr.mode, uid: c.attr.uid, gid: c.attr.gid, sizeBytes: c.attr.sizeBytes, mtimeNs: c.attr.mtimeNs } : {}),
+            });
+            continue;
+          }
+          chunk += nul ? `${LETTER[c.change]} ${c.path}\0` : `${LETTER[c.change]} ${escapePath(c.path)}\n`;
+          if (chunk.length >= 64 * 1024) {
+            await writeOut(ctx.stdout, chunk);
+            chunk = '';
+          }
+        }
       } finally {
         await fs.close();
       }
     });
-    if (ctx.json) {
-      printJson(ctx, changes.map((c) => ({
-        path: c.path,
-        change: c.change,
-        ...(c.attr ? { kind: c.attr.kind, mode: c.attr.mode, uid: c.attr.uid, gid: c.attr.gid, sizeBytes: c.attr.sizeBytes, mtimeNs: c.attr.mtimeNs } : {}),
-      })));
-    } else {
-      // One write per few hundred records: a reader that goes away (| head) stops us early.
-      let chunk = '';
-      for (const c of changes) {
-        chunk += nul ? `${LETTER[c.change]} ${c.path}\0` : `${LETTER[c.change]} ${escapePath(c.path)}\n`;
-        if (chunk.length >= 64 * 1024) {
-          await writeOut(ctx.stdout, chunk);
-          chunk = '';
-        }
-      }
-      if (chunk) await writeOut(ctx.stdout, chunk);
-    }
+    if (ctx.json) printJson(ctx, records);
+    else if (chunk) await writeOut(ctx.stdout, chunk);
     return 0;
   },
 };

@@ -5,15 +5,17 @@ import { spawnSync } from 'node:child_process';
 import { blockIo } from '../../native';
 import type { BlockIo } from '../../native/block-io';
 import type { Command } from '../command';
-import { kernelTransportUnavailable } from '../../fs/kernel-session';
+import { fusermountSetuidProblem } from '../../fs/fuse-diagnosis';
+import { chooseTransport, type TransportChoice } from '../../fs/mount-service';
 import { poolPaths } from '../../pool/pool-paths';
 import { describeHostSpace } from '../../pool/thin-pool';
 
 /**
  * `dmfs doctor`: can this host run dmfs, and how well? One check per line with what to do
  * next. FUSE (device, fusermount, and libfuse.so.2 where mounts go through fuse-native:
- * non-root, or no native addon) is essential: without it nothing mounts, so the exit code
- * is 1. The native addon, the kernel, the file system of
+ * no native addon, or a non-root user without a setuid fusermount3) is essential: without
+ * it nothing mounts, so the exit code is 1. The report names the transport mounts by this
+ * user will use and why (`fuse.transport`, `fuse.reason`). The native addon, the kernel, the file system of
  * the pool root and its reflink support only change speed and space; they are reported.
  * Reads the host, changes nothing except two temp files for the reflink probe (removed).
  */
@@ -36,7 +38,21 @@ export interface DoctorReport {
   /** Every essential check is ok. */
   ok: boolean;
   root: string;
+  /**
+   * The FUSE transport a `dmfs mount` by this user would use, and why (chooseTransport);
+   * 'none' when DMFS_FUSE_TRANSPORT asks for one that cannot mount or is not a transport.
+   */
+  fuse: { transport: 'kernel' | 'libfuse2' | 'none'; reason: string };
   checks: DoctorCheck[];
+}
+
+/** chooseTransport for the environment as it is, never throwing: a refusal becomes 'none'. */
+export function transportInUse(choose: () => TransportChoice = () => chooseTransport()): DoctorReport['fuse'] {
+  try {
+    return choose();
+  } catch (err) {
+    return { transport: 'none', reason: (err as Error).message };
+  }
 }
 
 const SEARCH_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
@@ -80,7 +96,7 @@ export function checkFuseDevice(devicePath = '/dev/fuse'): DoctorCheck {
       ...base,
       status: 'missing',
       detail: `${devicePath} present but cannot be opened (${code})`,
-      hint: 'run as root, or give your user access (chmod 0666 /dev/fuse, or the fuse group)',
+      hint: 'run as root, or give users access: chmod 0666 /dev/fuse, its usual mode (mount-helpers/setup-host does)',
     };
   }
   return { ...base, status: 'ok', detail: `${devicePath} present and openable`, hint: null };
@@ -106,35 +122,43 @@ export function findLibfuse2(ldconfigOutput?: string): string | null {
   return null;
 }
 
-/** Which FUSE transport mounts use here: the kernel one (root + native addon) or fuse-native. */
-export function checkTransport(kernelBlocked: string | null = kernelTransportUnavailable()): DoctorCheck {
+/** Which FUSE transport mounts use here: the kernel one (native addon, and root or a setuid fusermount3) or fuse-native. */
+export function checkTransport(fuse: DoctorReport['fuse'] = transportInUse()): DoctorCheck {
   const base = { id: 'fuse.transport', title: 'FUSE transport', essential: false };
-  if (!kernelBlocked) return { ...base, status: 'ok', detail: 'kernel: dmfs speaks the FUSE protocol on /dev/fuse (1 MiB requests, kernel caching)', hint: null };
+  if (fuse.transport === 'kernel') {
+    return { ...base, status: 'ok', detail: `kernel: dmfs speaks the FUSE protocol on /dev/fuse (1 MiB requests, kernel caching); ${fuse.reason}`, hint: null };
+  }
+  if (fuse.transport === 'none') {
+    return { ...base, essential: true, status: 'missing', detail: `no transport can mount: ${fuse.reason}`, hint: 'unset DMFS_FUSE_TRANSPORT (auto picks what works), or fix the cause above' };
+  }
   return {
     ...base,
     status: 'warn',
-    detail: `libfuse 2 via fuse-native (slower metadata, 128 KiB requests): ${kernelBlocked}`,
-    hint: 'mount as root with the native addon built for the kernel transport',
+    detail: `libfuse 2 via fuse-native (slower metadata, 128 KiB requests): ${fuse.reason}`,
+    hint: 'for the kernel transport: the native addon, and root or a setuid fusermount3 with /dev/fuse mode 0666 (mount-helpers/setup-host)',
   };
 }
 
 /** libfuse.so.2: essential only when mounts go through fuse-native (`needed`). */
-export function checkLibfuse(found: string | null = findLibfuse2(), needed = kernelTransportUnavailable() !== null): DoctorCheck {
+export function checkLibfuse(found: string | null = findLibfuse2(), needed = transportInUse().transport !== 'kernel'): DoctorCheck {
   const base = { id: 'fuse.library', title: 'libfuse.so.2', essential: needed };
   if (found) return { ...base, status: 'ok', detail: found, hint: null };
   return {
     ...base,
     status: needed ? 'missing' : 'warn',
-    detail: `not in the ldconfig cache (fuse-native needs libfuse 2${needed ? '' : '; only non-root mounts use it here'})`,
+    detail: `not in the ldconfig cache (fuse-native needs libfuse 2${needed ? '' : '; mounts here use the kernel transport'})`,
     hint: 'apt-get install libfuse2 (Debian 12) or libfuse2t64 (Debian 13, Ubuntu 24.04), then ldconfig',
   };
 }
 
-export function checkFusermount(pathEnv?: string): DoctorCheck {
+/** fusermount / fusermount3: present, and for a non-root user setuid root (both transports mount through it then). */
+export function checkFusermount(pathEnv?: string, uid: number = process.geteuid?.() ?? 0): DoctorCheck {
   const base = { id: 'fuse.fusermount', title: 'fusermount', essential: true };
-  const found = findExecutable('fusermount', pathEnv) ?? findExecutable('fusermount3', pathEnv);
-  if (found) return { ...base, status: 'ok', detail: found, hint: null };
-  return { ...base, status: 'missing', detail: 'neither fusermount nor fusermount3 on PATH', hint: 'apt-get install fuse3 (or fuse)' };
+  const found = ['fusermount', 'fusermount3'].map((n) => findExecutable(n, pathEnv)).filter((p): p is string => p !== null);
+  if (!found.length) return { ...base, status: 'missing', detail: 'neither fusermount nor fusermount3 on PATH', hint: 'apt-get install fuse3 (or fuse)' };
+  const problem = uid === 0 ? null : found.map(fusermountSetuidProblem).find((p) => p !== null);
+  if (problem) return { ...base, status: 'missing', detail: problem, hint: 'as root: mount-helpers/setup-host (restores the setuid bit)' };
+  return { ...base, status: 'ok', detail: found.join(', '), hint: null };
 }
 
 export function checkNative(io: BlockIo = blockIo): DoctorCheck {
@@ -337,11 +361,11 @@ export async function checkReflink(root: string, io: BlockIo = blockIo): Promise
   }
 }
 
-export async function runDoctor(root: string, io: BlockIo = blockIo): Promise<DoctorReport> {
+export async function runDoctor(root: string, io: BlockIo = blockIo, fuse: DoctorReport['fuse'] = transportInUse()): Promise<DoctorReport> {
   const checks = [
     checkFuseDevice(),
-    checkTransport(),
-    checkLibfuse(),
+    checkTransport(fuse),
+    checkLibfuse(undefined, fuse.transport !== 'kernel'),
     checkFusermount(),
     checkNative(io),
     checkKernel(),
@@ -349,7 +373,7 @@ export async function runDoctor(root: string, io: BlockIo = blockIo): Promise<Do
     checkHostSpace(root),
     await checkReflink(root, io),
   ];
-  return { ok: checks.every((c) => !c.essential || c.status === 'ok'), root, checks };
+  return { ok: checks.every((c) => !c.essential || c.status === 'ok'), root, fuse, checks };
 }
 
 export function formatReport(report: DoctorReport): string {
@@ -373,7 +397,8 @@ export const command: Command = {
   description:
     'Prints one line per check (ok, missing or warn) with what to do next. Exits 0 when FUSE is usable ' +
     '(device, fusermount, and libfuse.so.2 when mounts go through fuse-native), else 1. It names the FUSE ' +
-    'transport mounts will use (kernel as root with the native addon, else libfuse 2). The native addon, the kernel, the pool file system and its free space ' +
+    'transport mounts by this user will use and why (--json: fuse.transport and fuse.reason): kernel with the native addon as root, or as ' +
+    'another user through a setuid fusermount3 with /dev/fuse openable; else libfuse 2. The native addon, the kernel, the pool file system and its free space ' +
     'only change speed and space and never fail the command. The reflink probe writes two temp files in the ' +
     'pool root (or its nearest existing parent) and removes them.',
   options: [],

@@ -20,6 +20,7 @@ import {
 import { assertOutsidePool } from '../../pool/pool-guard';
 import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
+import { explainUnwrappedError } from '../system-errors';
 import type { Command, CommandContext } from '../command';
 import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
@@ -40,6 +41,8 @@ export interface MountResult {
   log: string | null;
   /** A dead mount (daemon gone) at the mountpoint was cleaned up first. */
   recovered: boolean;
+  /** The FUSE transport serving the mount (see chooseTransport in fs/mount-service). */
+  transport: 'kernel' | 'libfuse2';
 }
 
 /**
@@ -113,7 +116,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     };
     try {
       await writeMountRecord(paths.record, rec);
-      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered });
+      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered, transport: service.transport });
     } catch (err) {
       await service.stop('start-up failed');
       throw err;
@@ -157,7 +160,13 @@ async function spawnDaemon(spec: MountSpec, recovered: boolean, timeoutMs = 120_
   const paths = mountRunPaths(runDir, spec.mountpoint);
   await fsp.mkdir(runDir, { recursive: true, mode: 0o700 });
   await removeFile(paths.exit);
-  const logFd = openSync(paths.log, 'a', 0o600);
+  let logFd: number;
+  try {
+    logFd = openSync(paths.log, 'a', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EROFS') throw err;
+    throw dmfsError('POOL_READ_ONLY', `the pool ${spec.root} is on a read-only file system, and a mount keeps its log and run record in ${runDir}: remount it read-write to mount a layer (ls, info, check, export, diff and save work as it is)`, err);
+  }
   const child = spawn(process.execPath, [daemonScript(), DAEMON_ARG, JSON.stringify({ ...spec, recovered, logFile: paths.log })], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc'],
@@ -199,7 +208,7 @@ function report(ctx: CommandContext, r: MountResult): void {
     ctx.stdout.write(JSON.stringify(r) + '\n');
     return;
   }
-  const how = r.readOnly ? 'read-only' : 'read-write';
+  const how = `${r.readOnly ? 'read-only' : 'read-write'}, ${r.transport} transport`;
   const where = r.log ? `, pid ${r.pid}, log ${r.log}` : '';
   if (r.recovered) ctx.stderr.write(`dmfs mount: cleaned up a dead mount at ${r.mountpoint}\n`);
   ctx.stdout.write(`mounted ${r.layer} at ${r.mountpoint} (${how}${where})\n`);
@@ -271,8 +280,10 @@ async function daemonMain(specJson: string): Promise<number> {
     });
     return result.error ? 1 : 0;
   } catch (err) {
-    log(`mount failed: ${(err as Error)?.stack ?? String(err)}`);
-    await send({ type: 'error', code: isDmfsError(err) ? err.code : 'MOUNT_FAILED', message: (err as Error)?.message ?? String(err) });
+    // A DmfsError (or a host condition) is the user's to act on: its message, no stack. Anything else is a bug.
+    const known = isDmfsError(err) ? err : explainUnwrappedError(err, spec.root);
+    log(`mount failed: ${known ? `${known.code}: ${known.message}` : (err as Error)?.stack ?? String(err)}`);
+    await send({ type: 'error', code: known ? known.code : 'MOUNT_FAILED', message: known ? known.message : (err as Error)?.message ?? String(err) });
     return 1;
   }
 }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
 import { poolPaths } from '../../pool/pool-paths';
+import { liveMountRecords } from '../../store/metadata-restore';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
 import { listOpt, printJson, stringOpt, withPool } from '../output';
@@ -111,20 +112,32 @@ function removePoolEntries(root: string): string[] {
   return left.sort();
 }
 
+/** Open failures of a pool that exists but cannot be read: destroy still removes it. */
+function poolDamage(err: unknown): boolean {
+  if (isDmfsError(err)) return ['POOL_FORMAT', 'METADATA_CORRUPT', 'DATA_DEVICE_SHORT', 'IO_ERROR', 'DATA_CORRUPT'].includes(err.code);
+  return typeof (err as NodeJS.ErrnoException)?.code === 'string';
+}
+
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
+  let damaged: Error | null = null;
   try {
     await withPool(ctx, async (pool) => {
       const mounted = (await pool.store.listLayers()).filter((l) => l.mounts.length);
       if (mounted.length) throw dmfsError('LAYER_IN_USE', `layers are mounted (${mounted.map((l) => l.mounts[0].mountpoint).join(', ')}); unmount them first`);
     });
   } catch (err) {
-    // A pool this build cannot read can still be destroyed (that is how to recreate it).
-    if (!isDmfsError(err, 'POOL_FORMAT')) throw err;
+    // A pool this build cannot read, or whose metadata or data device is damaged, can still
+    // be destroyed (that is how to start again), once no daemon serves a mount from it.
+    if (!poolDamage(err) || !fs.existsSync(poolPaths(ctx.root).metadataDir)) throw err;
+    const live = liveMountRecords(poolPaths(ctx.root).runDir);
+    if (live.length) throw dmfsError('LAYER_IN_USE', `the pool cannot be opened (${(err as Error).message}), and layers of it are still mounted (${live.join(', ')}); run 'dmfs umount' on them first`, err);
+    damaged = err as Error;
   }
   const kept = removePoolEntries(ctx.root);
-  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept });
+  if (ctx.json) printJson(ctx, { destroyed: ctx.root, kept, ...(damaged ? { damaged: damaged.message } : {}) });
   else {
+    if (damaged) ctx.stderr.write(`dmfs pool: the pool could not be opened (${damaged.message}); destroyed it as asked\n`);
     ctx.stdout.write(`Destroyed pool at ${ctx.root}\n`);
     if (kept.length) ctx.stdout.write(`Kept ${ctx.root} and what it holds that is not the pool's: ${kept.join(', ')}\n`);
   }

@@ -117,3 +117,54 @@ describe('dmfs pool create rejects bad options and creates nothing', () => {
     expect(fs.statSync(root).mode & 0o777).toBe(0o700);
   });
 });
+
+describe('host conditions and damaged pools: a clear error, never a stack trace', () => {
+  let base: string;
+  beforeAll(() => {
+    base = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-cli-host-'));
+  });
+  afterAll(() => fs.rmSync(base, { recursive: true, force: true }));
+
+  const isRoot = process.getuid?.() === 0;
+  (isRoot ? test : test.skip)('pool create where the user may not write: ACCESS_DENIED naming the path and what to do', () => {
+    fs.chmodSync(base, 0o755); // nobody may look in, not write
+    const parent = path.join(base, 'root-only');
+    fs.mkdirSync(parent, { mode: 0o755 });
+    const root = path.join(parent, 'pool');
+    const r = spawnSync('runuser', ['-u', 'nobody', '--', process.execPath, DMFS_BIN, 'pool', 'create', '--size', '64M', '--root', root, '--json'], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
+    expect(r.stderr).toContain(root);
+    expect(r.stderr).toMatch(/permission denied.*--root DIR/);
+    expect(JSON.parse(r.stdout).error.code).toBe('ACCESS_DENIED');
+  });
+
+  test.each([
+    ['metadata meta page overwritten', (root: string) => {
+      const fd = fs.openSync(path.join(root, 'metadata', 'data.mdb'), 'r+');
+      fs.writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, 0);
+      fs.closeSync(fd);
+    }],
+    ['data device deleted', (root: string) => fs.rmSync(path.join(root, 'data', 'data-file'))],
+  ])('pool destroy --force removes a pool that cannot be opened (%s)', (_label, damage) => {
+    const root = path.join(base, 'p-' + Math.random().toString(36).slice(2));
+    expect(dmfs(root, 'pool', 'create', '--size', '64M').code).toBe(0);
+    expect(dmfs(root, 'create', 'c1').code).toBe(0);
+    damage(root);
+    expect(dmfs(root, 'ls').code).toBe(1);
+    const r = dmfs(root, 'pool', 'destroy', '--force', '--json');
+    expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).damaged).toEqual(expect.any(String));
+    expect(fs.existsSync(root)).toBe(false);
+  });
+
+  test('pool destroy --force of a directory that is no pool still refuses', () => {
+    const dir = path.join(base, 'not-a-pool');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'keep'), 'x');
+    const r = dmfs(dir, 'pool', 'destroy', '--force');
+    expect(r.code).toBe(1);
+    expect(fs.readFileSync(path.join(dir, 'keep'), 'utf8')).toBe('x');
+  });
+});

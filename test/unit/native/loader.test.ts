@@ -109,7 +109,7 @@ describe('raw addon at the FFI edge', () => {
   });
 
   withAddon('garbage arguments throw INVALID synchronously and never crash the process', () => {
-    const fns = ['copyRange', 'cloneRange', 'readBlocks', 'writeBlocks', 'readBlocksNowait', 'writeBlocksNowait', 'punchHole', 'crc32c', 'crc32cTable', 'fuseRead', 'fuseWrite'] as const;
+    const fns = ['copyRange', 'cloneRange', 'readBlocks', 'writeBlocks', 'readBlocksNowait', 'writeBlocksNowait', 'punchHole', 'crc32c', 'crc32cTable', 'fuseRead', 'fuseWrite', 'fdSocketPair'] as const;
     const junk: unknown[][] = [
       [],
       [undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined, undefined],

@@ -94,15 +94,25 @@ describe('dmfs doctor', () => {
     expect(checkLibfuse(null, true)).toMatchObject({ status: 'missing', essential: true });
     expect(checkLibfuse(null, true).hint).toMatch(/libfuse2/);
     expect(checkLibfuse(null, false)).toMatchObject({ status: 'warn', essential: false });
-    expect(checkTransport(null)).toMatchObject({ status: 'ok', essential: false });
-    expect(checkTransport('needs root')).toMatchObject({ status: 'warn', detail: expect.stringMatching(/fuse-native.*needs root/) });
+    expect(checkTransport({ transport: 'kernel', reason: 'root: mount(8)' })).toMatchObject({ status: 'ok', essential: false, detail: expect.stringMatching(/^kernel: .*root: mount\(8\)/) });
+    expect(checkTransport({ transport: 'libfuse2', reason: 'no addon' })).toMatchObject({ status: 'warn', essential: false, detail: expect.stringMatching(/fuse-native.*no addon/) });
+    // DMFS_FUSE_TRANSPORT=kernel where it cannot mount: nothing mounts, so it fails the run.
+    expect(checkTransport({ transport: 'none', reason: 'asked for kernel' })).toMatchObject({ status: 'missing', essential: true });
     const r = checkFusermount(path.join(tmp, 'empty-path'));
     // The usual system dirs are searched too, so this host's fusermount may still be found.
     const onHost = ['/usr/bin', '/bin', '/usr/sbin', '/sbin', '/usr/local/bin'].some(
       (d) => fs.existsSync(path.join(d, 'fusermount')) || fs.existsSync(path.join(d, 'fusermount3')),
     );
     expect(r.status).toBe(onHost ? 'ok' : 'missing');
-    const report: DoctorReport = { ok: false, root: tmp, checks: [dev] };
+    // A non-root user needs it setuid root: a plain executable named fusermount is not enough.
+    const bin = path.join(tmp, 'bin');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, 'fusermount'), '#!/bin/sh\n', { mode: 0o755 });
+    fs.writeFileSync(path.join(bin, 'fusermount3'), '#!/bin/sh\n', { mode: 0o755 });
+    expect(checkFusermount(bin, 1000)).toMatchObject({ status: 'missing', essential: true, detail: expect.stringMatching(/not setuid root/) });
+    expect(checkFusermount(bin, 0)).toMatchObject({ status: 'ok', detail: `${bin}/fusermount, ${bin}/fusermount3` });
+    fs.rmSync(bin, { recursive: true });
+    const report: DoctorReport = { ok: false, root: tmp, fuse: { transport: 'kernel', reason: 'root' }, checks: [dev] };
     expect(formatReport(report)).toMatch(/^missing +FUSE device .* -> .*modprobe fuse/m);
   });
 

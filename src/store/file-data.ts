@@ -1,0 +1,368 @@
+import { dmfsError } from '../errors';
+import { asDataBlock, type DataBlock } from '../pool/block-address';
+import type { Table } from '../pool/metadata-env';
+import type { ThinPool } from '../pool/thin-pool';
+import type { InodeInChain, InodeRecords } from './inode-records';
+import type { LayerContext } from './layer-context';
+import type { Ino, ReadOptions } from './layer-store';
+import {
+  bmapKey, bmapRange, blockContentMatches, isDataRef, nowTime, packBlockRef, packUsage, sectorCrcsOf, unpackBlockRef, unpackUsage,
+  usageBytes, type BlockRef,
+} from './records';
+import type { BlockRead, VerifiedBlockReader } from './verified-block-reader';
+
+/** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
+const INTACT_MAPS_MAX = 65536;
+
+/**
+ * The content of regular files in one open layer: reads through the chain's block maps,
+ * writes with block-level copy-on-write, small blocks and tails kept inline in metadata,
+ * truncation, and the own segment's usage against the layer's size limit.
+ *
+ * Data writes put bytes into blocks this layer owns (or freshly taken ones) before the
+ * transaction that maps them; blocks taken and not mapped go back to the pool. Writes and
+ * truncations of one inode run under its mutex.
+ */
+export class FileData {
+  private readonly pool: ThinPool;
+  private readonly bmap: Table;
+  private readonly top: number;
+  private readonly bs: number;
+  private readonly lowerUsageBytes: number;
+  /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
+  private readonly intactMaps = new Set<string>();
+
+  constructor(
+    private readonly ctx: LayerContext,
+    private readonly records: InodeRecords,
+    private readonly reader: VerifiedBlockReader,
+  ) {
+    this.pool = ctx.pool;
+    this.bmap = ctx.tables.bmap;
+    this.top = ctx.top;
+    this.bs = ctx.blockSizeBytes;
+    let lower = 0;
+    for (const s of ctx.segments.slice(1)) lower += this.segmentBytes(s);
+    this.lowerUsageBytes = lower;
+  }
+
+  /** Bytes of pool space the chain holds (blocks + inline data): the layer's used space. */
+  chainUsedBytes(): number {
+    return this.lowerUsageBytes + this.segmentBytes(this.top);
+  }
+
+  private segmentBytes(segment: number): number {
+    return usageBytes(this.ctx.tables.usage.get([segment]), this.bs);
+  }
+
+  /**
+   * The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts.
+   * null is a hole, proved one: see assertNoLostEntries.
+   */
+  private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
+    const chain = this.records.inodeChain(ino);
+    for (let i = 0; i < chain.length; i++) {
+      const { level, rec } = chain[i];
+      const raw = this.bmap.get(bmapKey(this.ctx.segments[level], ino, idx));
+      if (raw) return { ref: unpackBlockRef(raw), level };
+      if (idx >= rec.inherit) {
+        this.assertNoLostEntries(ino, idx, chain, i + 1);
+        return null;
+      }
+    }
+    this.assertNoLostEntries(ino, idx, chain, chain.length);
+    return null;
+  }
+
+  /**
+   * A hole must not be a lost block-map entry (a damaged key or page makes the entry
+   * vanish, and the block would read as zeros). Each segment's inode record counts its
+   * entries (`mapped`): the first hole looked up in an inode counts the entries of each
+   * segment consulted, chain[0, upTo), once; a segment short of its count is
+   * METADATA_CORRUPT (EIO), never zeros. Proved counts stay proved: lower segments never
+   * change, and this layer's own writes change entries and count together.
+   */
+  private assertNoLostEntries(ino: Ino, idx: number, chain: InodeInChain[], upTo: number): void {
+    for (let i = 0; i < upTo; i++) {
+      const { level, rec } = chain[i];
+      if (rec.mapped === undefined) continue; // written before the count existed
+      const seg = this.ctx.segments[level];
+      const key = `${seg}:${ino}`;
+      if (this.intactMaps.has(key)) continue;
+      const held = this.records.countMapped(seg, ino, Infinity);
+      if (held < rec.mapped) {
+        const root = this.pool.paths.root;
+        throw dmfsError(
+          'METADATA_CORRUPT',
+          `inode ${ino} of layer ${this.ctx.layerName}: its record counts ${rec.mapped} block-map entries in segment ${seg}, the map holds ${held}, ` +
+            `so file block ${idx} may be a lost entry and is not read as zeros. Run 'dmfs check --root ${root}', then 'dmfs check --repair --from-backup --root ${root}'`,
+        );
+      }
+      if (this.intactMaps.size >= INTACT_MAPS_MAX) this.intactMaps.clear();
+      this.intactMaps.add(key);
+    }
+  }
+
+  async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
+    this.ctx.assertOpen();
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
+    const found = this.records.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const size = found.rec.size;
+    if (offsetBytes >= size) return 0;
+    const length = Math.min(target.length, size - offsetBytes);
+    const reads: BlockRead[] = [];
+    let pos = offsetBytes;
+    while (pos < offsetBytes + length) {
+      const idx = Math.floor(pos / this.bs);
+      const inBlock = pos - idx * this.bs;
+      const n = Math.min(this.bs - inBlock, offsetBytes + length - pos);
+      const dst = target.subarray(pos - offsetBytes, pos - offsetBytes + n);
+      const r = this.blockRef(ino, idx);
+      if (r === null) dst.fill(0);
+      else if (isDataRef(r.ref)) reads.push({ ref: r.ref, inBlock, dst });
+      else {
+        dst.fill(0);
+        if (inBlock < r.ref.length) r.ref.copy(dst, 0, inBlock, Math.min(r.ref.length, inBlock + n));
+      }
+      pos += n;
+    }
+    if (reads.length) await this.reader.read(reads, opts);
+    return length;
+  }
+
+  /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
+  private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
+    const buf = Buffer.alloc(length);
+    const r = this.blockRef(ino, idx);
+    if (r === null) return buf;
+    if (isDataRef(r.ref)) await this.reader.read([{ ref: r.ref, inBlock: 0, dst: buf }]);
+    else r.ref.copy(buf, 0, 0, Math.min(length, r.ref.length));
+    return buf;
+  }
+
+  private takeBlockOrThrow(): DataBlock {
+    const b = this.pool.takeBlock();
+    // The pool names the limit hit (dm.min_free_space, or the host file system under it).
+    if (b === null) throw this.pool.noSpaceError();
+    return b;
+  }
+
+  private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
+    if (newBlocks <= 0 && newInlineBytes <= 0) return;
+    const used = this.chainUsedBytes();
+    if (used + newBlocks * this.bs + newInlineBytes > this.ctx.sizeLimitBytes) {
+      throw dmfsError('LAYER_FULL', `layer ${this.ctx.layerName} is full (size limit ${this.ctx.sizeLimitBytes} bytes)`);
+    }
+  }
+
+  async write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
+    this.ctx.assertWritable();
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
+    if (data.length === 0) return 0;
+    const end = offsetBytes + data.length;
+    if (end > this.ctx.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `write past the layer's size limit of ${this.ctx.sizeLimitBytes} bytes`);
+    await this.ctx.inodeMutex.run(ino, () => this.writeLocked(ino, data, offsetBytes));
+    this.ctx.markDirty();
+    return data.length;
+  }
+
+  private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
+    const found = this.records.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const end = offsetBytes + data.length;
+    const newSize = Math.max(found.rec.size, end);
+    const lastIdx = Math.floor((newSize - 1) / this.bs);
+    const taken: DataBlock[] = [];
+    /** New block-map entries; `fresh` marks blocks taken from the reservation. */
+    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
+    /** Block-map entries this write adds (where the own segment had none). */
+    let newEntries = 0;
+    /** Data to put into blocks, issued together (one gathered write) before the commit. */
+    const pendingWrites: { block: DataBlock; offset: number; data: Buffer }[] = [];
+    try {
+      for (let pos = offsetBytes; pos < end; ) {
+        const idx = Math.floor(pos / this.bs);
+        const inBlock = pos - idx * this.bs;
+        const n = Math.min(this.bs - inBlock, end - pos);
+        const slice = data.subarray(pos - offsetBytes, pos - offsetBytes + n);
+        const whole = inBlock === 0 && n === this.bs;
+        pos += n;
+        const ownRaw = this.bmap.get(bmapKey(this.top, ino, idx));
+        const own = ownRaw ? unpackBlockRef(ownRaw) : null;
+        if (!own) newEntries++;
+        if (own && isDataRef(own)) {
+          // The layer's own block: written in place; its checksums follow the new content.
+          const sectorCrcs = whole ? sectorCrcsOf(slice, this.ctx.sectorBytes) : await this.reader.rewrittenSectorCrcs(own, slice, inBlock);
+          this.reader.forget(own.block);
+          pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
+          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
+          continue;
+        }
+        const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
+        const ownInlineLen = own ? own.length : 0;
+        if (contentLen <= this.ctx.inlineMaxBytes) {
+          const merged = Buffer.alloc(contentLen);
+          if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
+          else (await this.blockContent(ino, idx, contentLen)).copy(merged);
+          slice.copy(merged, inBlock);
+          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen });
+          continue;
+        }
+        const fresh = this.takeBlockOrThrow();
+        taken.push(fresh);
+        let sectorCrcs: number[];
+        const lower = whole || own ? null : this.blockRef(ino, idx);
+        if (whole) {
+          pendingWrites.push({ block: fresh, offset: 0, data: slice });
+          sectorCrcs = sectorCrcsOf(slice, this.ctx.sectorBytes);
+        } else if (lower && isDataRef(lower.ref)) {
+          // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
+          // change. The copy is verified against the lower ref, whichever form it has.
+          await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
+          const copied = Buffer.allocUnsafe(this.bs);
+          await this.pool.readBlocks([fresh], [0], [copied]);
+          if (!blockContentMatches(lower.ref, copied)) {
+            throw dmfsError('DATA_CORRUPT', `data block ${lower.ref.block} (copied up by layer ${this.ctx.layerName}) fails its checksum`);
+          }
+          slice.copy(copied, inBlock);
+          sectorCrcs = sectorCrcsOf(copied, this.ctx.sectorBytes);
+          pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
+        } else {
+          const full = Buffer.alloc(this.bs);
+          if (own) own.copy(full);
+          else if (lower) (lower.ref as Buffer).copy(full);
+          slice.copy(full, inBlock);
+          pendingWrites.push({ block: fresh, offset: 0, data: full });
+          sectorCrcs = sectorCrcsOf(full, this.ctx.sectorBytes);
+        }
+        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
+      }
+      if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
+      const newBlocks = mapped.filter((m) => m.fresh).length;
+      const inlineDelta = mapped.reduce((s, m) => s + (isDataRef(m.ref) ? 0 : m.ref.length) - m.replacesInline, 0);
+      this.pool.txn(() => {
+        this.checkLayerSpace(newBlocks, inlineDelta);
+        const rec = this.records.ownRecord(ino);
+        for (const m of mapped) {
+          this.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
+          if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
+        }
+        this.addUsage(newBlocks, inlineDelta);
+        rec.mapped = (rec.mapped ?? this.records.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
+        const now = nowTime();
+        rec.size = Math.max(rec.size, end);
+        rec.mtime = now;
+        rec.ctime = now;
+        this.records.putRecord(ino, rec);
+      });
+    } catch (err) {
+      for (const b of taken) this.pool.untakeBlock(b);
+      throw err;
+    }
+  }
+
+  /**
+   * setattr's size change: truncates or extends a regular file to sizeBytes (an extension
+   * is a hole), under the inode's mutex. The caller checked the layer is writable.
+   */
+  async truncate(ino: Ino, sizeBytes: number): Promise<void> {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) throw dmfsError('INVALID', `bad size ${sizeBytes}`);
+    if (sizeBytes > this.ctx.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `size ${sizeBytes} exceeds the layer's size limit of ${this.ctx.sizeLimitBytes} bytes`);
+    await this.ctx.inodeMutex.run(ino, () => this.truncateLocked(ino, sizeBytes));
+  }
+
+  private async truncateLocked(ino: Ino, size: number): Promise<void> {
+    const found = this.records.mustInode(ino);
+    if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
+    if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
+    const oldSize = found.rec.size;
+    if (size >= oldSize) {
+      // Same size still counts as a change (O_TRUNC of an empty file, `: > f`): mtime and ctime move, as on ext4.
+      this.pool.txn(() => {
+        const rec = this.records.ownRecord(ino);
+        rec.size = size;
+        const now = nowTime();
+        rec.mtime = now;
+        rec.ctime = now;
+        this.records.putRecord(ino, rec);
+      });
+      return;
+    }
+    const keepBlocks = Math.ceil(size / this.bs);
+    const partialIdx = size % this.bs === 0 ? -1 : Math.floor(size / this.bs);
+    const tailLen = size - partialIdx * this.bs;
+    // The partial last block: copy-on-write with the tail zeroed, so a crash before the
+    // commit leaves the old content, and lower segments never show past the cut.
+    let partialRef: BlockRef | null = null;
+    let taken: DataBlock | null = null;
+    if (partialIdx >= 0) {
+      const current = this.blockRef(ino, partialIdx);
+      if (current) {
+        const content = await this.blockContent(ino, partialIdx, tailLen);
+        if (tailLen <= this.ctx.inlineMaxBytes) partialRef = content;
+        else {
+          taken = this.takeBlockOrThrow();
+          const full = Buffer.alloc(this.bs);
+          content.copy(full);
+          await this.pool.writeBlocks([{ block: taken, offset: 0, data: full }]);
+          partialRef = { block: taken, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) };
+        }
+      }
+    }
+    try {
+      this.pool.txn(() => {
+        const rec = this.records.ownRecord(ino);
+        const from = partialIdx >= 0 ? partialIdx : keepBlocks;
+        const before = rec.mapped ?? this.records.countMapped(this.top, ino, Infinity);
+        rec.mapped = before - this.truncateOwnBlocks(ino, from) + (partialRef !== null ? 1 : 0);
+        if (partialRef !== null) {
+          this.bmap.put(bmapKey(this.top, ino, partialIdx), packBlockRef(partialRef));
+          if (isDataRef(partialRef)) {
+            this.pool.consumeBlock(asDataBlock(partialRef.block));
+            this.addUsage(1, 0);
+          } else this.addUsage(0, partialRef.length);
+        }
+        rec.inherit = Math.min(rec.inherit, Math.floor(size / this.bs));
+        rec.size = size;
+        const now = nowTime();
+        rec.mtime = now;
+        rec.ctime = now;
+        this.records.putRecord(ino, rec);
+      });
+    } catch (err) {
+      if (taken !== null) this.pool.untakeBlock(taken);
+      throw err;
+    }
+  }
+
+  /** Inside txn: removes own block-map entries at or past fromBlock; returns how many. */
+  truncateOwnBlocks(ino: Ino, fromBlock: number): number {
+    const [start, end] = bmapRange(this.top, ino, fromBlock);
+    const entries = [...this.bmap.range(start, end)];
+    if (!entries.length) return 0;
+    let blocks = 0;
+    let inlineBytes = 0;
+    for (const { key, value } of entries) {
+      const ref = unpackBlockRef(value);
+      if (isDataRef(ref)) {
+        this.pool.recycleBlock(asDataBlock(ref.block));
+        this.reader.forget(ref.block);
+        blocks++;
+      } else inlineBytes += ref.length;
+      this.bmap.del(key);
+    }
+    this.addUsage(-blocks, -inlineBytes);
+    return entries.length;
+  }
+
+  private addUsage(blocks: number, inlineBytes: number): void {
+    if (!blocks && !inlineBytes) return;
+    const u = unpackUsage(this.ctx.tables.usage.get([this.top]));
+    u.blocks += blocks;
+    u.inlineBytes += inlineBytes;
+    this.ctx.tables.usage.put([this.top], packUsage(u));
+  }
+}
