@@ -104,7 +104,7 @@ describeFuse('clear FUSE mount errors for a non-root user', () => {
     const copy = `${work}/fusermount3-copy`;
     await run(`cp ${fm3} ${copy} && chmod 0755 ${copy}`);
     const inNamespace = (env: string, args = `mount c1 ${work}/n --json`) =>
-      sh(`unshare -m --propagation private sh -c ${shq(`mount --bind ${copy} ${fm3} && ${env} ${asUser(NOBODY)} env HOME=/tmp node ${DMFS_BIN} ${args} --root ${shq(root)}`)}`);
+      sh(`unshare -m --propagation private sh -c ${shq(`mount --bind ${copy} ${fm3} && DMFS_FUSE_TRANSPORT=auto ${env} ${asUser(NOBODY)} env HOME=/tmp node ${DMFS_BIN} ${args} --root ${shq(root)}`)}`);
     await withDevFuseMode(0o666, async () => {
       // doctor sees it: libfuse 2 would be chosen, and it needs the setuid bit as well.
       const doctor = await inNamespace('', 'doctor --json');

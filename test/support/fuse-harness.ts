@@ -192,11 +192,14 @@ export function asUser(uid: number): string {
 
 /**
  * The dmfs CLI (`bin`) run as user `uid` on the pool at root() (read at each call: set in a
- * beforeAll), with HOME=/tmp. `dmfs` resolves with the result, `dmfsOk` with stdout or throws
- * with the output; `shell` runs a sh script as that user and returns its stdout.
+ * beforeAll), with HOME=/tmp and DMFS_FUSE_TRANSPORT=auto unless `env` says otherwise (what
+ * these callers check is the choice itself, whatever transport the test run narrows to).
+ * `dmfs` resolves with the result, `dmfsOk` with stdout or throws with the output; `shell`
+ * runs a sh script as that user and returns its stdout.
  */
 export function cliAsUser(uid: number, bin: string, root: () => string) {
-  const dmfs = (args: string, env: NodeJS.ProcessEnv = {}) => sh(`${asUser(uid)} node ${bin} ${args} --root ${shq(root())}`, { env: { HOME: '/tmp', ...env } });
+  const dmfs = (args: string, env: NodeJS.ProcessEnv = {}) =>
+    sh(`${asUser(uid)} node ${bin} ${args} --root ${shq(root())}`, { env: { HOME: '/tmp', DMFS_FUSE_TRANSPORT: 'auto', ...env } });
   const dmfsOk = async (args: string, env: NodeJS.ProcessEnv = {}): Promise<string> => {
     const r = await dmfs(args, env);
     if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
