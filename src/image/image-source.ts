@@ -28,7 +28,7 @@ import { decompress, detectCompression, peek } from './decompress';
 import { parseDigest } from './digest';
 import { readTar } from './tar-reader';
 
-export type SourceFormat = 'oci-layout' | 'oci-archive' | 'docker-archive' | 'docker-dir' | 'layer-tar' | 'directory';
+export type SourceFormat = 'oci-layout' | 'oci-archive' | 'docker-archive' | 'docker-dir' | 'layer-tar' | 'directory' | 'registry';
 
 export interface LayerSource {
   /** Digest of the blob as stored (compressed or not), when known. Checked while reading. */
@@ -41,6 +41,10 @@ export interface LayerSource {
   description: string;
   /** The stored bytes (still compressed). */
   open(): AsyncIterable<Buffer>;
+  /** The stored bytes from `offsetBytes` on, when the source can seek (else open() is skipped through). */
+  openAt?(offsetBytes: number): AsyncIterable<Buffer>;
+  /** Labels the imported layer gets besides the importer's own (e.g. where the blob came from). */
+  labels?: Record<string, string>;
 }
 
 export interface ImageSource {
@@ -54,6 +58,12 @@ export interface ImageSource {
   defaultName: string | null;
   /** For `directory`: the root to walk. */
   directory: string | null;
+  /**
+   * Called once, before the first open(), with the layers the importer will read, in the
+   * order it reads them (layers already in the pool are left out). A source that
+   * downloads starts fetching them ahead; the others never fetch a byte of a layer.
+   */
+  prepare?(needed: readonly LayerSource[]): void;
   close(): Promise<void>;
 }
 
