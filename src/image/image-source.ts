@@ -86,7 +86,7 @@ const MT = {
 };
 const REF_NAME = 'org.opencontainers.image.ref.name';
 
-interface Descriptor {
+export interface Descriptor {
   mediaType?: string;
   digest: string;
   size: number;
@@ -120,12 +120,13 @@ export function parseSourceSpec(spec: string): { file: string; ref: Ref } {
   throw dmfsError('NOT_FOUND', `import source ${spec} not found`);
 }
 
-function asObject(v: unknown, what: string): Record<string, unknown> {
+export function asObject(v: unknown, what: string): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw dmfsError('BAD_IMAGE', `${what} is not a JSON object`);
   return v as Record<string, unknown>;
 }
 
-function asDescriptor(v: unknown, what: string): Descriptor {
+/** A validated OCI descriptor (digest, size, mediaType); BAD_IMAGE names `what`. */
+export function asDescriptor(v: unknown, what: string): Descriptor {
   const o = asObject(v, what);
   parseDigest(o.digest, `${what} digest`);
   if (typeof o.size !== 'number' || !Number.isSafeInteger(o.size) || o.size < 0) throw dmfsError('BAD_IMAGE', `${what} has no valid size`);
@@ -133,7 +134,8 @@ function asDescriptor(v: unknown, what: string): Descriptor {
   return o as unknown as Descriptor;
 }
 
-function hostArch(): string {
+/** This host's architecture as OCI names it (x64 → amd64). */
+export function hostArch(): string {
   const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
   return map[process.arch] ?? process.arch;
 }

@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { dmfsError } from '../errors';
 import { parseDigest } from './digest';
-import type { ImageSource, LayerSource } from './image-source';
+import { asDescriptor, asObject, hostArch, type Descriptor, type ImageSource, type LayerSource } from './image-source';
 import { LABELS } from './importer';
 import { LayerPrefetch } from './layer-prefetch';
 import { MANIFEST_MEDIA_TYPES as MT, type RegistryClient } from './registry-client';
@@ -59,10 +59,8 @@ export interface RegistryImageSource extends ImageSource {
   fetched: ReadonlySet<number>;
 }
 
-const NODE_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
-
 export function hostPlatform(): Platform {
-  return { os: 'linux', architecture: NODE_ARCH[process.arch] ?? process.arch, ...(process.arch === 'arm64' ? { variant: 'v8' } : {}) };
+  return { os: 'linux', architecture: hostArch(), ...(process.arch === 'arm64' ? { variant: 'v8' } : {}) };
 }
 
 /** Parses `OS/ARCH[/VARIANT]` (`--platform`). */
@@ -82,26 +80,6 @@ export function formatPlatform(p: { os?: string; architecture?: string; variant?
 export function configPlatform(config: Record<string, unknown>): string {
   const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
   return formatPlatform({ os: str(config.os), architecture: str(config.architecture), variant: str(config.variant) });
-}
-
-interface Descriptor {
-  mediaType?: string;
-  digest: string;
-  size: number;
-  urls?: unknown;
-  platform?: { os?: string; architecture?: string; variant?: string };
-}
-
-function asObject(v: unknown, what: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw dmfsError('BAD_IMAGE', `${what} is not a JSON object`);
-  return v as Record<string, unknown>;
-}
-
-function asDescriptor(v: unknown, what: string): Descriptor {
-  const o = asObject(v, what);
-  parseDigest(o.digest, `${what} digest`);
-  if (typeof o.size !== 'number' || !Number.isSafeInteger(o.size) || o.size < 0) throw dmfsError('BAD_IMAGE', `${what} has no valid size`);
-  return o as unknown as Descriptor;
 }
 
 function parseJsonDoc(body: Buffer, what: string): Record<string, unknown> {

@@ -1,13 +1,24 @@
-import { parseCredsOption } from '../../image/registry-credentials';
+import { parseCredsOption, type RegistryCredentials } from '../../image/registry-credentials';
 import { pullImage, type PullLayerProgress, type PullLayerState, type PullResult } from '../../image/registry-pull';
 import { parsePlatform } from '../../image/registry-source';
-import type { Command } from '../command';
+import type { Command, CommandContext, OptionSpec } from '../command';
 import { printJson, stringOpt, withPool } from '../output';
 import { formatBytes, LayerProgress, type LayerLine } from '../progress';
 
 const STATUS: Record<PullLayerState, string> = {
   waiting: 'Waiting', downloading: 'Downloading', applying: 'Applying', done: 'Pull complete', exists: 'Already exists',
 };
+
+/** The connection options pull and push share. */
+export const REGISTRY_OPTIONS: OptionSpec[] = [
+  { name: 'plain-http', type: 'boolean', description: 'talk to the registry over plain HTTP' },
+  { name: 'creds', type: 'string', valueName: 'USER:PASS', description: 'registry credentials' },
+];
+
+export function registryConnection(ctx: CommandContext): { plainHttp: boolean; credentials: RegistryCredentials | null } {
+  const credsText = stringOpt(ctx, 'creds');
+  return { plainHttp: ctx.opts['plain-http'] === true, credentials: credsText !== undefined ? parseCredsOption(credsText) : null };
+}
 
 export function pullLines(layers: readonly PullLayerProgress[]): LayerLine[] {
   return layers.map((l) => ({
@@ -44,16 +55,13 @@ export const command: Command = {
   options: [
     { name: 'name', type: 'string', valueName: 'NAME', description: 'name of the pulled image (its top layer)' },
     { name: 'platform', type: 'string', valueName: 'OS/ARCH', description: 'platform to pull from a multi-platform image (OS/ARCH[/VARIANT])' },
-    { name: 'plain-http', type: 'boolean', description: 'talk to the registry over plain HTTP' },
-    { name: 'creds', type: 'string', valueName: 'USER:PASS', description: 'registry credentials' },
+    ...REGISTRY_OPTIONS,
   ],
   minArgs: 1,
   maxArgs: 1,
   async run(ctx) {
     const platformText = stringOpt(ctx, 'platform');
-    const credsText = stringOpt(ctx, 'creds');
     const platform = platformText !== undefined ? parsePlatform(platformText) : undefined;
-    const credentials = credsText !== undefined ? parseCredsOption(credsText) : null;
     const bars = new LayerProgress(ctx.stderr as NodeJS.WriteStream, { enabled: ctx.json ? false : undefined });
     let result: PullResult;
     try {
@@ -61,8 +69,7 @@ export const command: Command = {
         pullImage(pool.store, ctx.args[0], {
           name: stringOpt(ctx, 'name'),
           platform,
-          plainHttp: ctx.opts['plain-http'] === true,
-          credentials,
+          ...registryConnection(ctx),
           onLayer: (layers) => bars.update(pullLines(layers)),
           onWarning: (m) => ctx.stderr.write(`warning: ${m}\n`),
         }),

@@ -1,8 +1,8 @@
-import { parseCredsOption } from '../../image/registry-credentials';
 import { pushImage, type PushLayerProgress, type PushLayerState, type PushResult } from '../../image/registry-push';
 import type { Command } from '../command';
-import { printJson, stringOpt, withPool } from '../output';
+import { printJson, withPool } from '../output';
 import { formatBytes, LayerProgress, type LayerLine } from '../progress';
+import { REGISTRY_OPTIONS, registryConnection } from './pull';
 
 const STATUS: Record<PushLayerState, string> = {
   waiting: 'Waiting', checking: 'Checking', uploading: 'Pushing', uploaded: 'Pushed', mounted: 'Mounted', exists: 'Layer exists',
@@ -31,22 +31,16 @@ export const command: Command = {
     'Credentials and TLS as for dmfs pull (--creds, containers auth.json, ~/.docker/config.json;',
     '/etc/docker/certs.d and /etc/containers/certs.d; --plain-http).',
   ].join('\n'),
-  options: [
-    { name: 'plain-http', type: 'boolean', description: 'talk to the registry over plain HTTP' },
-    { name: 'creds', type: 'string', valueName: 'USER:PASS', description: 'registry credentials' },
-  ],
+  options: REGISTRY_OPTIONS,
   minArgs: 2,
   maxArgs: 2,
   async run(ctx) {
-    const credsText = stringOpt(ctx, 'creds');
-    const credentials = credsText !== undefined ? parseCredsOption(credsText) : null;
     const bars = new LayerProgress(ctx.stderr as NodeJS.WriteStream, { enabled: ctx.json ? false : undefined });
     let result: PushResult;
     try {
       result = await withPool(ctx, (pool) =>
         pushImage(pool.store, ctx.args[0], ctx.args[1], {
-          plainHttp: ctx.opts['plain-http'] === true,
-          credentials,
+          ...registryConnection(ctx),
           onLayer: (layers) => bars.update(pushLines(layers)),
         }),
       );
