@@ -57,6 +57,8 @@ export interface RegistryClientOptions {
   plainHttp?: boolean;
   /** Credentials given explicitly (`--creds`); else looked up in the auth files. */
   credentials?: RegistryCredentials | null;
+  /** The repository the client is for: containers-auth.json may hold credentials per namespace. */
+  repository?: string;
   /** Roots of the per-host certificate directories; default DEFAULT_CERTS_DIRS. */
   certsDirs?: readonly string[];
   env?: NodeJS.ProcessEnv;
@@ -187,15 +189,13 @@ export class RegistryClient {
   /** Tokens by sorted scope set. */
   private readonly tokens = new Map<string, string>();
   private bearerChallenge: Challenge | null = null;
-  /** HTTP requests sent so far, token requests included. */
-  requestCount = 0;
 
   constructor(opts: RegistryClientOptions) {
     this.registry = opts.registry;
     this.host = endpointHost(opts.registry);
     this.plainHttp = opts.plainHttp === true;
     this.baseUrl = `${this.plainHttp ? 'http' : 'https'}://${this.host}`;
-    const found = lookupCredentials(opts.registry, undefined, opts.credentials ?? null, opts.env ?? process.env);
+    const found = lookupCredentials(opts.registry, opts.repository, opts.credentials ?? null, opts.env ?? process.env);
     this.credentials = found.credentials;
     this.credentialHelper = found.helper;
     this.searchedFiles = found.searched;
@@ -267,7 +267,6 @@ export class RegistryClient {
   }
 
   private async rawRequest(method: string, url: URL, headers: Record<string, string>, body: Buffer | string | null, dispatcher: Dispatcher): Promise<Response> {
-    this.requestCount++;
     try {
       const res = await request(url, {
         method: method as Dispatcher.HttpMethod,
@@ -276,6 +275,8 @@ export class RegistryClient {
         dispatcher,
         headersTimeout: 120_000,
         bodyTimeout: 120_000,
+        // Bigger reads of a blob body: fewer, larger chunks through the layer pipeline.
+        highWaterMark: 1 << 20,
       });
       return { status: res.statusCode, headers: res.headers, body: res.body, url };
     } catch (err) {

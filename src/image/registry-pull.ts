@@ -63,7 +63,7 @@ export async function pullImage(store: LayerStore, refText: string, opts: PullOp
   const started = Date.now();
   const ref = parseRegistryRef(refText);
   const client = new RegistryClient({
-    registry: ref.registry, plainHttp: opts.plainHttp, credentials: opts.credentials ?? null,
+    registry: ref.registry, repository: ref.repository, plainHttp: opts.plainHttp, credentials: opts.credentials ?? null,
     certsDirs: opts.certsDirs, env: opts.env, resumeDelayMs: opts.resumeDelayMs,
   });
   const platform = opts.platform ?? hostPlatform();

@@ -6,9 +6,9 @@
  * 1. a blob the repository already has (HEAD): the layer's own blob when it was imported
  *    with a known compressed blob (`dmfs.blob_digest` + `dmfs.diff_id`, with its media
  *    type), else the blob an earlier push made of it (`dmfs.pushed_blob`);
- * 2. a cross-repository mount (`POST ?mount=DIGEST&from=REPO`) of the imported blob
- *    when it was pulled from another repository of the same registry
- *    (`dmfs.source_repository`);
+ * 2. a cross-repository mount (`POST ?mount=DIGEST&from=REPO`) from another repository
+ *    of the same registry: the one the layer was pulled from (`dmfs.source_repository`)
+ *    or pushed to before (`dmfs.pushed_blob`);
  * 3. an upload: the layer's changes exported as a gzip tar, streamed to the registry
  *    in chunks (POST, PATCH with Content-Range, PUT ?digest= with the last chunk) while
  *    its digests are computed, so nothing is staged on disk. The result is recorded in
@@ -82,6 +82,8 @@ interface PushedBlob {
   diffId: string;
   sizeBytes: number;
   mediaType: string;
+  /** `host/repository` it was pushed to (another repository there mounts it from this one). */
+  repository?: string;
 }
 
 interface Candidate {
@@ -127,17 +129,17 @@ function parsePushedBlob(text: string | undefined): PushedBlob | null {
 /** Blobs that stand for this layer, best first (see the file comment). */
 function candidatesOf(l: LayerInfo, ref: RegistryRef): Candidate[] {
   const out: Candidate[] = [];
+  const prefix = `${ref.registry}/`;
+  const mountable = (from: string | undefined): string | null =>
+    from !== undefined && from.startsWith(prefix) && from !== repositoryName(ref) ? from.slice(prefix.length) : null;
   const blob = l.labels[LABELS.blobDigest];
   const diffId = l.labels[LABELS.diffId];
   const type = l.labels[LABELS.mediaType] !== undefined ? OCI_LAYER_TYPE[l.labels[LABELS.mediaType]] : undefined;
   if (isDigest(blob) && isDigest(diffId) && type !== undefined) {
-    const from = l.labels[LABELS.sourceRepository];
-    const prefix = `${ref.registry}/`;
-    const mountFrom = from !== undefined && from.startsWith(prefix) && from !== repositoryName(ref) ? from.slice(prefix.length) : null;
-    out.push({ digest: blob, diffId, mediaType: type, mountFrom });
+    out.push({ digest: blob, diffId, mediaType: type, mountFrom: mountable(l.labels[LABELS.sourceRepository]) });
   }
   const pushed = parsePushedBlob(l.labels[LABELS.pushedBlob]);
-  if (pushed && !out.some((c) => c.digest === pushed.digest)) out.push({ digest: pushed.digest, diffId: pushed.diffId, mediaType: pushed.mediaType, mountFrom: null });
+  if (pushed && !out.some((c) => c.digest === pushed.digest)) out.push({ digest: pushed.digest, diffId: pushed.diffId, mediaType: pushed.mediaType, mountFrom: mountable(pushed.repository) });
   return out;
 }
 
@@ -168,7 +170,7 @@ export async function pushImage(store: LayerStore, imageName: string, refText: s
   const chain = await imageChain(store, imageName);
   const chunkBytes = Math.max(64 * 1024, opts.chunkSizeBytes ?? DEFAULT_CHUNK_BYTES);
   const client = new RegistryClient({
-    registry: ref.registry, plainHttp: opts.plainHttp, credentials: opts.credentials ?? null, certsDirs: opts.certsDirs, env: opts.env,
+    registry: ref.registry, repository: ref.repository, plainHttp: opts.plainHttp, credentials: opts.credentials ?? null, certsDirs: opts.certsDirs, env: opts.env,
   });
   const repo = ref.repository;
   const progress: PushLayerProgress[] = chain.map((l, index) => ({ index, name: l.name, state: 'waiting', uploadedBytes: 0, sizeBytes: null }));
@@ -184,20 +186,34 @@ export async function pushImage(store: LayerStore, imageName: string, refText: s
     let offset = 0;
     let pending: Buffer[] = [];
     let pendingBytes = 0;
+    // One PATCH in flight while the next chunk is produced (chunks go in order: each PATCH
+    // needs the Location the previous one returned). Memory: two chunks.
+    let inFlight: Promise<void> = Promise.resolve();
     const flush = async (): Promise<void> => {
       const chunk = Buffer.concat(pending, pendingBytes);
       pending = [];
       pendingBytes = 0;
-      loc = await client.uploadChunk(repo, loc, chunk, offset);
-      offset += chunk.length;
-      bytesUploaded += chunk.length;
-      onBytes(offset);
+      await inFlight;
+      inFlight = (async () => {
+        loc = await client.uploadChunk(repo, loc, chunk, offset);
+        offset += chunk.length;
+        bytesUploaded += chunk.length;
+        onBytes(offset);
+      })();
+      // A failed PATCH surfaces at the next flush or at the end; keep it from going unhandled meanwhile.
+      inFlight.catch(() => undefined);
     };
-    const result = await produce(async (chunk) => {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= chunkBytes) await flush();
-    });
+    let result: T;
+    try {
+      result = await produce(async (chunk) => {
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= chunkBytes) await flush();
+      });
+    } finally {
+      await inFlight.catch(() => undefined);
+    }
+    await inFlight;
     const last = Buffer.concat(pending, pendingBytes);
     await client.finishUpload(repo, loc, result.digest, last);
     bytesUploaded += last.length;
@@ -237,9 +253,9 @@ export async function pushImage(store: LayerStore, imageName: string, refText: s
       });
       Object.assign(p, { state: 'uploaded', sizeBytes: blob.sizeBytes });
       changed();
-      const record: PushedBlob = { digest: blob.digest, diffId: blob.diffId, sizeBytes: blob.sizeBytes, mediaType: MEDIA_TYPES.layerGzip };
+      const record: PushedBlob = { digest: blob.digest, diffId: blob.diffId, sizeBytes: blob.sizeBytes, mediaType: MEDIA_TYPES.layerGzip, repository: repositoryName(ref) };
       await rememberPushedBlob(store, l.name, record);
-      return { name: l.name, ...record, action: 'uploaded' };
+      return { name: l.name, digest: record.digest, diffId: record.diffId, sizeBytes: record.sizeBytes, mediaType: record.mediaType, action: 'uploaded' };
     });
 
     const history = chain.flatMap((l) => layerHistory(l));

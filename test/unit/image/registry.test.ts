@@ -303,6 +303,9 @@ describe.each(storeFactories())('pull and push through the fake registry (%s)', 
     expect(second).toMatchObject({ blobsUploaded: 0, bytesUploaded: 0, manifestDigest: first.manifestDigest });
     expect(second.layers.map((l) => l.action)).toEqual(['exists', 'exists', 'exists']);
 
+    // To another repository of the same registry: mounted from where it was pushed.
+    const elsewhere = await pushImage(ts.store, 'img', `${reg.host}/dst2:v1`, { plainHttp: true });
+    expect(elsewhere.layers.map((l) => l.action)).toEqual(['mounted', 'mounted', 'mounted']);
     const pulled = await pullImage(ts.store, `${reg.host}/dst:v1`, { plainHttp: true, name: 'back' });
     expect(pulled.manifestDigest).toBe(first.manifestDigest);
     expect(await treeOf(ts.store, 'back')).toEqual(await treeOf(ts.store, 'img'));
