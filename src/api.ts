@@ -11,6 +11,8 @@ import { ThinLayerStore } from './store/thin-layer-store';
 import type { BackupInfo } from './pool/metadata-backup';
 import { checkPool, type CheckOptions, type CheckReport } from './store/check';
 import { restoreFromBackup, type RestoreReport } from './store/metadata-restore';
+import { pullImage, type PullOptions, type PullResult } from './image/registry-pull';
+import { pushImage, type PushOptions, type PushResult } from './image/registry-push';
 
 export interface PoolCreateOptions {
   root: string;
@@ -201,6 +203,19 @@ export class Pool {
    */
   static async restoreFromBackup(root: string, opts: { data?: boolean } = {}): Promise<RestoreReport> {
     return restoreFromBackup(root, opts);
+  }
+
+  /**
+   * Pulls `ref` (`[HOST[:PORT]/]REPO[:TAG][@DIGEST]`) from its registry into image layers,
+   * as `dmfs pull` does (image/registry-pull.ts): streamed, verified, all or nothing.
+   */
+  async pull(ref: string, opts: PullOptions = {}): Promise<PullResult> {
+    return pullImage(this.store, ref, opts);
+  }
+
+  /** Pushes image `image` to `ref`, as `dmfs push` does (image/registry-push.ts). */
+  async push(image: string, ref: string, opts: PushOptions = {}): Promise<PushResult> {
+    return pushImage(this.store, image, ref, opts);
   }
 
   async close(): Promise<void> {

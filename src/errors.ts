@@ -55,6 +55,14 @@ export const ERROR_CODES = {
   DATA_DEVICE_SHORT: E.EIO,
   /** A path the user named (output, mountpoint, import source) resolves into the pool, or contains it. */
   PATH_IN_POOL: E.EINVAL,
+  /** A registry refused the request (401/403, or its token server refused the credentials). */
+  REGISTRY_AUTH: E.EACCES,
+  /** A registry answered something the distribution spec does not allow, or a server error. */
+  REGISTRY_ERROR: E.EPROTO,
+  /** No connection to the registry (refused, unknown host, timed out, cut and not resumable). */
+  REGISTRY_UNREACHABLE: E.EHOSTUNREACH,
+  /** TLS with the registry failed: an unverified certificate, or a server without TLS. */
+  REGISTRY_TLS: E.EPROTO,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -28,7 +28,7 @@ import { decompress, detectCompression, peek } from './decompress';
 import { parseDigest } from './digest';
 import { readTar } from './tar-reader';
 
-export type SourceFormat = 'oci-layout' | 'oci-archive' | 'docker-archive' | 'docker-dir' | 'layer-tar' | 'directory';
+export type SourceFormat = 'oci-layout' | 'oci-archive' | 'docker-archive' | 'docker-dir' | 'layer-tar' | 'directory' | 'registry';
 
 export interface LayerSource {
   /** Digest of the blob as stored (compressed or not), when known. Checked while reading. */
@@ -41,6 +41,10 @@ export interface LayerSource {
   description: string;
   /** The stored bytes (still compressed). */
   open(): AsyncIterable<Buffer>;
+  /** The stored bytes from `offsetBytes` on, when the source can seek (else open() is skipped through). */
+  openAt?(offsetBytes: number): AsyncIterable<Buffer>;
+  /** Labels the imported layer gets besides the importer's own (e.g. where the blob came from). */
+  labels?: Record<string, string>;
 }
 
 export interface ImageSource {
@@ -54,6 +58,12 @@ export interface ImageSource {
   defaultName: string | null;
   /** For `directory`: the root to walk. */
   directory: string | null;
+  /**
+   * Called once, before the first open(), with the layers the importer will read, in the
+   * order it reads them (layers already in the pool are left out). A source that
+   * downloads starts fetching them ahead; the others never fetch a byte of a layer.
+   */
+  prepare?(needed: readonly LayerSource[]): void;
   close(): Promise<void>;
 }
 
@@ -76,7 +86,7 @@ const MT = {
 };
 const REF_NAME = 'org.opencontainers.image.ref.name';
 
-interface Descriptor {
+export interface Descriptor {
   mediaType?: string;
   digest: string;
   size: number;
@@ -110,12 +120,13 @@ export function parseSourceSpec(spec: string): { file: string; ref: Ref } {
   throw dmfsError('NOT_FOUND', `import source ${spec} not found`);
 }
 
-function asObject(v: unknown, what: string): Record<string, unknown> {
+export function asObject(v: unknown, what: string): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw dmfsError('BAD_IMAGE', `${what} is not a JSON object`);
   return v as Record<string, unknown>;
 }
 
-function asDescriptor(v: unknown, what: string): Descriptor {
+/** A validated OCI descriptor (digest, size, mediaType); BAD_IMAGE names `what`. */
+export function asDescriptor(v: unknown, what: string): Descriptor {
   const o = asObject(v, what);
   parseDigest(o.digest, `${what} digest`);
   if (typeof o.size !== 'number' || !Number.isSafeInteger(o.size) || o.size < 0) throw dmfsError('BAD_IMAGE', `${what} has no valid size`);
@@ -123,7 +134,8 @@ function asDescriptor(v: unknown, what: string): Descriptor {
   return o as unknown as Descriptor;
 }
 
-function hostArch(): string {
+/** This host's architecture as OCI names it (x64 → amd64). */
+export function hostArch(): string {
   const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
   return map[process.arch] ?? process.arch;
 }

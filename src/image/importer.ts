@@ -44,6 +44,10 @@ export const LABELS = {
   config: 'dmfs.image.config',
   source: 'dmfs.source',
   tagOf: 'dmfs.tag_of',
+  /** `host/repository` a pulled layer's blob came from (push mounts it from there). */
+  sourceRepository: 'dmfs.source_repository',
+  /** The blob an earlier push made of this layer: JSON `PushedBlob` (registry-push.ts). */
+  pushedBlob: 'dmfs.pushed_blob',
 } as const;
 
 const MAX_CONFIG_LABEL_BYTES = 1 << 20;
@@ -172,7 +176,11 @@ export class Importer {
 
   async run(spec: string): Promise<ImportResult> {
     const started = Date.now();
-    const src = await openImageSource(spec, { tmpDir: this.opts.tmpDir });
+    return this.runSource(await openImageSource(spec, { tmpDir: this.opts.tmpDir }), spec, started);
+  }
+
+  /** Imports from an opened source (a registry's, say), which it closes; `spec` names it in messages. */
+  async runSource(src: ImageSource, spec: string, started = Date.now()): Promise<ImportResult> {
     try {
       return await this.importFrom(src, spec, started);
     } catch (err) {
@@ -221,6 +229,8 @@ export class Importer {
       this.opts.onProgress?.({ layersDone, layersTotal: total, bytesDone: this.bytesDone, bytesTotal, entriesDone });
     };
     this.tick = () => report(curLayers, curEntries);
+    if (chains && src.prepare) src.prepare(src.layers.filter((_, i) => !byChain.has(chains[i])));
+    else src.prepare?.(src.layers);
 
     const layers: ImportedLayer[] = [];
     const toSeal: string[] = [];
@@ -250,6 +260,7 @@ export class Importer {
         if (Buffer.byteLength(text) <= MAX_HISTORY_LABEL_BYTES) labels[LABELS.history] = text;
       }
       labels[LABELS.source] = src.format;
+      if (ls?.labels) Object.assign(labels, ls.labels);
       const layerName = isTop && !named
         ? name
         : await findFree(this.store, chain ? layerNameForChain(chain) : `import-${process.pid}-${Date.now().toString(36)}`);
@@ -384,7 +395,7 @@ export class Importer {
     }
     if (ls.blobSizeBytes !== null && rawTap.sizeBytes < ls.blobSizeBytes) {
       // The decompressor stopped at the end of the compressed stream: hash the rest of the blob.
-      for await (const chunk of skipBytes(ls.open(), rawTap.sizeBytes)) {
+      for await (const chunk of ls.openAt ? ls.openAt(rawTap.sizeBytes) : skipBytes(ls.open(), rawTap.sizeBytes)) {
         rawTap.update(chunk);
         this.bytesDone += chunk.length;
       }
@@ -425,4 +436,9 @@ export class Importer {
 
 export async function importImage(store: LayerStore, spec: string, opts: ImportOptions = {}): Promise<ImportResult> {
   return new Importer(store, opts).run(spec);
+}
+
+/** importImage from an opened source, which it closes. */
+export async function importFromSource(store: LayerStore, src: ImageSource, spec: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  return new Importer(store, opts).runSource(src, spec);
 }

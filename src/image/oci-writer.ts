@@ -97,47 +97,68 @@ async function writeBlob(blobsDir: string, data: Buffer): Promise<{ digest: stri
   return { digest, size: data.length };
 }
 
+/**
+ * Streams one layer's export (its changes as a tar, gzip-compressed unless 'none') into
+ * `sink`, hashing as it goes: `digest` and `sizeBytes` of what reached the sink, `diffId`
+ * of the uncompressed tar. The sink's promise is the backpressure.
+ */
+export async function streamLayerBlob(
+  store: LayerStore, layer: string, compression: 'gzip' | 'none', sink: (chunk: Buffer) => Promise<void>,
+): Promise<{ digest: string; diffId: string; sizeBytes: number }> {
+  const blobTap = new DigestTap();
+  const diffTap = new DigestTap();
+  const gz = compression === 'gzip' ? zlib.createGzip({ level: 6 }) : null;
+  const out = async (chunk: Buffer): Promise<void> => {
+    blobTap.update(chunk);
+    await sink(chunk);
+  };
+  let gzDone: Promise<void> = Promise.resolve();
+  if (gz) {
+    gzDone = (async () => {
+      for await (const chunk of gz) await out(chunk as Buffer);
+    })();
+    // A failing sink ends the loop above; the export must not wait on a 'drain' that never comes.
+    gzDone.catch(() => gz.destroy());
+  }
+  try {
+    await exportLayer(store, layer, async (chunk) => {
+      diffTap.update(chunk);
+      if (gz) {
+        if (!gz.write(chunk)) await Promise.race([once(gz, 'drain'), gzDone.then(() => undefined)]);
+      } else await out(chunk);
+    });
+    if (gz) {
+      gz.end();
+      await gzDone;
+    }
+  } catch (err) {
+    gz?.destroy();
+    await gzDone.catch(() => undefined);
+    throw err;
+  }
+  return { digest: blobTap.digest(), diffId: diffTap.digest(), sizeBytes: blobTap.sizeBytes };
+}
+
 /** Streams one layer's export through gzip into a blob; returns its digests. */
 async function writeLayerBlob(
   store: LayerStore, layer: string, blobsDir: string, compression: 'gzip' | 'none',
 ): Promise<{ digest: string; diffId: string; size: number }> {
   const tmp = path.join(blobsDir, `.layer-${process.pid}-${Date.now()}.tmp`);
   const out = createWriteStream(tmp);
-  const blobTap = new DigestTap();
-  const diffTap = new DigestTap();
-  const gz = compression === 'gzip' ? zlib.createGzip({ level: 6 }) : null;
-  const writeOut = async (chunk: Buffer): Promise<void> => {
-    blobTap.update(chunk);
-    if (!out.write(chunk)) await once(out, 'drain');
-  };
-  let gzDone: Promise<void> = Promise.resolve();
-  if (gz) {
-    gzDone = (async () => {
-      for await (const chunk of gz) await writeOut(chunk as Buffer);
-    })();
-  }
+  let result: { digest: string; diffId: string; sizeBytes: number };
   try {
-    await exportLayer(store, layer, async (chunk) => {
-      diffTap.update(chunk);
-      if (gz) {
-        if (!gz.write(chunk)) await once(gz, 'drain');
-      } else await writeOut(chunk);
+    result = await streamLayerBlob(store, layer, compression, async (chunk) => {
+      if (!out.write(chunk)) await once(out, 'drain');
     });
-    if (gz) {
-      gz.end();
-      await gzDone;
-    }
     out.end();
     await once(out, 'finish');
   } catch (err) {
-    gz?.destroy();
     out.destroy();
     await fsp.rm(tmp, { force: true });
     throw err;
   }
-  const digest = blobTap.digest();
-  await fsp.rename(tmp, path.join(blobsDir, digest.slice('sha256:'.length)));
-  return { digest, diffId: diffTap.digest(), size: blobTap.sizeBytes };
+  await fsp.rename(tmp, path.join(blobsDir, result.digest.slice('sha256:'.length)));
+  return { digest: result.digest, diffId: result.diffId, size: result.sizeBytes };
 }
 
 function parseLabelJson(text: string | undefined): unknown {
@@ -147,6 +168,41 @@ function parseLabelJson(text: string | undefined): unknown {
   } catch {
     return undefined;
   }
+}
+
+/** A layer's history entries: those recorded at import, else one generated entry. */
+export function layerHistory(l: LayerInfo): unknown[] {
+  const h = parseLabelJson(l.labels[LABELS.history]);
+  if (Array.isArray(h) && h.length > 0) return h;
+  return [{
+    created: new Date(l.createdMs).toISOString(),
+    created_by: l.labels[LABELS.source] ? `dmfs import (${l.labels[LABELS.source]})` : 'dmfs commit',
+  }];
+}
+
+/**
+ * The image config written for `imageName` (see the file comment): the recorded one from
+ * the nearest layer down the chain, else a minimal linux config, with these diff ids
+ * and history.
+ */
+export async function buildImageConfig(
+  store: LayerStore, imageName: string, chain: readonly LayerInfo[], diffIds: readonly string[], history: unknown[],
+): Promise<Record<string, unknown>> {
+  let base: Record<string, unknown> | null = null;
+  let cur: LayerInfo | null = await store.getLayer(imageName);
+  while (cur && base === null) {
+    const c = parseLabelJson(cur.labels[LABELS.config]);
+    if (typeof c === 'object' && c !== null && !Array.isArray(c)) base = c as Record<string, unknown>;
+    cur = cur.parent === null ? null : await store.getLayer(cur.parent);
+  }
+  const top = chain[chain.length - 1];
+  const config: Record<string, unknown> = {
+    ...(base ?? { architecture: hostArch(), os: 'linux', config: {} }),
+    rootfs: { type: 'layers', diff_ids: [...diffIds] },
+    history,
+  };
+  if (base === null || config.created === undefined) config.created = new Date(top ? top.createdMs : Date.now()).toISOString();
+  return config;
 }
 
 async function isEmptyDir(dir: string): Promise<boolean> {
@@ -177,32 +233,11 @@ async function saveToDir(store: LayerStore, imageName: string, dir: string, opts
     const b = await writeLayerBlob(store, l.name, blobsDir, compression);
     layers.push({ name: l.name, digest: b.digest, diffId: b.diffId, sizeBytes: b.size });
     layerDescs.push({ mediaType: compression === 'gzip' ? MEDIA_TYPES.layerGzip : MEDIA_TYPES.layerTar, digest: b.digest, size: b.size });
-    const h = parseLabelJson(l.labels[LABELS.history]);
-    if (Array.isArray(h) && h.length > 0) history.push(...h);
-    else {
-      history.push({
-        created: new Date(l.createdMs).toISOString(),
-        created_by: l.labels[LABELS.source] ? `dmfs import (${l.labels[LABELS.source]})` : 'dmfs commit',
-      });
-    }
+    history.push(...layerHistory(l));
     opts.onLayer?.(layers.length, chain.length);
   }
 
-  // Config: the recorded one from the nearest layer down the chain, else a minimal one.
-  let base: Record<string, unknown> | null = null;
-  let cur: LayerInfo | null = await store.getLayer(imageName);
-  while (cur && base === null) {
-    const c = parseLabelJson(cur.labels[LABELS.config]);
-    if (typeof c === 'object' && c !== null && !Array.isArray(c)) base = c as Record<string, unknown>;
-    cur = cur.parent === null ? null : await store.getLayer(cur.parent);
-  }
-  const top = chain[chain.length - 1];
-  const config: Record<string, unknown> = {
-    ...(base ?? { architecture: hostArch(), os: 'linux', config: {} }),
-    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) },
-    history,
-  };
-  if (base === null || config.created === undefined) config.created = new Date(top ? top.createdMs : Date.now()).toISOString();
+  const config = await buildImageConfig(store, imageName, chain, layers.map((l) => l.diffId), history);
   const configBlob = await writeBlob(blobsDir, Buffer.from(JSON.stringify(config)));
   const manifest = {
     schemaVersion: 2,

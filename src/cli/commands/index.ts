@@ -17,6 +17,8 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [string, () => Command]> = 
   ['import', () => require('./import').command],
   ['export', () => require('./export').command],
   ['save', () => require('./save').command],
+  ['pull', () => require('./pull').command],
+  ['push', () => require('./push').command],
   ['diff', () => require('./diff').command],
   ['check', () => require('./check').command],
   ['dump', () => require('./dump').command],
