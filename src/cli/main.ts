@@ -200,16 +200,12 @@ async function run(argv: string[], stdout: NodeJS.WritableStream, stderr: NodeJS
     return code ?? 0;
   } catch (err) {
     if (brokenPipe() || isBrokenPipe(err)) return BROKEN_PIPE_EXIT;
-    if (isDmfsError(err)) {
-      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(err) + '\n');
-      stderr.write(`dmfs ${name}: ${err.message}\n`);
-      return err.exitCode;
-    }
-    const explained = explainUnwrappedError(err, rootOf(argv));
-    if (explained) {
-      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(explained) + '\n');
-      stderr.write(`dmfs ${name}: ${explained.message}\n`);
-      return explained.exitCode;
+    // A DmfsError, or a host condition explained as one, is the user's to act on; anything else is a bug.
+    const known = isDmfsError(err) ? err : explainUnwrappedError(err, rootOf(argv));
+    if (known) {
+      if (wantsJson && !(stdout === process.stdout && stdoutIsPoolFile(argv))) stdout.write(errorJson(known) + '\n');
+      stderr.write(`dmfs ${name}: ${known.message}\n`);
+      return known.exitCode;
     }
     stderr.write(`dmfs ${name}: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
     return 1;

@@ -25,10 +25,12 @@ function isSystemError(err: unknown): err is SystemError {
 /** liblmdb's return codes that mean the file's structure is not what liblmdb wrote. */
 const LMDB_DAMAGE = /\bMDB_(CORRUPTED|PAGE_NOTFOUND|BAD_TXN|INVALID|VERSION_MISMATCH|PANIC|BAD_VALSIZE|BAD_DBI)\b/;
 
+const USE_YOUR_OWN_POOL = "run as root, or use a pool you own (--root DIR or DMFS_ROOT; a non-root user's default pool is $XDG_DATA_HOME/dmfs)";
+
 const ADVICE: Record<string, { code: ErrorCode; what: string; next: (root: string) => string }> = {
   EROFS: { code: 'POOL_READ_ONLY', what: 'the file system is read-only', next: () => 'read-only commands (ls, info, check, export, diff, save) still work; remount it read-write for this one' },
-  EACCES: { code: 'ACCESS_DENIED', what: 'permission denied', next: () => "run as root, or use a pool you own (--root DIR or DMFS_ROOT; a non-root user's default pool is $XDG_DATA_HOME/dmfs)" },
-  EPERM: { code: 'NOT_PERMITTED', what: 'operation not permitted', next: () => "run as root, or use a pool you own (--root DIR or DMFS_ROOT; a non-root user's default pool is $XDG_DATA_HOME/dmfs)" },
+  EACCES: { code: 'ACCESS_DENIED', what: 'permission denied', next: () => USE_YOUR_OWN_POOL },
+  EPERM: { code: 'NOT_PERMITTED', what: 'operation not permitted', next: () => USE_YOUR_OWN_POOL },
   ENOSPC: { code: 'POOL_FULL', what: 'no space left on the host file system', next: (root) => `free space on the file system holding ${root} (df -h ${root}), then retry` },
   EDQUOT: { code: 'POOL_FULL', what: 'disk quota exceeded', next: () => 'free space within your quota, then retry' },
   ENOENT: { code: 'NOT_FOUND', what: 'no such file or directory', next: () => 'create the missing directory, or give a path that exists' },
@@ -51,7 +53,7 @@ export function explainUnwrappedError(err: unknown, root: string): DmfsError | n
   if (typeof err === 'object' && err !== null && LMDB_DAMAGE.test(String((err as Error).message))) {
     return new DmfsError(
       'METADATA_CORRUPT',
-      `the pool metadata could not be read (${(err as Error).message}); nothing more was written. Run 'dmfs check --root ${root}' for a report, then 'dmfs check --repair --from-backup --root ${root}' to restore the last metadata backup`,
+      `the pool metadata could not be read (${(err as Error).message}). Run 'dmfs check --root ${root}' for a report, then 'dmfs check --repair --from-backup --root ${root}' to restore the last metadata backup`,
       { cause: err },
     );
   }

@@ -37,8 +37,8 @@ export const command: Command = {
   async run(ctx) {
     const nul = ctx.opts.null === true;
     if (nul && ctx.json) throw dmfsError('USAGE', '-z and --json are two output formats; choose one');
-    type Record = { path: string; change: LayerChange['change']; kind?: string; mode?: number; uid?: number; gid?: number; sizeBytes?: number; mtimeNs?: bigint };
-    const records: Record[] = [];
+    type ChangeRecord = { path: string; change: LayerChange['change']; kind?: string; mode?: number; uid?: number; gid?: number; sizeBytes?: number; mtimeNs?: bigint };
+    const records: ChangeRecord[] = [];
     // Text is written as the changes come (memory bounded by one chunk, whatever the
     // number and depth of paths; a reader that goes away, | head, stops the walk early).
     let chunk = '';
