@@ -5,7 +5,9 @@ import {
   applyOptionStrings, DEFAULT_CREATE_SETTINGS, readConfigFile, validateBlockSize,
   type PoolOptions,
 } from './pool/pool-options';
-import { ThinPool, type HostSpace, type Superblock, type ThinPoolOpenOptions } from './pool/thin-pool';
+import type { HostSpace } from './pool/host-space';
+import type { Superblock } from './pool/superblock';
+import { ThinPool, type ThinPoolOpenOptions } from './pool/thin-pool';
 import type { LayerInfo, LayerStore } from './store/layer-store';
 import { ThinLayerStore } from './store/thin-layer-store';
 import type { BackupInfo } from './pool/metadata-backup';

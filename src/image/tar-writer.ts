@@ -10,7 +10,8 @@
  * so backpressure is the sink's to apply.
  */
 import { dmfsError } from '../errors';
-import { TAR_BLOCK_BYTES, TarEntryType } from './tar-reader';
+import { TAR_BLOCK_BYTES } from './tar-fields';
+import type { TarEntryType } from './tar-reader';
 
 export interface TarWriteEntry {
   type: TarEntryType;

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { DmfsError, dmfsError } from '../errors';
-import { proveMetadataSound } from './metadata-verify';
+import { proveMetadataSound } from './metadata-gate';
 
 /**
  * On-disk format of the metadata environment, kept in a file beside it (readable without

@@ -1,5 +1,33 @@
 import * as fs from 'node:fs';
-import { DmfsError } from '../errors';
+import {
+  compareKeys,
+  DB_BYTES,
+  DB_FLAGS_KNOWN,
+  type DbRecord,
+  F_BIGDATA,
+  F_DUPDATA,
+  F_SUBDATA,
+  guessPageSize,
+  MAX_DEPTH,
+  MAX_KEY_BYTES,
+  MDB_DUPFIXED,
+  type MetaInfo,
+  metaTxnids,
+  NODESIZE,
+  NUM_METAS,
+  P_BRANCH,
+  P_INVALID,
+  P_LEAF,
+  P_LEAF2,
+  P_META,
+  P_OVERFLOW,
+  P_SUBP,
+  PAGEHDRSZ,
+  PageReader,
+  readDb,
+  readMeta,
+  u64,
+} from './lmdb-layout';
 
 /**
  * Structural validation of an LMDB data file (lmdb-js 2.9's liblmdb, "master3", 64-bit,
@@ -11,20 +39,6 @@ import { DmfsError } from '../errors';
  * was (a block-map entry read as a hole). So every process proves the file sound here
  * before `lmdb.open`, and refuses it (METADATA_CORRUPT) otherwise.
  *
- * Layout (from mdb.c; all fields little-endian, pgno_t / txnid_t / mdb_size_t 8 bytes):
- *   MDB_page_header (24 bytes): pgno u64 @0, txnid u64 @8, pad u16 @16, flags u16 @18,
- *     lower u16 @20, upper u16 @22 (overflow pages: page count u32 @20).
- *     lower/upper are offsets from the end of the header (PAGEBASE = 24); the node
- *     pointers mp_ptrs[i] (u16 each) start at byte 24, NUMKEYS = lower / 2.
- *   MDB_node (8-byte header): lo u16, hi u16, flags u16, ksize u16, then key, then data.
- *     Branch: child pgno = lo | hi << 16 | flags << 32. Leaf: data size = lo | hi << 16;
- *     F_BIGDATA: the data is the u64 pgno of an overflow run holding the value;
- *     F_SUBDATA: the data is an MDB_db (a named database, or a DUPSORT sub-tree).
- *   MDB_db (48 bytes): pad u32, flags u16, depth u16, branch/leaf/overflow pages u64,
- *     entries u64, root u64 (P_INVALID = 2^64-1 for an empty tree).
- *   MDB_meta, at byte 24 of pages 0 and 1: magic u32 (0xBEEFC0DE), version u32 (2),
- *     address u64, mapsize u64, dbs[FREE, MAIN] (2 x MDB_db; FREE's pad is the page size),
- *     last_pg u64, txnid u64. liblmdb opens the snapshot of the meta with the higher txnid.
  *
  * What is proved, for the snapshot liblmdb will open (and, skipping pages already proved,
  * the previous one, which a commit may fall back to): both meta pages sound; every page
@@ -43,39 +57,6 @@ import { DmfsError } from '../errors';
  * run's first page is reused nothing says they were ever part of a run.
  */
 
-export const LMDB_MAGIC = 0xbeefc0de;
-export const LMDB_DATA_VERSION = 2;
-
-const PAGEHDRSZ = 24;
-const NODESIZE = 8;
-const DB_BYTES = 48;
-const META_OFFSET = PAGEHDRSZ;
-const NUM_METAS = 2;
-const P_INVALID = 0xffffffffffffffffn;
-
-const P_BRANCH = 0x01;
-const P_LEAF = 0x02;
-const P_OVERFLOW = 0x04;
-const P_META = 0x08;
-const P_LEAF2 = 0x20;
-const P_SUBP = 0x40;
-
-const F_BIGDATA = 0x01;
-const F_SUBDATA = 0x02;
-const F_DUPDATA = 0x04;
-
-const MDB_REVERSEKEY = 0x02;
-const MDB_DUPSORT = 0x04;
-const MDB_INTEGERKEY = 0x08;
-const MDB_DUPFIXED = 0x10;
-const MDB_INTEGERDUP = 0x20;
-const MDB_REVERSEDUP = 0x40;
-const DB_FLAGS_KNOWN = MDB_REVERSEKEY | MDB_DUPSORT | MDB_INTEGERKEY | MDB_DUPFIXED | MDB_INTEGERDUP | MDB_REVERSEDUP;
-
-/** Largest key liblmdb writes (MDB_MAXKEYSIZE of this build). */
-const MAX_KEY_BYTES = 511;
-/** Deeper than any tree of 2^64 pages with >= 2 keys per branch. */
-const MAX_DEPTH = 64;
 
 /** Where a damage was found: a page (or null for the file as a whole) of one database. */
 export interface MetadataDamage {
@@ -93,14 +74,6 @@ export interface MetadataDamage {
   scope: 'live' | 'previous' | 'space';
 }
 
-export interface MetaInfo {
-  pgno: number;
-  txnid: number;
-  lastPgno: number;
-  mapSizeBytes: number;
-  pageSizeBytes: number;
-  sound: boolean;
-}
 
 export interface MetadataVerifyReport {
   /** No damage of scope 'live': liblmdb may open the file. */
@@ -130,135 +103,6 @@ export interface MetadataVerifyReport {
 const MAX_DAMAGE = 200;
 const EMPTY = Buffer.alloc(0);
 
-interface DbRecord {
-  flags: number;
-  depth: number;
-  branchPages: bigint;
-  leafPages: bigint;
-  overflowPages: bigint;
-  entries: bigint;
-  root: bigint;
-}
-
-/** A u64 field as a number: exact below 2^53; larger values (e.g. P_INVALID) come out >= 2^53. */
-function u64(buf: Buffer, at: number): number {
-  return buf.readUInt32LE(at) + buf.readUInt32LE(at + 4) * 0x100000000;
-}
-
-function readDb(buf: Buffer, at: number): DbRecord {
-  return {
-    flags: buf.readUInt16LE(at + 4),
-    depth: buf.readUInt16LE(at + 6),
-    branchPages: buf.readBigUInt64LE(at + 8),
-    leafPages: buf.readBigUInt64LE(at + 16),
-    overflowPages: buf.readBigUInt64LE(at + 24),
-    entries: buf.readBigUInt64LE(at + 32),
-    root: buf.readBigUInt64LE(at + 40),
-  };
-}
-
-/** Bytes per read: sequential 64 KiB reads of a page-cached file cost ~0.2 us per page, 4 KiB preads ~4 us. */
-const CHUNK_BYTES = 64 * 1024;
-/** Chunks kept (LRU by insertion): 64 MiB at most, whatever the metadata's size. */
-const MAX_CHUNKS = 1024;
-
-/** Reads pages of the file by number, through a bounded cache of 64 KiB chunks. */
-class PageReader {
-  readonly fileBytes: number;
-  private readonly chunks = new Map<number, Buffer>();
-  private readonly pagesPerChunk: number;
-  constructor(private readonly fd: number, readonly pageSize: number) {
-    this.fileBytes = fs.fstatSync(fd).size;
-    this.pagesPerChunk = Math.max(1, CHUNK_BYTES / pageSize);
-  }
-  /** The page's bytes (a view into a cached chunk), or null past the end of the file. */
-  page(pgno: number): Buffer | null {
-    const at = pgno * this.pageSize;
-    if (at + this.pageSize > this.fileBytes) return null;
-    const c = Math.floor(pgno / this.pagesPerChunk);
-    let chunk = this.chunks.get(c);
-    if (!chunk) {
-      const bytes = this.pagesPerChunk * this.pageSize;
-      chunk = Buffer.allocUnsafe(bytes);
-      let done = 0;
-      while (done < bytes) {
-        const n = fs.readSync(this.fd, chunk, done, bytes - done, c * bytes + done);
-        if (n <= 0) break;
-        done += n;
-      }
-      chunk = chunk.subarray(0, done);
-      if (this.chunks.size >= MAX_CHUNKS) this.chunks.delete(this.chunks.keys().next().value as number);
-      this.chunks.set(c, chunk);
-    }
-    const off = (pgno - c * this.pagesPerChunk) * this.pageSize;
-    return off + this.pageSize <= chunk.length ? chunk.subarray(off, off + this.pageSize) : null;
-  }
-}
-
-function compareKeys(a: Buffer, b: Buffer, dbFlags: number): number {
-  if (dbFlags & MDB_INTEGERKEY && a.length === b.length && (a.length === 8 || a.length === 4)) {
-    const x = a.length === 8 ? a.readBigUInt64LE(0) : BigInt(a.readUInt32LE(0));
-    const y = b.length === 8 ? b.readBigUInt64LE(0) : BigInt(b.readUInt32LE(0));
-    return x < y ? -1 : x > y ? 1 : 0;
-  }
-  if (dbFlags & MDB_REVERSEKEY) {
-    return Buffer.compare(Buffer.from(a).reverse(), Buffer.from(b).reverse());
-  }
-  return Buffer.compare(a, b);
-}
-
-/** Meta page i's content and whether its header alone is sound. */
-function readMeta(page: Buffer | null, i: number): { meta: MetaInfo; free: DbRecord; main: DbRecord; problems: string[] } | null {
-  if (!page) return null;
-  const problems: string[] = [];
-  const pgno = page.readBigUInt64LE(0);
-  const flags = page.readUInt16LE(18);
-  const magic = page.readUInt32LE(META_OFFSET);
-  const version = page.readUInt32LE(META_OFFSET + 4);
-  const mapSize = page.readBigUInt64LE(META_OFFSET + 16);
-  const free = readDb(page, META_OFFSET + 24);
-  const main = readDb(page, META_OFFSET + 24 + DB_BYTES);
-  const pageSize = page.readUInt32LE(META_OFFSET + 24);
-  const lastPg = page.readBigUInt64LE(META_OFFSET + 24 + 2 * DB_BYTES);
-  const txnid = page.readBigUInt64LE(META_OFFSET + 24 + 2 * DB_BYTES + 8);
-  if (!(flags & P_META) || (flags & ~P_META) !== 0) problems.push(`page flags 0x${flags.toString(16)} are not a meta page's`);
-  if (pgno !== BigInt(i)) problems.push(`page number field is ${pgno}, not ${i}`);
-  if (magic !== LMDB_MAGIC) problems.push(`magic is 0x${magic.toString(16)}, not 0x${LMDB_MAGIC.toString(16)}`);
-  if ((version & 0xffff) !== LMDB_DATA_VERSION) problems.push(`format version ${version & 0xffff}, not ${LMDB_DATA_VERSION}`);
-  if (pageSize !== page.length) problems.push(`page size ${pageSize}, not ${page.length}`);
-  const maxPg = BigInt(Number.MAX_SAFE_INTEGER);
-  if (lastPg < 1n || lastPg > maxPg) problems.push(`last page ${lastPg} is out of range`);
-  else if (mapSize < (lastPg + 1n) * BigInt(page.length)) problems.push(`map size ${mapSize} is smaller than its ${lastPg + 1n} pages`);
-  if (txnid > maxPg) problems.push(`txnid ${txnid} is out of range`);
-  for (const [name, db] of [['free', free], ['main', main]] as const) {
-    const empty = db.root === P_INVALID;
-    if (empty ? db.depth !== 0 || db.entries !== 0n : db.root < 2n || db.root > lastPg || db.depth < 1 || db.depth > MAX_DEPTH) {
-      problems.push(`${name} DB record (root ${db.root === P_INVALID ? 'none' : db.root}, depth ${db.depth}, ${db.entries} entries) is inconsistent`);
-    }
-  }
-  if (main.flags & ~DB_FLAGS_KNOWN) problems.push(`main DB flags 0x${main.flags.toString(16)} are unknown`);
-  return {
-    meta: {
-      pgno: i,
-      txnid: Number(txnid > maxPg ? maxPg : txnid),
-      lastPgno: Number(lastPg > maxPg ? maxPg : lastPg),
-      mapSizeBytes: Number(mapSize > maxPg ? maxPg : mapSize),
-      pageSizeBytes: pageSize,
-      sound: problems.length === 0,
-    },
-    free,
-    main,
-    problems,
-  };
-}
-
-/** Page size from meta page 0 when it is plausible, else 4096 (this build's default). */
-function guessPageSize(fd: number): number {
-  const head = Buffer.alloc(PAGEHDRSZ + 32);
-  if (fs.readSync(fd, head, 0, head.length, 0) !== head.length) return 4096;
-  const ps = head.readUInt32LE(META_OFFSET + 24);
-  return ps >= 512 && ps <= 65536 && (ps & (ps - 1)) === 0 ? ps : 4096;
-}
 
 /**
  * Walks the LMDB data file at `file` and reports every structural damage found (up to a
@@ -652,136 +496,15 @@ function walk(fd: number, t0: bigint, wantRoles: boolean): MetadataVerifyReport 
 
 // ---- the gate before liblmdb opens the file ------------------------------------
 
-/**
- * 'full': walk the file at every open (check, mount: long-lived or there to find damage).
- * 'stamp': skip the walk when the file is unchanged since a walk proved it (same inode,
- * size, mtime, ctime and both meta txnids, see STAMP_FILE); any write, by dmfs or anything
- * else, changes at least one of them. A stamp is written after each walk that let the file
- * open, and at the exit of a 'stamp' process that proved the file (restampAtExit).
- */
-export type MetadataVerifyMode = 'full' | 'stamp';
-
-let processMode: MetadataVerifyMode = 'stamp';
-
-/** Makes every later open in this process walk the file whatever its stamp (check, mount). */
-export function requireFullMetadataVerify(): void {
-  processMode = 'full';
-}
-
-/** Beside data.mdb: what the last walk that let the file open saw. */
-export const STAMP_FILE = 'VERIFIED';
-
-/** Walks racing a committing writer are repeated this many times before the result is trusted. */
-const MAX_RACING_WALKS = 4;
-
-interface Stamp {
-  v: 1;
-  dev: number;
-  ino: number;
-  sizeBytes: number;
-  mtimeNs: string;
-  ctimeNs: string;
-  txnids: number[];
-}
-
-function metaTxnids(file: string): number[] {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const ps = guessPageSize(fd);
-    const out: number[] = [];
-    const b = Buffer.alloc(PAGEHDRSZ + 24 + 2 * DB_BYTES + 16);
-    for (let i = 0; i < NUM_METAS; i++) {
-      const n = fs.readSync(fd, b, 0, b.length, i * ps);
-      out.push(n === b.length ? u64(b, META_OFFSET + 24 + 2 * DB_BYTES + 8) : -1);
-    }
-    return out;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function currentStamp(file: string): Stamp {
-  const st = fs.statSync(file, { bigint: true });
-  return {
-    v: 1,
-    dev: Number(st.dev),
-    ino: Number(st.ino),
-    sizeBytes: Number(st.size),
-    mtimeNs: st.mtimeNs.toString(),
-    ctimeNs: st.ctimeNs.toString(),
-    txnids: metaTxnids(file),
-  };
-}
-
-function sameStamp(a: Stamp, b: Stamp): boolean {
-  return a.dev === b.dev && a.ino === b.ino && a.sizeBytes === b.sizeBytes && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.txnids.join() === b.txnids.join();
-}
-
-function readStamp(dir: string): Stamp | null {
-  try {
-    const s = JSON.parse(fs.readFileSync(`${dir}/${STAMP_FILE}`, 'utf8')) as Stamp;
-    return s?.v === 1 ? s : null;
-  } catch {
-    return null;
-  }
-}
-
-function writeStamp(dir: string, stamp: Stamp): void {
-  const tmp = `${dir}/${STAMP_FILE}.${process.pid}.tmp`;
-  try {
-    fs.writeFileSync(tmp, JSON.stringify(stamp) + '\n', { mode: 0o600 });
-    fs.renameSync(tmp, `${dir}/${STAMP_FILE}`);
-  } catch {
-    // Read-only pool directory: the next open walks again, nothing else is lost.
-    try {
-      fs.unlinkSync(tmp);
-    } catch {
-      /* not created */
-    }
-  }
-}
-
-/** The walk that let this process open each metadata directory, when it found harmless damage. */
-const reportsAtOpen = new Map<string, MetadataVerifyReport>();
-
-/**
- * Damage the walk before the open found in `dir` and let pass (previous snapshot, leaked
- * pages): the open's own commits may have overwritten it since, but check reports it.
- */
-export function damageSeenAtOpen(dir: string): MetadataDamage[] {
-  return reportsAtOpen.get(dir)?.damage ?? [];
-}
-
-const restampArmed = new Set<string>();
-
-/**
- * Every dmfs command commits (if only its pool-owner record), so a stamp taken at open is
- * stale at exit and the next command would walk again. A short command that proved the
- * file at open and exits 0 stamps what it leaves: since the proof, only liblmdb commits
- * (its own, or another dmfs process's) changed the file. Not done in 'full' processes
- * (mount, check): a mount lives for hours, long enough for damage from outside to land.
- * The price: damage from outside that lands while such a short command runs is not seen
- * until the next check or mount.
- */
-function restampAtExit(dir: string): void {
-  if (restampArmed.has(dir)) return;
-  restampArmed.add(dir);
-  process.once('exit', (code) => {
-    if (code !== 0 || processMode !== 'stamp') return;
-    try {
-      writeStamp(dir, currentStamp(`${dir}/data.mdb`));
-    } catch {
-      // The pool was destroyed, or its directory is unreadable: nothing to stamp.
-    }
-  });
-}
-
 /** One line per damage, the first `max` of them. */
 export function describeDamage(report: MetadataVerifyReport, max = 5): string {
   const lines = report.damage.slice(0, max).map((d) => `${d.pgno === null ? '' : `page ${d.pgno} `}(${d.db}): ${d.message}`);
   if (report.damage.length > max) lines.push(`... and ${report.damage.length - max} more`);
   return lines.join('; ');
 }
+
+/** Walks racing a committing writer are repeated this many times before the result is trusted. */
+const MAX_RACING_WALKS = 4;
 
 /**
  * Walks `file` until no committing writer raced the walk (meta txnids equal before and
@@ -796,41 +519,5 @@ export function verifyMetadataStable(file: string): MetadataVerifyReport {
     if (before === now) break;
     report = verifyMetadataFile(file);
   }
-  return report;
-}
-
-/**
- * Proves the LMDB file of the metadata directory `dir` safe for liblmdb to open, or throws
- * METADATA_CORRUPT naming the damaged pages and what to do next; touches nothing in the
- * file either way. A missing file is not this function's business (the open reports it).
- */
-export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = processMode): MetadataVerifyReport | null {
-  const file = `${dir}/data.mdb`;
-  if (!fs.existsSync(file)) return null;
-  const before = currentStamp(file);
-  if (mode === 'stamp') {
-    const stamp = readStamp(dir);
-    if (stamp && sameStamp(stamp, before)) {
-      restampAtExit(dir);
-      return null;
-    }
-  }
-  const report = verifyMetadataStable(file);
-  if (!report.openable) {
-    const root = dir.replace(/\/metadata\/?$/, '');
-    const oneMetaLost = report.damage.every((d) => d.db === 'meta' || d.scope !== 'live') && report.metas.some((m) => m.sound);
-    throw new DmfsError(
-      'METADATA_CORRUPT',
-      `the pool metadata ${file} is damaged, so it was not opened (nothing was changed): ${describeDamage(report)}. ` +
-        (oneMetaLost ? `The other meta page (txn ${report.metas.find((m) => m.sound)!.txnid}) is sound, but LMDB could pick the damaged one. ` : '') +
-        `Run 'dmfs check --root ${root}' for the full report, then 'dmfs check --repair --from-backup --root ${root}' to restore the last metadata backup.`,
-      { cause: report },
-    );
-  }
-  if (report.damage.length) reportsAtOpen.set(dir, report);
-  else reportsAtOpen.delete(dir);
-  const after = currentStamp(file);
-  if (sameStamp(before, after)) writeStamp(dir, after);
-  if (mode === 'stamp') restampAtExit(dir);
   return report;
 }

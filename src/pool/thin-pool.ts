@@ -1,100 +1,25 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { DmfsError, dmfsError, isDmfsError } from '../errors';
-import { blockIo, type ReadBlocksOptions } from '../native';
+import { DmfsError, dmfsError } from '../errors';
+import type { ReadBlocksOptions } from '../native';
 import { asDataBlock, type DataBlock } from './block-address';
-import { packRecord, packUint48, unpackRecord, unpackUint48 } from './codec';
+import { BackupMark } from './backup-mark';
+import { BlockReservations, RESERVATION_KEEP } from './block-reservations';
+import { packUint48, unpackUint48 } from './codec';
+import { DataBlockIo } from './data-block-io';
+import { blockDeviceBytes, type DataDeviceCheck } from './data-device';
+import { describeHostSpace, fileAllocatedBytes, HOST_RESERVE_BYTES, hostFreeBytes, isOnReadOnlyFs, type HostSpace } from './host-space';
 import { listBackups, takeBackup, type BackupInfo } from './metadata-backup';
-import { MetadataEnv, isHostFullError, type Table } from './metadata-env';
-import {
-  DEFAULT_POOL_OPTIONS,
-  type PoolCreateSettings,
-  type PoolOptions,
-  validateBlockSize,
-} from './pool-options';
+import { MetadataEnv, type Table } from './metadata-env';
+import { createPoolFiles } from './pool-create';
+import type { PoolCreateSettings, PoolOptions } from './pool-options';
 import { poolPaths, type PoolPaths } from './pool-paths';
-import { currentProcess, isProcessAlive, type ProcessIdentity } from './process-identity';
+import { currentProcess } from './process-identity';
 import { SpaceMap } from './space-map';
+import { packSuperblock, unpackSuperblock, type Superblock } from './superblock';
 
 const fdatasync = promisify(fs.fdatasync);
-
-/** The pool superblock: what the pool is, fixed at creation except size and runtime options. */
-export interface Superblock {
-  v: 1;
-  poolName: string;
-  blockSizeBytes: number;
-  nrBlocks: number;
-  dataMode: 'loop' | 'direct';
-  /** Direct mode: the block device. Loop mode: null (the file is poolPaths().dataFile). */
-  dataDevice: string | null;
-  options: PoolOptions;
-  createdMs: number;
-}
-
-function packSuperblock(sb: Superblock): Buffer {
-  return packRecord(sb);
-}
-
-function unpackSuperblock(raw: Buffer): Superblock {
-  const sb = unpackRecord<Superblock>(raw);
-  if (sb?.v !== 1) throw dmfsError('METADATA_CORRUPT', `pool superblock has unknown version ${String(sb?.v)}`);
-  sb.options = { ...DEFAULT_POOL_OPTIONS, ...sb.options };
-  return sb;
-}
-
-interface OwnerRecord extends ProcessIdentity {
-  v: 1;
-}
-
-/** pool-meta 'backup:pending': metadata changed since the last backup (see metadata-backup.ts). */
-interface BackupPendingRecord {
-  v: 1;
-  /** Bumped by every change: a backup clears the mark only if no change came in meanwhile. */
-  seq: number;
-  reasons: string[];
-}
-const BACKUP_PENDING_KEY = 'backup:pending';
-
-/** How many blocks one process takes from the space map at a time. */
-const RESERVATION_BATCH = 64;
-/** Recycled blocks a process keeps before giving the rest back (and punching them). */
-const RESERVATION_KEEP = 128;
-/**
- * Loop mode: host bytes new data blocks leave free on the file system under the pool, so
- * the metadata commits that follow (and the headroom it keeps, see metadata-env.ts)
- * still find room. Below it, allocation stops and writes get POOL_FULL (ENOSPC).
- */
-export const HOST_RESERVE_BYTES = 8 * 1024 ** 2;
-/** Host free space below which info and doctor call the host file system "nearly full" (also: under 5%). */
-export const HOST_LOW_BYTES = 1024 ** 3;
-
-/** Free space of the host file system under the pool (loop mode: the data file's directory). */
-export interface HostSpace {
-  path: string;
-  freeBytes: number;
-  totalBytes: number;
-  /** full: allocation has stopped (free <= HOST_RESERVE_BYTES); low: under 5% or HOST_LOW_BYTES free. */
-  state: 'ok' | 'low' | 'full';
-  /** What to do, when state is not ok. */
-  advice: string | null;
-}
-
-/** What open may find about the data device against the metadata (see `dataDeviceCheck`). */
-export interface DataDeviceCheck {
-  /** Bytes the data file / device has now. */
-  deviceBytes: number;
-  /** Bytes the superblock says it has (nrBlocks * blockSizeBytes). */
-  expectedBytes: number;
-  /** Whole blocks the device holds now. */
-  deviceBlocks: number;
-  /** Highest block the space map marks used, or -1. */
-  highestUsedBlock: number;
-  /** Used blocks at or past deviceBlocks: their data is gone (a re-extension reads zeros). */
-  usedBlocksBeyondEnd: number;
-  short: boolean;
-}
 
 export interface ThinPoolOpenOptions {
   /**
@@ -137,16 +62,13 @@ export class ThinPool {
   private sb: Superblock;
   private readonly spaceMap: SpaceMap;
   private readonly meta: Table;
-  private readonly owners: Table;
-  private readonly reserved: Table;
+  private readonly backupMark: BackupMark;
+  private readonly reservations: BlockReservations;
   private readonly dataFd: number;
-  readonly ownerId: number;
-  /** Reserved, committed, not yet handed out. */
-  private readonly freeReserved: DataBlock[] = [];
+  private readonly blocks: DataBlockIo;
   private closed = false;
   private syncing: Promise<void> | null = null;
   private syncQueued: Promise<void> | null = null;
-  private trimming: Promise<void> | null = null;
   /** A host-full warning was emitted and no allocation has succeeded since (one line per episode). */
   private hostFullWarned = false;
   /** Set by the layer store: what a backup's listing says about the copy (layer count). */
@@ -159,80 +81,40 @@ export class ThinPool {
     this.env = env;
     this.sb = sb;
     this.dataFd = dataFd;
-    this.meta = env.table('pool-meta');
-    this.owners = env.table('pool-owners');
-    this.reserved = env.table('pool-reserved');
-    this.spaceMap = new SpaceMap(env, sb.nrBlocks);
-    const identity = currentProcess();
-    // Read-only: no owner record (nothing may be written); owner id 0 is never allocated.
-    this.ownerId = readOnly ? 0 : env.txn(() => {
-      const next = this.counter('nextOwner');
-      this.owners.put(next, packRecord({ v: 1, ...identity } satisfies OwnerRecord));
-      return next;
+    this.blocks = new DataBlockIo(dataFd, {
+      blockSizeBytes: sb.blockSizeBytes,
+      dataPath: sb.dataMode === 'loop' ? paths.dataFile : sb.dataDevice!,
+      nrBlocks: (fresh) => {
+        if (fresh) this.refreshSuperblock();
+        return this.sb.nrBlocks;
+      },
+      warnHostFull: (detail) => this.warnHostFull(detail),
     });
+    this.meta = env.table('pool-meta');
+    this.backupMark = new BackupMark(this.meta);
+    this.spaceMap = new SpaceMap(env, sb.nrBlocks);
+    const host = {
+      env,
+      spaceMap: this.spaceMap,
+      allocationAllowance: () => this.allocationAllowance(),
+      discard: (blocks: DataBlock[]) => (this.sb.options.blkDiscard ? this.blocks.punch(blocks) : Promise.resolve()),
+      onRefilled: () => {
+        this.hostFullWarned = false;
+      },
+    };
+    // Read-only: no owner record (nothing may be written).
+    this.reservations = new BlockReservations(host, readOnly ? null : currentProcess(), () => this.counter('nextOwner'));
   }
 
-  /** Creates a new pool under root. Nothing is left behind when it fails. */
+  /** This process's id among the pool's owners (0 when read-only). */
+  get ownerId(): number {
+    return this.reservations.ownerId;
+  }
+
+  /** Creates a new pool under root (see createPoolFiles) and opens it. */
   static async create(root: string, settings: PoolCreateSettings, options: PoolOptions): Promise<ThinPool> {
-    validateBlockSize(settings.blockSizeBytes);
-    const paths = poolPaths(root);
-    if (fs.existsSync(path.join(paths.metadataDir, 'data.mdb'))) {
-      throw dmfsError('POOL_EXISTS', `a pool already exists at ${paths.root}`);
-    }
-    let dataBytes: number;
-    let dataMode: Superblock['dataMode'] = 'loop';
-    if (settings.dataDevice) {
-      dataMode = 'direct';
-      dataBytes = blockDeviceBytes(settings.dataDevice);
-      const signature = filesystemSignature(settings.dataDevice);
-      if (signature && !settings.forceDevice) {
-        throw dmfsError(
-          'DEVICE_HAS_FILESYSTEM',
-          `${settings.dataDevice} holds a ${signature} signature; refusing to use it. Pass --force (dm.directlvm_device_force=true) to overwrite it.`,
-        );
-      }
-    } else {
-      dataBytes = settings.dataSizeBytes;
-    }
-    const nrBlocks = Math.floor(dataBytes / settings.blockSizeBytes);
-    if (nrBlocks < 16) {
-      throw dmfsError('BAD_OPTION', `data size ${dataBytes} bytes holds fewer than 16 blocks of ${settings.blockSizeBytes} bytes`);
-    }
-    const createdRoot = !fs.existsSync(paths.root);
-    try {
-      fs.mkdirSync(paths.root, { recursive: true, mode: 0o700 });
-      fs.chmodSync(paths.root, 0o700);
-      fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o700 });
-      if (dataMode === 'loop') {
-        fs.mkdirSync(path.dirname(paths.dataFile), { recursive: true, mode: 0o700 });
-        const fd = fs.openSync(paths.dataFile, 'wx', 0o600);
-        fs.ftruncateSync(fd, nrBlocks * settings.blockSizeBytes);
-        fs.closeSync(fd);
-      }
-      const env = MetadataEnv.open(paths.metadataDir, { create: true });
-      const st = fs.statSync(paths.root);
-      const sb: Superblock = {
-        v: 1,
-        poolName: `dmfs-${st.dev}-${st.ino}-pool`,
-        blockSizeBytes: settings.blockSizeBytes,
-        nrBlocks,
-        dataMode,
-        dataDevice: settings.dataDevice,
-        options,
-        createdMs: Date.now(),
-      };
-      env.txn(() => env.table('pool-meta').put('superblock', packSuperblock(sb)));
-      await env.sync();
-      await env.close();
-      return await ThinPool.open(root);
-    } catch (err) {
-      if (createdRoot) fs.rmSync(paths.root, { recursive: true, force: true });
-      else {
-        fs.rmSync(paths.metadataDir, { recursive: true, force: true });
-        if (dataMode === 'loop' && !isDmfsError(err, 'POOL_EXISTS')) fs.rmSync(path.dirname(paths.dataFile), { recursive: true, force: true });
-      }
-      throw err;
-    }
+    await createPoolFiles(root, settings, options);
+    return ThinPool.open(root);
   }
 
   /**
@@ -400,18 +282,12 @@ export class ThinPool {
    * taken by close() (this process or, if it dies first, the next one to close).
    */
   noteMetadataChange(reason: string, opts: { replace?: boolean } = {}): void {
-    const raw = this.meta.get(BACKUP_PENDING_KEY);
-    const prev = raw ? unpackRecord<BackupPendingRecord>(raw) : null;
-    // replace: the reasons so far do not apply (a restored copy carries its own backup's mark).
-    const reasons = opts.replace ? [] : prev?.reasons ?? [];
-    this.meta.put(BACKUP_PENDING_KEY, packRecord({
-      v: 1, seq: (prev?.seq ?? 0) + 1, reasons: reasons.includes(reason) ? reasons : [...reasons, reason],
-    } satisfies BackupPendingRecord));
+    this.backupMark.note(reason, opts);
   }
 
   /** Whether a change is waiting for a backup. */
   hasPendingBackup(): boolean {
-    return this.meta.has(BACKUP_PENDING_KEY);
+    return this.backupMark.isSet();
   }
 
   /** Backups of this pool, newest first. */
@@ -426,27 +302,19 @@ export class ThinPool {
   async backupMetadata(opts: { force?: boolean; reason?: string } = {}): Promise<BackupInfo | null> {
     this.refreshSuperblock();
     const keep = this.sb.options.metadataBackups;
-    const raw = this.meta.get(BACKUP_PENDING_KEY);
-    if (keep <= 0 || (!raw && !opts.force)) return null;
-    const pending = raw ? unpackRecord<BackupPendingRecord>(raw) : null;
+    const pending = this.backupMark.read();
+    if (keep <= 0 || (!pending && !opts.force)) return null;
     const reasons = [...(pending?.reasons ?? []), ...(opts.reason ? [opts.reason] : [])];
     // Flushed first: the copy then holds nothing the data device does not.
     await this.sync();
     const info = await takeBackup(this.env, { reasons, layers: this.backupDescriber?.().layers ?? null, keep });
-    // A change that came in after the mark was read may be missing from the copy: keep the mark then.
-    this.env.txn(() => {
-      const now = this.meta.get(BACKUP_PENDING_KEY);
-      if (now && pending && unpackRecord<BackupPendingRecord>(now).seq === pending.seq) this.meta.del(BACKUP_PENDING_KEY);
-    });
+    if (pending) this.env.txn(() => this.backupMark.clearIfUnchanged(pending));
     return info;
   }
 
   /** Whether any process other than this one has the pool open. */
   hasOtherLiveOwners(): boolean {
-    for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
-      if ((key as number) !== this.ownerId && isProcessAlive(unpackRecord<OwnerRecord>(value))) return true;
-    }
-    return false;
+    return this.reservations.hasOtherLiveOwners();
   }
 
   /** One atomic metadata transaction (see MetadataEnv.txn). */
@@ -478,7 +346,7 @@ export class ThinPool {
     this.refreshSuperblock();
     const total = this.sb.nrBlocks;
     // Blocks reserved by live processes but not yet written are free as far as anyone is concerned.
-    const used = this.spaceMap.usedBlocks() - this.reserved.count([0], [Number.MAX_SAFE_INTEGER]);
+    const used = this.spaceMap.usedBlocks() - this.reservations.reservedCount();
     const minFree = this.minFreeBlocks(total);
     let available = Math.max(0, total - used - minFree);
     if (this.sb.dataMode === 'loop') {
@@ -507,52 +375,35 @@ export class ThinPool {
    * Null when the pool is at dm.min_free_space or the device is full.
    */
   takeBlock(): DataBlock | null {
-    if (!this.freeReserved.length) this.refill();
-    return this.freeReserved.pop() ?? null;
+    return this.reservations.take();
   }
 
   /** Fills this process's reservation if it is empty (what takeBlock would do), ahead of need. */
   reserveAhead(): void {
-    if (!this.freeReserved.length) this.refill();
+    this.reservations.fillAhead();
   }
 
   /** Returns a taken block that was not used (the caller's transaction failed). */
   untakeBlock(block: DataBlock): void {
-    this.freeReserved.push(block);
+    this.reservations.untake(block);
   }
 
   /** Inside the caller's txn: the block is now referenced by committed metadata. */
   consumeBlock(block: DataBlock): void {
-    this.reserved.del([this.ownerId, block]);
+    this.reservations.consume(block);
   }
 
   /** Inside the caller's txn: the block is no longer referenced; it returns to this process's reservation. */
   recycleBlock(block: DataBlock): void {
-    this.reserved.put([this.ownerId, block], EMPTY);
-    this.env.afterCommit(() => {
-      this.freeReserved.push(block);
-      if (this.freeReserved.length > RESERVATION_KEEP * 2 && !this.trimming) setImmediate(() => void this.trim().catch(() => undefined));
-    });
+    this.reservations.recycle(block);
   }
 
-  private refill(): void {
-    let fresh: DataBlock[] = [];
-    this.env.txn(() => {
-      this.refreshSuperblock();
-      this.maybeAutoextend();
-      const total = this.sb.nrBlocks;
-      const used = this.spaceMap.usedBlocks();
-      const minFree = this.minFreeBlocks(total);
-      const allowed = Math.min(RESERVATION_BATCH, total - used - minFree, this.hostBlockAllowance());
-      if (allowed <= 0) return;
-      fresh = this.spaceMap.allocate(allowed);
-      for (const b of fresh) this.reserved.put([this.ownerId, b], EMPTY);
-    });
-    // Handed out only once committed: a failed commit (host full) leaves them free.
-    // Lowest blocks first out of pop(): keeps files roughly sequential on the device.
-    fresh.reverse();
-    this.freeReserved.push(...fresh);
-    if (fresh.length) this.hostFullWarned = false;
+  /** Inside txn: how many blocks a refill may take now (after any auto-extension). */
+  private allocationAllowance(): number {
+    this.refreshSuperblock();
+    this.maybeAutoextend();
+    const total = this.sb.nrBlocks;
+    return Math.min(total - this.spaceMap.usedBlocks() - this.minFreeBlocks(total), this.hostBlockAllowance());
   }
 
   /**
@@ -633,81 +484,23 @@ export class ThinPool {
   }
 
   /** Gives recycled blocks beyond `keep` back to the space map, punching holes first (dm.blkdiscard). */
-  async trim(keep = RESERVATION_KEEP): Promise<void> {
-    while (this.trimming) await this.trimming;
-    if (this.freeReserved.length <= keep) return;
-    this.trimming = (async () => {
-      const excess = this.freeReserved.splice(0, this.freeReserved.length - keep);
-      if (this.sb.options.blkDiscard) await this.punch(excess);
-      this.env.txn(() => {
-        for (const b of excess) this.reserved.del([this.ownerId, b]);
-        this.spaceMap.release(excess);
-      });
-    })();
-    try {
-      await this.trimming;
-    } finally {
-      this.trimming = null;
-    }
-  }
-
-  private async punch(blocks: DataBlock[]): Promise<void> {
-    const sorted = [...blocks].sort((a, b) => a - b);
-    const bs = this.sb.blockSizeBytes;
-    for (let i = 0; i < sorted.length; ) {
-      let j = i + 1;
-      while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
-      await blockIo.punchHole(this.dataFd, sorted[i] * bs, (j - i) * bs);
-      i = j;
-    }
+  trim(keep = RESERVATION_KEEP): Promise<void> {
+    return this.reservations.trim(keep);
   }
 
   /** Frees blocks reserved by processes that died, and forgets those owners. Returns how many blocks. */
-  async reclaimDeadOwners(): Promise<number> {
-    const dead: number[] = [];
-    for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
-      const owner = unpackRecord<OwnerRecord>(value);
-      if ((key as number) !== this.ownerId && !isProcessAlive(owner)) dead.push(key as number);
-    }
-    let freed = 0;
-    for (const ownerId of dead) {
-      // Two processes may reclaim the same dead owner at once. What is still reserved to it
-      // is read and moved to this process's own reservation in one transaction, so each
-      // block is claimed by exactly one reclaimer; only then is it punched (no one else can
-      // allocate it meanwhile) and released.
-      const blocks = this.env.txn(() => {
-        const claimed: DataBlock[] = [];
-        for (const key of this.reserved.keys([ownerId], [ownerId + 1])) claimed.push(asDataBlock((key as number[])[1]));
-        for (const b of claimed) {
-          this.reserved.del([ownerId, b]);
-          this.reserved.put([this.ownerId, b], EMPTY);
-        }
-        this.owners.del(ownerId);
-        return claimed;
-      });
-      if (!blocks.length) continue;
-      if (this.sb.options.blkDiscard) await this.punch(blocks);
-      this.env.txn(() => {
-        for (const b of blocks) this.reserved.del([this.ownerId, b]);
-        this.spaceMap.release(blocks);
-      });
-      freed += blocks.length;
-    }
-    return freed;
+  reclaimDeadOwners(): Promise<number> {
+    return this.reservations.reclaimDeadOwners();
   }
 
   /** Whether the process registered as ownerId is still alive. */
   isOwnerAlive(ownerId: number): boolean {
-    if (ownerId === this.ownerId) return true;
-    const raw = this.owners.get(ownerId);
-    return raw ? isProcessAlive(unpackRecord<OwnerRecord>(raw)) : false;
+    return this.reservations.isOwnerAlive(ownerId);
   }
 
   /** Every block reserved by live or dead owners (for check). */
   reservedBlocks(): Set<number> {
-    const out = new Set<number>();
-    for (const key of this.reserved.keys([0], [Number.MAX_SAFE_INTEGER])) out.add((key as number[])[1]);
-    return out;
+    return this.reservations.allReserved();
   }
 
   usedBlocksFromMap(): Iterable<DataBlock> {
@@ -737,67 +530,21 @@ export class ThinPool {
     });
   }
 
-  // ---- data -----------------------------------------------------------------
+  // ---- data (data-block-io.ts) ----------------------------------------------
 
-  private checkBlock(block: DataBlock): void {
-    if (!Number.isSafeInteger(block) || block < 0 || block >= this.sb.nrBlocks) {
-      this.refreshSuperblock();
-      if (!Number.isSafeInteger(block) || block < 0 || block >= this.sb.nrBlocks) {
-        throw dmfsError('METADATA_CORRUPT', `data block ${block} is outside the data device (${this.sb.nrBlocks} blocks)`);
-      }
-    }
-  }
-
-  /** Fills targets[i] from block blocks[i] at offsetsInBlock[i] (gathered). */
-  /** `opts.mayBlock`: see BlockIo.readBlocks. */
-  async readBlocks(blocks: readonly DataBlock[], offsetsInBlockBytes: readonly number[], targets: Buffer[], opts?: ReadBlocksOptions): Promise<void> {
-    const bs = this.sb.blockSizeBytes;
-    const offsets = blocks.map((b, i) => {
-      this.checkBlock(b);
-      return b * bs + offsetsInBlockBytes[i];
-    });
-    await blockIo.readBlocks(this.dataFd, targets, offsets, opts);
+  /** Fills targets[i] from block blocks[i] at offsetsInBlock[i] (gathered). `opts.mayBlock`: see BlockIo.readBlocks. */
+  readBlocks(blocks: readonly DataBlock[], offsetsInBlockBytes: readonly number[], targets: Buffer[], opts?: ReadBlocksOptions): Promise<void> {
+    return this.blocks.readBlocks(blocks, offsetsInBlockBytes, targets, opts);
   }
 
   /** Writes several (block, offset in block, data) pieces in one gathered call. */
-  async writeBlocks(pieces: readonly { block: DataBlock; offset: number; data: Buffer }[]): Promise<void> {
-    const bs = this.sb.blockSizeBytes;
-    for (const p of pieces) {
-      this.checkBlock(p.block);
-      if (p.offset + p.data.length > bs) throw dmfsError('INVALID', 'write crosses a block boundary');
-    }
-    try {
-      await blockIo.writeBlocks(this.dataFd, pieces.map((p) => p.data), pieces.map((p) => p.block * bs + p.offset));
-    } catch (err) {
-      throw this.hostFullOr(err);
-    }
-  }
-
-  /** ENOSPC/EDQUOT from the data device becomes POOL_FULL (ENOSPC to a FUSE writer, not EIO); anything else passes. */
-  private hostFullOr(err: unknown): unknown {
-    if (!isHostFullError(err)) return err;
-    this.warnHostFull(`writing the data file ${this.dataPath} failed with ENOSPC`);
-    return dmfsError(
-      'POOL_FULL',
-      `the host file system under the pool is full (writing ${this.dataPath} failed with ENOSPC): free space on the host or move the pool`,
-      err,
-    );
+  writeBlocks(pieces: readonly { block: DataBlock; offset: number; data: Buffer }[]): Promise<void> {
+    return this.blocks.writeBlocks(pieces);
   }
 
   /** Copies a whole block (native path: reflink or copy_file_range when possible). */
-  async copyBlock(from: DataBlock, to: DataBlock): Promise<void> {
-    this.checkBlock(from);
-    this.checkBlock(to);
-    const bs = this.sb.blockSizeBytes;
-    try {
-      const n = await blockIo.copyRange(this.dataFd, from * bs, this.dataFd, to * bs, bs);
-      if (n < bs) {
-        // The source lies (partly) beyond the end of a short device file: the rest is zeros.
-        await blockIo.writeBlocks(this.dataFd, [Buffer.alloc(bs - n)], [to * bs + n]);
-      }
-    } catch (err) {
-      throw this.hostFullOr(err);
-    }
+  copyBlock(from: DataBlock, to: DataBlock): Promise<void> {
+    return this.blocks.copyBlock(from, to);
   }
 
   /**
@@ -836,13 +583,7 @@ export class ThinPool {
     this.closed = true;
     await this.trim(0);
     await this.sync();
-    this.env.txn(() => {
-      const left: DataBlock[] = [];
-      for (const key of this.reserved.keys([this.ownerId], [this.ownerId + 1])) left.push(asDataBlock((key as number[])[1]));
-      for (const b of left) this.reserved.del([this.ownerId, b]);
-      this.spaceMap.release(left);
-      this.owners.del(this.ownerId);
-    });
+    this.reservations.giveBackAll();
     await this.env.sync();
     if (!this.backupsSuspended) {
       // A failed backup must not fail the close (the pool itself is intact); the mark stays for the next close.
@@ -860,14 +601,8 @@ export class ThinPool {
     this.closed = true;
     fs.closeSync(this.dataFd);
     if (!this.readOnly) {
-      // Opened writable but failed: drop the owner record unless it holds a reservation
-      // (blocks claimed from a dead owner half-way through reclaimDeadOwners), which the
-      // next open's reclaim frees once this process is gone.
       try {
-        this.env.txn(() => {
-          for (const _ of this.reserved.keys([this.ownerId], [this.ownerId + 1])) return;
-          this.owners.del(this.ownerId);
-        });
+        this.reservations.forgetOwnerIfEmpty();
       } catch {
         /* left for the next open's reclaim (this process will be dead) */
       }
@@ -878,81 +613,5 @@ export class ThinPool {
   /** Size of the data file as the host sees it (allocated bytes), loop mode; null in direct mode. */
   dataFileAllocatedBytes(): number | null {
     return this.sb.dataMode === 'loop' ? fileAllocatedBytes(this.dataFd) : null;
-  }
-
-}
-
-const EMPTY = Buffer.alloc(0);
-
-
-/** Classifies host free space (see HostSpace.state). */
-export function describeHostSpace(dir: string, freeBytes: number, totalBytes: number, blockSizeBytes: number): HostSpace {
-  let state: HostSpace['state'] = 'ok';
-  if (freeBytes < HOST_RESERVE_BYTES + blockSizeBytes) state = 'full';
-  else if (freeBytes < HOST_LOW_BYTES || freeBytes < totalBytes * 0.05) state = 'low';
-  const advice =
-    state === 'full'
-      ? `the host file system is full: new data cannot be written (writes get ENOSPC, reads work). Free space on the host file system holding ${dir} (or remove layers / files in the pool), or move the pool to a larger one`
-      : state === 'low'
-        ? `the host file system holding ${dir} is nearly full: free space on it or move the pool before writes start failing with ENOSPC`
-        : null;
-  return { path: dir, freeBytes, totalBytes, state, advice };
-}
-
-/** Whether dir sits on a read-only file system (access(2) says EROFS). */
-function isOnReadOnlyFs(dir: string): boolean {
-  try {
-    fs.accessSync(dir, fs.constants.W_OK);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EROFS';
-  }
-}
-
-function fileAllocatedBytes(fd: number): number {
-  return fs.fstatSync(fd).blocks * 512;
-}
-
-function hostFreeBytes(dir: string): number | null {
-  try {
-    const s = fs.statfsSync(dir);
-    return s.bavail * s.bsize;
-  } catch {
-    return null;
-  }
-}
-
-/** Size of a block device in bytes, from sysfs. */
-function blockDeviceBytes(device: string): number {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(device);
-  } catch (err) {
-    throw dmfsError('BAD_OPTION', `data device ${device}: ${(err as Error).message}`, err);
-  }
-  if (!st.isBlockDevice()) throw dmfsError('BAD_OPTION', `data device ${device} is not a block device`);
-  const name = path.basename(fs.realpathSync(device));
-  try {
-    return Number(fs.readFileSync(`/sys/class/block/${name}/size`, 'utf8').trim()) * 512;
-  } catch (err) {
-    throw dmfsError('BAD_OPTION', `cannot read the size of ${device} from /sys/class/block/${name}/size`, err);
-  }
-}
-
-/** The filesystem (or other) signature on a device, via blkid/wipefs; null when blank. */
-function filesystemSignature(device: string): string | null {
-  try {
-    const out = execFileSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    return out || 'unknown';
-  } catch (err) {
-    // blkid exits 2 when it finds nothing.
-    if ((err as { status?: number }).status === 2) return null;
-    try {
-      const out = execFileSync('wipefs', ['-n', '-p', device], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-      const lines = out.trim().split('\n').filter((l) => l && !l.startsWith('#'));
-      return lines.length ? lines[0].split(',')[3] || 'unknown' : null;
-    } catch {
-      return null;
-    }
   }
 }

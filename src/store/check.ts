@@ -1,7 +1,8 @@
 import * as path from 'node:path';
 import { dmfsError, isDmfsError } from '../errors';
 import { asDataBlock } from '../pool/block-address';
-import { damageSeenAtOpen, verifyMetadataStable, type MetadataDamage } from '../pool/metadata-verify';
+import { damageSeenAtOpen } from '../pool/metadata-gate';
+import { verifyMetadataStable, type MetadataDamage } from '../pool/metadata-verify';
 import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';

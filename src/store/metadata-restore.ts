@@ -8,7 +8,8 @@ import { listBackups, MetadataSnapshot, setPruningHold, verifyStructure, type Ba
 import { MetadataEnv } from '../pool/metadata-env';
 import { poolPaths } from '../pool/pool-paths';
 import { isProcessAlive, type ProcessIdentity } from '../pool/process-identity';
-import { ThinPool, type Superblock } from '../pool/thin-pool';
+import type { Superblock } from '../pool/superblock';
+import { ThinPool } from '../pool/thin-pool';
 import { FileNamer, type TableSource } from './backup-refs';
 import { checkPool, type CheckProblem } from './check';
 import { isDataRef, unpackBlockRef } from './records';

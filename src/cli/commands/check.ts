@@ -1,6 +1,6 @@
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
-import { requireFullMetadataVerify } from '../../pool/metadata-verify';
+import { requireFullMetadataVerify } from '../../pool/metadata-gate';
 import { isPruningHeld, listBackups, setPruningHold, type BackupInfo } from '../../pool/metadata-backup';
 import { poolPaths } from '../../pool/pool-paths';
 import { formatBytes } from '../../pool/sizes';

@@ -8,7 +8,7 @@ import type { Command } from '../command';
 import { fusermountSetuidProblem } from '../../fs/fuse-diagnosis';
 import { chooseTransport, type TransportChoice } from '../../fs/mount-service';
 import { poolPaths } from '../../pool/pool-paths';
-import { describeHostSpace } from '../../pool/thin-pool';
+import { describeHostSpace } from '../../pool/host-space';
 
 /**
  * `dmfs doctor`: can this host run dmfs, and how well? One check per line with what to do

@@ -22,7 +22,7 @@ import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
 import { explainUnwrappedError } from '../system-errors';
 import type { Command, CommandContext } from '../command';
-import { requireFullMetadataVerify } from '../../pool/metadata-verify';
+import { requireFullMetadataVerify } from '../../pool/metadata-gate';
 
 /** What the daemon needs to serve one mount; crosses the process boundary as JSON. */
 export interface MountSpec {

@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ensureBuiltDist, DMFS_BIN } from '../../support/built-dist';
-import { STAMP_FILE, verifyMetadataFile } from '../../../src/pool/metadata-verify';
+import { STAMP_FILE } from '../../../src/pool/metadata-gate';
+import { verifyMetadataFile } from '../../../src/pool/metadata-verify';
 
 const PS = 4096;
 let root: string;

@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Pool } from '../../../src/api';
-import { proveMetadataSound, STAMP_FILE, verifyMetadataFile, type MetadataVerifyReport } from '../../../src/pool/metadata-verify';
+import { proveMetadataSound, STAMP_FILE } from '../../../src/pool/metadata-gate';
+import { verifyMetadataFile, type MetadataVerifyReport } from '../../../src/pool/metadata-verify';
 
 const PS = 4096;
 let dir: string;

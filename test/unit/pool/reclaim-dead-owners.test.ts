@@ -1,12 +1,11 @@
 import { packRecord } from '../../../src/pool/codec';
 import { tempPool } from '../../support/temp-pool';
 
-/** The parts of ThinPool this test forges a dead process's reservation through. */
+/** The parts of ThinPool this test forges a dead process's reservation through (pool-owners and pool-reserved are block-reservations.ts's tables). */
 interface ThinPoolInternals {
   env: { txn<T>(fn: () => T): T };
   spaceMap: { allocate(n: number): number[]; usedBlocks(): number; isUsed(b: number): boolean };
-  owners: { put(key: number, value: Buffer): void };
-  reserved: { put(key: number[], value: Buffer): void };
+  table(name: 'pool-owners' | 'pool-reserved'): { put(key: number | number[], value: Buffer): void };
   reclaimDeadOwners(): Promise<number>;
 }
 
@@ -20,8 +19,8 @@ test('two reclaims of one dead owner at once free each of its blocks once', asyn
     const blocks = tp.env.txn(() => {
       const bs = tp.spaceMap.allocate(16);
       // No process has start time 1: the owner is dead.
-      tp.owners.put(DEAD_OWNER, packRecord({ v: 1, pid: 2 ** 22 + 7, startTicks: 1 }));
-      for (const b of bs) tp.reserved.put([DEAD_OWNER, b], Buffer.alloc(0));
+      tp.table('pool-owners').put(DEAD_OWNER, packRecord({ v: 1, pid: 2 ** 22 + 7, startTicks: 1 }));
+      for (const b of bs) tp.table('pool-reserved').put([DEAD_OWNER, b], Buffer.alloc(0));
       return bs;
     });
     expect(blocks).toHaveLength(16);
