@@ -9,17 +9,21 @@
  * needs two (a commit: the store's commit, then removing the emptied container), a crash
  * between them leaves a container layer whose record still says `active`: the key then
  * still names it and containerd's own clean-up (Remove of the unpack key) removes it.
+ * Remove records its intent first (a removal mark replaces the snapshot record) and the
+ * layer goes afterwards, so a crash in between leaves a mark the next sweep finishes.
  */
 import { dmfsError, isDmfsError } from '../errors';
 import type { LayerChange, LayerInfo, LayerStore } from '../store/layer-store';
 import { BASE_LAYER_NAME } from '../store/thin-layer-store';
 import {
-  chainIdOf, layerNameForKey, snapshotLabels, snapshotOfLayer, withoutSnapshotLabels,
+  SNAPSHOT_LABELS, chainIdOf, layerNameForKey, snapshotLabels, snapshotOfLayer, withoutSnapshotLabels,
   type SnapshotInfo, type SnapshotKind,
 } from './snapshot-records';
 
 /** The label of dmfs's image import that names a layer's OCI ChainID (image/importer.ts). */
 const CHAIN_ID_LABEL = 'dmfs.chain_id';
+/** Marks a layer whose snapshot was removed and whose own removal is pending (value: the key it held). */
+export const REMOVAL_MARK = SNAPSHOT_LABELS.removing;
 /** containerd's label for the committed snapshot a Prepare is meant to become (remote-snapshotter protocol). */
 export const SNAPSHOT_REF_LABEL = 'containerd.io/snapshot.ref';
 
@@ -130,22 +134,52 @@ export class SnapshotCatalog {
   }
 
   /**
-   * Removes snapshot `key` (the caller has unmounted it). A snapshot with children is refused
-   * (WRONG_LAYER_KIND → failed precondition); a committed layer that dmfs images outside
-   * containerd build on stays in the pool as a plain dmfs layer, only the record goes.
+   * Removes snapshot `key` from containerd's view at once (one transaction: the snapshot
+   * record becomes a removal mark), leaving the layer to finishRemoval, which the caller
+   * runs after unmounting it. A snapshot with children is refused (WRONG_LAYER_KIND →
+   * failed precondition). A mark left by a crash is finished by the next sweep
+   * (pendingRemovals). Returns the layer to finish.
    */
-  async remove(key: string): Promise<void> {
+  async remove(key: string): Promise<string> {
     const s = await this.get(key);
     const children = (await this.list()).filter((c) => c.parent === key);
     if (children.length) {
       throw dmfsError('WRONG_LAYER_KIND', `snapshot ${key} has children (${children.map((c) => c.key).join(', ')}): remove them first`);
     }
     const layer = await this.store.getLayer(s.layerName);
+    await this.store.setLabels(s.layerName, { ...withoutSnapshotLabels(layer.labels), [REMOVAL_MARK]: key });
+    return s.layerName;
+  }
+
+  /**
+   * Removes a marked layer. Its marked children go first (the caller finishes removals in
+   * the order it marked them); a layer that dmfs layers outside containerd build on stays
+   * in the pool as a plain dmfs layer, only the mark goes.
+   */
+  async finishRemoval(layerName: string): Promise<void> {
+    const layer = await this.layerOrNull(layerName);
+    if (!layer || layer.labels[REMOVAL_MARK] === undefined) return;
     if (layer.children.length) {
-      await this.store.setLabels(s.layerName, withoutSnapshotLabels(layer.labels));
+      const all = await this.store.listLayers();
+      const kept = layer.children.filter((c) => all.find((l) => l.name === c)?.labels[REMOVAL_MARK] === undefined);
+      if (kept.length === 0) throw dmfsError('LAYER_HAS_CHILDREN', `layer ${layerName} waits for the removal of its children`);
+      await this.store.setLabels(layerName, withoutSnapshotLabels(layer.labels));
       return;
     }
-    await this.store.removeLayer(s.layerName);
+    await this.store.removeLayer(layerName);
+  }
+
+  /** Whether the layer of key `key` is still there, marked for removal. */
+  async isPendingRemoval(key: string): Promise<boolean> {
+    const layer = await this.layerOrNull(layerNameForKey(key));
+    return layer?.labels[REMOVAL_MARK] !== undefined;
+  }
+
+  /** Layers marked for removal, children before parents. */
+  async pendingRemovals(): Promise<string[]> {
+    const marked = (await this.store.listLayers()).filter((l) => l.labels[REMOVAL_MARK] !== undefined);
+    const depth = (l: LayerInfo): number => (marked.some((m) => l.children.includes(m.name)) ? 1 + Math.max(...marked.filter((m) => l.children.includes(m.name)).map(depth)) : 0);
+    return marked.sort((a, b) => depth(a) - depth(b)).map((l) => l.name);
   }
 
   /** Replaces the labels (`paths` empty or containing 'labels') or the named ones (`labels.K`). */

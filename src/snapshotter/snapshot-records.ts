@@ -41,6 +41,8 @@ export const SNAPSHOT_LABELS = {
   parent: 'dmfs.containerd.parent',
   labels: 'dmfs.containerd.labels',
   updatedMs: 'dmfs.containerd.updated_ms',
+  /** Present while the layer's removal is pending (snapshot-catalog.ts REMOVAL_MARK). */
+  removing: 'dmfs.containerd.removing',
 } as const;
 
 const KINDS: ReadonlySet<string> = new Set<SnapshotKind>(['active', 'view', 'committed']);
@@ -59,6 +61,7 @@ export function snapshotLabels(s: Omit<SnapshotInfo, 'layerName' | 'layerId' | '
 
 /** The layer's labels without the snapshot record (what stays when a layer is handed back to dmfs). */
 export function withoutSnapshotLabels(labels: Record<string, string>): Record<string, string> {
+  // Also drops the removal mark: what is left is a plain dmfs layer.
   const rest: Record<string, string> = {};
   const ours = new Set<string>(Object.values(SNAPSHOT_LABELS));
   for (const [k, v] of Object.entries(labels)) if (!ours.has(k)) rest[k] = v;

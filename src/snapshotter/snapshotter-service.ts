@@ -30,7 +30,7 @@ import { poolPaths } from '../pool/pool-paths';
 import type { LayerStore } from '../store/layer-store';
 import { snapshotFilter } from './list-filters';
 import { SnapshotCatalog } from './snapshot-catalog';
-import type { SnapshotInfo } from './snapshot-records';
+import { layerNameForKey, type SnapshotInfo } from './snapshot-records';
 import { bindMount, grpcError, snapshotsServiceDefinition, wireInfo, type WireInfo, type WireMount } from './snapshots-proto';
 
 /**
@@ -53,6 +53,8 @@ export interface SnapshotterServiceOptions {
   /** The unix socket to listen on; a stale socket file there is replaced. */
   socketPath: string;
   log?: (line: string) => void;
+  /** One log line per answered request, with its duration (DMFS_SNAPSHOTTER_TRACE=1 for `dmfs snapshotter`). */
+  traceRequests?: boolean;
 }
 
 /** The gRPC metadata header carrying containerd's namespace. */
@@ -67,6 +69,8 @@ export class SnapshotterService {
   /** Layer name → mountpoint of the live mounts this service made. */
   private readonly mounted = new Map<string, string>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** Removals answered but not done yet (unmount, then the layer), one at a time in the order asked. */
+  private removals: Promise<unknown> = Promise.resolve();
   private readonly log: (line: string) => void;
 
   private constructor(private readonly opts: SnapshotterServiceOptions, private readonly server: grpc.Server) {
@@ -92,9 +96,10 @@ export class SnapshotterService {
     return service;
   }
 
-  /** Stops answering, then unmounts every snapshot (flushing each). */
+  /** Stops answering, finishes pending removals, then unmounts every snapshot (flushing each). */
   async stop(): Promise<void> {
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    await this.settled();
     await this.serial(async () => {
       for (const [layer, mp] of [...this.mounted]) {
         await this.opts.mountHost.unmount(mp).catch((err) => this.log(`unmounting ${mp} failed: ${(err as Error).message}`));
@@ -105,6 +110,7 @@ export class SnapshotterService {
   }
 
   private async mountExisting(): Promise<void> {
+    for (const layer of await this.catalog.pendingRemovals()) await this.finishRemoval(layer);
     for (const s of await this.catalog.list()) {
       if (s.kind === 'committed') continue;
       try {
@@ -149,13 +155,16 @@ export class SnapshotterService {
     return this.serial(async () => {
       const request = { kind, key: req.key, parent: req.parent, namespace: ns, labels: req.labels ?? {} };
       if (await this.catalog.find(req.key)) throw dmfsError('LAYER_EXISTS', `snapshot ${req.key} already exists`);
+      // The key is used again before its old layer went: finish that removal now (never wait
+      // on the removal queue here: a queued clean-up waits on this very queue).
+      if (await this.catalog.isPendingRemoval(req.key)) await this.finishRemoval(layerNameForKey(req.key));
       const existing = await this.catalog.committedForRef(request);
       if (existing) throw dmfsError('LAYER_EXISTS', `target snapshot ${existing.key} exists: the pool holds layer ${request.labels['containerd.io/snapshot.ref']} already`);
       const s = await this.catalog.create(request);
       try {
         return { mounts: await this.ensureMounted(s) };
       } catch (err) {
-        await this.catalog.remove(s.key).catch(() => undefined);
+        await this.catalog.remove(s.key).then((l) => this.catalog.finishRemoval(l)).catch(() => undefined);
         throw err;
       }
     });
@@ -171,37 +180,77 @@ export class SnapshotterService {
     });
   }
 
+  /**
+   * Answers once the snapshot is gone for containerd (its record is a removal mark); the
+   * unmount and the layer's removal follow in the background, in order, so a `ctr run
+   * --rm` or containerd's garbage collector does not wait on them (settled() does).
+   */
   private async remove(key: string): Promise<void> {
     await this.serial(async () => {
-      const s = await this.catalog.get(key);
-      if ((await this.catalog.list()).some((c) => c.parent === key)) {
-        throw dmfsError('WRONG_LAYER_KIND', `snapshot ${key} has children: remove them first`);
-      }
-      await this.unmountIfMounted(s);
-      await this.catalog.remove(key);
+      const layerName = await this.catalog.remove(key);
+      const next = this.removals.then(() => this.finishRemoval(layerName));
+      this.removals = next.catch(() => undefined);
     });
   }
 
-  /** Unmounts and removes mount directories that no snapshot of the pool owns (a snapshot removed while this service was down). */
-  private async cleanup(): Promise<void> {
-    await this.serial(async () => {
-      const live = new Set((await this.catalog.list()).map((s) => String(s.layerId)));
-      for (const [layer, mp] of [...this.mounted]) {
-        if (!live.has(path.basename(mp))) {
-          await this.opts.mountHost.unmount(mp).catch((err) => this.log(`unmounting ${mp} failed: ${(err as Error).message}`));
-          this.mounted.delete(layer);
-        }
+  private async finishRemoval(layerName: string): Promise<void> {
+    try {
+      const mp = this.mounted.get(layerName);
+      if (mp !== undefined) {
+        await this.opts.mountHost.unmount(mp);
+        this.mounted.delete(layerName);
+        await fsp.rmdir(mp).catch(() => undefined);
       }
-      for (const entry of await fsp.readdir(this.opts.mountsDir)) {
-        if (!live.has(entry)) await fsp.rmdir(path.join(this.opts.mountsDir, entry)).catch((err) => this.log(`cannot remove ${entry}: ${(err as Error).message}`));
-      }
+      await this.catalog.finishRemoval(layerName);
+    } catch (err) {
+      this.log(`removing layer ${layerName} failed (Cleanup tries again): ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Frees what nothing refers to: layers whose removal is pending (a Remove not finished, a
+   * crash between a Remove and its removal), then mounts and mount directories no snapshot
+   * owns. containerd's garbage collector calls Cleanup while it holds its metadata lock, so
+   * this answers at once and the work runs after the pending removals (see settled()).
+   */
+  private cleanup(): void {
+    const next = this.removals.then(async () => {
+      for (const layer of await this.catalog.pendingRemovals()) await this.finishRemoval(layer);
+      await this.serial(() => this.removeStaleMounts());
     });
+    this.removals = next.catch((err) => this.log(`cleanup failed: ${(err as Error).message}`));
+  }
+
+  private async removeStaleMounts(): Promise<void> {
+    const live = new Set((await this.catalog.list()).map((s) => String(s.layerId)));
+    for (const [layer, mp] of [...this.mounted]) {
+      if (!live.has(path.basename(mp))) {
+        await this.opts.mountHost.unmount(mp).catch((err) => this.log(`unmounting ${mp} failed: ${(err as Error).message}`));
+        this.mounted.delete(layer);
+      }
+    }
+    for (const entry of await fsp.readdir(this.opts.mountsDir)) {
+      if (!live.has(entry)) await fsp.rmdir(path.join(this.opts.mountsDir, entry)).catch((err) => this.log(`cannot remove ${entry}: ${(err as Error).message}`));
+    }
+  }
+
+  /** Resolves once the removals and clean-ups answered so far are done. */
+  async settled(): Promise<void> {
+    let seen: Promise<unknown>;
+    do {
+      seen = this.removals;
+      await seen;
+    } while (seen !== this.removals);
   }
 
   private handlers(): grpc.UntypedServiceImplementation {
     const ns = (call: { metadata: grpc.Metadata }): string => String(call.metadata.get(NAMESPACE_HEADER)[0] ?? '');
     const unary = <Req, Res>(fn: (req: Req, namespace: string) => Promise<Res>): Unary<Req, Res> => (call, callback) => {
-      fn(call.request, ns(call) || namespaceOfKey((call.request as { key?: string }).key ?? '')).then((res) => callback(null, res), (err) => {
+      const startNs = process.hrtime.bigint();
+      fn(call.request, ns(call) || namespaceOfKey((call.request as { key?: string }).key ?? '')).then((res) => {
+        if (this.opts.traceRequests) this.log(`${call.getPath().split('/').pop()} ${(call.request as { key?: string }).key ?? ''}: ${(Number(process.hrtime.bigint() - startNs) / 1e6).toFixed(1)} ms`);
+        callback(null, res);
+      }, (err) => {
         const e = grpcError(err);
         if (e.code === grpc.status.INTERNAL || e.code === grpc.status.UNKNOWN) this.log(`request failed: ${(err as Error)?.stack ?? String(err)}`);
         callback(e);
@@ -231,7 +280,7 @@ export class SnapshotterService {
         return { size: u.sizeBytes, inodes: u.inodes };
       }),
       Cleanup: unary(async () => {
-        await this.cleanup();
+        this.cleanup();
         return {};
       }),
       List: (call: grpc.ServerWritableStream<{ filters: string[] }, { info: WireInfo[] }>) => {

@@ -59,6 +59,14 @@ maybe('containerd with the dmfs snapshotter', () => {
   const dmfs = (args: string[]): string => execFileSync(process.execPath, [DMFS_BIN, ...args, '--root', root], { encoding: 'utf8' });
   const dmfsJson = <T>(args: string[]): T => JSON.parse(dmfs([...args, '--json'])) as T;
   const snapshotLayers = (): LsLayer[] => dmfsJson<LsLayer[]>(['ls']).filter((l) => l.containerd);
+  /** containerd removes backend snapshots in its garbage collector, after the command returned: wait for it. */
+  const eventually = async (what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!check()) {
+      if (Date.now() > deadline) throw new Error(`${what}: still not so after ${timeoutMs} ms`);
+      await host.sleep(100);
+    }
+  };
   const run = (args: string[], ns = NS) => ctd.ctr(['run', '--rm', '--snapshotter', 'dmfs', ...args], { ns });
 
   beforeAll(async () => {
@@ -97,7 +105,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(host.mountsUnder(path.join(root, 'snapshots'))).toEqual([]);
   });
 
-  test('a container creates, reads and deletes files, lower files too, and its exit code comes through', () => {
+  test('a container creates, reads and deletes files, lower files too, and its exit code comes through', async () => {
     const r = run([IMAGE, 'c-root', 'sh', '-c', [
       'set -e',
       'echo hello > /tmp/new; test "$(cat /tmp/new)" = hello',
@@ -116,6 +124,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(again.stdout).toBe('built by the dmfs containerd test\n');
     expect(again.status).toBe(0);
     // --rm removed the containers' snapshots: only the image's is left.
+    await eventually('the containers\' snapshots removed', () => snapshotLayers().length === 1);
     expect(snapshotLayers().map((l) => l.containerd!.kind)).toEqual(['committed']);
   });
 
@@ -132,7 +141,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(r.status).toBe(0);
   });
 
-  test('ctr snapshot ls / info / usage / mounts / commit / rm agree with dmfs ls', () => {
+  test('ctr snapshot ls / info / usage / mounts / commit / rm agree with dmfs ls', async () => {
     const committedLayer = snapshotLayers().find((l) => l.containerd!.kind === 'committed')!;
     const ls = ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS });
     const imageKey = ls.split('\n').slice(1).map((l) => l.split(/\s+/)[0]).find((k) => k.startsWith('sha256:'))!;
@@ -166,6 +175,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(activeNow.exclusiveBytes).toBeGreaterThanOrEqual(256 * 1024);
 
     ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'commit', 'saved-1', 'work-1'], { ns: NS });
+    await eventually('work-1 committed', () => !snapshotLayers().some((l) => l.containerd!.key.endsWith('/work-1')));
     const saved = snapshotLayers().find((l) => l.containerd!.key.endsWith('/saved-1'))!;
     expect(saved).toMatchObject({ kind: 'image', parent: committedLayer.name, mounts: [] });
     expect(saved.exclusiveBytes).toBeGreaterThanOrEqual(256 * 1024);
@@ -187,10 +197,11 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(refused.status).not.toBe(0);
     expect(refused.stderr).toMatch(/precondition|children/i);
     ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'rm', 'look-1'], { ns: NS });
-    expect(host.mountsUnder(viewRoot)).toEqual([]);
+    await eventually('the view unmounted', () => host.mountsUnder(viewRoot).length === 0);
     ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'rm', 'saved-1'], { ns: NS });
     const left = ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS }).trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0]);
     expect(left).toEqual([imageKey]);
+    await eventually('dmfs ls shows only the image', () => snapshotLayers().length === 1);
     expect(snapshotLayers().map((l) => l.containerd!.key)).toEqual([committedLayer.containerd!.key]);
   });
 

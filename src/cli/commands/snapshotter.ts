@@ -16,7 +16,8 @@ export const command: Command = {
     'mount) and this process serves every snapshot mount, under POOL/snapshots/. containerd',
     'loads it with [proxy_plugins.dmfs] type = "snapshot" address = "SOCKET" (see',
     'mount-helpers/containerd-config.toml). One containerd per pool: its garbage collector',
-    'removes the snapshots it does not know of.',
+    'removes the snapshots it does not know of. DMFS_SNAPSHOTTER_TRACE=1 logs every request',
+    'with its duration.',
   ].join('\n'),
   options: [
     { name: 'socket', type: 'string', valueName: 'PATH', description: 'unix socket to listen on (default POOL/run/containerd-snapshotter.sock)' },
@@ -33,7 +34,7 @@ export const command: Command = {
     const host = new StoreMountHost(pool.store, log);
     let service: SnapshotterService | null = null;
     try {
-      service = await SnapshotterService.start({ store: pool.store, mountHost: host, mountsDir: defaults.mountsDir, socketPath, log });
+      service = await SnapshotterService.start({ store: pool.store, mountHost: host, mountsDir: defaults.mountsDir, socketPath, log, traceRequests: process.env.DMFS_SNAPSHOTTER_TRACE === '1' });
       if (ctx.json) ctx.stdout.write(JSON.stringify({ socket: socketPath, pid: process.pid }) + '\n');
       else ctx.stdout.write(`dmfs snapshotter listening on ${socketPath} (pid ${process.pid})\n`);
       const signal = await new Promise<NodeJS.Signals>((resolve) => {
