@@ -152,27 +152,36 @@ export class SnapshotCatalog {
   }
 
   /**
-   * Removes a marked layer. Its marked children go first (the caller finishes removals in
-   * the order it marked them); a layer that dmfs layers outside containerd build on stays
-   * in the pool as a plain dmfs layer, only the mark goes.
+   * Removes a marked layer; returns its parent layer's name when it went (a marked parent
+   * may go next), else null. While a child holds a snapshot or is marked itself, the layer
+   * waits (LAYER_HAS_CHILDREN): containerd removes a chain in no set order across
+   * namespaces, and the last child to go finishes its parent. A layer that only plain dmfs
+   * layers build on stays in the pool as a plain dmfs layer: only the mark goes.
    */
-  async finishRemoval(layerName: string): Promise<void> {
+  async finishRemoval(layerName: string): Promise<string | null> {
     const layer = await this.layerOrNull(layerName);
-    if (!layer || layer.labels[REMOVAL_MARK] === undefined) return;
+    if (!layer || layer.labels[REMOVAL_MARK] === undefined) return null;
     if (layer.children.length) {
       const all = await this.store.listLayers();
-      const kept = layer.children.filter((c) => all.find((l) => l.name === c)?.labels[REMOVAL_MARK] === undefined);
-      if (kept.length === 0) throw dmfsError('LAYER_HAS_CHILDREN', `layer ${layerName} waits for the removal of its children`);
+      const children = all.filter((l) => layer.children.includes(l.name));
+      if (children.some((c) => c.labels[REMOVAL_MARK] !== undefined || snapshotOfLayer(c))) {
+        throw dmfsError('LAYER_HAS_CHILDREN', `layer ${layerName} waits for the removal of its children (${layer.children.join(', ')})`);
+      }
       await this.store.setLabels(layerName, withoutSnapshotLabels(layer.labels));
-      return;
+      return null;
     }
     await this.store.removeLayer(layerName);
+    return layer.parent;
   }
 
   /** Whether the layer of key `key` is still there, marked for removal. */
   async isPendingRemoval(key: string): Promise<boolean> {
-    const layer = await this.layerOrNull(layerNameForKey(key));
-    return layer?.labels[REMOVAL_MARK] !== undefined;
+    return this.isMarkedForRemoval(layerNameForKey(key));
+  }
+
+  async isMarkedForRemoval(layerName: string): Promise<boolean> {
+    const layer = await this.layerOrNull(layerName);
+    return layer !== null && layer.labels[REMOVAL_MARK] !== undefined;
   }
 
   /** Layers marked for removal, children before parents. */

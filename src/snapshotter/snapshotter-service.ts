@@ -25,7 +25,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { dmfsError } from '../errors';
+import { dmfsError, isDmfsError } from '../errors';
 import { poolPaths } from '../pool/pool-paths';
 import type { LayerStore } from '../store/layer-store';
 import { snapshotFilter } from './list-filters';
@@ -201,8 +201,10 @@ export class SnapshotterService {
         this.mounted.delete(layerName);
         await fsp.rmdir(mp).catch(() => undefined);
       }
-      await this.catalog.finishRemoval(layerName);
+      const parent = await this.catalog.finishRemoval(layerName);
+      if (parent && (await this.catalog.isMarkedForRemoval(parent))) await this.finishRemoval(parent);
     } catch (err) {
+      if (isDmfsError(err, 'LAYER_HAS_CHILDREN')) return; // its last child finishes it
       this.log(`removing layer ${layerName} failed (Cleanup tries again): ${(err as Error).message}`);
     }
   }
