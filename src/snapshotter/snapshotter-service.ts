@@ -294,7 +294,7 @@ export class SnapshotterService {
             for (let i = 0; i < infos.length; i += LIST_BATCH) call.write({ info: infos.slice(i, i + LIST_BATCH) });
             call.end();
           } catch (err) {
-            call.destroy(grpcError(err));
+            call.emit('error', grpcError(err)); // grpc-js ends the call with this status
           }
         })();
       },

@@ -22,6 +22,7 @@ class RecordingMountHost implements SnapshotMountHost {
   readonly calls: string[] = [];
   async mount(layerName: string, mountpoint: string, opts: { readOnly: boolean }): Promise<void> {
     this.calls.push(`mount ${layerName} ${opts.readOnly ? 'ro' : 'rw'}`);
+    fs.mkdirSync(mountpoint, { recursive: true }); // the host makes the mountpoint (SnapshotMountHost)
     this.live.set(mountpoint, { layer: layerName, readOnly: opts.readOnly });
   }
   async unmount(mountpoint: string): Promise<void> {
@@ -79,12 +80,13 @@ describe('SnapshotterService (gRPC, real store, recorded mounts)', () => {
 
   /** Prepare, write a file through the store, Commit: what an unpack does. */
   async function unpack(key: string, name: string, parent = '', labels: Record<string, string> = {}): Promise<void> {
-    await call(client, 'Prepare', { key, parent, labels });
+    // No namespace header, as containerd 1.6 sends: the namespace comes from the key.
+    await call(client, 'Prepare', { key, parent, labels }, '');
     const layerFs = await pool.store.openLayer(layerNameForKey(key));
     const f = await layerFs.mknod(layerFs.rootIno, `f-${name.length}`, { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
     await layerFs.write(f.ino, Buffer.alloc(100_000, 1), 0);
     await layerFs.close();
-    await call(client, 'Commit', { name, key, labels });
+    await call(client, 'Commit', { name, key, labels }, '');
   }
 
   test('Prepare answers a bind mount of its own mount, Commit makes an image layer, Stat/List/Usage report it', async () => {
