@@ -28,6 +28,8 @@ if (PROBLEM && process.env.CI !== 'true') {
 const maybe = !PROBLEM || process.env.CI === 'true' ? describe : describe.skip;
 
 const IMAGE = 'docker.io/library/dmfs-busybox:1';
+/** The same layer, its config saying User 65534:65534 (ctr 1.6's run has no --user). */
+const NOBODY_IMAGE = 'docker.io/library/dmfs-busybox:nobody';
 const NS = 'test';
 
 interface LsLayer {
@@ -54,6 +56,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     cleanupNamespace(ns?: string): void;
   };
   let archive: string;
+  let nobodyArchive: string;
   let baselineUsedBytes: number;
 
   const dmfs = (args: string[]): string => execFileSync(process.execPath, [DMFS_BIN, ...args, '--root', root], { encoding: 'utf8' });
@@ -81,6 +84,7 @@ maybe('containerd with the dmfs snapshotter', () => {
     await ctd.start();
     const tree = host.buildBusyboxTree(path.join(work, 'tree'));
     archive = host.buildOciArchive(tree, IMAGE, work).archive;
+    nobodyArchive = host.buildOciArchive(tree, NOBODY_IMAGE, work, { user: '65534:65534' }).archive;
   }, 180_000);
 
   afterAll(async () => {
@@ -129,7 +133,8 @@ maybe('containerd with the dmfs snapshotter', () => {
   });
 
   test('as uid 65534 the kernel checks permissions: /tmp is writable, /root and /etc are not', () => {
-    const r = run(['--user', '65534', IMAGE, 'c-nobody', 'sh', '-c', [
+    ctd.ctrOk(['image', 'import', '--snapshotter', 'dmfs', nobodyArchive], { ns: NS });
+    const r = run([NOBODY_IMAGE, 'c-nobody', 'sh', '-c', [
       'id -u',
       'echo x > /tmp/mine && ls -ln /tmp/mine | awk \'{print $3}\'',
       'echo x > /root/no 2>/dev/null && echo wrote-root',
@@ -142,11 +147,11 @@ maybe('containerd with the dmfs snapshotter', () => {
   });
 
   test('ctr snapshot ls / info / usage / mounts / commit / rm agree with dmfs ls', async () => {
-    const committedLayer = snapshotLayers().find((l) => l.containerd!.kind === 'committed')!;
     const ls = ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS });
     const imageKey = ls.split('\n').slice(1).map((l) => l.split(/\s+/)[0]).find((k) => k.startsWith('sha256:'))!;
     // containerd's key is the last part of dmfs's (containerd keeps NAMESPACE/SEQ/KEY in its backend).
-    expect(committedLayer.containerd!.key.endsWith(`/${imageKey}`)).toBe(true);
+    const committedLayer = snapshotLayers().find((l) => l.containerd!.key.endsWith(`/${imageKey}`))!;
+    expect(committedLayer).toMatchObject({ kind: 'image', containerd: { kind: 'committed', namespace: NS } });
 
     ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'prepare', 'work-1', imageKey], { ns: NS });
     const active = snapshotLayers().find((l) => l.containerd!.key.endsWith('/work-1'))!;
@@ -200,9 +205,11 @@ maybe('containerd with the dmfs snapshotter', () => {
     await eventually('the view unmounted', () => host.mountsUnder(viewRoot).length === 0);
     ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'rm', 'saved-1'], { ns: NS });
     const left = ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS }).trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0]);
-    expect(left).toEqual([imageKey]);
-    await eventually('dmfs ls shows only the image', () => snapshotLayers().length === 1);
-    expect(snapshotLayers().map((l) => l.containerd!.key)).toEqual([committedLayer.containerd!.key]);
+    expect(left).toContain(imageKey);
+    expect(left.filter((k) => ['work-1', 'saved-1', 'look-1'].includes(k))).toEqual([]);
+    const ours = (l: LsLayer) => /\/(work-1|saved-1|look-1)$/.test(l.containerd!.key);
+    await eventually('dmfs ls no longer shows work-1, saved-1, look-1', () => !snapshotLayers().some(ours));
+    expect(snapshotLayers().map((l) => l.containerd!.key)).toContain(committedLayer.containerd!.key);
   });
 
   test('a running container keeps working across a restart of containerd', async () => {
@@ -221,34 +228,30 @@ maybe('containerd with the dmfs snapshotter', () => {
     ctd.ctrOk(['container', 'rm', 'long'], { ns: NS });
   }, 120_000);
 
-  describe('pull from a local registry', () => {
-    let registry: RunningRegistry;
-    beforeAll(async () => {
-      registry = await startRegistry(path.join(work, 'registry'));
-    });
-    afterAll(async () => {
-      await registry?.stop();
-    });
-
-    test('a layer the pool holds is not unpacked again (ALREADY_EXISTS); containers run on the pulled image', () => {
+  // ctr 1.6's pull unpacks through Image.Unpack, which sends no containerd.io/snapshot.ref: the
+  // fast path (ALREADY_EXISTS) is what CRI, nerdctl and dockerd's pulls reach; it is tested
+  // against the metadata store's exact requests in test/unit/snapshotter.
+  test('pull from a local registry into another namespace; containers run on the pulled image', async () => {
+    const registry: RunningRegistry = await startRegistry(path.join(work, 'registry'));
+    try {
       const ref = `${registry.host}/dmfs/busybox:1`;
       ctd.ctrOk(['image', 'tag', IMAGE, ref], { ns: NS });
       ctd.ctrOk(['image', 'push', '--plain-http', ref], { ns: NS });
       const before = snapshotLayers();
-      const logBefore = fs.readFileSync(path.join(work, 'snapshotter.log'), 'utf8').length;
       const out = ctd.ctrOk(['image', 'pull', '--plain-http', '--snapshotter', 'dmfs', ref], { ns: 'pulled' });
       expect(out).toContain('done');
-      const log = fs.readFileSync(path.join(work, 'snapshotter.log'), 'utf8').slice(logBefore);
-      expect(log).not.toMatch(/mounted layer ctd\/pulled\/\d+\/extract/);
       const added = snapshotLayers().filter((l) => !before.some((b) => b.name === l.name));
       expect(added).toHaveLength(1);
-      expect(added[0]).toMatchObject({ kind: 'image', exclusiveBytes: 0, parent: before[0].name });
+      expect(added[0]).toMatchObject({ kind: 'image', parent: 'base' });
       expect(added[0].containerd).toMatchObject({ namespace: 'pulled', kind: 'committed' });
+      expect(added[0].labels['dmfs.chain_id']).toBe(before.find((b) => b.containerd!.key.endsWith(added[0].labels['dmfs.chain_id']))!.labels['dmfs.chain_id']);
       const r = run([ref, 'c-pulled', 'sh', '-c', 'cat /etc/motd'], 'pulled');
       expect(r.stdout).toBe('built by the dmfs containerd test\n');
       expect(r.status).toBe(0);
-    });
-  });
+    } finally {
+      await registry.stop();
+    }
+  }, 120_000);
 
   test('once containers and images are removed: no snapshots, no mounts, dmfs check clean, the space back', async () => {
     for (const ns of [NS, 'pulled']) {

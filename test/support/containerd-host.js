@@ -181,10 +181,11 @@ function sha256File(file) {
 
 /**
  * An OCI image archive (what `ctr image import` takes) of one uncompressed layer holding
- * `tree` (numeric owners as on disk), named `name` (`io.containerd.image.name`). Returns
+ * `tree` (numeric owners as on disk), named `name` (`io.containerd.image.name`), its
+ * processes run as `user` (the config's User, e.g. '65534:65534') when given. Returns
  * { archive, diffId, sizeBytes }.
  */
-function buildOciArchive(tree, name, workDir) {
+function buildOciArchive(tree, name, workDir, { user = '' } = {}) {
   const layout = path.join(workDir, 'layout');
   const blobs = path.join(layout, 'blobs', 'sha256');
   fs.rmSync(layout, { recursive: true, force: true });
@@ -204,7 +205,7 @@ function buildOciArchive(tree, name, workDir) {
   const config = put({
     architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
     os: 'linux',
-    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['sh'], WorkingDir: '/' },
+    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['sh'], WorkingDir: '/', ...(user ? { User: user } : {}) },
     rootfs: { type: 'layers', diff_ids: [`sha256:${layerHex}`] },
     history: [{ created_by: 'dmfs test: tar of a tree' }],
   });
@@ -219,7 +220,7 @@ function buildOciArchive(tree, name, workDir) {
     schemaVersion: 2,
     manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name.split(':').pop() } }],
   }));
-  const archive = path.join(workDir, 'image.tar');
+  const archive = path.join(workDir, `image-${crypto.createHash('sha256').update(name).digest('hex').slice(0, 8)}.tar`);
   const pack = spawnSync('tar', ['-cf', archive, '-C', layout, '.'], { encoding: 'utf8' });
   if (pack.status !== 0) throw new Error(`tar failed: ${pack.stderr}`);
   return { archive, diffId: `sha256:${layerHex}`, sizeBytes: layerBytes };
