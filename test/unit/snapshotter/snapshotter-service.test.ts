@@ -164,6 +164,20 @@ describe('SnapshotterService (gRPC, real store, recorded mounts)', () => {
     expect(res.mounts).toHaveLength(1);
   });
 
+  test('a layer unpacked in one namespace serves a pull in another; removed in either order, both layers go', async () => {
+    await unpack(`a/1/extract-1-x ${CHAIN}`, `a/2/${CHAIN}`);
+    const labels = { 'containerd.io/snapshot.ref': CHAIN };
+    await expect(call(client, 'Prepare', { key: `b/1/extract-2-y ${CHAIN}`, parent: '', labels }, '')).rejects.toMatchObject({ code: grpc.status.ALREADY_EXISTS });
+    const [alias] = await list(client, [`labels."containerd.io/snapshot.ref"==${CHAIN}`]);
+    expect(alias.name.startsWith('b/')).toBe(true);
+    expect((await pool.store.getLayer(layerNameForKey(alias.name))).parent).toBe(layerNameForKey(`a/2/${CHAIN}`));
+    // containerd's collector removes both snapshots (no parent between them for containerd), the dmfs parent first.
+    await call(client, 'Remove', { key: `a/2/${CHAIN}` });
+    await call(client, 'Remove', { key: alias.name });
+    await service.settled();
+    expect((await pool.store.listLayers()).map((l) => l.name)).toEqual(['base']);
+  });
+
   test('Update replaces the labels or the named ones; List without a namespace header lists every namespace', async () => {
     await unpack('a/1/extract', 'a/2/img', '', { keep: 'k', drop: 'd' });
     await unpack('b/1/extract', 'b/2/img');
