@@ -140,8 +140,15 @@ class PrivateContainerd {
     }
   }
 
-  /** `ctr -a ADDRESS -n NS ARGS`: { status, stdout, stderr } (never throws). */
+  /**
+   * `ctr -a ADDRESS -n NS ARGS`: { status, stdout, stderr } (never throws). `run` and
+   * `task exec` get this containerd's own runc root and FIFO directory (ctr's defaults are
+   * under /run/containerd, shared with the host's).
+   */
   ctr(args, { ns = 'test', input, timeoutMs = 300_000 } = {}) {
+    const own = ['--fifo-dir', path.join(this.dir, 'fifo')];
+    if (args[0] === 'run') args = ['run', '--runc-root', path.join(this.dir, 'runc'), ...own, ...args.slice(1)];
+    else if (args[0] === 'task' && args[1] === 'exec') args = ['task', 'exec', ...own, ...args.slice(2)];
     const r = spawnSync('ctr', ['-a', this.address, '-n', ns, ...args], { encoding: 'utf8', input, timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 });
     return { status: r.status, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + (r.error ? String(r.error) : '') };
   }
