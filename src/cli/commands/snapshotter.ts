@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { Pool } from '../../api';
-import { requireFullMetadataVerify } from '../../pool/metadata-verify';
+import { requireFullMetadataVerify } from '../../pool/metadata-gate';
 import { SnapshotterService, snapshotterPathsOf } from '../../snapshotter/snapshotter-service';
 import { StoreMountHost } from '../../snapshotter/store-mount-host';
 import type { Command } from '../command';
