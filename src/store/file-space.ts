@@ -190,6 +190,8 @@ export class FileSpace {
   }
 
   private async punch(ino: Ino, begin: number, end: number): Promise<void> {
+    // At or past the end of the file a punch changes nothing, times included (as ext4).
+    if (begin >= this.records.mustInode(ino).rec.size) return;
     const { first, stop } = await this.zeroPartialBlocks(ino, begin, end);
     if (first >= stop) return this.touch(ino);
     await this.ctx.inodeMutex.run(ino, async () => {
@@ -363,7 +365,7 @@ export class FileSpace {
     }
   }
 
-  /** A punch that changed no block still changes the file's times, as on ext4. */
+  /** A punch inside the file that dropped no block still changes its times, as on ext4. */
   private touch(ino: Ino): void {
     this.ctx.pool.txn(() => {
       const rec = this.records.ownRecord(ino);
