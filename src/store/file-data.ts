@@ -103,6 +103,12 @@ export class FileData {
     }
   }
 
+  /** METADATA_CORRUPT unless each segment of ino's chain holds the block-map entries its record counts (SEEK_DATA's holes are not lost entries either). */
+  assertMapsIntact(ino: Ino, idx: number): void {
+    const chain = this.records.inodeChain(ino);
+    this.assertNoLostEntries(ino, idx, chain, chain.length);
+  }
+
   async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
     this.ctx.assertOpen();
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);

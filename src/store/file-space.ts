@@ -97,6 +97,8 @@ export class FileSpace {
     if (offsetBytes < 0 || offsetBytes >= size) throw dmfsError('PAST_END_OF_FILE', `offset ${offsetBytes} is not before the end of the file (${size} bytes)`);
     const endIdx = Math.ceil(size / this.bs);
     let idx = Math.floor(offsetBytes / this.bs);
+    // The search skips holes by their keys: a lost entry must not pass for one.
+    this.data.assertMapsIntact(ino, idx);
     if (what === 'hole') {
       while (idx < endIdx && this.visibleData(ino, idx)) idx++;
       return Math.min(size, Math.max(offsetBytes, idx * this.bs));

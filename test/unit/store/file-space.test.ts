@@ -3,7 +3,12 @@
  * a byte model, through the chain (image below, container above, commit, a container on
  * the committed image), with space accounting, `dmfs check` and dump/restore after each.
  */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { Pool } from '../../../src/api';
+import { exportLayer } from '../../../src/image/exporter';
 import { dumpMetadata, restoreMetadata } from '../../../src/store/dump';
 import { S_IFREG, type FallocateHow, type LayerFs } from '../../../src/store/layer-store';
 import { tempPool } from '../../support/temp-pool';
@@ -56,6 +61,21 @@ async function withPool(fn: (pool: Pool) => Promise<void>, opts?: Parameters<typ
     await fn(pool);
   } finally {
     await remove();
+  }
+}
+
+/** The content of `name` in the OCI layer tar `dmfs export LAYER` writes, extracted by tar(1). */
+async function exportedFile(pool: Pool, layer: string, name: string): Promise<Buffer> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-export-'));
+  try {
+    const chunks: Buffer[] = [];
+    await exportLayer(pool.store, layer, (c) => void chunks.push(Buffer.from(c)));
+    fs.writeFileSync(path.join(dir, 'layer.tar'), Buffer.concat(chunks));
+    fs.mkdirSync(path.join(dir, 'x'));
+    execFileSync('tar', ['-xf', path.join(dir, 'layer.tar'), '-C', path.join(dir, 'x')]);
+    return fs.readFileSync(path.join(dir, 'x', name));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -197,6 +217,8 @@ describe('fallocate: punching and zeroing', () => {
     expect(await l.seekData!(ino, BS, 'data')).toBe(4 * BS);
     await l.close();
     await expectClean(pool);
+    // Export of the container's changes carries the punched file as it reads: zeros there.
+    expect((await exportedFile(pool, 'c', 'f')).equals(model)).toBe(true);
 
     await pool.store.commit('c', 'img2');
     await pool.store.createLayer('c2', { kind: 'container', parent: 'img2' });
@@ -315,6 +337,19 @@ describe('SEEK_DATA / SEEK_HOLE', () => {
     await l.close();
   }));
 });
+
+test('SEEK_DATA over a map that lost an entry is EIO, not a hole', () => withPool(async (pool) => {
+  const ino = await imageWith(pool, pattern(4 * BS, 16));
+  const bmap = pool.thinPool.table('bmap');
+  const lost = [...bmap.keys([0], [Number.MAX_SAFE_INTEGER])].find((k) => (k as number[])[1] === ino && (k as number[])[2] === 2);
+  expect(lost).toBeDefined();
+  pool.thinPool.txn(() => bmap.del(lost as number[]));
+  await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
+  const l = await pool.store.openLayer('c');
+  await expect(l.seekData!(ino, 2 * BS, 'data')).rejects.toMatchObject({ code: 'METADATA_CORRUPT', errno: 5 });
+  await expect(l.seekData!(ino, 0, 'hole')).rejects.toMatchObject({ code: 'METADATA_CORRUPT' });
+  await l.close();
+}));
 
 describe('random fallocate, write and truncate against a byte model', () => {
   test.each([1, 2, 3])('seed %i: a container over an image, then committed', (seed) => withPool(async (pool) => {
