@@ -99,10 +99,7 @@ export class FileSpace {
     let idx = Math.floor(offsetBytes / this.bs);
     // The search skips holes by their keys: a lost entry must not pass for one.
     this.data.assertMapsIntact(ino, idx);
-    if (what === 'hole') {
-      while (idx < endIdx && this.visibleData(ino, idx)) idx++;
-      return Math.min(size, Math.max(offsetBytes, idx * this.bs));
-    }
+    if (what === 'hole') return Math.min(size, Math.max(offsetBytes, this.nextHoleIndex(ino, idx, endIdx) * this.bs));
     const found = this.nextDataIndex(ino, idx, endIdx);
     if (found < 0) throw dmfsError('PAST_END_OF_FILE', `no data after offset ${offsetBytes}`);
     return Math.max(offsetBytes, found * this.bs);
@@ -119,6 +116,27 @@ export class FileSpace {
   private visibleData(ino: Ino, idx: number): boolean {
     const r = this.data.blockRef(ino, idx);
     return r !== null && holdsData(r.ref);
+  }
+
+  /**
+   * The first file block in [fromIdx, toIdx) without data as the chain sees it, or toIdx.
+   * A file whose chain is one segment is read in key order (one range scan); otherwise
+   * each block is looked up through the chain.
+   */
+  private nextHoleIndex(ino: Ino, fromIdx: number, toIdx: number): number {
+    const chain = this.records.inodeChain(ino);
+    if (chain.length === 1) {
+      const seg = this.ctx.segments[chain[0].level];
+      let next = fromIdx;
+      for (const { key, value } of this.bmap.range(bmapKey(seg, ino, fromIdx), bmapKey(seg, ino, toIdx))) {
+        if ((key as number[])[2] !== next || !holdsData(unpackBlockRef(value))) return next;
+        next++;
+      }
+      return next;
+    }
+    let idx = fromIdx;
+    while (idx < toIdx && this.visibleData(ino, idx)) idx++;
+    return idx;
   }
 
   /**
