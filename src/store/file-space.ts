@@ -96,7 +96,7 @@ export class FileSpace {
     const size = this.regularFile(ino);
     if (offsetBytes < 0 || offsetBytes >= size) throw dmfsError('PAST_END_OF_FILE', `offset ${offsetBytes} is not before the end of the file (${size} bytes)`);
     const endIdx = Math.ceil(size / this.bs);
-    let idx = Math.floor(offsetBytes / this.bs);
+    const idx = Math.floor(offsetBytes / this.bs);
     // The search skips holes by their keys: a lost entry must not pass for one.
     this.data.assertMapsIntact(ino, idx);
     if (what === 'hole') return Math.min(size, Math.max(offsetBytes, this.nextHoleIndex(ino, idx, endIdx) * this.bs));
