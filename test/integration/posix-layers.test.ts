@@ -29,17 +29,21 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
 
 const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
 
+/** Case directories a known difference leaves unlike ext4's (libfuse 2: the fallocate fsx stops at its first fallocate). */
+const UNLIKE_DIRS: Record<'kernel' | 'libfuse2', string[]> = { kernel: [], libfuse2: ['fal'] };
+
 for (const transport of fuseTransports()) {
   describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${transport} transport)`, () => {
     const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport), { sequential: true });
 
     it('after the cases both trees list the same (modes, owners, link counts, sizes, xattrs, content)', async () => {
+      const prune = UNLIKE_DIRS[transport].map((u) => `-path ./${u} -prune -o `).join('');
       const listing = (d: string) =>
-        run(`cd ${d} && { find . -mindepth 1 -type d -printf '%p %y %#m %U:%G %n\\n'; find . ! -type d -printf '%p %y %#m %U:%G %n %s %l\\n'; } | sort`);
+        run(`cd ${d} && { find . -mindepth 1 ${prune}-type d -printf '%p %y %#m %U:%G %n\\n'; find . ${prune}! -type d -printf '%p %y %#m %U:%G %n %s %l\\n'; } | sort`);
       expect(await listing(s.m.mnt)).toBe(await listing(s.oracle.dir));
       const xattrs = (d: string) => run(`cd ${d} && { getfattr -R -h -d -m - -e hex . 2>/dev/null || true; } | sed '/^$/d' | sort`);
       expect(await xattrs(s.m.mnt)).toBe(await xattrs(s.oracle.dir));
-      await run(`diff -r --no-dereference ${s.oracle.dir} ${s.m.mnt}`);
+      await run(`diff -r --no-dereference ${UNLIKE_DIRS[transport].map((u) => `-x ${u} `).join('')}${s.oracle.dir} ${s.m.mnt}`);
     });
 
     defineProbeTests(CASES, KNOWN[transport], () => s);
