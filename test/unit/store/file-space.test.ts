@@ -44,14 +44,31 @@ async function newFile(l: LayerFs, name: string): Promise<number> {
 }
 
 /** An image layer 'img' holding /f with `content`; returns f's inode. */
-async function imageWith(pool: Pool, content: Buffer, name = 'img'): Promise<number> {
-  await pool.store.createLayer(name, { kind: 'image', building: true });
-  const l = await pool.store.openLayer(name);
+async function imageWith(pool: Pool, content: Buffer): Promise<number> {
+  await pool.store.createLayer('img', { kind: 'image', building: true });
+  const l = await pool.store.openLayer('img');
   const ino = await newFile(l, 'f');
   await l.write(ino, content, 0);
   await l.close();
-  await pool.store.sealLayer(name);
+  await pool.store.sealLayer('img');
   return ino;
+}
+
+/** A container 'c' on an image 'img' whose /f holds `content`, open for writing. */
+async function containerOver(pool: Pool, content: Buffer): Promise<{ ino: number; l: LayerFs }> {
+  const ino = await imageWith(pool, content);
+  await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
+  return { ino, l: await pool.store.openLayer('c') };
+}
+
+/** Container 'c' is clean, commits as 'img2', and 'img2' reads `model` as /f's content and is clean too. */
+async function expectCommitted(pool: Pool, ino: number, model: Buffer): Promise<void> {
+  await expectClean(pool);
+  await pool.store.commit('c', 'img2');
+  const r = await pool.store.openLayer('img2', { readOnly: true });
+  expect((await readAll(r, ino)).equals(model)).toBe(true);
+  await r.close();
+  await expectClean(pool);
 }
 
 /** Runs fn on a fresh pool, removed afterwards whatever happens. */
@@ -139,9 +156,7 @@ describe('fallocate: reserving (mode 0, KEEP_SIZE)', () => {
 
   test('over a lower file, the container gets its own copies (content kept), so later writes copy nothing', () => withPool(async (pool) => {
     const content = pattern(3 * BS + 777, 4);
-    const ino = await imageWith(pool, content);
-    await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
-    const l = await pool.store.openLayer('c');
+    const { ino, l } = await containerOver(pool, content);
     const before = usedBlocks(pool);
     await l.fallocate!(ino, 0, 5 * BS, KEEP);
     expect(usedBlocks(pool) - before).toBe(5);
@@ -207,9 +222,7 @@ describe('fallocate: punching and zeroing', () => {
 
   test('a punched range over a lower file reads zeros in the container, after commit, and in a container on the commit', () => withPool(async (pool) => {
     const model = pattern(5 * BS + 999, 8);
-    const ino = await imageWith(pool, model);
-    await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
-    const l = await pool.store.openLayer('c');
+    const { ino, l } = await containerOver(pool, model);
     await l.fallocate!(ino, BS - 10, 3 * BS + 20, PUNCH); // partial 0 and 4, whole 1..3
     model.fill(0, BS - 10, 4 * BS + 10);
     expect((await readAll(l, ino)).equals(model)).toBe(true);
@@ -251,9 +264,7 @@ describe('fallocate: punching and zeroing', () => {
 
   test('zero-range: zeros that stay allocated; mode 0 grows the size', () => withPool(async (pool) => {
     const model = pattern(3 * BS, 9);
-    const ino = await imageWith(pool, model);
-    await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
-    const l = await pool.store.openLayer('c');
+    const { ino, l } = await containerOver(pool, model);
     const before = usedBlocks(pool);
     await l.fallocate!(ino, 100, 4 * BS, ZERO);
     const grown = Buffer.alloc(100 + 4 * BS);
@@ -286,9 +297,7 @@ describe('fallocate: collapse and insert', () => {
 
   test('shifts own and lower blocks, through commit', () => withPool(async (pool) => {
     let model = pattern(6 * BS + 500, 11);
-    const ino = await imageWith(pool, model);
-    await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
-    const l = await pool.store.openLayer('c');
+    const { ino, l } = await containerOver(pool, model);
     await l.write(ino, pattern(10, 12), 3 * BS + 5); // block 3 is the container's own
     pattern(10, 12).copy(model, 3 * BS + 5);
     await l.fallocate!(ino, BS, 2 * BS, COLLAPSE);
@@ -299,12 +308,7 @@ describe('fallocate: collapse and insert', () => {
     expect((await readAll(l, ino)).equals(model)).toBe(true);
     expect(await l.seekData!(ino, 2 * BS, 'data')).toBe(5 * BS);
     await l.close();
-    await expectClean(pool);
-    await pool.store.commit('c', 'img2');
-    const r = await pool.store.openLayer('img2', { readOnly: true });
-    expect((await readAll(r, ino)).equals(model)).toBe(true);
-    await r.close();
-    await expectClean(pool);
+    await expectCommitted(pool, ino, model);
   }));
 });
 
@@ -354,9 +358,7 @@ test('SEEK_DATA over a map that lost an entry is EIO, not a hole', () => withPoo
 describe('random fallocate, write and truncate against a byte model', () => {
   test.each([1, 2, 3])('seed %i: a container over an image, then committed', (seed) => withPool(async (pool) => {
     let model = pattern(5 * BS + 1234, seed);
-    const ino = await imageWith(pool, model);
-    await pool.store.createLayer('c', { kind: 'container', parent: 'img' });
-    const l = await pool.store.openLayer('c');
+    const { ino, l } = await containerOver(pool, model);
     let x = seed;
     const rnd = (n: number): number => {
       x = (x * 1103515245 + 12345) % 2147483648;
@@ -419,11 +421,6 @@ describe('random fallocate, write and truncate against a byte model', () => {
       if (!got.equals(model)) throw new Error(`content differs after ${what}`);
     }
     await l.close();
-    await expectClean(pool);
-    await pool.store.commit('c', 'img2');
-    const r = await pool.store.openLayer('img2', { readOnly: true });
-    expect((await readAll(r, ino)).equals(model)).toBe(true);
-    await r.close();
-    await expectClean(pool);
+    await expectCommitted(pool, ino, model);
   }));
 });
