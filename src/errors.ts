@@ -44,6 +44,8 @@ export const ERROR_CODES = {
   UNSAFE_PATH: E.EPERM,
   DEVICE_HAS_FILESYSTEM: E.EBUSY,
   NOT_SUPPORTED: E.EOPNOTSUPP,
+  /** lseek SEEK_DATA / SEEK_HOLE at or past the end of the file, or SEEK_DATA with only holes after the offset. */
+  PAST_END_OF_FILE: E.ENXIO,
   /** An operation this file system leaves out on purpose (FUSE then stops asking, e.g. FLUSH). */
   NOT_IMPLEMENTED: E.ENOSYS,
   NATIVE_UNAVAILABLE: E.ENOSYS,

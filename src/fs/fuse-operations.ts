@@ -39,6 +39,7 @@ import { constants as osConstants } from 'node:os';
 import { DmfsError, dmfsError, errnoOf } from '../errors';
 import type { Attr, DirEntry, Ino, LayerFs, ReadOptions, SetAttr, StatFs } from '../store/layer-store';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/layer-store';
+import { fallocateHowOf, seekWhatOf } from './file-space-flags';
 import { GroupSync } from './group-sync';
 import { HandleTable } from './handle-table';
 import { checkAccess, NAME_MAX_BYTES, newNodeOwner, POSIX_ACL_XATTRS, S_ISGID, S_ISUID, wallClockNs } from './posix-rules';
@@ -172,6 +173,10 @@ export interface FuseOperations {
   read(ctx: CallerContext, nodeId: number, fh: number, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data; killSuidgid as for setattr. */
   write(ctx: CallerContext, nodeId: number, fh: number, data: Buffer, offsetBytes: number, killSuidgid: boolean): Promise<number>;
+  /** fallocate(2); mode: its FALLOC_FL_* flags. NOT_IMPLEMENTED (ENOSYS) when the layer has none. */
+  fallocate(ctx: CallerContext, nodeId: number, fh: number, offsetBytes: number, lengthBytes: number, mode: number): Promise<void>;
+  /** lseek(2) with SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself): the new offset. */
+  lseek(ctx: CallerContext, nodeId: number, fh: number, offsetBytes: number, whence: number): Promise<number>;
   /**
    * close(2) is not a durability point (as on ext4): the store commits metadata at once and
    * flushes data and metadata at least every second; fsync and umount make writes durable
@@ -452,6 +457,16 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       const ino = inoOf(nodeId);
       if (!features.killPrivileges && !killSuidgid) return layer.write(ino, data, offsetBytes);
       return writeKilling(ino, data, offsetBytes, killSuidgid);
+    },
+
+    async fallocate(_ctx, nodeId, _fh, offsetBytes, lengthBytes, mode) {
+      if (!layer.fallocate) throw dmfsError('NOT_IMPLEMENTED', 'this layer has no fallocate');
+      await layer.fallocate(inoOf(nodeId), offsetBytes, lengthBytes, fallocateHowOf(mode));
+    },
+
+    async lseek(_ctx, nodeId, _fh, offsetBytes, whence) {
+      if (!layer.seekData) throw dmfsError('NOT_IMPLEMENTED', 'this layer has no SEEK_DATA / SEEK_HOLE');
+      return layer.seekData(inoOf(nodeId), offsetBytes, seekWhatOf(whence));
     },
 
     flush() {

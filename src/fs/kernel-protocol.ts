@@ -5,7 +5,9 @@
  *
  * Layout sizes used here: fuse_in_header 40, fuse_out_header 16, fuse_attr 88,
  * fuse_entry_out 128, fuse_attr_out 104, fuse_open_out 16, fuse_init_out 64,
- * fuse_kstatfs 80, fuse_dirent 24 + name (8-aligned), fuse_direntplus 152 + name.
+ * fuse_kstatfs 80, fuse_dirent 24 + name (8-aligned), fuse_direntplus 152 + name,
+ * fuse_fallocate_in 32 (fh, offset, length: u64; mode, padding: u32), fuse_lseek_in 24
+ * (fh, offset: u64; whence, padding: u32), fuse_lseek_out 8 (offset: u64).
  */
 import type { Attr, DirEntry, FileKind, StatFs } from '../store/layer-store';
 import { typeBitsOf } from './fuse-adapter';
@@ -32,8 +34,8 @@ export const Op = {
   UNLINK: 10, RMDIR: 11, RENAME: 12, LINK: 13, OPEN: 14, READ: 15, WRITE: 16, STATFS: 17,
   RELEASE: 18, FSYNC: 20, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24,
   FLUSH: 25, INIT: 26, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29, FSYNCDIR: 30, ACCESS: 34,
-  CREATE: 35, INTERRUPT: 36, DESTROY: 38, BATCH_FORGET: 42, READDIRPLUS: 44, RENAME2: 45,
-  SYNCFS: 50,
+  CREATE: 35, INTERRUPT: 36, DESTROY: 38, BATCH_FORGET: 42, FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45,
+  LSEEK: 46, SYNCFS: 50,
 } as const;
 
 /** INIT flags (fuse_init_in/out.flags). */

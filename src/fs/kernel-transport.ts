@@ -16,7 +16,7 @@ import { MAX_WRITE_BYTES, type KernelDispatcher, type KernelSession } from './ke
 import {
   ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_MIN_KERNEL_MINOR,
   FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
-  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeInitOut,
+  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeI64, writeInitOut,
   writeOpenOut, writeStatfs, type Unique,
 } from './kernel-protocol';
 
@@ -314,6 +314,16 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
             session.send(r, out, out.length);
           }, failTo(session, r));
         }
+        case Op.FALLOCATE:
+          void ops.fallocate(r, node, readU64(req, at), readU64(req, at + 8), readU64(req, at + 16), req.readUInt32LE(at + 24)).then(okTo(session, r), failTo(session, r));
+          return;
+        case Op.LSEEK:
+          void ops.lseek(r, node, readU64(req, at), readU64(req, at + 8), req.readUInt32LE(at + 16)).then((offset) => {
+            const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
+            writeI64(out, OUT_HEADER_BYTES, offset);
+            session.send(r, out, out.length);
+          }, failTo(session, r));
+          return;
         case Op.STATFS:
           void ops.statfs(r, node).then((s) => {
             const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + STATFS_OUT_BYTES);

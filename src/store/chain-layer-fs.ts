@@ -1,11 +1,12 @@
 import type { ThinPool } from '../pool/thin-pool';
 import { ChangeListing } from './change-listing';
 import { FileData } from './file-data';
+import { FileSpace } from './file-space';
 import { InodeRecords, ROOT_INO } from './inode-records';
 import { LayerContext, type LayerContextOptions } from './layer-context';
 import { LayerNamespace, NAME_MAX_BYTES } from './layer-namespace';
 import type {
-  Attr, DirEntry, Ino, LayerChange, LayerFs, NewNodeOptions, ReadOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
+  Attr, DirEntry, FallocateHow, Ino, LayerChange, LayerFs, NewNodeOptions, ReadOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
 } from './layer-store';
 import { layerStatfs } from './layer-statfs';
 import { LayerXattrs } from './layer-xattrs';
@@ -27,11 +28,13 @@ export interface ChainLayerFsOptions extends LayerContextOptions {
  *
  * Invariants kept by every method:
  * - bytes of a file past its size, inside its last block, read as zeros in every segment;
- * - no segment maps a file block at or past ceil(size / blockSize) of its own record;
+ * - no segment maps a file block at or past ceil(size / blockSize) of its own record,
+ *   except unwritten blocks that fallocate reserved with KEEP_SIZE (they read as zeros);
  * - a data block is referenced by at most one block-map entry in the whole pool.
  *
  * Made of parts sharing one LayerContext: InodeRecords (records, attributes), FileData
  * (block maps, copy-on-write, inline tails; checksums through VerifiedBlockReader),
+ * FileSpace (fallocate's modes, SEEK_DATA / SEEK_HOLE),
  * LayerNamespace (entries, whiteouts, links, orphans), LayerXattrs and ChangeListing.
  * This class forwards each operation to its part, which checks the layer is open (or
  * writable) and its arguments; it keeps what belongs to the layer as a whole: open
@@ -47,6 +50,7 @@ export class ChainLayerFs implements LayerFs {
   private readonly ctx: LayerContext;
   private readonly records: InodeRecords;
   private readonly data: FileData;
+  private readonly space: FileSpace;
   private readonly namespace: LayerNamespace;
   private readonly xattrs: LayerXattrs;
   private readonly changeListing: ChangeListing;
@@ -65,6 +69,7 @@ export class ChainLayerFs implements LayerFs {
     this.sizeLimitBytes = ctx.sizeLimitBytes;
     this.records = new InodeRecords(ctx);
     this.data = new FileData(ctx, this.records, new VerifiedBlockReader(ctx));
+    this.space = new FileSpace(ctx, this.records, this.data);
     this.namespace = new LayerNamespace(ctx, this.records, this.data);
     this.xattrs = new LayerXattrs(ctx, this.records);
     this.changeListing = new ChangeListing(ctx, this.records, this.namespace);
@@ -148,6 +153,14 @@ export class ChainLayerFs implements LayerFs {
 
   write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number> {
     return this.data.write(ino, data, offsetBytes);
+  }
+
+  fallocate(ino: Ino, offsetBytes: number, lengthBytes: number, how: FallocateHow): Promise<void> {
+    return this.space.fallocate(ino, offsetBytes, lengthBytes, how);
+  }
+
+  seekData(ino: Ino, offsetBytes: number, what: 'data' | 'hole'): Promise<number> {
+    return this.space.seekData(ino, offsetBytes, what);
   }
 
   // ---- open handles -------------------------------------------------------------

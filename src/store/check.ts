@@ -8,7 +8,7 @@ import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
 import { openStoreTables } from './store-tables';
 import {
-  blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
+  blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isUnwrittenRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
   packInode, unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef,
 } from './records';
 
@@ -221,8 +221,9 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       else if (referenced.has(b)) report('DOUBLE_MAPPED', `data block ${b} is mapped more than once (again by ${(key as number[]).join(':')})`);
       else {
         referenced.add(b);
-        // Blocks lost with a short data device are reported (DATA_LOST) already.
-        if (opts.data && !lostBlocks.has(b)) dataChecks.push({ where: (key as number[]).join(':'), ref });
+        // Blocks lost with a short data device are reported (DATA_LOST) already; an unwritten
+        // block's content is never read, so it has nothing to verify.
+        if (opts.data && !lostBlocks.has(b) && !isUnwrittenRef(ref)) dataChecks.push({ where: (key as number[]).join(':'), ref });
       }
     } else u.inlineBytes += ref.length;
     usage.set(seg, u);

@@ -3,7 +3,7 @@ import { packUint48 } from '../pool/codec';
 import type { ThinPool } from '../pool/thin-pool';
 import { openStoreTables } from './store-tables';
 import {
-  SECTORS_PER_BLOCK, hasSectorCrcs, isDataRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef,
+  SECTORS_PER_BLOCK, hasSectorCrcs, isDataRef, isUnwrittenRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef,
   unpackDirent, unpackInode, unpackLayer, unpackUsage, type DataRef, type DirentRecord, type InodeRecord, type LayerRecord,
   type SegmentUsage,
 } from './records';
@@ -63,6 +63,7 @@ export function dumpMetadata(pool: ThinPool, opts: { layers?: string[] } = {}): 
       const [, ino, fileBlock] = key as number[];
       const ref = unpackBlockRef(value);
       s.blocks.push([ino, fileBlock, !isDataRef(ref) ? { inline: ref.toString('base64') }
+        : isUnwrittenRef(ref) ? { block: ref.block, unwritten: true }
         : hasSectorCrcs(ref) ? { block: ref.block, sectorCrcs: ref.sectorCrcs } : { block: ref.block, crc: ref.crc }]);
     }
     for (const key of t.orphans.keys([seg], [seg + 1])) s.orphans.push((key as number[])[1]);
@@ -138,10 +139,11 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
 
 const isUint32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
 
-/** A dumped data block must be one of the two forms with well-formed numbers (BAD_IMAGE otherwise). */
+/** A dumped data block must be one of the three forms with well-formed numbers (BAD_IMAGE otherwise). */
 function checkJsonDataRef(ref: DataRef): void {
   const okBlock = Number.isSafeInteger(ref.block) && ref.block >= 0;
-  const okCrcs = hasSectorCrcs(ref)
+  const okCrcs = isUnwrittenRef(ref) ? ref.unwritten === true
+    : hasSectorCrcs(ref)
     ? Array.isArray(ref.sectorCrcs) && ref.sectorCrcs.length === SECTORS_PER_BLOCK && ref.sectorCrcs.every(isUint32)
     : isUint32(ref.crc);
   if (!okBlock || !okCrcs) throw dmfsError('BAD_IMAGE', `a block of the dump is malformed: ${JSON.stringify(ref)}`);

@@ -6,7 +6,7 @@ import type { InodeInChain, InodeRecords } from './inode-records';
 import type { LayerContext } from './layer-context';
 import type { Ino, ReadOptions } from './layer-store';
 import {
-  bmapKey, bmapRange, blockContentMatches, isDataRef, nowTime, packBlockRef, packUsage, sectorCrcsOf, unpackBlockRef, unpackUsage,
+  bmapKey, bmapRange, blockContentMatches, isDataRef, isUnwrittenRef, nowTime, packBlockRef, packUsage, sectorCrcsOf, unpackBlockRef, unpackUsage,
   usageBytes, type BlockRef,
 } from './records';
 import type { BlockRead, VerifiedBlockReader } from './verified-block-reader';
@@ -57,9 +57,9 @@ export class FileData {
 
   /**
    * The visible content of file block idx: nearest segment's ref, honouring `inherit` cuts.
-   * null is a hole, proved one: see assertNoLostEntries.
+   * null is a hole, proved one: see assertNoLostEntries. (Also FileSpace's lookup.)
    */
-  private blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
+  blockRef(ino: Ino, idx: number): { ref: BlockRef; level: number } | null {
     const chain = this.records.inodeChain(ino);
     for (let i = 0; i < chain.length; i++) {
       const { level, rec } = chain[i];
@@ -103,6 +103,12 @@ export class FileData {
     }
   }
 
+  /** METADATA_CORRUPT unless each segment of ino's chain holds the block-map entries its record counts (SEEK_DATA's holes are not lost entries either). */
+  assertMapsIntact(ino: Ino, idx: number): void {
+    const chain = this.records.inodeChain(ino);
+    this.assertNoLostEntries(ino, idx, chain, chain.length);
+  }
+
   async read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number> {
     this.ctx.assertOpen();
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw dmfsError('INVALID', `bad offset ${offsetBytes}`);
@@ -133,7 +139,7 @@ export class FileData {
   }
 
   /** Content of file block idx as the chain sees it, `length` bytes (zeros for holes), verified. */
-  private async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
+  async blockContent(ino: Ino, idx: number, length: number): Promise<Buffer> {
     const buf = Buffer.alloc(length);
     const r = this.blockRef(ino, idx);
     if (r === null) return buf;
@@ -142,14 +148,15 @@ export class FileData {
     return buf;
   }
 
-  private takeBlockOrThrow(): DataBlock {
+  takeBlockOrThrow(): DataBlock {
     const b = this.pool.takeBlock();
     // The pool names the limit hit (dm.min_free_space, or the host file system under it).
     if (b === null) throw this.pool.noSpaceError();
     return b;
   }
 
-  private checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
+  /** Inside txn: LAYER_FULL unless the chain can hold newBlocks more blocks and newInlineBytes more inline bytes. */
+  checkLayerSpace(newBlocks: number, newInlineBytes: number): void {
     if (newBlocks <= 0 && newInlineBytes <= 0) return;
     const used = this.chainUsedBytes();
     if (used + newBlocks * this.bs + newInlineBytes > this.ctx.sizeLimitBytes) {
@@ -193,6 +200,14 @@ export class FileData {
         const ownRaw = this.bmap.get(bmapKey(this.top, ino, idx));
         const own = ownRaw ? unpackBlockRef(ownRaw) : null;
         if (!own) newEntries++;
+        if (own && isUnwrittenRef(own)) {
+          // Reserved by fallocate, never written: its first write is whole (zeros around the slice).
+          const full = Buffer.alloc(this.bs);
+          slice.copy(full, inBlock);
+          pendingWrites.push({ block: asDataBlock(own.block), offset: 0, data: full });
+          mapped.push({ idx, ref: { block: own.block, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) }, fresh: false, replacesInline: 0 });
+          continue;
+        }
         if (own && isDataRef(own)) {
           // The layer's own block: written in place; its checksums follow the new content.
           const sectorCrcs = whole ? sectorCrcsOf(slice, this.ctx.sectorBytes) : await this.reader.rewrittenSectorCrcs(own, slice, inBlock);
@@ -218,7 +233,7 @@ export class FileData {
         if (whole) {
           pendingWrites.push({ block: fresh, offset: 0, data: slice });
           sectorCrcs = sectorCrcsOf(slice, this.ctx.sectorBytes);
-        } else if (lower && isDataRef(lower.ref)) {
+        } else if (lower && isDataRef(lower.ref) && !isUnwrittenRef(lower.ref)) {
           // Copy-on-write of one block: the native path (reflink / copy_file_range), then the
           // change. The copy is verified against the lower ref, whichever form it has.
           await this.pool.copyBlock(asDataBlock(lower.ref.block), fresh);
@@ -233,7 +248,7 @@ export class FileData {
         } else {
           const full = Buffer.alloc(this.bs);
           if (own) own.copy(full);
-          else if (lower) (lower.ref as Buffer).copy(full);
+          else if (lower && !isDataRef(lower.ref)) lower.ref.copy(full);
           slice.copy(full, inBlock);
           pendingWrites.push({ block: fresh, offset: 0, data: full });
           sectorCrcs = sectorCrcsOf(full, this.ctx.sectorBytes);
@@ -338,9 +353,10 @@ export class FileData {
     }
   }
 
-  /** Inside txn: removes own block-map entries at or past fromBlock; returns how many. */
-  truncateOwnBlocks(ino: Ino, fromBlock: number): number {
-    const [start, end] = bmapRange(this.top, ino, fromBlock);
+  /** Inside txn: removes own block-map entries in [fromBlock, toBlock) (freeing their blocks); returns how many. */
+  truncateOwnBlocks(ino: Ino, fromBlock: number, toBlock = Infinity): number {
+    const [start, fullEnd] = bmapRange(this.top, ino, fromBlock);
+    const end = toBlock === Infinity ? fullEnd : bmapKey(this.top, ino, toBlock);
     const entries = [...this.bmap.range(start, end)];
     if (!entries.length) return 0;
     let blocks = 0;
@@ -358,7 +374,8 @@ export class FileData {
     return entries.length;
   }
 
-  private addUsage(blocks: number, inlineBytes: number): void {
+  /** Inside txn: the own segment's usage moves by this many blocks and inline bytes. */
+  addUsage(blocks: number, inlineBytes: number): void {
     if (!blocks && !inlineBytes) return;
     const u = unpackUsage(this.ctx.tables.usage.get([this.top]));
     u.blocks += blocks;

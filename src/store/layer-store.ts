@@ -193,6 +193,27 @@ export interface LayerChange {
   at?: { dir: ChangeDir; name: string };
 }
 
+/**
+ * What fallocate(2) does to a regular file's range (its mode flags, decoded):
+ * - `allocate` (mode 0, or KEEP_SIZE): every block of the range gets a block of this
+ *   layer's own, so later writes there need no new space; holes become unwritten blocks
+ *   (reading as zeros); the size grows to the range's end unless keepSize.
+ * - `punch-hole` (PUNCH_HOLE, always with keepSize): the range reads as zeros; whole
+ *   blocks leave the file (a lower layer's block is hidden, never shown again), partial
+ *   ones are zeroed in place. Past the end of the file nothing changes.
+ * - `zero-range` (ZERO_RANGE): the range reads as zeros and stays allocated, as for
+ *   allocate; the size grows unless keepSize.
+ * - `collapse-range` / `insert-range` (COLLAPSE_RANGE / INSERT_RANGE): the range's blocks
+ *   leave the file and what follows moves down by its length, or everything from the
+ *   offset moves up and the range becomes a hole. Offset and length are multiples of the
+ *   pool block size (INVALID otherwise, as ext4 asks multiples of its block size); a
+ *   collapse must end before the end of the file, an insert start before it.
+ */
+export interface FallocateHow {
+  mode: 'allocate' | 'punch-hole' | 'zero-range' | 'collapse-range' | 'insert-range';
+  keepSize: boolean;
+}
+
 /** File-level operations on one layer. What the FUSE frontend and the image importer call. */
 export interface LayerFs {
   readonly layerName: string;
@@ -226,6 +247,21 @@ export interface LayerFs {
   read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data at offsetBytes (extending the file); returns data.length. */
   write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number>;
+
+  /**
+   * fallocate(2) over [offsetBytes, offsetBytes + lengthBytes) of a regular file (see
+   * FallocateHow). All or nothing: POOL_FULL / LAYER_FULL leave the file as it was.
+   * Optional: a layer without it answers FUSE with ENOSYS (the kernel then says EOPNOTSUPP).
+   */
+  fallocate?(ino: Ino, offsetBytes: number, lengthBytes: number, how: FallocateHow): Promise<void>;
+  /**
+   * lseek(2)'s SEEK_DATA (`data`) / SEEK_HOLE (`hole`) from offsetBytes: the first offset
+   * at or after it in data (a written block or inline bytes of the chain) or in a hole
+   * (no block, a punched one, an unwritten one; the end of the file counts as a hole).
+   * Data is found at block granularity. PAST_END_OF_FILE (ENXIO) at or past the end, or
+   * when no data follows. Optional, as fallocate.
+   */
+  seekData?(ino: Ino, offsetBytes: number, what: 'data' | 'hole'): Promise<number>;
 
   /** Keeps an inode alive while open: an unlinked but open file stays readable until the last release. */
   retain(ino: Ino): void;

@@ -102,15 +102,49 @@ export function isWhiteout(r: DirentRecord): r is { v: 1; whiteout: true } {
 /**
  * A file block's content: a data block with its checksums, or bytes kept inline in
  * metadata (shorter than a block; the rest reads as zeros).
+ *
+ * Inline content of no bytes is a punched hole (`HOLE_REF`, from fallocate PUNCH_HOLE):
+ * it reads as zeros like any hole, but as an entry it stops the chain lookup, so a block
+ * of a lower segment never shows through it.
  */
 export type BlockRef = DataRef | Buffer;
 
 /**
- * A data block and the CRC-32C(s) of its content. The store writes only `SectorCrcRef`;
- * `BlockCrcRef` is how blocks written before per-sector checksums stay readable (no
- * format bump: the tag byte tells them apart).
+ * A data block the entry owns and the CRC-32C(s) of its content. The store writes
+ * `SectorCrcRef`, and `UnwrittenRef` for blocks fallocate reserved; `BlockCrcRef` is how
+ * blocks written before per-sector checksums stay readable (no format bump: the tag byte
+ * tells them apart).
  */
-export type DataRef = BlockCrcRef | SectorCrcRef;
+export type DataRef = WrittenRef | UnwrittenRef;
+
+/** A data block whose content its checksums cover. */
+export type WrittenRef = BlockCrcRef | SectorCrcRef;
+
+/**
+ * Tag 3: a block taken for the file by fallocate and never written (ext4's unwritten
+ * extent). Its content reads as zeros whatever the data device holds, so it is never
+ * read; the first write to it writes the whole block. It owns its block like any data ref.
+ */
+export interface UnwrittenRef {
+  block: number;
+  unwritten: true;
+}
+
+export function isUnwrittenRef(ref: BlockRef): ref is UnwrittenRef {
+  return !Buffer.isBuffer(ref) && 'unwritten' in ref;
+}
+
+/** The entry of a punched block (see BlockRef). */
+export const HOLE_REF: Buffer = Buffer.alloc(0);
+
+export function isHoleRef(ref: BlockRef): boolean {
+  return Buffer.isBuffer(ref) && ref.length === 0;
+}
+
+/** Whether the entry holds bytes a read may see (SEEK_DATA's data): written blocks and inline content, not holes or unwritten blocks. */
+export function holdsData(ref: BlockRef): boolean {
+  return Buffer.isBuffer(ref) ? ref.length > 0 : !isUnwrittenRef(ref);
+}
 
 /** Tag 0: one CRC-32C of the whole block, so verifying any byte means reading the block whole. */
 export interface BlockCrcRef {
@@ -144,8 +178,9 @@ export function hasSectorCrcs(ref: DataRef): ref is SectorCrcRef {
   return 'sectorCrcs' in ref;
 }
 
-/** Whether a whole block's content matches its ref's checksum(s). */
+/** Whether a whole block's content matches its ref's checksum(s). An unwritten block's content is never read: it always matches. */
 export function blockContentMatches(ref: DataRef, content: Buffer): boolean {
+  if (isUnwrittenRef(ref)) return true;
   if (hasSectorCrcs(ref)) return firstBadSector(ref, content, 0, sectorSizeBytes(content.length)) === -1;
   return blockIo.crc32c(content) === ref.crc;
 }
@@ -170,13 +205,23 @@ export function firstBadSector(ref: SectorCrcRef, bytes: Buffer, firstSector: nu
 
 const TAG0_BYTES = 11;
 const TAG2_BYTES = 7 + 4 * SECTORS_PER_BLOCK;
+/** Tag 3 carries a CRC of its block number, so a damaged entry is not read as a reservation. */
+const TAG3_BYTES = 11;
 
 /**
  * Tag 0 [0][block: 6 bytes LE][crc: 4 bytes LE] (the store no longer writes it; restore does),
  * tag 1 [1][crc of bytes: 4 bytes LE][bytes],
- * tag 2 [2][block: 6 bytes LE][SECTORS_PER_BLOCK x crc: 4 bytes LE each].
+ * tag 2 [2][block: 6 bytes LE][SECTORS_PER_BLOCK x crc: 4 bytes LE each],
+ * tag 3 [3][block: 6 bytes LE][crc of the 6 block bytes: 4 bytes LE] (unwritten).
  */
 export function packBlockRef(ref: BlockRef): Buffer {
+  if (isUnwrittenRef(ref)) {
+    const b = Buffer.alloc(TAG3_BYTES);
+    b[0] = 3;
+    b.writeUIntLE(ref.block, 1, 6);
+    b.writeUInt32LE(blockIo.crc32c(b.subarray(1, 7)), 7);
+    return b;
+  }
   if (isDataRef(ref) && hasSectorCrcs(ref)) {
     if (ref.sectorCrcs.length !== SECTORS_PER_BLOCK) {
       throw dmfsError('INVALID', `data block ${ref.block} has ${ref.sectorCrcs.length} sector checksums, not ${SECTORS_PER_BLOCK}`);
@@ -208,6 +253,10 @@ export function unpackBlockRef(raw: Buffer): BlockRef {
     return { block: raw.readUIntLE(1, 6), sectorCrcs };
   }
   if (raw[0] === 0 && raw.length === TAG0_BYTES) return { block: raw.readUIntLE(1, 6), crc: raw.readUInt32LE(7) };
+  if (raw[0] === 3 && raw.length === TAG3_BYTES) {
+    if (blockIo.crc32c(raw.subarray(1, 7)) !== raw.readUInt32LE(7)) throw dmfsError('METADATA_CORRUPT', 'unwritten block map entry fails its checksum');
+    return { block: raw.readUIntLE(1, 6), unwritten: true };
+  }
   if (raw[0] === 1 && raw.length >= 5) {
     const bytes = Buffer.from(raw.subarray(5));
     if (blockIo.crc32c(bytes) !== raw.readUInt32LE(1)) throw dmfsError('METADATA_CORRUPT', 'inline block content fails its checksum');

@@ -5,7 +5,7 @@ import { asDataBlock, type DataBlock } from '../pool/block-address';
 import type { ThinPool } from '../pool/thin-pool';
 import type { LayerContext } from './layer-context';
 import type { ReadOptions } from './layer-store';
-import { firstBadSector, hasSectorCrcs, sectorCrcsOf, type DataRef } from './records';
+import { firstBadSector, hasSectorCrcs, isUnwrittenRef, sectorCrcsOf, type DataRef, type WrittenRef } from './records';
 
 /** Bytes [inBlock, inBlock + dst.length) of a data block, to land in dst; inside one block. */
 export interface BlockRead {
@@ -50,7 +50,8 @@ export class VerifiedBlockReader {
    * request, straight into the target when the request is sector-aligned. A whole-block
    * ref (tag 0) is read whole and verified the first time this layer reads it; later
    * partial reads of it read only what they need. A mismatch is DATA_CORRUPT (EIO)
-   * naming the block, and leaves every target zeroed.
+   * naming the block, and leaves every target zeroed. An unwritten ref reads as zeros
+   * without I/O.
    */
   async read(reads: BlockRead[], opts?: ReadOptions): Promise<void> {
     const ss = this.sectorBytes;
@@ -58,8 +59,12 @@ export class VerifiedBlockReader {
     const offsets: number[] = [];
     const targets: Buffer[] = [];
     /** `bytes` holds block bytes from firstSector's start; `from` is where the request starts in it. */
-    const checks: { ref: DataRef; bytes: Buffer; firstSector: number; copyTo: { dst: Buffer; from: number } | null }[] = [];
+    const checks: { ref: WrittenRef; bytes: Buffer; firstSector: number; copyTo: { dst: Buffer; from: number } | null }[] = [];
     for (const r of reads) {
+      if (isUnwrittenRef(r.ref)) {
+        r.dst.fill(0);
+        continue;
+      }
       const end = r.inBlock + r.dst.length;
       let begin = 0;
       let stop = this.bs;
@@ -104,10 +109,12 @@ export class VerifiedBlockReader {
    * The sector CRCs an own data block will have once `slice` lands at inBlock (the caller
    * writes only the slice). Per-sector refs read (and verify) only the old bytes of the
    * sectors the slice covers partly, and keep the other sectors' CRCs; a whole-block CRC
-   * can only be checked on the whole block, so a tag-0 block is read whole.
+   * can only be checked on the whole block, so a tag-0 block is read whole. Not for an
+   * unwritten ref: its bytes on the device are not zeros, so its first write is whole.
    */
   async rewrittenSectorCrcs(ref: DataRef, slice: Buffer, inBlock: number): Promise<number[]> {
     const ss = this.sectorBytes;
+    if (isUnwrittenRef(ref)) throw dmfsError('INVALID', `data block ${ref.block} is unwritten: write it whole`);
     if (!hasSectorCrcs(ref)) {
       const merged = Buffer.allocUnsafe(this.bs);
       await this.read([{ ref, inBlock: 0, dst: merged }]);

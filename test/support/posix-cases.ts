@@ -496,8 +496,23 @@ export const POSIX_CASES: ProbeCase[] = [
     steps: [
       ['open', 'f', 'f', 'O_CREAT|O_RDWR', 0o644], ['pwrite', 'f', 'data', 1048576], ['ftruncate', 'f', 4194304],
       ['fsync', 'f'],
-      ['lseek', 'f', 0, 'DATA'], ['lseek', 'f', 0, 'HOLE'], ['lseek', 'f', 1048576, 'HOLE'],
+      // The hole after the 4 bytes starts at their block's end: 4 KiB on ext4, 64 KiB on dmfs.
+      ['lseek', 'f', 0, 'DATA'], ['lseek', 'f', 0, 'HOLE'], ['lseek_in', 'f', 1048576, 'HOLE', 1048580, 4194304],
       ['lseek', 'f', 4194304, 'DATA'], ['lseek', 'f', 4194304, 'HOLE'],
+    ],
+  },
+  {
+    // Offsets are multiples of 64 KiB, where ext4's and dmfs's block boundaries agree.
+    name: 'data: SEEK_DATA / SEEK_HOLE after punching, fallocate and a write into the reservation',
+    steps: [
+      ['open', 'f', 'f', 'O_CREAT|O_RDWR', 0o644], ['pwrite', 'f', 'd'.repeat(262144), 0], ['ftruncate', 'f', 1048576],
+      ['fallocate', 'f', 3, 65536, 65536],
+      ['lseek', 'f', 0, 'HOLE'], ['lseek', 'f', 65536, 'DATA'], ['lseek', 'f', 70000, 'HOLE'], ['lseek', 'f', 131072, 'HOLE'],
+      ['lseek', 'f', 262144, 'DATA'], ['lseek', 'f', 262144, 'HOLE'], ['lseek', 'f', 1048575, 'HOLE'], ['lseek', 'f', 1048576, 'HOLE'],
+      ['fallocate', 'f', 1, 393216, 65536], ['lseek', 'f', 262144, 'DATA'],
+      ['pwrite', 'f', 'x', 400000], ['lseek_in', 'f', 262144, 'DATA', 393216, 400000], ['lseek_in', 'f', 400000, 'HOLE', 400001, 458752],
+      ['pread', 'f', 3, 399999], ['fstat', 'f', 'size'],
+      ['lseek', 'f', 0, 'END'], ['lseek', 'f', 10, 'SET'], ['lseek', 'f', 5, 'CUR'], ['read', 'f', 2],
     ],
   },
   {
@@ -615,6 +630,7 @@ mk wh/d; echo f > wh/f; echo g > wh/d/g
 mk dpk/usr/bin; printf 'v1-binary' > dpk/usr/bin/tool; chmod 755 dpk/usr/bin/tool; ln dpk/usr/bin/tool dpk/usr/bin/tool-alias
 mk tim/d; echo t > tim/f; echo u > tim/d/u
 mk cow; head -c 300000 /dev/zero | tr '\\0' 'L' > cow/blocks
+mk fal; seq 1 100000 > fal/lower
 mk opq2/d/sub; echo old > opq2/d/old; echo deeper > opq2/d/sub/deeper
 echo gone > unl/gone-in-l2
 `;
@@ -817,6 +833,7 @@ const DATA_EXTRA_CASES: ProbeCase[] = [
   { name: 'data: fsx, 400 ops in a 1 MiB file (writes, truncates, mmap writes, reads, reopens)', steps: [['fsx', 'f', 1, 400, 1048576]] },
   { name: 'data: fsx, 500 ops in a 140 KB file (inline tails, block boundaries)', steps: [['fsx', 'f', 2, 500, 140000]] },
   { name: 'data: fsx, 250 ops in a 3 MB file', steps: [['fsx', 'f', 3, 250, 3000000]] },
+  { name: 'data: fsx with fallocate modes and SEEK_DATA / SEEK_HOLE, 600 ops in a 1 MiB file', steps: [['fsx', 'f', 4, 600, 1048576, false, true]] },
   { name: 'data: four processes pwrite interleaved chunks of one file', steps: [['parallel_pwrite', 'f', 4, 400, 5000]] },
   { name: 'data: four processes append lines with O_APPEND (none lost, none torn)', steps: [['parallel_append', 'f', 4, 800]] },
 ];
@@ -831,4 +848,5 @@ export const SYSCALL_CASES: ProbeCase[] = POSIX_CASES.filter((c) => !c.name.star
 export const LAYER_DATA_CASES: ProbeCase[] = [
   { name: 'layers: fsx on a lower 300 KB file (copy-on-write under random I/O)', dir: 'cow', steps: [['fsx', 'blocks', 7, 300, 700000, true]] },
   { name: 'layers: fsx on a lower text file', dir: 'trc', steps: [['fsx', 'big', 8, 300, 400000, true]] },
+  { name: 'layers: fsx with fallocate and SEEK_DATA / SEEK_HOLE on a lower file (punched lower blocks read zeros)', dir: 'fal', steps: [['fsx', 'lower', 9, 300, 800000, true, true]] },
 ];

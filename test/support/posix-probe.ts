@@ -109,6 +109,11 @@ def do(op, a, fds, snaps):
         return os.pread(fds[a[0]], a[1], a[2]).decode('latin-1')
     elif op == 'lseek':
         return os.lseek(fds[a[0]], a[1], {'SET': 0, 'CUR': 1, 'END': 2, 'DATA': 3, 'HOLE': 4}[a[2]])
+    elif op == 'lseek_in':
+        # SEEK_DATA / SEEK_HOLE whose exact answer depends on the block size: 'in' when it
+        # lies in [lo, hi] (what any block size allows), else the offset itself.
+        r = os.lseek(fds[a[0]], a[1], {'DATA': 3, 'HOLE': 4}[a[2]])
+        return 'in' if a[3] <= r <= a[4] else r
     elif op == 'ftruncate':
         os.ftruncate(fds[a[0]], a[1])
     elif op == 'truncate':
@@ -225,7 +230,7 @@ def do(op, a, fds, snaps):
         p = subprocess.run(a[0], shell=True, capture_output=True, text=True)
         return '%d:%s' % (p.returncode, p.stdout.strip())
     elif op == 'fsx':
-        return fsx(a[0], a[1], a[2], a[3], len(a) > 4 and a[4])
+        return fsx(a[0], a[1], a[2], a[3], len(a) > 4 and a[4], len(a) > 5 and a[5])
     elif op == 'parallel_pwrite':
         return parallel_pwrite(a[0], a[1], a[2], a[3])
     elif op == 'parallel_append':
@@ -238,11 +243,17 @@ def do(op, a, fds, snaps):
         raise Exception('unknown op ' + op)
 
 
-def fsx(path, seed, nops, maxsize, keep=False):
+def fsx(path, seed, nops, maxsize, keep=False, falloc=False):
     # fsx-style: random pwrite / ftruncate / mmap write+msync / pread / reopen against an
-    # in-memory model; the first mismatch is the answer, else the content's digest.
+    # in-memory model; the first mismatch is the answer, else the content's digest. With
+    # falloc, also fallocate (mode 0, KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE) and SEEK_DATA /
+    # SEEK_HOLE, whose answers are checked for what every block size allows: SEEK_DATA
+    # skips no non-zero byte, SEEK_HOLE lands at the end or where a 4 KiB block reads zeros.
     import hashlib, random
     rnd = random.Random(seed)
+    kinds = ['write', 'write', 'write', 'truncate', 'mapwrite', 'read', 'read', 'reopen']
+    if falloc:
+        kinds += ['falloc', 'punch', 'punch', 'zero', 'seek', 'seek']
     model = bytearray()
     if keep:
         with open(path, 'rb') as fh:
@@ -250,8 +261,35 @@ def fsx(path, seed, nops, maxsize, keep=False):
     fd = os.open(path, os.O_CREAT | os.O_RDWR | (0 if keep else os.O_TRUNC), 0o644)
     try:
         for i in range(nops):
-            kind = rnd.choice(['write', 'write', 'write', 'truncate', 'mapwrite', 'read', 'read', 'reopen'])
-            if kind == 'write':
+            kind = rnd.choice(kinds)
+            if kind in ('falloc', 'punch', 'zero'):
+                off = rnd.randrange(0, maxsize)
+                n = rnd.randrange(1, min(maxsize - off, 300000) + 1)
+                keep_size = kind == 'punch' or rnd.random() < 0.5
+                mode = (1 if keep_size else 0) | {'falloc': 0, 'punch': 2, 'zero': 0x10}[kind]
+                cerr(libc.fallocate(fd, mode, off, n))
+                if not keep_size and len(model) < off + n:
+                    model.extend(bytes(off + n - len(model)))
+                if kind != 'falloc' and off < len(model):
+                    end = min(len(model), off + n)
+                    model[off:end] = bytes(end - off)
+            elif kind == 'seek':
+                if not model:
+                    continue
+                at = rnd.randrange(0, len(model))
+                try:
+                    data = os.lseek(fd, at, 3)
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        raise
+                    data = len(model)
+                if data < at or any(model[at:data]):
+                    return 'mismatch op %d SEEK_DATA from %d gave %d past data' % (i, at, data)
+                hole = os.lseek(fd, at, 4)
+                block_end = min(len(model), (hole // 4096 + 1) * 4096)
+                if hole < at or hole > len(model) or (hole < len(model) and any(model[hole:block_end])):
+                    return 'mismatch op %d SEEK_HOLE from %d gave %d, data there' % (i, at, hole)
+            elif kind == 'write':
                 off = rnd.randrange(0, maxsize)
                 n = rnd.randrange(1, min(maxsize - off, 200000) + 1)
                 data = rnd.randbytes(n)

@@ -1,6 +1,7 @@
 import { blockIo } from '../../../src/native';
 import {
-  SECTORS_PER_BLOCK, blockContentMatches, firstBadSector, packBlockRef, sectorCrcsOf, sectorSizeBytes, unpackBlockRef,
+  HOLE_REF, SECTORS_PER_BLOCK, blockContentMatches, firstBadSector, holdsData, isHoleRef, packBlockRef, sectorCrcsOf, sectorSizeBytes,
+  unpackBlockRef,
 } from '../../../src/store/records';
 
 const crcs = Array.from({ length: SECTORS_PER_BLOCK }, (_, i) => (0x9e3779b9 * (i + 1)) >>> 0);
@@ -53,4 +54,26 @@ test('sector CRCs: 16 sectors of blockSize/16 bytes; a damaged sector is found b
     expect(firstBadSector(ref, block.subarray(6 * ss, 9 * ss), 6, ss)).toBe(-1);
     expect(firstBadSector(ref, block.subarray(4 * ss, 6 * ss), 4, ss)).toBe(5);
   }
+});
+
+test('an unwritten ref (fallocate) packs as [3][block: 6 bytes LE][crc of them] and a damaged one does not unpack', () => {
+  const raw = packBlockRef({ block: 0x0a0b0c, unwritten: true });
+  expect(raw.length).toBe(11);
+  expect(raw[0]).toBe(3);
+  expect(raw.readUIntLE(1, 6)).toBe(0x0a0b0c);
+  expect(unpackBlockRef(raw)).toEqual({ block: 0x0a0b0c, unwritten: true });
+  const damaged = Buffer.from(raw);
+  damaged[2] ^= 1;
+  expect(() => unpackBlockRef(damaged)).toThrow(expect.objectContaining({ code: 'METADATA_CORRUPT' }));
+  // Its content is never read, so any bytes "match".
+  expect(blockContentMatches({ block: 1, unwritten: true }, Buffer.alloc(65536, 7))).toBe(true);
+});
+
+test('a punched hole is inline content of no bytes: a hole that is an entry', () => {
+  expect(isHoleRef(unpackBlockRef(packBlockRef(HOLE_REF)))).toBe(true);
+  expect(isHoleRef(Buffer.from('x'))).toBe(false);
+  expect(holdsData(HOLE_REF)).toBe(false);
+  expect(holdsData({ block: 1, unwritten: true })).toBe(false);
+  expect(holdsData({ block: 1, sectorCrcs: crcs })).toBe(true);
+  expect(holdsData(Buffer.from('x'))).toBe(true);
 });
