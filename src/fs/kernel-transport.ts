@@ -16,7 +16,7 @@ import { MAX_WRITE_BYTES, type KernelDispatcher, type KernelSession } from './ke
 import {
   ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_MIN_KERNEL_MINOR,
   FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
-  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeInitOut,
+  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeI64, writeDirent, writeEntry, writeInitOut,
   writeOpenOut, writeStatfs, type Unique,
 } from './kernel-protocol';
 
@@ -313,6 +313,22 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
             out.writeUInt32LE(n, OUT_HEADER_BYTES);
             session.send(r, out, out.length);
           }, failTo(session, r));
+        }
+        case Op.COPY_FILE_RANGE:
+        case Op.COPY_FILE_RANGE_64: {
+          // fuse_copy_file_range_in: fh_in, off_in, nodeid_out, fh_out, off_out, len, flags (u64 each);
+          // the reply is fuse_write_out (u32 size, u32 padding) or, for the _64 opcode, a u64
+          // bytes_copied: one little-endian u64 serves both. The u32 form copies at most 2 GiB a
+          // call (block-aligned, so the next call still shares blocks).
+          const wide = opcode === Op.COPY_FILE_RANGE_64;
+          const length = wide ? readU64(req, at + 40) : Math.min(readU64(req, at + 40), 2 ** 31);
+          void ops.copyFileRange(r, node, readU64(req, at), readU64(req, at + 8), readU64(req, at + 16), readU64(req, at + 24), readU64(req, at + 32), length, readU64(req, at + 48))
+            .then((n) => {
+              const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
+              writeI64(out, OUT_HEADER_BYTES, n);
+              session.send(r, out, out.length);
+            }, failTo(session, r));
+          return;
         }
         case Op.STATFS:
           void ops.statfs(r, node).then((s) => {

@@ -226,6 +226,15 @@ export interface LayerFs {
   read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data at offsetBytes (extending the file); returns data.length. */
   write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number>;
+  /**
+   * copy_file_range(2) between two regular files of this layer: up to lengthBytes from
+   * inoIn at offInBytes to inoOut at offOutBytes (extending it); returns the count, short
+   * at the source's end (0 past it) or for a very long range. Whole blocks are shared,
+   * not copied (a later write into either file copies that one block); overlapping ranges
+   * of one file are INVALID. Absent where a layer cannot share: FUSE then answers
+   * EOPNOTSUPP and the kernel copies the bytes itself.
+   */
+  copyFileRange?(inoIn: Ino, offInBytes: number, inoOut: Ino, offOutBytes: number, lengthBytes: number): Promise<number>;
 
   /** Keeps an inode alive while open: an unlinked but open file stays readable until the last release. */
   retain(ino: Ino): void;
