@@ -59,6 +59,29 @@ export class BlockSharing {
     this.refs.put(block, packSharers(this.sharers(block) + 1));
   }
 
+  /**
+   * Inside txn: addSharer for each block of the list (a block listed twice gains two). One
+   * range scan reads the counts there are when the blocks lie close together (a file
+   * written in one go), instead of a lookup each.
+   */
+  addSharers(blocks: readonly number[]): void {
+    if (!blocks.length) return;
+    let lo = Infinity;
+    let hi = -1;
+    for (const b of blocks) {
+      if (b < lo) lo = b;
+      if (b > hi) hi = b;
+    }
+    const counts = new Map<number, number>();
+    const dense = hi - lo < 4 * blocks.length + 1024;
+    if (dense) for (const { key, value } of this.refs.range(lo, hi + 1)) counts.set(key as number, unpackSharers(value));
+    for (const b of blocks) {
+      const n = (counts.get(b) ?? (dense ? 1 : this.sharers(b))) + 1;
+      counts.set(b, n);
+      this.refs.put(b, packSharers(n));
+    }
+  }
+
   /** Inside txn: one entry stopped mapping the block. True when nothing maps it now: the caller frees it. */
   dropSharer(block: number): boolean {
     const raw = this.refs.get(block);

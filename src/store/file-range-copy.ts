@@ -124,6 +124,7 @@ export class FileRangeCopy {
       let inlineDelta = 0;
       let entriesDelta = 0;
       const dropped: Buffer[] = [];
+      const shared: number[] = [];
       for (let k = 0; k < count; k++) {
         const s = src[k];
         const d = dst[k];
@@ -141,7 +142,7 @@ export class FileRangeCopy {
         else {
           tables.bmap.put(key, put);
           const block = put === EMPTY_INLINE ? null : s!.block;
-          if (block !== null) sharing.addSharer(block);
+          if (block !== null) shared.push(block);
           else inlineDelta += inlineBytesOfPacked(put);
         }
         if (own !== null) dropped.push(own);
@@ -149,6 +150,7 @@ export class FileRangeCopy {
       }
       // Sharers are added before any is dropped: a replaced block that is also a source
       // block of this copy is never freed in between.
+      sharing.addSharers(shared);
       let freedBlocks = 0;
       for (const raw of dropped) {
         const block = dataBlockOfPacked(raw);
