@@ -48,7 +48,10 @@ export interface CheckReport {
     segments: number;
     inodes: number;
     entries: number;
+    /** Block-map entries pointing at data blocks (a shared block counts once per entry). */
     mappedBlocks: number;
+    /** Data blocks mapped by more than one entry (block-sharing.ts). */
+    sharedBlocks: number;
     usedBlocks: number;
     reservedBlocks: number;
   };
@@ -445,6 +448,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       inodes: nrInodes,
       entries: nrEntries,
       mappedBlocks,
+      sharedBlocks: sharers.size,
       usedBlocks,
       reservedBlocks: reserved.size,
     },
