@@ -275,7 +275,10 @@ export interface LayerInfo {
   createdMs: number;
   labels: Record<string, string>;
   sizeLimitBytes: number;
-  /** Bytes of pool space held by this layer's own segment (blocks + inline data). */
+  /**
+   * Bytes of pool space held by this layer's own segment (blocks + inline data). A block
+   * shared by copies counts once, in the layer that wrote it (block-sharing.ts).
+   */
   exclusiveBytes: number;
   /** Bytes held by the ancestors that this layer sees through. */
   sharedBytes: number;
