@@ -310,3 +310,20 @@ test('a copy past the size limit fails with FILE_TOO_BIG; directories are refuse
   expect(await exclusive('small')).toBe(4 * BS);
   await fs.close();
 });
+
+test('a lost entry of a copy still reads METADATA_CORRUPT, never zeros (the copy counts its entries)', async () => {
+  const fs = await container();
+  const src = await newFile(fs, 'a', randomBytes(4 * BS));
+  const dst = await copyWhole(fs, src, 'b');
+  await fs.close();
+  const bmap = pool.thinPool.table('bmap');
+  const key = [...bmap.keys([0], [Number.MAX_SAFE_INTEGER])].find((k) => (k as number[])[1] === dst && (k as number[])[2] === 2)!;
+  pool.thinPool.txn(() => bmap.del(key));
+  const again = await pool.store.openLayer('c', { readOnly: true });
+  const err = await again.read(dst, Buffer.alloc(BS), 2 * BS).catch((e: unknown) => e);
+  expect(isDmfsError(err) && err.code).toBe('METADATA_CORRUPT');
+  await again.close();
+  const kinds = (await pool.check()).problems.map((p) => p.kind).sort();
+  // The count of the inode and the block's reference count both say an entry is missing.
+  expect(kinds).toEqual(['MAP_ENTRIES_LOST', 'REFCOUNT_MISMATCH']);
+});
