@@ -32,7 +32,7 @@ async function crashRounds(opts: { seedBase: number; onImage: boolean; workload?
         [path.join(REPO_ROOT, 'test/support/crash-writer.js'), root, 'c', String(seed), ...(opts.workload ? [opts.workload] : [])],
         150 + ((round * 97) % 500),
         (child) => child.kill('SIGKILL'),
-        { expectSignal: 'SIGKILL' },
+        { expectSignal: 'SIGKILL', fromFirstOp: true },
       );
       ackedOps.push(...ops.filter((op) => op.k <= acked));
 
