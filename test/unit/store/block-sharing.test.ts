@@ -60,6 +60,22 @@ async function container(name = 'c', parent?: string): Promise<LayerFs> {
   return pool.store.openLayer(name);
 }
 
+/** A container with file 'a' of sizeBytes random bytes and 'b', its whole copy. */
+async function copiedPair(sizeBytes: number): Promise<{ fs: LayerFs; content: Buffer; src: Ino; dst: Ino }> {
+  const fs = await container();
+  const content = randomBytes(sizeBytes);
+  const src = await newFile(fs, 'a', content);
+  const dst = await copyWhole(fs, src, 'b');
+  return { fs, content, src, dst };
+}
+
+/** Makes the layer's writes durable, checks the pool clean, closes the layer. */
+async function syncCheckClose(fs: LayerFs): Promise<void> {
+  await fs.fsync();
+  await expectClean();
+  await fs.close();
+}
+
 test('a block-aligned copy shares every block: no pool growth, same content, exclusive bytes counted once', async () => {
   const fs = await container();
   const content = randomBytes(16 * BS);
@@ -72,16 +88,11 @@ test('a block-aligned copy shares every block: no pool growth, same content, exc
   expect((await readAll(fs, dst)).equals(content)).toBe(true);
   expect((await fs.getattr(dst)).blocks512).toBe((16 * BS) / 512);
   expect(refsTable().count(0, Number.MAX_SAFE_INTEGER)).toBe(16);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('a 4 KiB write into the copy changes one block of the copy only; the source keeps its content', async () => {
-  const fs = await container();
-  const content = randomBytes(16 * BS);
-  const src = await newFile(fs, 'a', content);
-  const dst = await copyWhole(fs, src, 'b');
+  const { fs, content, src, dst } = await copiedPair(16 * BS);
   const before = usedBlocks();
   const patch = randomBytes(4096);
   await fs.write(dst, patch, 5 * BS + 100);
@@ -95,9 +106,7 @@ test('a 4 KiB write into the copy changes one block of the copy only; the source
   // Writing the source's copy of that block now writes in place (nothing else maps it).
   await fs.write(src, patch, 5 * BS);
   expect(usedBlocks()).toBe(before + 1);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('unlinking the source leaves the copy readable; unlinking both frees every block', async () => {
@@ -120,10 +129,7 @@ test('unlinking the source leaves the copy readable; unlinking both frees every 
 });
 
 test('truncating a copy drops its shares; the source is unchanged', async () => {
-  const fs = await container();
-  const content = randomBytes(10 * BS);
-  const src = await newFile(fs, 'a', content);
-  const dst = await copyWhole(fs, src, 'b');
+  const { fs, content, src, dst } = await copiedPair(10 * BS);
   const before = usedBlocks();
   await fs.setattr(dst, { sizeBytes: 3 * BS + 40000 });
   // The partial last block (past the inline limit) is copied to one new block; blocks 4..9
@@ -132,9 +138,7 @@ test('truncating a copy drops its shares; the source is unchanged', async () => 
   expect(refsTable().count(0, Number.MAX_SAFE_INTEGER)).toBe(3);
   expect((await readAll(fs, dst)).equals(content.subarray(0, 3 * BS + 40000))).toBe(true);
   expect((await readAll(fs, src)).equals(content)).toBe(true);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('partial blocks at the ends are copied as data, whole blocks in between are shared', async () => {
@@ -152,9 +156,7 @@ test('partial blocks at the ends are copied as data, whole blocks in between are
   const expected = Buffer.alloc(20 * BS, 7);
   content.copy(expected, 4 * BS + 1000, BS + 1000, 11 * BS + 1000);
   expect((await readAll(fs, dst)).equals(expected)).toBe(true);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('offsets that differ within a block copy the data; short at the end of the source, 0 past it', async () => {
@@ -168,9 +170,7 @@ test('offsets that differ within a block copy the data; short at the end of the 
   content.copy(expected, 512);
   expect((await readAll(fs, dst)).equals(expected)).toBe(true);
   expect(await fs.copyFileRange!(src, content.length, dst, 0, BS)).toBe(0);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('overlapping ranges of one file are refused; holes stay holes', async () => {
@@ -185,9 +185,7 @@ test('overlapping ranges of one file are refused; holes stay holes', async () =>
   expect(await fs.copyFileRange!(sparse, 0, dst, 0, 3 * BS)).toBe(3 * BS);
   const expected = Buffer.concat([Buffer.alloc(BS, 1), Buffer.alloc(BS), Buffer.alloc(BS, 3)]);
   expect((await readAll(fs, dst)).equals(expected)).toBe(true);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('a copy of a lower layer\'s file borrows its blocks; writes copy them; removing the container frees only its own', async () => {
@@ -207,9 +205,7 @@ test('a copy of a lower layer\'s file borrows its blocks; writes copy them; remo
   expect(usedBlocks()).toBe(before + 1);
   expect(await exclusive('c')).toBe(BS);
   expect((await readAll(fs, src)).equals(content)).toBe(true);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
   await pool.store.removeLayer('c');
   expect(usedBlocks()).toBe(before);
   expect(refsTable().count(0, Number.MAX_SAFE_INTEGER)).toBe(0);
@@ -250,10 +246,7 @@ test('commit keeps counts right, and a container on the committed image shares a
 });
 
 test('check finds a wrong, a missing and a stale reference count; --repair fixes them without freeing shared data', async () => {
-  const fs = await container();
-  const content = randomBytes(4 * BS);
-  const src = await newFile(fs, 'a', content);
-  const dst = await copyWhole(fs, src, 'b');
+  const { fs, content, src, dst } = await copiedPair(4 * BS);
   await fs.fsync();
   const refs = refsTable();
   const blocks = [...refs.keys(0, Number.MAX_SAFE_INTEGER)] as number[];
@@ -274,9 +267,7 @@ test('check finds a wrong, a missing and a stale reference count; --repair fixes
   // The repaired counts protect both files: a write into the copy leaves the source alone.
   await fs.write(dst, Buffer.alloc(BS, 0xee), BS);
   expect((await readAll(fs, src)).equals(content)).toBe(true);
-  await fs.fsync();
-  await expectClean();
-  await fs.close();
+  await syncCheckClose(fs);
 });
 
 test('dump and restore keep shared blocks shared and counted', async () => {
