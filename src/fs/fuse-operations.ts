@@ -178,6 +178,12 @@ export interface FuseOperations {
   /** lseek(2) with SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself): the new offset. */
   lseek(ctx: CallerContext, nodeId: number, fh: number, offsetBytes: number, whence: number): Promise<number>;
   /**
+   * copy_file_range(2) within this mount (the kernel answers EXDEV across mounts itself):
+   * the store shares whole blocks. Resolves to the bytes copied. NOT_SUPPORTED
+   * (EOPNOTSUPP) when the layer cannot: the kernel then copies through read and write.
+   */
+  copyFileRange(ctx: CallerContext, nodeIn: number, fhIn: number, offInBytes: number, nodeOut: number, fhOut: number, offOutBytes: number, lengthBytes: number, flags: number): Promise<number>;
+  /**
    * close(2) is not a durability point (as on ext4): the store commits metadata at once and
    * flushes data and metadata at least every second; fsync and umount make writes durable
    * (syncing at close cost ~40% of a tar -x). Throws NOT_IMPLEMENTED, which FUSE answers
@@ -467,6 +473,14 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async lseek(_ctx, nodeId, _fh, offsetBytes, whence) {
       if (!layer.seekData) throw dmfsError('NOT_IMPLEMENTED', 'this layer has no SEEK_DATA / SEEK_HOLE');
       return layer.seekData(inoOf(nodeId), offsetBytes, seekWhatOf(whence));
+    },
+
+    async copyFileRange(_ctx, nodeIn, _fhIn, offInBytes, nodeOut, _fhOut, offOutBytes, lengthBytes, flags) {
+      if (flags !== 0) throw dmfsError('INVALID', `copy_file_range flags ${flags} are not supported`);
+      if (!layer.copyFileRange) throw dmfsError('NOT_SUPPORTED', 'this layer does not share blocks; the kernel copies the data');
+      const ino = inoOf(nodeOut);
+      if (features.killPrivileges) await dropCapability(ino); // as a write would
+      return layer.copyFileRange(inoOf(nodeIn), offInBytes, ino, offOutBytes, lengthBytes);
     },
 
     flush() {

@@ -324,6 +324,22 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
             session.send(r, out, out.length);
           }, failTo(session, r));
           return;
+        case Op.COPY_FILE_RANGE:
+        case Op.COPY_FILE_RANGE_64: {
+          // fuse_copy_file_range_in: fh_in, off_in, nodeid_out, fh_out, off_out, len, flags (u64 each);
+          // the reply is fuse_write_out (u32 size, u32 padding) or, for the _64 opcode, a u64
+          // bytes_copied: one little-endian u64 serves both. The u32 form copies at most 2 GiB a
+          // call (block-aligned, so the next call still shares blocks).
+          const wide = opcode === Op.COPY_FILE_RANGE_64;
+          const length = wide ? readU64(req, at + 40) : Math.min(readU64(req, at + 40), 2 ** 31);
+          void ops.copyFileRange(r, node, readU64(req, at), readU64(req, at + 8), readU64(req, at + 16), readU64(req, at + 24), readU64(req, at + 32), length, readU64(req, at + 48))
+            .then((n) => {
+              const out = Buffer.alloc(OUT_HEADER_BYTES + 8);
+              writeI64(out, OUT_HEADER_BYTES, n);
+              session.send(r, out, out.length);
+            }, failTo(session, r));
+          return;
+        }
         case Op.STATFS:
           void ops.statfs(r, node).then((s) => {
             const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + STATFS_OUT_BYTES);

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { DmfsError, dmfsError } from '../errors';
+import { AbsentTable } from './absent-table';
 import { proveMetadataSound } from './metadata-gate';
 
 /**
@@ -309,7 +310,9 @@ export class MetadataEnv {
   table(name: string): Table {
     let t = this.tables.get(name);
     if (!t) {
-      t = new LmdbTable(this.root.openDB<Buffer, Key>({ name, encoding: 'binary' }));
+      const db = this.root.openDB<Buffer, Key>({ name, encoding: 'binary' }) as Database<Buffer, Key> | undefined;
+      // Read-only, a table the file does not have yet opens as nothing (see AbsentTable).
+      t = db === undefined ? new AbsentTable(name) : new LmdbTable(db);
       this.tables.set(name, t);
       // A table first opened inside a transaction that then aborts has a handle LMDB
       // invalidates with it: forgotten on abort, reopened on next use.

@@ -2,6 +2,7 @@ import type { ThinPool } from '../pool/thin-pool';
 import { ChangeListing } from './change-listing';
 import { FileData } from './file-data';
 import { FileSpace } from './file-space';
+import { FileRangeCopy } from './file-range-copy';
 import { InodeRecords, ROOT_INO } from './inode-records';
 import { LayerContext, type LayerContextOptions } from './layer-context';
 import { LayerNamespace, NAME_MAX_BYTES } from './layer-namespace';
@@ -30,7 +31,8 @@ export interface ChainLayerFsOptions extends LayerContextOptions {
  * - bytes of a file past its size, inside its last block, read as zeros in every segment;
  * - no segment maps a file block at or past ceil(size / blockSize) of its own record,
  *   except unwritten blocks that fallocate reserved with KEEP_SIZE (they read as zeros);
- * - a data block is referenced by at most one block-map entry in the whole pool.
+ * - a data block mapped by several block-map entries has a reference count and is never
+ *   written in place (block-sharing.ts).
  *
  * Made of parts sharing one LayerContext: InodeRecords (records, attributes), FileData
  * (block maps, copy-on-write, inline tails; checksums through VerifiedBlockReader),
@@ -51,6 +53,7 @@ export class ChainLayerFs implements LayerFs {
   private readonly records: InodeRecords;
   private readonly data: FileData;
   private readonly space: FileSpace;
+  private readonly rangeCopy: FileRangeCopy;
   private readonly namespace: LayerNamespace;
   private readonly xattrs: LayerXattrs;
   private readonly changeListing: ChangeListing;
@@ -70,6 +73,7 @@ export class ChainLayerFs implements LayerFs {
     this.records = new InodeRecords(ctx);
     this.data = new FileData(ctx, this.records, new VerifiedBlockReader(ctx));
     this.space = new FileSpace(ctx, this.records, this.data);
+    this.rangeCopy = new FileRangeCopy(ctx, this.records, this.data);
     this.namespace = new LayerNamespace(ctx, this.records, this.data);
     this.xattrs = new LayerXattrs(ctx, this.records);
     this.changeListing = new ChangeListing(ctx, this.records, this.namespace);
@@ -161,6 +165,10 @@ export class ChainLayerFs implements LayerFs {
 
   seekData(ino: Ino, offsetBytes: number, what: 'data' | 'hole'): Promise<number> {
     return this.space.seekData(ino, offsetBytes, what);
+  }
+
+  copyFileRange(inoIn: Ino, offInBytes: number, inoOut: Ino, offOutBytes: number, lengthBytes: number): Promise<number> {
+    return this.rangeCopy.copy(inoIn, offInBytes, inoOut, offOutBytes, lengthBytes);
   }
 
   // ---- open handles -------------------------------------------------------------

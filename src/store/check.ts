@@ -6,6 +6,7 @@ import { verifyMetadataStable, type MetadataDamage } from '../pool/metadata-veri
 import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
 import { backupOwnersOf, FileNamer, groupByFile } from './backup-refs';
+import { checkBlockRefs } from './block-refs-check';
 import { openStoreTables } from './store-tables';
 import {
   blockContentMatches, bmapRange, firstBadSector, hasSectorCrcs, isDataRef, isUnwrittenRef, isWhiteout, packUsage, sectorSizeBytes, unpackBlockRef,
@@ -48,7 +49,10 @@ export interface CheckReport {
     segments: number;
     inodes: number;
     entries: number;
+    /** Block-map entries pointing at data blocks (a shared block counts once per entry). */
     mappedBlocks: number;
+    /** Data blocks mapped by more than one entry (block-sharing.ts). */
+    sharedBlocks: number;
     usedBlocks: number;
     reservedBlocks: number;
   };
@@ -65,7 +69,8 @@ export interface CheckOptions {
 
 /**
  * Verifies metadata against itself and the space map (like thin_check): every mapped
- * block in range, used, and mapped once; no used block unreferenced (leak); usage
+ * block in range and used, a block mapped by several entries counted in block-refs
+ * (block-refs-check.ts); no used block unreferenced (leak); usage
  * counters equal to the maps; parent chains valid; no records of unknown segments; no
  * directory entry pointing at a missing inode; every record decodes. With `data`, also
  * reads every mapped data block whole and checks it against its CRC-32Cs (per sector, or
@@ -181,6 +186,8 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
   /** Of those, the damaged ones --force drops: the inode's count must follow. */
   const droppedEntries = new Map<string, number>();
   const recountedInodes: { key: unknown; rec: ReturnType<typeof unpackInode> }[] = [];
+  /** Data blocks mapped by more than one entry, and by how many. */
+  const sharers = new Map<number, number>();
   for (const { key, value } of t.bmap.range([0], [Number.MAX_SAFE_INTEGER])) {
     const [seg, ino] = key as number[];
     mapEntries.set(`${seg}:${ino}`, (mapEntries.get(`${seg}:${ino}`) ?? 0) + 1);
@@ -215,11 +222,15 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
     const u = usage.get(seg) ?? { blocks: 0, inlineBytes: 0 };
     if (isDataRef(ref)) {
       mappedBlocks++;
-      u.blocks++;
       const b = ref.block;
-      if (b < 0 || b >= nrBlocks) report('BLOCK_OUT_OF_RANGE', `${(key as number[]).join(':')} maps data block ${b}, past the device's ${nrBlocks}`);
-      else if (referenced.has(b)) report('DOUBLE_MAPPED', `data block ${b} is mapped more than once (again by ${(key as number[]).join(':')})`);
+      // Keys run in segment order, so a block is first seen in its home segment, whose
+      // usage counts it; later sightings are sharers (checked against block-refs below).
+      if (b < 0 || b >= nrBlocks) {
+        u.blocks++;
+        report('BLOCK_OUT_OF_RANGE', `${(key as number[]).join(':')} maps data block ${b}, past the device's ${nrBlocks}`);
+      } else if (referenced.has(b)) sharers.set(b, (sharers.get(b) ?? 1) + 1);
       else {
+        u.blocks++;
         referenced.add(b);
         // Blocks lost with a short data device are reported (DATA_LOST) already; an unwritten
         // block's content is never read, so it has nothing to verify.
@@ -300,9 +311,13 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
         badKeys.push({ table: 'bmap', key });
         const u = usage.get(seg);
         if (isDataRef(ref)) {
-          referenced.delete(ref.block);
           mappedBlocks--;
-          if (u) u.blocks--;
+          const n = sharers.get(ref.block);
+          if (n === undefined) {
+            referenced.delete(ref.block);
+            if (u) u.blocks--;
+          } else if (n > 2) sharers.set(ref.block, n - 1);
+          else sharers.delete(ref.block);
         } else if (u) u.inlineBytes -= ref.length;
       }
       if (entries.length) report('CORRUPT_RECORD', `the ${entries.length} block-map entries of damaged inode ${seg}:${ino} were dropped with it (--force)`, true);
@@ -410,6 +425,8 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
     }
   }
 
+  checkBlockRefs(t.blockRefs, sharers, referenced, { repair, force, mapDamaged, report }, pool);
+
   if (repair) {
     pool.txn(() => {
       for (const { table, key } of badKeys) t[table].del(key as never);
@@ -433,6 +450,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
       inodes: nrInodes,
       entries: nrEntries,
       mappedBlocks,
+      sharedBlocks: sharers.size,
       usedBlocks,
       reservedBlocks: reserved.size,
     },

@@ -1,6 +1,7 @@
 import { dmfsError } from '../errors';
 import { packUint48 } from '../pool/codec';
 import type { ThinPool } from '../pool/thin-pool';
+import { packSharers } from './block-sharing';
 import { openStoreTables } from './store-tables';
 import {
   SECTORS_PER_BLOCK, hasSectorCrcs, isDataRef, isUnwrittenRef, packBlockRef, packDirent, packInode, packLayer, packUsage, unpackBlockRef,
@@ -91,8 +92,9 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
   if (dump.pool.blockSizeBytes !== sb.blockSizeBytes) throw dmfsError('INVALID', `dump has ${dump.pool.blockSizeBytes}-byte blocks, this pool ${sb.blockSizeBytes}`);
   if (pool.hasOtherLiveOwners()) throw dmfsError('LAYER_IN_USE', 'another process has the pool open (a mount?); stop it before restoring');
   const t = openStoreTables(pool);
-  const tables = [pool.table('layers'), pool.table('layer-names'), pool.table('holders'), t.inodes, t.dirents, t.bmap, t.usage, t.orphans];
+  const tables = [pool.table('layers'), pool.table('layer-names'), pool.table('holders'), t.inodes, t.dirents, t.bmap, t.usage, t.orphans, t.blockRefs];
   const referenced = new Set<number>();
+  const sharers = new Map<number, number>();
   let maxIno = 1;
   let maxLayer = 0;
   let maxSegment = 0;
@@ -121,13 +123,15 @@ export async function restoreMetadata(pool: ThinPool, dump: MetadataDump): Promi
         else {
           checkJsonDataRef(ref);
           if (ref.block >= sb.nrBlocks) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block}, past this device's ${sb.nrBlocks}`);
-          if (referenced.has(ref.block)) throw dmfsError('BAD_IMAGE', `dump maps data block ${ref.block} twice`);
+          // A block mapped by several entries is shared (block-sharing.ts): counted below.
+          if (referenced.has(ref.block)) sharers.set(ref.block, (sharers.get(ref.block) ?? 1) + 1);
           referenced.add(ref.block);
           t.bmap.put([seg, ino, fileBlock], packBlockRef(ref));
         }
       }
       for (const ino of s.orphans) t.orphans.put([seg, ino], Buffer.alloc(0));
     }
+    for (const [block, n] of sharers) t.blockRefs.put(block, packSharers(n));
     pool.raiseCounter('ino', maxIno + 1);
     pool.raiseCounter('layer', maxLayer + 1);
     pool.raiseCounter('segment', maxSegment + 1);

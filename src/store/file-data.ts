@@ -2,6 +2,7 @@ import { dmfsError } from '../errors';
 import { asDataBlock, type DataBlock } from '../pool/block-address';
 import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
+import { BlockSharing } from './block-sharing';
 import type { InodeInChain, InodeRecords } from './inode-records';
 import type { LayerContext } from './layer-context';
 import type { Ino, ReadOptions } from './layer-store';
@@ -21,7 +22,8 @@ const INTACT_MAPS_MAX = 65536;
  *
  * Data writes put bytes into blocks this layer owns (or freshly taken ones) before the
  * transaction that maps them; blocks taken and not mapped go back to the pool. Writes and
- * truncations of one inode run under its mutex.
+ * truncations of one inode run under its mutex. A block several entries map (block-sharing.ts)
+ * is never written in place: a write into it copies it first.
  */
 export class FileData {
   private readonly pool: ThinPool;
@@ -29,6 +31,7 @@ export class FileData {
   private readonly top: number;
   private readonly bs: number;
   private readonly lowerUsageBytes: number;
+  readonly sharing: BlockSharing;
   /** `${segment}:${ino}` whose block map was counted complete (see assertNoLostEntries). */
   private readonly intactMaps = new Set<string>();
 
@@ -41,6 +44,7 @@ export class FileData {
     this.bmap = ctx.tables.bmap;
     this.top = ctx.top;
     this.bs = ctx.blockSizeBytes;
+    this.sharing = new BlockSharing(ctx.tables.blockRefs);
     let lower = 0;
     for (const s of ctx.segments.slice(1)) lower += this.segmentBytes(s);
     this.lowerUsageBytes = lower;
@@ -175,7 +179,8 @@ export class FileData {
     return data.length;
   }
 
-  private async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
+  /** write() for a caller that holds the inode's mutex and checked the arguments (FileRangeCopy). */
+  async writeLocked(ino: Ino, data: Buffer, offsetBytes: number): Promise<void> {
     const found = this.records.mustInode(ino);
     if (found.rec.kind === 'dir') throw dmfsError('IS_DIR', 'is a directory');
     if (found.rec.kind !== 'file') throw dmfsError('INVALID', 'not a regular file');
@@ -184,7 +189,7 @@ export class FileData {
     const lastIdx = Math.floor((newSize - 1) / this.bs);
     const taken: DataBlock[] = [];
     /** New block-map entries; `fresh` marks blocks taken from the reservation. */
-    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number }[] = [];
+    const mapped: { idx: number; ref: BlockRef; fresh: boolean; replacesInline: number; replacesShared: number | null }[] = [];
     /** Block-map entries this write adds (where the own segment had none). */
     let newEntries = 0;
     /** Data to put into blocks, issued together (one gathered write) before the commit. */
@@ -200,36 +205,40 @@ export class FileData {
         const ownRaw = this.bmap.get(bmapKey(this.top, ino, idx));
         const own = ownRaw ? unpackBlockRef(ownRaw) : null;
         if (!own) newEntries++;
-        if (own && isUnwrittenRef(own)) {
-          // Reserved by fallocate, never written: its first write is whole (zeros around the slice).
+        const ownShared = own !== null && isDataRef(own) && this.sharing.isShared(own.block);
+        if (own && isUnwrittenRef(own) && !ownShared) {
+          // Reserved by fallocate, never written, this file's alone: its first write is whole (zeros around the slice).
           const full = Buffer.alloc(this.bs);
           slice.copy(full, inBlock);
           pendingWrites.push({ block: asDataBlock(own.block), offset: 0, data: full });
-          mapped.push({ idx, ref: { block: own.block, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) }, fresh: false, replacesInline: 0 });
+          mapped.push({ idx, ref: { block: own.block, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) }, fresh: false, replacesInline: 0, replacesShared: null });
           continue;
         }
-        if (own && isDataRef(own)) {
-          // The layer's own block: written in place; its checksums follow the new content.
+        if (own && isDataRef(own) && !ownShared) {
+          // The layer's own, unshared block: written in place; its checksums follow the new content.
           const sectorCrcs = whole ? sectorCrcsOf(slice, this.ctx.sectorBytes) : await this.reader.rewrittenSectorCrcs(own, slice, inBlock);
           this.reader.forget(own.block);
           pendingWrites.push({ block: asDataBlock(own.block), offset: inBlock, data: slice });
-          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0 });
+          mapped.push({ idx, ref: { block: own.block, sectorCrcs }, fresh: false, replacesInline: 0, replacesShared: null });
           continue;
         }
         const contentLen = idx === lastIdx ? newSize - idx * this.bs : this.bs;
-        const ownInlineLen = own ? own.length : 0;
+        const ownInlineLen = own && !isDataRef(own) ? own.length : 0;
+        const replacesShared = own && isDataRef(own) ? own.block : null;
         if (contentLen <= this.ctx.inlineMaxBytes) {
           const merged = Buffer.alloc(contentLen);
-          if (own) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
+          if (own && !isDataRef(own)) own.copy(merged, 0, 0, Math.min(own.length, contentLen));
           else (await this.blockContent(ino, idx, contentLen)).copy(merged);
           slice.copy(merged, inBlock);
-          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen });
+          mapped.push({ idx, ref: merged, fresh: false, replacesInline: ownInlineLen, replacesShared });
           continue;
         }
         const fresh = this.takeBlockOrThrow();
         taken.push(fresh);
         let sectorCrcs: number[];
-        const lower = whole || own ? null : this.blockRef(ino, idx);
+        // What the block holds now: a lower segment's block, or this layer's shared one (copied
+        // like a lower block: its other sharers keep the old content).
+        const lower = whole ? null : own ? (isDataRef(own) ? { ref: own as BlockRef } : null) : this.blockRef(ino, idx);
         if (whole) {
           pendingWrites.push({ block: fresh, offset: 0, data: slice });
           sectorCrcs = sectorCrcsOf(slice, this.ctx.sectorBytes);
@@ -247,13 +256,14 @@ export class FileData {
           pendingWrites.push({ block: fresh, offset: inBlock, data: slice });
         } else {
           const full = Buffer.alloc(this.bs);
-          if (own) own.copy(full);
+          // Inline content, or zeros (a hole; an unwritten block, shared or not, is zeros too).
+          if (own && !isDataRef(own)) own.copy(full);
           else if (lower && !isDataRef(lower.ref)) lower.ref.copy(full);
           slice.copy(full, inBlock);
           pendingWrites.push({ block: fresh, offset: 0, data: full });
           sectorCrcs = sectorCrcsOf(full, this.ctx.sectorBytes);
         }
-        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen });
+        mapped.push({ idx, ref: { block: fresh, sectorCrcs }, fresh: true, replacesInline: ownInlineLen, replacesShared });
       }
       if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
       const newBlocks = mapped.filter((m) => m.fresh).length;
@@ -261,11 +271,14 @@ export class FileData {
       this.pool.txn(() => {
         this.checkLayerSpace(newBlocks, inlineDelta);
         const rec = this.records.ownRecord(ino);
+        let freedBlocks = 0;
         for (const m of mapped) {
           this.bmap.put(bmapKey(this.top, ino, m.idx), packBlockRef(m.ref));
           if (m.fresh && isDataRef(m.ref)) this.pool.consumeBlock(asDataBlock(m.ref.block));
+          // The shared block this entry left: freed only if its other sharers left meanwhile.
+          if (m.replacesShared !== null && this.dropBlock(m.replacesShared)) freedBlocks++;
         }
-        this.addUsage(newBlocks, inlineDelta);
+        this.addUsage(newBlocks - freedBlocks, inlineDelta);
         rec.mapped = (rec.mapped ?? this.records.countMapped(this.top, ino, Infinity) - newEntries) + newEntries;
         const now = nowTime();
         rec.size = Math.max(rec.size, end);
@@ -364,14 +377,24 @@ export class FileData {
     for (const { key, value } of entries) {
       const ref = unpackBlockRef(value);
       if (isDataRef(ref)) {
-        this.pool.recycleBlock(asDataBlock(ref.block));
-        this.reader.forget(ref.block);
-        blocks++;
+        if (this.dropBlock(ref.block)) blocks++;
       } else inlineBytes += ref.length;
       this.bmap.del(key);
     }
     this.addUsage(-blocks, -inlineBytes);
     return entries.length;
+  }
+
+  /**
+   * Inside txn: an own block-map entry stopped pointing at data block `block` (the caller
+   * deletes or replaces the entry). Frees the block when no other entry maps it; true then
+   * (the caller takes it off the segment's usage).
+   */
+  dropBlock(block: number): boolean {
+    if (!this.sharing.dropSharer(block)) return false;
+    this.pool.recycleBlock(asDataBlock(block));
+    this.reader.forget(block);
+    return true;
   }
 
   /** Inside txn: the own segment's usage moves by this many blocks and inline bytes. */

@@ -252,17 +252,23 @@ export class FileSpace {
     let replacedInline = 0;
     let newEntries = 0;
     const taken: DataBlock[] = [];
+    /** Shared blocks that entries of the range leave for blocks of their own. */
+    const leftShared: number[] = [];
     try {
       for (let idx = firstIdx; idx < stopIdx; idx++) {
         const dropContent = discard !== null && idx >= discard.first && idx < discard.stop;
         const raw = this.bmap.get(bmapKey(this.top, ino, idx));
         const own = raw ? unpackBlockRef(raw) : null;
-        if (own && isDataRef(own)) {
-          // Already this layer's block: a zeroed one becomes unwritten (nothing to write).
+        const ownShared = own !== null && isDataRef(own) && this.data.sharing.isShared(own.block);
+        if (own && isDataRef(own) && !ownShared) {
+          // Already this layer's block, and this entry's alone: a zeroed one becomes unwritten (nothing to write).
           if (dropContent && !isUnwrittenRef(own)) planned.push({ idx, ref: { block: own.block, unwritten: true }, fresh: null, content: null });
           continue;
         }
-        if (own) replacedInline += own.length;
+        // A block this entry shares (copy_file_range, or borrowed from a lower layer) is never
+        // reserved or zeroed in place: the entry gets a block of its own, and leaves the shared one.
+        if (own && isDataRef(own)) leftShared.push(own.block);
+        else if (own) replacedInline += own.length;
         else newEntries++;
         const content = dropContent || !this.visibleData(ino, idx) ? null : await this.data.blockContent(ino, idx, this.bs);
         const fresh = this.data.takeBlockOrThrow();
@@ -280,7 +286,9 @@ export class FileSpace {
         const rec = this.records.ownRecord(ino);
         const before = rec.mapped ?? this.records.countMapped(this.top, ino, Infinity);
         this.putPlanned(ino, planned);
-        this.data.addUsage(taken.length, -replacedInline);
+        // Freed only if the other sharers left meanwhile.
+        const freed = leftShared.filter((b) => this.data.dropBlock(b)).length;
+        this.data.addUsage(taken.length - freed, -replacedInline);
         rec.mapped = before + newEntries;
         const now = nowTime();
         if (!keepSize && end > rec.size) {

@@ -247,6 +247,15 @@ export interface LayerFs {
   read(ino: Ino, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data at offsetBytes (extending the file); returns data.length. */
   write(ino: Ino, data: Buffer, offsetBytes: number): Promise<number>;
+  /**
+   * copy_file_range(2) between two regular files of this layer: up to lengthBytes from
+   * inoIn at offInBytes to inoOut at offOutBytes (extending it); returns the count, short
+   * at the source's end (0 past it) or for a very long range. Whole blocks are shared,
+   * not copied (a later write into either file copies that one block); overlapping ranges
+   * of one file are INVALID. Absent where a layer cannot share: FUSE then answers
+   * EOPNOTSUPP and the kernel copies the bytes itself.
+   */
+  copyFileRange?(inoIn: Ino, offInBytes: number, inoOut: Ino, offOutBytes: number, lengthBytes: number): Promise<number>;
 
   /**
    * fallocate(2) over [offsetBytes, offsetBytes + lengthBytes) of a regular file (see
@@ -302,7 +311,10 @@ export interface LayerInfo {
   createdMs: number;
   labels: Record<string, string>;
   sizeLimitBytes: number;
-  /** Bytes of pool space held by this layer's own segment (blocks + inline data). */
+  /**
+   * Bytes of pool space held by this layer's own segment (blocks + inline data). A block
+   * shared by copies counts once, in the layer that wrote it (block-sharing.ts).
+   */
   exclusiveBytes: number;
   /** Bytes held by the ancestors that this layer sees through. */
   sharedBytes: number;

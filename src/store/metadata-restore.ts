@@ -85,9 +85,10 @@ export function liveMountRecords(runDir: string): string[] {
 }
 
 /** Per file (segment:ino): a digest of its inode record and block-map entries; and block → file key. */
-function fileDigests(src: TableSource): { files: Map<string, string>; blocks: Map<number, string> } {
+function fileDigests(src: TableSource): { files: Map<string, string>; blocks: Map<number, string[]> } {
   const hashes = new Map<string, ReturnType<typeof createHash>>();
-  const blocks = new Map<number, string>();
+  /** Data block → where it is mapped (several places for a shared block: block-sharing.ts). */
+  const blocks = new Map<number, string[]>();
   const h = (k: string) => {
     let x = hashes.get(k);
     if (!x) hashes.set(k, (x = createHash('sha1')));
@@ -103,7 +104,11 @@ function fileDigests(src: TableSource): { files: Map<string, string>; blocks: Ma
     h(k).update(`${fileBlock}:`).update(value);
     try {
       const ref = unpackBlockRef(value);
-      if (isDataRef(ref)) blocks.set(ref.block, `${k}:${fileBlock}`);
+      if (isDataRef(ref)) {
+        const at = blocks.get(ref.block);
+        if (at) at.push(`${k}:${fileBlock}`);
+        else blocks.set(ref.block, [`${k}:${fileBlock}`]);
+      }
     } catch {
       /* damaged entry: its block is unknown */
     }
@@ -145,9 +150,10 @@ function compare(current: TableSource, backup: TableSource): RestoreLoss {
   let lostBlocks = 0;
   for (const b of cur.blocks.keys()) if (!bak.blocks.has(b)) lostBlocks++;
   const overwrittenKeys = new Set<string>();
-  for (const [b, where] of bak.blocks) {
+  for (const [b, wheres] of bak.blocks) {
     const now = cur.blocks.get(b);
-    if (now !== undefined && now !== where) overwrittenKeys.add(where.split(':').slice(0, 2).join(':'));
+    if (now === undefined) continue;
+    for (const where of wheres) if (!now.includes(where)) overwrittenKeys.add(where.split(':').slice(0, 2).join(':'));
   }
   const overwritten = [...overwrittenKeys].map((k) => nameOf(k, bn, cn));
   return { currentReadable: true, layersCreated, layersRemoved, files, filesTotal, lostBlocks, overwritten };

@@ -16,6 +16,7 @@ import type { FileKind, LayerKind, LayerState } from './layer-store';
  *   usage       [segment]                 → SegmentUsage
  *   orphans     [segment, ino]            → ''            (nlink 0 but open; freed at release or recovery)
  *   holders     [layerId, ownerId]        → HolderRecord  (open handles: writer lock, mounts)
+ *   block-refs  [block]                   → uint48 sharers (blocks mapped by several entries: block-sharing.ts)
  */
 
 /** Timestamps are stored as [seconds, nanoseconds]: exact and compact. */
@@ -263,6 +264,22 @@ export function unpackBlockRef(raw: Buffer): BlockRef {
     return bytes;
   }
   throw dmfsError('METADATA_CORRUPT', 'block map entry has an unknown tag');
+}
+
+/**
+ * The data block a packed block-map entry points at, or null for inline content, without
+ * unpacking the checksums (a copy moves the packed entry as it is). METADATA_CORRUPT for
+ * an entry of unknown shape.
+ */
+export function dataBlockOfPacked(raw: Buffer): number | null {
+  if ((raw[0] === 2 && raw.length === TAG2_BYTES) || (raw[0] === 0 && raw.length === TAG0_BYTES)) return raw.readUIntLE(1, 6);
+  if (raw[0] === 1 && raw.length >= 5) return null;
+  throw dmfsError('METADATA_CORRUPT', 'block map entry has an unknown tag');
+}
+
+/** Bytes of inline content a packed inline entry holds (see dataBlockOfPacked). */
+export function inlineBytesOfPacked(raw: Buffer): number {
+  return raw.length - 5;
 }
 
 export interface LayerRecord {

@@ -8,6 +8,8 @@ export interface StoreTables {
   bmap: Table;
   usage: Table;
   orphans: Table;
+  /** [block] → sharers (uint48): data blocks mapped by more than one entry (see block-sharing.ts). */
+  blockRefs: Table;
 }
 
 export function openStoreTables(pool: ThinPool): StoreTables {
@@ -17,5 +19,6 @@ export function openStoreTables(pool: ThinPool): StoreTables {
     bmap: pool.table('bmap'),
     usage: pool.table('usage'),
     orphans: pool.table('orphans'),
+    blockRefs: pool.table('block-refs'),
   };
 }

@@ -3,6 +3,7 @@ import { asDataBlock } from '../pool/block-address';
 import { packUint48, unpackUint48 } from '../pool/codec';
 import type { Table } from '../pool/metadata-env';
 import type { ThinPool } from '../pool/thin-pool';
+import { BlockSharing } from './block-sharing';
 import { ChainLayerFs } from './chain-layer-fs';
 import { ROOT_INO } from './inode-records';
 import { openStoreTables, type StoreTables } from './store-tables';
@@ -277,6 +278,7 @@ export class ThinLayerStore implements LayerStore {
     const rec = this.layerById(layerId);
     const seg = rec.segment;
     const [sStart, sEnd] = segmentRange(seg);
+    const sharing = new BlockSharing(this.tables.blockRefs);
     for (const table of [this.tables.bmap, this.tables.dirents, this.tables.inodes, this.tables.orphans]) {
       for (;;) {
         const batch = [...table.range(sStart, sEnd, { limit: REMOVE_BATCH })];
@@ -287,9 +289,12 @@ export class ThinLayerStore implements LayerStore {
           for (const { key, value } of batch) {
             if (table === this.tables.bmap) {
               const ref = unpackBlockRef(value);
+              // A block other entries still map (block-sharing.ts) stays, and was not this segment's usage.
               if (isDataRef(ref)) {
-                this.pool.recycleBlock(asDataBlock(ref.block));
-                blocks++;
+                if (sharing.dropSharer(ref.block)) {
+                  this.pool.recycleBlock(asDataBlock(ref.block));
+                  blocks++;
+                }
               } else inlineBytes += ref.length;
             }
             table.del(key);

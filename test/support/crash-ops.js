@@ -78,8 +78,25 @@ function applyOp(model, op) {
       break;
     }
     case 'rename': model.set(op.to, cur); model.delete(op.name); break;
+    case 'copy': model.set(op.name, Buffer.from(model.get(op.from))); break;
     case 'unlink': model.delete(op.name); break;
   }
 }
 
-module.exports = { opContent, nextOp, applyOp };
+/**
+ * The crash workload with whole-file copies (copy_file_range, blocks shared) mixed in: a
+ * quarter of the ops copy an existing file to a new name, so later overwrites, truncates
+ * and unlinks hit shared blocks.
+ */
+function nextOpWithCopies(state) {
+  if (state.files.length >= 2 && rand(state) < 0.25) {
+    const k = state.k++;
+    const from = state.files[Math.floor(rand(state) * state.files.length)];
+    const name = `c${k}`;
+    state.files.push({ name, size: from.size });
+    return { op: 'copy', k, name, from: from.name };
+  }
+  return nextOp(state);
+}
+
+module.exports = { opContent, nextOp, nextOpWithCopies, applyOp };

@@ -10,12 +10,14 @@ export type CrashOp = Record<string, unknown> & { k: number; name: string; to?: 
  * Runs a crash-workload writer (it prints "BEGIN <op>" and "ACK <k>"), calls `kill`
  * after killAfterMs, and resolves with the ops begun and the last acknowledged k once
  * the writer has exited. `expectSignal` makes an exit by anything else an error.
+ * `fromFirstOp` counts killAfterMs from the writer's first BEGIN instead of its spawn, so
+ * a slow start (Node and the pool opening on a loaded machine) does not eat the workload.
  */
 export function runCrashWriter(
   args: string[],
   killAfterMs: number,
   kill: (child: ChildProcess) => void,
-  opts: { expectSignal?: NodeJS.Signals } = {},
+  opts: { expectSignal?: NodeJS.Signals; fromFirstOp?: boolean } = {},
 ): Promise<{ ops: CrashOp[]; acked: number }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -29,12 +31,14 @@ export function runCrashWriter(
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        if (line.startsWith('BEGIN ')) ops.push(JSON.parse(line.slice(6)));
-        else if (line.startsWith('ACK ')) acked = Number(line.slice(4));
+        if (line.startsWith('BEGIN ')) {
+          if (opts.fromFirstOp && !ops.length) timer = setTimeout(() => kill(child), killAfterMs);
+          ops.push(JSON.parse(line.slice(6)));
+        } else if (line.startsWith('ACK ')) acked = Number(line.slice(4));
       }
     });
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => kill(child), killAfterMs);
+    let timer = opts.fromFirstOp ? undefined : setTimeout(() => kill(child), killAfterMs);
     const guard = setTimeout(() => child.kill('SIGKILL'), killAfterMs + 30000);
     child.on('error', reject);
     child.on('exit', (code, signal) => {

@@ -524,6 +524,22 @@ export const POSIX_CASES: ProbeCase[] = [
       ['pread', 'f', 4, 3 * 2 ** 30], ['ftruncate', 'f', 2 ** 32 + 1], ['fstat', 'f', 'size'], ['pread', 'f', 10, 2 ** 32 - 2],
     ],
   },
+  {
+    name: 'data: copy_file_range (block-aligned and not, past EOF, overlap, read-only and O_APPEND targets, times, then a write)',
+    steps: [
+      ['open', 's', 's', 'O_CREAT|O_RDWR', 0o644], ['pwrite', 's', 'a'.repeat(70000), 0], ['pwrite', 's', 'b'.repeat(70000), 70000],
+      ['pwrite', 's', 'tail', 140000],
+      ['open', 'd', 'd', 'O_CREAT|O_RDWR', 0o644], ['snap', 'd'], TICK,
+      ['copy_file_range', 's', 'd', 131072, 0, 0], ['changed', 'd'], ['fstat', 'd', 'size'],
+      ['copy_file_range', 's', 'd', 20000, 65636, 300], ['copy_file_range', 's', 'd', 1000, 139500, 262144],
+      ['copy_file_range', 's', 'd', 100, 140004, 0], ['copy_file_range', 's', 'd', 100, 200000, 0],
+      ['copy_file_range', 's', 's', 1000, 0, 500],
+      ['fstat', 'd', 'size'], ['sha', 'd'], ['pread', 'd', 8, 262640],
+      ['pwrite', 'd', 'Z'.repeat(10), 70000], ['pread', 's', 10, 70000], ['sha', 's'],
+      ['open', 'r', 'd', 'O_RDONLY'], ['copy_file_range', 's', 'r', 10, 0, 0],
+      ['open', 'p', 'd', 'O_WRONLY|O_APPEND'], ['copy_file_range', 's', 'p', 10, 0, 0],
+    ],
+  },
 
   // ---- names ------------------------------------------------------------------------------
   {

@@ -225,6 +225,8 @@ def do(op, a, fds, snaps):
         return os.lstat(a[0]).st_blocks
     elif op == 'chdir':
         os.chdir(a[0])
+    elif op == 'copy_file_range':
+        return os.copy_file_range(fds[a[0]], fds[a[1]], a[2], a[3], a[4])
     elif op == 'exec':
         import subprocess
         p = subprocess.run(a[0], shell=True, capture_output=True, text=True)

@@ -110,7 +110,7 @@ async function checkCommand(ctx: CommandContext, opts: { repair: boolean; force:
   }
   const out = ctx.stdout;
   const s = report.stats;
-  out.write(`${s.layers} layers, ${s.inodes} inode records, ${s.entries} entries, ${s.mappedBlocks} mapped blocks, ${s.usedBlocks} used, ${s.reservedBlocks} reserved\n`);
+  out.write(`${s.layers} layers, ${s.inodes} inode records, ${s.entries} entries, ${s.mappedBlocks} mapped blocks (${s.sharedBlocks} shared), ${s.usedBlocks} used, ${s.reservedBlocks} reserved\n`);
   for (const p of report.problems) out.write(`${p.repaired ? 'repaired' : 'problem'}: ${p.kind}: ${p.message}\n`);
   const remaining = report.remaining ?? report.problems.filter((p) => !p.repaired);
   if (report.remaining) for (const p of report.remaining) out.write(`still: ${p.kind}: ${p.message}\n`);
