@@ -52,6 +52,11 @@ export interface InodeRecord {
   atime: StoredTime;
   mtime: StoredTime;
   ctime: StoredTime;
+  /**
+   * Birth time (statx btime): set at creation, kept by copy-up (a container's copy is the
+   * same file). Absent on inodes made before it was recorded: no btime is reported.
+   */
+  btime?: StoredTime;
   /** Symlink target. */
   target?: string;
   /** xattr name → value. */
