@@ -37,11 +37,13 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { DmfsError, dmfsError, errnoOf } from '../errors';
-import type { Attr, DirEntry, Ino, LayerFs, ReadOptions, SetAttr, StatFs } from '../store/layer-store';
+import type { Attr, DirEntry, Ino, LayerFs, ReadOptions, StatFs } from '../store/layer-store';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/layer-store';
+import { AccessTimes, type AtimeMode } from './access-times';
 import { GroupSync } from './group-sync';
 import { HandleTable } from './handle-table';
-import { checkAccess, NAME_MAX_BYTES, newNodeOwner, POSIX_ACL_XATTRS, S_ISGID, S_ISUID, wallClockNs } from './posix-rules';
+import { PosixAcls } from './posix-acls';
+import { checkAccess, NAME_MAX_BYTES, newNodeOwner, S_ISGID, S_ISUID, storeChanges, wallClockNs } from './posix-rules';
 
 /** The node id of the layer's root (FUSE_ROOT_ID). */
 export const ROOT_NODE_ID = 1;
@@ -79,9 +81,14 @@ export interface FuseFeatures {
   killPrivileges: boolean;
   /** The kernel may cache symlink targets (they never change in place). */
   cacheSymlinks: boolean;
+  /**
+   * The kernel enforces the POSIX ACLs stored here (FUSE_POSIX_ACL, which implies
+   * default_permissions) and leaves the umask to the table (FUSE_DONT_MASK): see posix-acls.ts.
+   */
+  posixAcl: boolean;
 }
 
-export const NO_FEATURES: FuseFeatures = { writebackCache: false, killPrivileges: false, cacheSymlinks: false };
+export const NO_FEATURES: FuseFeatures = { writebackCache: false, killPrivileges: false, cacheSymlinks: false, posixAcl: false };
 
 /** Kernel cache lifetimes (seconds) and page-cache policy of the mount. */
 export interface CachePolicy {
@@ -100,6 +107,10 @@ export interface FuseOperationsOptions extends CachePolicy {
   blockSizeBytes: number;
   /** Ask for the kernel's writeback cache when offered (writable layers only). */
   writebackCache: boolean;
+  /** Ask for POSIX ACL enforcement when offered (FuseFeatures.posixAcl). Default false. */
+  posixAcl?: boolean;
+  /** When reads move atime (access-times.ts). Default 'relatime', as on ext4. */
+  atime?: AtimeMode;
   /** Wall clock in nanoseconds, for 'now' times (tests inject one). */
   nowNs?: () => bigint;
   /** A failure that is not a DmfsError (a bug or an I/O error): see errnoFor. */
@@ -168,6 +179,11 @@ export interface FuseOperations {
   /** flags: open(2)'s. A read-only layer refuses write access (READ_ONLY_LAYER). */
   open(ctx: CallerContext, nodeId: number, flags: number): Promise<OpenReply>;
   create(ctx: CallerContext, parent: number, name: string, mode: number, flags: number): Promise<{ entry: Entry; open: OpenReply }>;
+  /**
+   * O_TMPFILE: an open regular file with no name in parent's layer (nlink 0), freed at its
+   * last release unless link() names it; the kernel refuses link() after O_EXCL.
+   */
+  tmpfile(ctx: CallerContext, parent: number, mode: number, flags: number): Promise<{ entry: Entry; open: OpenReply }>;
   /** Fills target from offsetBytes; resolves to the count (short at EOF). */
   read(ctx: CallerContext, nodeId: number, fh: number, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
   /** Writes all of data; killSuidgid as for setattr. */
@@ -192,8 +208,11 @@ export interface FuseOperations {
   readdir(ctx: CallerContext, nodeId: number, fh: number, offset: number, plus: boolean, fits?: (entry: DirEntry) => boolean): Promise<DirPage>;
   releasedir(ctx: CallerContext, nodeId: number, fh: number): void;
   statfs(ctx: CallerContext, nodeId: number): Promise<StatFs>;
-  /** flags: setxattr(2)'s. POSIX ACLs are refused (NOT_SUPPORTED): see POSIX_ACL_XATTRS. */
-  setxattr(ctx: CallerContext, nodeId: number, name: string, value: Buffer, flags: number): Promise<void>;
+  /**
+   * flags: setxattr(2)'s. POSIX ACLs are stored where the kernel enforces them, else refused
+   * (NOT_SUPPORTED): see posix-acls.ts. killSgid: FUSE_SETXATTR_ACL_KILL_SGID.
+   */
+  setxattr(ctx: CallerContext, nodeId: number, name: string, value: Buffer, flags: number, killSgid?: boolean): Promise<void>;
   /** null: no such attribute (ENODATA; not thrown, as the kernel asks for security.capability often). */
   getxattr(ctx: CallerContext, nodeId: number, name: string): Promise<Buffer | null>;
   listxattr(ctx: CallerContext, nodeId: number): Promise<string[]>;
@@ -247,6 +266,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     cacheDirs: options.cacheDirs,
   };
   let features = NO_FEATURES;
+  let acls = new PosixAcls(layer, false);
+  const atimes = new AccessTimes(layer, options.atime ?? 'relatime', nowNs);
 
   const inoOf = (nodeId: number): Ino => (nodeId === ROOT_NODE_ID ? root : nodeId);
   const nodeIdOf = (ino: Ino): number => (ino === root ? ROOT_NODE_ID : ino);
@@ -266,8 +287,12 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     return { fh, keepCache: cache.keepCache, cacheDir: false };
   }
 
-  async function newNode(ctx: CallerContext, dirIno: Ino, mode: number): Promise<{ mode: number; uid: number; gid: number }> {
-    return newNodeOwner(layer, dirIno, mode, ctx.uid, ctx.gid);
+  /** Owner, mode and inherited ACLs of a node made in dirIno (the umask applied here under DONT_MASK). */
+  async function newNode(ctx: CallerContext, dirIno: Ino, mode: number): Promise<{ mode: number; uid: number; gid: number; xattrs?: Record<string, Buffer> }> {
+    atimes.changed(dirIno);
+    const withAcl = await acls.forNewNode(dirIno, mode, ctx.umask);
+    const owner = await newNodeOwner(layer, dirIno, withAcl.mode, ctx.uid, ctx.gid);
+    return withAcl.xattrs ? { ...owner, xattrs: withAcl.xattrs } : owner;
   }
 
   // What Linux does (file_remove_privs, and chown / truncate by a caller without CAP_FSETID,
@@ -289,22 +314,6 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     if (features.killPrivileges) await dropCapability(ino);
     if (killSuidgid) await clearSetIds(ino, await layer.getattr(ino));
     return layer.write(ino, data, offsetBytes);
-  }
-
-  /** The store's form of changes, with 'now' read once; null when nothing is to change. */
-  function storeChanges(c: AttrChanges): SetAttr | null {
-    if (c.mode === undefined && c.uid === undefined && c.gid === undefined && c.sizeBytes === undefined &&
-      c.atime === undefined && c.mtime === undefined && c.ctimeNs === undefined) return null;
-    const now = c.atime === 'now' || c.mtime === 'now' ? nowNs() : 0n;
-    const out: SetAttr = {};
-    if (c.mode !== undefined) out.mode = c.mode & 0o7777;
-    if (c.uid !== undefined) out.uid = c.uid;
-    if (c.gid !== undefined) out.gid = c.gid;
-    if (c.sizeBytes !== undefined) out.sizeBytes = c.sizeBytes;
-    if (c.atime !== undefined) out.atimeNs = c.atime === 'now' ? now : c.atime;
-    if (c.mtime !== undefined) out.mtimeNs = c.mtime === 'now' ? now : c.mtime;
-    if (c.ctimeNs !== undefined) out.ctimeNs = c.ctimeNs;
-    return out;
   }
 
   function dirHandle(fh: number): DirHandle {
@@ -336,7 +345,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
         writebackCache: offered.writebackCache && options.writebackCache && !layer.readOnly,
         killPrivileges: offered.killPrivileges,
         cacheSymlinks: offered.cacheSymlinks,
+        posixAcl: offered.posixAcl && options.posixAcl === true,
       };
+      acls = new PosixAcls(layer, features.posixAcl);
       return features;
     },
 
@@ -359,8 +370,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async setattr(_ctx, nodeId, changes, killSuidgid = false) {
       const ino = inoOf(nodeId);
-      const c = storeChanges(changes);
+      const c = storeChanges(changes, nowNs);
+      atimes.changed(ino);
       let attr = c ? await layer.setattr(ino, c) : await layer.getattr(ino);
+      if (c?.mode !== undefined) await acls.afterChmod(ino, attr.mode);
       // After the change: a chown or truncate that also sets the mode keeps the kill. A kill
       // with nothing else to change is chown(f, -1, -1), which clears only a regular file's.
       if (killSuidgid && (c !== null || attr.kind === 'file')) attr = await clearSetIds(ino, attr);
@@ -389,18 +402,21 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async symlink(ctx, parent, name, target) {
       checkName(name);
       const dirIno = inoOf(parent);
-      const { uid, gid } = await newNode(ctx, dirIno, 0);
+      atimes.changed(dirIno);
+      const { uid, gid } = await newNodeOwner(layer, dirIno, 0, ctx.uid, ctx.gid);
       return entryOf(dirIno, await layer.symlink(dirIno, name, target, { uid, gid }));
     },
 
     async unlink(_ctx, parent, name) {
       checkName(name);
       await layer.unlink(inoOf(parent), name);
+      atimes.namespaceChanged();
     },
 
     async rmdir(_ctx, parent, name) {
       checkName(name);
       await layer.rmdir(inoOf(parent), name);
+      atimes.namespaceChanged();
     },
 
     async rename(_ctx, parent, name, newParent, newName, flags) {
@@ -411,6 +427,7 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       const newDirIno = inoOf(newParent);
       const exchange = (flags & RENAME_EXCHANGE) !== 0;
       await layer.rename(dirIno, name, newDirIno, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0, exchange });
+      atimes.namespaceChanged();
       // A moved directory's '..' is its new parent (the kernel sends no LOOKUP for it).
       const moved = await layer.lookup(newDirIno, newName);
       if (moved?.kind === 'dir') parents.set(moved.ino, newDirIno);
@@ -423,6 +440,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async link(_ctx, nodeId, newParent, newName) {
       checkName(newName);
       const dirIno = inoOf(newParent);
+      atimes.changed(inoOf(nodeId));
+      atimes.changed(dirIno);
       return entryOf(dirIno, await layer.link(inoOf(nodeId), dirIno, newName));
     },
 
@@ -444,12 +463,23 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return { entry: entryOf(dirIno, attr), open: fileOpen(fh) };
     },
 
+    async tmpfile(ctx, parent, mode) {
+      if (!layer.createUnnamed) throw dmfsError('NOT_SUPPORTED', 'this layer cannot make unnamed files (O_TMPFILE)');
+      const dirIno = inoOf(parent);
+      const attr = await layer.createUnnamed(dirIno, await newNode(ctx, dirIno, S_IFREG | (mode & 0o7777)));
+      return { entry: entryOf(dirIno, attr), open: fileOpen(handles.open(attr.ino, true)) };
+    },
+
     read(_ctx, nodeId, _fh, target, offsetBytes, opts) {
-      return layer.read(inoOf(nodeId), target, offsetBytes, opts);
+      const ino = inoOf(nodeId);
+      const touched = atimes.accessed(ino);
+      if (!touched) return layer.read(ino, target, offsetBytes, opts);
+      return touched.then(() => layer.read(ino, target, offsetBytes, opts));
     },
 
     write(_ctx, nodeId, _fh, data, offsetBytes, killSuidgid) {
       const ino = inoOf(nodeId);
+      atimes.changed(ino);
       if (!features.killPrivileges && !killSuidgid) return layer.write(ino, data, offsetBytes);
       return writeKilling(ino, data, offsetBytes, killSuidgid);
     },
@@ -484,7 +514,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async readdir(_ctx, _nodeId, fh, offset, plus, fits) {
       const h = dirHandle(fh);
-      if (offset === 0 || !h.entries) h.entries = await listing(h);
+      if (offset === 0 || !h.entries) {
+        await atimes.accessed(h.ino);
+        h.entries = await listing(h);
+      }
       const all = h.entries;
       let end = offset;
       while (end < all.length && (!fits || fits(all[end]))) end++;
@@ -502,11 +535,11 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return layer.statfs();
     },
 
-    async setxattr(_ctx, nodeId, name, value, flags) {
-      // The kernel checks permissions from the mode alone (no FUSE_POSIX_ACL): an ACL stored
-      // here would be shown but not enforced. Refusing makes cp/tar fall back to chmod.
-      if (POSIX_ACL_XATTRS.has(name)) throw dmfsError('NOT_SUPPORTED', 'POSIX ACLs are not supported; use chmod');
-      await layer.setxattr(inoOf(nodeId), name, Buffer.from(value), {
+    async setxattr(_ctx, nodeId, name, value, flags, killSgid = false) {
+      const ino = inoOf(nodeId);
+      atimes.changed(ino);
+      if (PosixAcls.isAclName(name)) return acls.set(ino, name, Buffer.from(value), killSgid);
+      await layer.setxattr(ino, name, Buffer.from(value), {
         create: (flags & XATTR_CREATE) !== 0,
         replace: (flags & XATTR_REPLACE) !== 0,
       });
@@ -521,12 +554,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     },
 
     async removexattr(_ctx, nodeId, name) {
-      // No ACL is ever stored, so removing one succeeds as on ext4 when the file has none.
-      if (POSIX_ACL_XATTRS.has(name)) {
-        if (layer.readOnly) throw dmfsError('READ_ONLY_LAYER', 'read-only layer');
-        return;
-      }
-      await layer.removexattr(inoOf(nodeId), name);
+      const ino = inoOf(nodeId);
+      atimes.changed(ino);
+      if (PosixAcls.isAclName(name)) return acls.remove(ino, name);
+      await layer.removexattr(ino, name);
     },
 
     async access(_ctx, nodeId, mask) {

@@ -318,7 +318,7 @@ export class MemoryLayerFs implements LayerFs {
     if (changes.gid !== undefined) n.gid = changes.gid;
     if (changes.atimeNs !== undefined) n.atimeNs = changes.atimeNs;
     if (changes.mtimeNs !== undefined) n.mtimeNs = changes.mtimeNs;
-    n.ctimeNs = changes.ctimeNs ?? this.now();
+    if (changes.ctimeNs !== undefined || !changes.accessOnly) n.ctimeNs = changes.ctimeNs ?? this.now();
     return this.attr(n);
   }
 
