@@ -9,6 +9,9 @@
  * - strictatime: every read that reaches dmfs moves atime.
  * - noatime: atime moves only by utimensat.
  *
+ * A file a container has from its image keeps the image's atime (the store does not copy
+ * an inode up for a read: a read is no change of the container, as on overlayfs).
+ *
  * Cost: relatime needs no metadata write for a re-read, and not even a metadata read:
  * once a node is known not to need an update, the answer is kept (`quietUntilMs`) until
  * the node changes through the table (changed / namespaceChanged) or the 24 h pass.
@@ -57,7 +60,8 @@ export class AccessTimes {
     }
     const running = this.pending.get(ino);
     if (running) return running;
-    const p = this.update(ino).finally(() => this.pending.delete(ino));
+    // As touch_atime: a failed atime update (a full or read-only pool) never fails the read.
+    const p = this.update(ino).catch(() => undefined).finally(() => this.pending.delete(ino));
     this.pending.set(ino, p);
     return p;
   }

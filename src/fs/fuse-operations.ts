@@ -371,8 +371,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async setattr(_ctx, nodeId, changes, killSuidgid = false) {
       const ino = inoOf(nodeId);
       const c = storeChanges(changes, nowNs);
-      atimes.changed(ino);
       let attr = c ? await layer.setattr(ino, c) : await layer.getattr(ino);
+      atimes.changed(ino);
       if (c?.mode !== undefined) await acls.afterChmod(ino, attr.mode);
       // After the change: a chown or truncate that also sets the mode keeps the kill. A kill
       // with nothing else to change is chown(f, -1, -1), which clears only a regular file's.
@@ -440,9 +440,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async link(_ctx, nodeId, newParent, newName) {
       checkName(newName);
       const dirIno = inoOf(newParent);
-      atimes.changed(inoOf(nodeId));
+      const linked = await layer.link(inoOf(nodeId), dirIno, newName);
+      atimes.changed(linked.ino);
       atimes.changed(dirIno);
-      return entryOf(dirIno, await layer.link(inoOf(nodeId), dirIno, newName));
+      return entryOf(dirIno, linked);
     },
 
     async open(_ctx, nodeId, flags) {
@@ -479,9 +480,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     write(_ctx, nodeId, _fh, data, offsetBytes, killSuidgid) {
       const ino = inoOf(nodeId);
-      atimes.changed(ino);
-      if (!features.killPrivileges && !killSuidgid) return layer.write(ino, data, offsetBytes);
-      return writeKilling(ino, data, offsetBytes, killSuidgid);
+      // Once the write has moved mtime, the next read asks relatime again.
+      const written = !features.killPrivileges && !killSuidgid ? layer.write(ino, data, offsetBytes) : writeKilling(ino, data, offsetBytes, killSuidgid);
+      return written.then((n) => (atimes.changed(ino), n));
     },
 
     flush() {
@@ -537,12 +538,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async setxattr(_ctx, nodeId, name, value, flags, killSgid = false) {
       const ino = inoOf(nodeId);
+      if (PosixAcls.isAclName(name)) await acls.set(ino, name, Buffer.from(value), killSgid);
+      else await layer.setxattr(ino, name, Buffer.from(value), { create: (flags & XATTR_CREATE) !== 0, replace: (flags & XATTR_REPLACE) !== 0 });
       atimes.changed(ino);
-      if (PosixAcls.isAclName(name)) return acls.set(ino, name, Buffer.from(value), killSgid);
-      await layer.setxattr(ino, name, Buffer.from(value), {
-        create: (flags & XATTR_CREATE) !== 0,
-        replace: (flags & XATTR_REPLACE) !== 0,
-      });
     },
 
     getxattr(_ctx, nodeId, name) {
@@ -555,9 +553,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async removexattr(_ctx, nodeId, name) {
       const ino = inoOf(nodeId);
+      if (PosixAcls.isAclName(name)) await acls.remove(ino, name);
+      else await layer.removexattr(ino, name);
       atimes.changed(ino);
-      if (PosixAcls.isAclName(name)) return acls.remove(ino, name);
-      await layer.removexattr(ino, name);
     },
 
     async access(_ctx, nodeId, mask) {

@@ -192,6 +192,12 @@ export class InodeRecords {
    * given; not for an accessOnly update). The caller checked the layer is writable and made any size change before.
    */
   setAttributes(ino: Ino, changes: SetAttr): Attr {
+    if (changes.accessOnly) {
+      // A read of a lower file is no change of this layer (as on overlayfs, where it never
+      // copies up): its atime is not copied up, so diff, commit and export do not see it.
+      const found = this.mustInode(ino);
+      if (found.level !== 0 || this.readOnly) return this.toAttr(ino, found.rec);
+    }
     const rec = this.ctx.pool.txn(() => {
       const own = this.ownRecord(ino);
       const now = nowTime();

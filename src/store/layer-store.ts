@@ -143,7 +143,10 @@ export interface SetAttr {
   atimeNs?: bigint;
   mtimeNs?: bigint;
   ctimeNs?: bigint;
-  /** An access-time update (a read under relatime/strictatime): ctime stays as it is. */
+  /**
+   * An access-time update (a read under relatime/strictatime): ctime stays as it is, and an
+   * inode this layer has not copied up keeps its lower atime (a read is no change of the layer).
+   */
   accessOnly?: boolean;
 }
 
