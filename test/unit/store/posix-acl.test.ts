@@ -51,7 +51,7 @@ describe('POSIX ACL semantics (as ext4 applies them)', () => {
     expect(file.access?.find((e) => e.tag === AclTag.MASK)?.perm).toBe(6);
     expect(file.default).toBeNull();
     const dir = inheritAcl(NAMED, 0o777, true);
-    expect(dir.permissionBits).toBe(0o774);
+    expect(dir.permissionBits).toBe(0o674);
     expect(dir.default).toEqual(NAMED);
     const plain = inheritAcl(NAMED.filter((e) => e.tag !== AclTag.USER && e.tag !== AclTag.MASK), 0o600, false);
     expect(plain).toEqual({ permissionBits: 0o600, access: null, default: null });
