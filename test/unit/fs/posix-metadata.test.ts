@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { Pool } from '../../../src/api';
 import { AccessTimes, relatimeNeedsUpdate } from '../../../src/fs/access-times';
 import { createFuseOperations, NO_FEATURES, ROOT_NODE_ID, type CallerContext, type FuseOperations } from '../../../src/fs/fuse-operations';
-import type { LayerFs } from '../../../src/store/layer-store';
+import type { Attr, LayerFs } from '../../../src/store/layer-store';
 import { S_IFDIR, S_IFREG } from '../../../src/store/layer-store';
 import { ensureBuiltDist, REPO_ROOT } from '../../support/built-dist';
 import { tempPool } from '../../support/temp-pool';
@@ -31,6 +31,31 @@ async function inContainer(body: (c: { pool: Pool; layer: LayerFs }) => Promise<
       await body({ pool: t.pool, layer });
     } finally {
       await layer.close();
+    }
+  } finally {
+    await t.remove();
+  }
+}
+
+/**
+ * An image layer holding file /f (with `content`), sealed, and a container on it, opened:
+ * `body` gets the container and the image file's attributes as created.
+ */
+async function inContainerOverImage(content: string, body: (c: LayerFs, imageFile: Attr) => Promise<void>): Promise<void> {
+  const t = await tempPool({ sizeBytes: 256 * 1024 ** 2 });
+  try {
+    await t.pool.store.createLayer('img', { kind: 'image', building: true });
+    const img = await t.pool.store.openLayer('img');
+    const f = await img.mknod(img.rootIno, 'f', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+    await img.write(f.ino, Buffer.from(content), 0);
+    await img.close();
+    await t.pool.store.sealLayer('img');
+    await t.pool.store.createLayer('c', { parent: 'img', kind: 'container' });
+    const c = await t.pool.store.openLayer('c');
+    try {
+      await body(c, f);
+    } finally {
+      await c.close();
     }
   } finally {
     await t.remove();
@@ -118,26 +143,15 @@ describe('O_TMPFILE through the table', () => {
 
 describe('birth time', () => {
   it('is set at creation, stays through writes and chmod, and a container copy keeps the lower one', async () => {
-    const t = await tempPool({ sizeBytes: 256 * 1024 ** 2 });
-    try {
-      await t.pool.store.createLayer('img', { kind: 'image', building: true });
-      const img = await t.pool.store.openLayer('img');
-      const f = await img.mknod(img.rootIno, 'f', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+    await inContainerOverImage('', async (c, f) => {
       expect(f.btimeNs).toBe(f.ctimeNs);
-      await img.close();
-      await t.pool.store.sealLayer('img');
-      await t.pool.store.createLayer('c', { parent: 'img', kind: 'container' });
-      const c = await t.pool.store.openLayer('c');
       await new Promise((r) => setTimeout(r, 5));
       await c.write(f.ino, Buffer.from('copied up'), 0);
       await c.setattr(f.ino, { mode: 0o600 });
       const after = await c.getattr(f.ino);
       expect(after.btimeNs).toBe(f.btimeNs);
       expect(after.ctimeNs > f.ctimeNs).toBe(true);
-      await c.close();
-    } finally {
-      await t.remove();
-    }
+    });
   });
 });
 
@@ -178,16 +192,7 @@ describe('access times', () => {
   });
 
   it('a read of a file the container has from its image is no change of the container', async () => {
-    const t = await tempPool({ sizeBytes: 256 * 1024 ** 2 });
-    try {
-      await t.pool.store.createLayer('img', { kind: 'image', building: true });
-      const img = await t.pool.store.openLayer('img');
-      const f = await img.mknod(img.rootIno, 'f', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
-      await img.write(f.ino, Buffer.from('from the image'), 0);
-      await img.close();
-      await t.pool.store.sealLayer('img');
-      await t.pool.store.createLayer('c', { parent: 'img', kind: 'container' });
-      const c = await t.pool.store.openLayer('c');
+    await inContainerOverImage('from the image', async (c, f) => {
       const ops = table(c, { atime: 'strictatime' });
       const h = await ops.open(root, f.ino, fsConstants.O_RDONLY);
       await ops.read(root, f.ino, h.fh, Buffer.alloc(20), 0);
@@ -196,10 +201,7 @@ describe('access times', () => {
       for await (const ch of c.changes()) changes.push(ch.path);
       expect(changes).toEqual([]);
       expect((await c.getattr(f.ino)).atimeNs).toBe(f.atimeNs);
-      await c.close();
-    } finally {
-      await t.remove();
-    }
+    });
   });
 
   it('strictatime writes atime on every read; noatime never; a read-only layer never', async () => {
