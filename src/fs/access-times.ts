@@ -38,6 +38,8 @@ export function relatimeNeedsUpdate(atimeNs: bigint, mtimeNs: bigint, ctimeNs: b
 export class AccessTimes {
   /** ino -> wall-clock ms before which a read needs no atime update (relatime only). */
   private readonly quietUntilMs = new Map<Ino, number>();
+  /** Nodes whose atime the store keeps (a lower layer's file): no update until they change. */
+  private readonly kept = new Set<Ino>();
   /** Updates under way, so that concurrent reads of one node write once. */
   private readonly pending = new Map<Ino, Promise<void>>();
   readonly mode: AtimeMode;
@@ -53,7 +55,7 @@ export class AccessTimes {
    * that a stat right after the read sees the new atime.
    */
   accessed(ino: Ino): Promise<void> | undefined {
-    if (this.mode === 'noatime') return undefined;
+    if (this.mode === 'noatime' || this.kept.has(ino)) return undefined;
     if (this.mode === 'relatime') {
       const quiet = this.quietUntilMs.get(ino);
       if (quiet !== undefined && Date.now() < quiet) return undefined;
@@ -69,11 +71,13 @@ export class AccessTimes {
   /** ino's mtime or ctime moved (write, setattr, xattrs, links): its relatime answer is stale. */
   changed(ino: Ino): void {
     this.quietUntilMs.delete(ino);
+    this.kept.delete(ino);
   }
 
   /** An unlink, rmdir or rename moved the ctime of a node the table does not know: forget every answer. */
   namespaceChanged(): void {
     this.quietUntilMs.clear();
+    this.kept.clear();
   }
 
   private async update(ino: Ino): Promise<void> {
@@ -83,8 +87,15 @@ export class AccessTimes {
       this.keepQuiet(ino, attr.atimeNs);
       return;
     }
-    await this.layer.setattr(ino, { atimeNs: now, accessOnly: true });
-    if (this.mode === 'relatime') this.keepQuiet(ino, now);
+    // The store stamps atime with the clock its mtimes and ctimes come from, so that a read
+    // right after a write shows atime >= mtime, as on ext4.
+    const after = await this.layer.setattr(ino, { accessOnly: true });
+    if (after.atimeNs === attr.atimeNs) {
+      if (this.kept.size >= MAX_KEPT_DECISIONS) this.kept.clear();
+      this.kept.add(ino);
+    } else if (this.mode === 'relatime') {
+      this.keepQuiet(ino, after.atimeNs);
+    }
   }
 
   private keepQuiet(ino: Ino, atimeNs: bigint): void {

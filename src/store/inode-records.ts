@@ -205,6 +205,7 @@ export class InodeRecords {
       if (changes.uid !== undefined) own.uid = changes.uid;
       if (changes.gid !== undefined) own.gid = changes.gid;
       if (changes.atimeNs !== undefined) own.atime = nsToTime(changes.atimeNs);
+      else if (changes.accessOnly) own.atime = now;
       if (changes.mtimeNs !== undefined) own.mtime = nsToTime(changes.mtimeNs);
       if (changes.ctimeNs !== undefined) own.ctime = nsToTime(changes.ctimeNs);
       else if (!changes.accessOnly) own.ctime = now;

@@ -144,7 +144,8 @@ export interface SetAttr {
   mtimeNs?: bigint;
   ctimeNs?: bigint;
   /**
-   * An access-time update (a read under relatime/strictatime): ctime stays as it is, and an
+   * An access-time update (a read under relatime/strictatime): atime becomes atimeNs, or
+   * the store's now when absent (the clock its mtimes come from); ctime stays as it is; an
    * inode this layer has not copied up keeps its lower atime (a read is no change of the layer).
    */
   accessOnly?: boolean;

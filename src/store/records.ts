@@ -35,8 +35,17 @@ export function nsToTime(ns: bigint): StoredTime {
   return [Number(sec), Number(nsec)];
 }
 
+let lastNowNs = 0n;
+
+/**
+ * The wall clock in ns, never going backwards within this process: Date.now()'s millisecond
+ * and hrtime's sub-millisecond digits are not in phase, so two raw readings in one
+ * millisecond could be out of order (an atime stamped after an mtime would read as older).
+ */
 export function nowTime(): StoredTime {
-  const ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  let ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  if (ns <= lastNowNs) ns = lastNowNs + 1n;
+  lastNowNs = ns;
   return nsToTime(ns);
 }
 

@@ -319,6 +319,7 @@ export class MemoryLayerFs implements LayerFs {
     if (changes.uid !== undefined) n.uid = changes.uid;
     if (changes.gid !== undefined) n.gid = changes.gid;
     if (changes.atimeNs !== undefined) n.atimeNs = changes.atimeNs;
+    else if (changes.accessOnly) n.atimeNs = this.now();
     if (changes.mtimeNs !== undefined) n.mtimeNs = changes.mtimeNs;
     if (changes.ctimeNs !== undefined || !changes.accessOnly) n.ctimeNs = changes.ctimeNs ?? this.now();
     return this.attr(n);
