@@ -1,237 +1,41 @@
 /**
- * The FUSE operations table of one mounted layer: every FUSE semantic dmfs has, written
- * once, in the shape of libfuse's low-level API (node id + name in, typed reply out).
- * Transports only carry requests to it and replies back: the /dev/fuse loop
- * (kernel-transport.ts), libfuse 2's path API (path-transport.ts); FUSE over io_uring can
- * be a third. The table knows no byte layout of fuse.h and no path.
- *
- * Vocabulary:
- * - node id: FUSE's name for an inode. The root is ROOT_NODE_ID; every other node id is
- *   the store's inode number, so all names of a hard-linked file are one node, and node
- *   ids are never reused (store inode numbers are not).
- * - Entry: a name's node, its attributes and how long they may be cached; nodeId 0 is a
- *   negative entry (the name is known absent).
- * - handle (fh): what open/create/opendir return, in [1, 2^31); reads and writes name
- *   their node and handle, so rename or unlink of an open file disturbs nothing.
- * - caller (CallerContext): who asked (uid, gid, pid, umask), the first argument of each
- *   request. New nodes belong to the caller (BSD groups below a setgid directory).
- *
- * Lifecycle: init (once, before any other operation: which features this connection
- * uses) -> operations, concurrently -> shutdown (once, after unmount: closes what is
- * still open and syncs).
- *
- * Contracts for transports:
- * - Operations that reach the store return promises; the others answer synchronously.
- *   A failure is thrown or rejected, a DmfsError as a rule; errnoFor(err) is its errno.
- * - Buffers handed in (write data, xattr values) are the transport's and only valid until
- *   the operation settles; the table copies what it keeps.
- * - Attribute replies (getattr, setattr) may be cached for cache.attrTimeoutS; entries
- *   carry their own timeouts; open/opendir say whether the page cache and directory
- *   listings stay valid across opens.
- *
- * Lookup counts (forget) are not kept: store inodes live on their own (an open file keeps
- * an unlinked inode through LayerFs.retain), and inode numbers are never reused, so a
- * forgotten node id stays meaningful. Requests run concurrently; the store serialises what
- * must be; the kernel serialises conflicting changes in one directory (its lock).
+ * The FUSE operations table of one mounted layer: createFuseOperations implements the
+ * contract of fuse-operations-api.ts (vocabulary, lifecycle, what transports may rely on),
+ * which this module re-exports so that transports import one module.
  */
 import { constants as fsConstants } from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { DmfsError, dmfsError, errnoOf } from '../errors';
-import type { Attr, DirEntry, Ino, LayerFs, ReadOptions, SetAttr, StatFs } from '../store/layer-store';
+import { DmfsError, dmfsError } from '../errors';
+import type { Attr, DirEntry, Ino, LayerFs } from '../store/layer-store';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/layer-store';
+import { AccessTimes } from './access-times';
 import { fallocateHowOf, seekWhatOf } from './file-space-flags';
 import { GroupSync } from './group-sync';
 import { HandleTable } from './handle-table';
-import { checkAccess, NAME_MAX_BYTES, newNodeOwner, POSIX_ACL_XATTRS, S_ISGID, S_ISUID, wallClockNs } from './posix-rules';
+import { PosixAcls } from './posix-acls';
+import { checkAccess, NAME_MAX_BYTES, newNodeOwner, S_ISGID, S_ISUID, storeChanges, wallClockNs } from './posix-rules';
 
-/** The node id of the layer's root (FUSE_ROOT_ID). */
-export const ROOT_NODE_ID = 1;
-
-/** renameat2(2) flags. */
-export const RENAME_NOREPLACE = 1 << 0;
-export const RENAME_EXCHANGE = 1 << 1;
-/** setxattr(2) flags. */
-export const XATTR_CREATE = 1;
-export const XATTR_REPLACE = 2;
+export * from './fuse-operations-api';
+import {
+  errnoFor,
+  NO_FEATURES,
+  RENAME_EXCHANGE,
+  RENAME_NOREPLACE,
+  ROOT_NODE_ID,
+  XATTR_CREATE,
+  XATTR_REPLACE,
+  type CachePolicy,
+  type CallerContext,
+  type Entry,
+  type FuseOperations,
+  type FuseOperationsOptions,
+  type OpenReply,
+} from './fuse-operations-api';
 
 /** O_ACCMODE (not exported by Node): the two low bits hold O_RDONLY / O_WRONLY / O_RDWR. */
 const ACCMODE = 3;
 const SECURITY_CAPABILITY = 'security.capability';
 /** A name of this many UTF-16 units or fewer is at most NAME_MAX_BYTES of UTF-8. */
 const SURELY_SHORT_NAME = Math.floor(NAME_MAX_BYTES / 3);
-
-/** The process that issued an operation (fuse_get_context / fuse_in_header). */
-export interface CallerContext {
-  uid: number;
-  gid: number;
-  pid: number;
-  umask: number;
-}
-
-/** What a connection can do beyond the basics; init answers the subset the table uses. */
-export interface FuseFeatures {
-  /** The kernel gathers writes in its page cache (write(2) returns before the table sees them). */
-  writebackCache: boolean;
-  /**
-   * The kernel leaves clearing privileges to the file system (HANDLE_KILLPRIV_V2): a write
-   * drops security.capability here, and writes, truncates and chowns flagged killSuidgid
-   * clear setuid (and setgid when group-executable). Without it the kernel does all this.
-   */
-  killPrivileges: boolean;
-  /** The kernel may cache symlink targets (they never change in place). */
-  cacheSymlinks: boolean;
-}
-
-export const NO_FEATURES: FuseFeatures = { writebackCache: false, killPrivileges: false, cacheSymlinks: false };
-
-/** Kernel cache lifetimes (seconds) and page-cache policy of the mount. */
-export interface CachePolicy {
-  entryTimeoutS: number;
-  attrTimeoutS: number;
-  /** Lifetime of a known-absent name; 0 answers an absent name with NOT_FOUND instead. */
-  negativeTimeoutS: number;
-  /** Cached pages of a file stay valid across opens (nothing else writes the layer, and one node per inode). */
-  keepCache: boolean;
-  /** The kernel may keep directory listings across opens (it drops them on changes it makes). */
-  cacheDirs: boolean;
-}
-
-export interface FuseOperationsOptions extends CachePolicy {
-  /** st_blksize of every file. */
-  blockSizeBytes: number;
-  /** Ask for the kernel's writeback cache when offered (writable layers only). */
-  writebackCache: boolean;
-  /** Wall clock in nanoseconds, for 'now' times (tests inject one). */
-  nowNs?: () => bigint;
-  /** A failure that is not a DmfsError (a bug or an I/O error): see errnoFor. */
-  onUnexpected?: (err: unknown) => void;
-}
-
-export interface Entry {
-  /** 0: a negative entry (attr null; the name is absent for entryTimeoutS). */
-  nodeId: number;
-  attr: Attr | null;
-  entryTimeoutS: number;
-  attrTimeoutS: number;
-}
-
-export interface OpenReply {
-  fh: number;
-  /** Keep the page cache (files) or the cached listing (directories) from earlier opens. */
-  keepCache: boolean;
-  /** Directories: the kernel may cache this listing. */
-  cacheDir: boolean;
-}
-
-/** A time to set: nanoseconds since the epoch, or the current time (one clock reading per operation). */
-export type TimeToSet = bigint | 'now';
-
-/** setattr's changes; an absent field is left as it is. */
-export interface AttrChanges {
-  mode?: number;
-  uid?: number;
-  gid?: number;
-  sizeBytes?: number;
-  atime?: TimeToSet;
-  mtime?: TimeToSet;
-  ctimeNs?: bigint;
-}
-
-export interface DirPage {
-  /** The listing from the asked offset: entries[i] sits at offset + i, the next one at offset + i + 1. */
-  entries: DirEntry[];
-  /** readdirplus: each entry's Entry, null for '.', '..' and names gone meanwhile (no lookup counted). */
-  plus: (Entry | null)[] | null;
-}
-
-export interface FuseOperations {
-  readonly cache: CachePolicy;
-  /** st_blksize of every file. */
-  readonly blockSizeBytes: number;
-
-  /** Once, before anything else: the features this table uses, out of those offered. */
-  init(offered: FuseFeatures): FuseFeatures;
-  lookup(ctx: CallerContext, parent: number, name: string): Promise<Entry>;
-  forget(nodeId: number, nlookup: number): void;
-  getattr(ctx: CallerContext, nodeId: number): Promise<Attr>;
-  /** killSuidgid: the caller lacks CAP_FSETID and the kernel delegated clearing (FuseFeatures.killPrivileges). */
-  setattr(ctx: CallerContext, nodeId: number, changes: AttrChanges, killSuidgid?: boolean): Promise<Attr>;
-  readlink(ctx: CallerContext, nodeId: number): Promise<string>;
-  /** mode: st_mode with the type bits (none: a regular file); rdev: Linux makedev encoding. */
-  mknod(ctx: CallerContext, parent: number, name: string, mode: number, rdev: number): Promise<Entry>;
-  mkdir(ctx: CallerContext, parent: number, name: string, mode: number): Promise<Entry>;
-  symlink(ctx: CallerContext, parent: number, name: string, target: string): Promise<Entry>;
-  unlink(ctx: CallerContext, parent: number, name: string): Promise<void>;
-  rmdir(ctx: CallerContext, parent: number, name: string): Promise<void>;
-  /** flags: renameat2(2)'s; any other bit is INVALID. */
-  rename(ctx: CallerContext, parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void>;
-  link(ctx: CallerContext, nodeId: number, newParent: number, newName: string): Promise<Entry>;
-  /** flags: open(2)'s. A read-only layer refuses write access (READ_ONLY_LAYER). */
-  open(ctx: CallerContext, nodeId: number, flags: number): Promise<OpenReply>;
-  create(ctx: CallerContext, parent: number, name: string, mode: number, flags: number): Promise<{ entry: Entry; open: OpenReply }>;
-  /** Fills target from offsetBytes; resolves to the count (short at EOF). */
-  read(ctx: CallerContext, nodeId: number, fh: number, target: Buffer, offsetBytes: number, opts?: ReadOptions): Promise<number>;
-  /** Writes all of data; killSuidgid as for setattr. */
-  write(ctx: CallerContext, nodeId: number, fh: number, data: Buffer, offsetBytes: number, killSuidgid: boolean): Promise<number>;
-  /** fallocate(2); mode: its FALLOC_FL_* flags. NOT_IMPLEMENTED (ENOSYS) when the layer has none. */
-  fallocate(ctx: CallerContext, nodeId: number, fh: number, offsetBytes: number, lengthBytes: number, mode: number): Promise<void>;
-  /** lseek(2) with SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself): the new offset. */
-  lseek(ctx: CallerContext, nodeId: number, fh: number, offsetBytes: number, whence: number): Promise<number>;
-  /**
-   * copy_file_range(2) within this mount (the kernel answers EXDEV across mounts itself):
-   * the store shares whole blocks. Resolves to the bytes copied. NOT_SUPPORTED
-   * (EOPNOTSUPP) when the layer cannot: the kernel then copies through read and write.
-   */
-  copyFileRange(ctx: CallerContext, nodeIn: number, fhIn: number, offInBytes: number, nodeOut: number, fhOut: number, offOutBytes: number, lengthBytes: number, flags: number): Promise<number>;
-  /**
-   * close(2) is not a durability point (as on ext4): the store commits metadata at once and
-   * flushes data and metadata at least every second; fsync and umount make writes durable
-   * (syncing at close cost ~40% of a tar -x). Throws NOT_IMPLEMENTED, which FUSE answers
-   * as ENOSYS: the kernel then never sends it again, sparing a round trip per close.
-   */
-  flush(ctx: CallerContext, nodeId: number, fh: number): void;
-  release(ctx: CallerContext, nodeId: number, fh: number): Promise<void>;
-  fsync(ctx: CallerContext, nodeId: number, fh: number, dataSync: boolean): Promise<void>;
-  fsyncdir(ctx: CallerContext, nodeId: number, fh: number, dataSync: boolean): Promise<void>;
-  syncfs(ctx: CallerContext): Promise<void>;
-  opendir(ctx: CallerContext, nodeId: number, flags: number): OpenReply;
-  /**
-   * The listing of handle fh from offset (taken afresh at offset 0). fits, when given, is
-   * asked about each entry in turn and the page ends before the first it refuses (the
-   * transport's reply size).
-   */
-  readdir(ctx: CallerContext, nodeId: number, fh: number, offset: number, plus: boolean, fits?: (entry: DirEntry) => boolean): Promise<DirPage>;
-  releasedir(ctx: CallerContext, nodeId: number, fh: number): void;
-  statfs(ctx: CallerContext, nodeId: number): Promise<StatFs>;
-  /** flags: setxattr(2)'s. POSIX ACLs are refused (NOT_SUPPORTED): see POSIX_ACL_XATTRS. */
-  setxattr(ctx: CallerContext, nodeId: number, name: string, value: Buffer, flags: number): Promise<void>;
-  /** null: no such attribute (ENODATA; not thrown, as the kernel asks for security.capability often). */
-  getxattr(ctx: CallerContext, nodeId: number, name: string): Promise<Buffer | null>;
-  listxattr(ctx: CallerContext, nodeId: number): Promise<string[]>;
-  removexattr(ctx: CallerContext, nodeId: number, name: string): Promise<void>;
-  /** access(2), asked only without default_permissions (see checkAccess). */
-  access(ctx: CallerContext, nodeId: number, mask: number): Promise<void>;
-
-  /** The node a handle was opened on (undefined: unknown handle). */
-  handleNode(fh: number): number | undefined;
-  /** True while some handle is open on the node. */
-  isOpen(nodeId: number): boolean;
-  /** The node id of a store inode. */
-  nodeIdOf(ino: Ino): number;
-  /** errnoFor(err), reporting a failure that is not a DmfsError (a bug, an I/O error) to onUnexpected first. */
-  errno(err: unknown): number;
-  /** Releases every handle still open and syncs the layer. Called once, after unmount. */
-  shutdown(): Promise<void>;
-  readonly openHandles: number;
-  /** Store syncs started by fsync (for tests and stats). */
-  readonly syncCount: number;
-}
-
-/** The positive errno a failure is answered with: a DmfsError's, a system error's, else EIO. */
-export function errnoFor(err: unknown): number {
-  const n = errnoOf(err);
-  return n > 0 ? n : osConstants.errno.EIO;
-}
 
 interface DirHandle {
   ino: Ino;
@@ -258,6 +62,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     cacheDirs: options.cacheDirs,
   };
   let features = NO_FEATURES;
+  let acls = new PosixAcls(layer, false);
+  const atimes = new AccessTimes(layer, options.atime ?? 'relatime', nowNs);
 
   const inoOf = (nodeId: number): Ino => (nodeId === ROOT_NODE_ID ? root : nodeId);
   const nodeIdOf = (ino: Ino): number => (ino === root ? ROOT_NODE_ID : ino);
@@ -277,8 +83,12 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     return { fh, keepCache: cache.keepCache, cacheDir: false };
   }
 
-  async function newNode(ctx: CallerContext, dirIno: Ino, mode: number): Promise<{ mode: number; uid: number; gid: number }> {
-    return newNodeOwner(layer, dirIno, mode, ctx.uid, ctx.gid);
+  /** Owner, mode and inherited ACLs of a node made in dirIno (the umask applied here under DONT_MASK). */
+  async function newNode(ctx: CallerContext, dirIno: Ino, mode: number): Promise<{ mode: number; uid: number; gid: number; xattrs?: Record<string, Buffer> }> {
+    atimes.changed(dirIno);
+    const withAcl = await acls.forNewNode(dirIno, mode, ctx.umask);
+    const owner = await newNodeOwner(layer, dirIno, withAcl.mode, ctx.uid, ctx.gid);
+    return withAcl.xattrs ? { ...owner, xattrs: withAcl.xattrs } : owner;
   }
 
   // What Linux does (file_remove_privs, and chown / truncate by a caller without CAP_FSETID,
@@ -300,22 +110,6 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     if (features.killPrivileges) await dropCapability(ino);
     if (killSuidgid) await clearSetIds(ino, await layer.getattr(ino));
     return layer.write(ino, data, offsetBytes);
-  }
-
-  /** The store's form of changes, with 'now' read once; null when nothing is to change. */
-  function storeChanges(c: AttrChanges): SetAttr | null {
-    if (c.mode === undefined && c.uid === undefined && c.gid === undefined && c.sizeBytes === undefined &&
-      c.atime === undefined && c.mtime === undefined && c.ctimeNs === undefined) return null;
-    const now = c.atime === 'now' || c.mtime === 'now' ? nowNs() : 0n;
-    const out: SetAttr = {};
-    if (c.mode !== undefined) out.mode = c.mode & 0o7777;
-    if (c.uid !== undefined) out.uid = c.uid;
-    if (c.gid !== undefined) out.gid = c.gid;
-    if (c.sizeBytes !== undefined) out.sizeBytes = c.sizeBytes;
-    if (c.atime !== undefined) out.atimeNs = c.atime === 'now' ? now : c.atime;
-    if (c.mtime !== undefined) out.mtimeNs = c.mtime === 'now' ? now : c.mtime;
-    if (c.ctimeNs !== undefined) out.ctimeNs = c.ctimeNs;
-    return out;
   }
 
   function dirHandle(fh: number): DirHandle {
@@ -347,7 +141,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
         writebackCache: offered.writebackCache && options.writebackCache && !layer.readOnly,
         killPrivileges: offered.killPrivileges,
         cacheSymlinks: offered.cacheSymlinks,
+        posixAcl: offered.posixAcl && options.posixAcl === true,
       };
+      acls = new PosixAcls(layer, features.posixAcl);
       return features;
     },
 
@@ -370,8 +166,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async setattr(_ctx, nodeId, changes, killSuidgid = false) {
       const ino = inoOf(nodeId);
-      const c = storeChanges(changes);
+      const c = storeChanges(changes, nowNs);
       let attr = c ? await layer.setattr(ino, c) : await layer.getattr(ino);
+      atimes.changed(ino);
+      if (c?.mode !== undefined) await acls.afterChmod(ino, attr.mode);
       // After the change: a chown or truncate that also sets the mode keeps the kill. A kill
       // with nothing else to change is chown(f, -1, -1), which clears only a regular file's.
       if (killSuidgid && (c !== null || attr.kind === 'file')) attr = await clearSetIds(ino, attr);
@@ -400,18 +198,21 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async symlink(ctx, parent, name, target) {
       checkName(name);
       const dirIno = inoOf(parent);
-      const { uid, gid } = await newNode(ctx, dirIno, 0);
+      atimes.changed(dirIno);
+      const { uid, gid } = await newNodeOwner(layer, dirIno, 0, ctx.uid, ctx.gid);
       return entryOf(dirIno, await layer.symlink(dirIno, name, target, { uid, gid }));
     },
 
     async unlink(_ctx, parent, name) {
       checkName(name);
       await layer.unlink(inoOf(parent), name);
+      atimes.namespaceChanged();
     },
 
     async rmdir(_ctx, parent, name) {
       checkName(name);
       await layer.rmdir(inoOf(parent), name);
+      atimes.namespaceChanged();
     },
 
     async rename(_ctx, parent, name, newParent, newName, flags) {
@@ -422,6 +223,7 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       const newDirIno = inoOf(newParent);
       const exchange = (flags & RENAME_EXCHANGE) !== 0;
       await layer.rename(dirIno, name, newDirIno, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0, exchange });
+      atimes.namespaceChanged();
       // A moved directory's '..' is its new parent (the kernel sends no LOOKUP for it).
       const moved = await layer.lookup(newDirIno, newName);
       if (moved?.kind === 'dir') parents.set(moved.ino, newDirIno);
@@ -434,7 +236,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     async link(_ctx, nodeId, newParent, newName) {
       checkName(newName);
       const dirIno = inoOf(newParent);
-      return entryOf(dirIno, await layer.link(inoOf(nodeId), dirIno, newName));
+      const linked = await layer.link(inoOf(nodeId), dirIno, newName);
+      atimes.changed(linked.ino);
+      atimes.changed(dirIno);
+      return entryOf(dirIno, linked);
     },
 
     async open(_ctx, nodeId, flags) {
@@ -455,14 +260,25 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return { entry: entryOf(dirIno, attr), open: fileOpen(fh) };
     },
 
+    async tmpfile(ctx, parent, mode) {
+      if (!layer.createUnnamed) throw dmfsError('NOT_SUPPORTED', 'this layer cannot make unnamed files (O_TMPFILE)');
+      const dirIno = inoOf(parent);
+      const attr = await layer.createUnnamed(dirIno, await newNode(ctx, dirIno, S_IFREG | (mode & 0o7777)));
+      return { entry: entryOf(dirIno, attr), open: fileOpen(handles.open(attr.ino, true)) };
+    },
+
     read(_ctx, nodeId, _fh, target, offsetBytes, opts) {
-      return layer.read(inoOf(nodeId), target, offsetBytes, opts);
+      const ino = inoOf(nodeId);
+      const touched = atimes.accessed(ino);
+      if (!touched) return layer.read(ino, target, offsetBytes, opts);
+      return touched.then(() => layer.read(ino, target, offsetBytes, opts));
     },
 
     write(_ctx, nodeId, _fh, data, offsetBytes, killSuidgid) {
       const ino = inoOf(nodeId);
-      if (!features.killPrivileges && !killSuidgid) return layer.write(ino, data, offsetBytes);
-      return writeKilling(ino, data, offsetBytes, killSuidgid);
+      // Once the write has moved mtime, the next read asks relatime again.
+      const written = !features.killPrivileges && !killSuidgid ? layer.write(ino, data, offsetBytes) : writeKilling(ino, data, offsetBytes, killSuidgid);
+      return written.then((n) => (atimes.changed(ino), n));
     },
 
     async fallocate(_ctx, nodeId, _fh, offsetBytes, lengthBytes, mode) {
@@ -513,7 +329,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
 
     async readdir(_ctx, _nodeId, fh, offset, plus, fits) {
       const h = dirHandle(fh);
-      if (offset === 0 || !h.entries) h.entries = await listing(h);
+      if (offset === 0 || !h.entries) {
+        await atimes.accessed(h.ino);
+        h.entries = await listing(h);
+      }
       const all = h.entries;
       let end = offset;
       while (end < all.length && (!fits || fits(all[end]))) end++;
@@ -531,14 +350,11 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return layer.statfs();
     },
 
-    async setxattr(_ctx, nodeId, name, value, flags) {
-      // The kernel checks permissions from the mode alone (no FUSE_POSIX_ACL): an ACL stored
-      // here would be shown but not enforced. Refusing makes cp/tar fall back to chmod.
-      if (POSIX_ACL_XATTRS.has(name)) throw dmfsError('NOT_SUPPORTED', 'POSIX ACLs are not supported; use chmod');
-      await layer.setxattr(inoOf(nodeId), name, Buffer.from(value), {
-        create: (flags & XATTR_CREATE) !== 0,
-        replace: (flags & XATTR_REPLACE) !== 0,
-      });
+    async setxattr(_ctx, nodeId, name, value, flags, killSgid = false) {
+      const ino = inoOf(nodeId);
+      if (PosixAcls.isAclName(name)) await acls.set(ino, name, Buffer.from(value), killSgid);
+      else await layer.setxattr(ino, name, Buffer.from(value), { create: (flags & XATTR_CREATE) !== 0, replace: (flags & XATTR_REPLACE) !== 0 });
+      atimes.changed(ino);
     },
 
     getxattr(_ctx, nodeId, name) {
@@ -550,12 +366,10 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     },
 
     async removexattr(_ctx, nodeId, name) {
-      // No ACL is ever stored, so removing one succeeds as on ext4 when the file has none.
-      if (POSIX_ACL_XATTRS.has(name)) {
-        if (layer.readOnly) throw dmfsError('READ_ONLY_LAYER', 'read-only layer');
-        return;
-      }
-      await layer.removexattr(inoOf(nodeId), name);
+      const ino = inoOf(nodeId);
+      if (PosixAcls.isAclName(name)) await acls.remove(ino, name);
+      else await layer.removexattr(ino, name);
+      atimes.changed(ino);
     },
 
     async access(_ctx, nodeId, mask) {

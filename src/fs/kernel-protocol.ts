@@ -8,6 +8,8 @@
  * fuse_kstatfs 80, fuse_dirent 24 + name (8-aligned), fuse_direntplus 152 + name,
  * fuse_fallocate_in 32 (fh, offset, length: u64; mode, padding: u32), fuse_lseek_in 24
  * (fh, offset: u64; whence, padding: u32), fuse_lseek_out 8 (offset: u64).
+ * fuse_statx_out 288 (FUSE_STATX, 7.39; the kernel sends it whatever minor the INIT
+ * reply names, and FUSE_TMPFILE (7.37) too, so dmfs answers both without a newer minor).
  */
 import type { Attr, DirEntry, FileKind, StatFs } from '../store/layer-store';
 import { typeBitsOf } from './fuse-adapter';
@@ -27,6 +29,8 @@ export const ATTR_OUT_BYTES = 16 + ATTR_BYTES;
 export const OPEN_OUT_BYTES = 16;
 export const INIT_OUT_BYTES = 64;
 export const STATFS_OUT_BYTES = 80;
+/** fuse_statx_out (7.39): attr_valid, attr_valid_nsec, flags, spare[2], then fuse_statx (256). */
+export const STATX_OUT_BYTES = 32 + 256;
 const DIRENT_HEADER_BYTES = 24;
 
 export const Op = {
@@ -35,22 +39,28 @@ export const Op = {
   RELEASE: 18, FSYNC: 20, SETXATTR: 21, GETXATTR: 22, LISTXATTR: 23, REMOVEXATTR: 24,
   FLUSH: 25, INIT: 26, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29, FSYNCDIR: 30, ACCESS: 34,
   CREATE: 35, INTERRUPT: 36, DESTROY: 38, BATCH_FORGET: 42, FALLOCATE: 43, READDIRPLUS: 44, RENAME2: 45,
-  LSEEK: 46, COPY_FILE_RANGE: 47, SYNCFS: 50, COPY_FILE_RANGE_64: 53,
+  LSEEK: 46, COPY_FILE_RANGE: 47, SYNCFS: 50, TMPFILE: 51, STATX: 52, COPY_FILE_RANGE_64: 53,
 } as const;
 
 /** INIT flags (fuse_init_in/out.flags). */
 export const InitFlag = {
   ASYNC_READ: 1 << 0,
   BIG_WRITES: 1 << 5,
+  DONT_MASK: 1 << 6,
   DO_READDIRPLUS: 1 << 13,
   READDIRPLUS_AUTO: 1 << 14,
   ASYNC_DIO: 1 << 15,
   WRITEBACK_CACHE: 1 << 16,
   PARALLEL_DIROPS: 1 << 18,
+  POSIX_ACL: 1 << 20,
   MAX_PAGES: 1 << 22,
   CACHE_SYMLINKS: 1 << 23,
   HANDLE_KILLPRIV_V2: 1 << 28,
+  SETXATTR_EXT: 1 << 29,
 } as const;
+
+/** fuse_setxattr_in.setxattr_flags (with SETXATTR_EXT): clear setgid on an access ACL change. */
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0;
 
 /** fuse_write_in.write_flags: clear setuid (and setgid when group-executable). */
 export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
@@ -258,4 +268,58 @@ export function writeDirent(buf: Buffer, at: number, entry: DirEntry, nameBytes:
   buf.write(entry.name, at + DIRENT_HEADER_BYTES, nameBytes, 'utf8');
   buf.fill(0, at + DIRENT_HEADER_BYTES + nameBytes, at + total);
   return total;
+}
+
+/** statx(2) mask bits (linux/stat.h) that FUSE_STATX replies carry. */
+export const StatxMask = {
+  /** STATX_TYPE through STATX_BLOCKS: everything struct stat has. */
+  BASIC_STATS: 0x7ff,
+  BTIME: 0x800,
+} as const;
+
+/** The major and minor of a Linux makedev-encoded device number (glibc's encoding, 64-bit). */
+export function devMajorMinor(rdev: number): { major: number; minor: number } {
+  const high = Math.floor(rdev / TWO32);
+  const low = rdev % TWO32;
+  return {
+    major: (((low >>> 8) & 0xfff) | (high & ~0xfff)) >>> 0,
+    minor: ((low & 0xff) | ((low >>> 12) & ~0xff)) >>> 0,
+  };
+}
+
+/** struct fuse_sx_time at `at`: tv_sec (s64), tv_nsec (u32), reserved (s32). */
+function writeSxTime(buf: Buffer, at: number, ns: bigint): void {
+  writeTime(buf, at, at + 8, ns);
+  buf.writeInt32LE(0, at + 12);
+}
+
+/**
+ * struct fuse_statx_out at `at`. The mask says BASIC_STATS, plus BTIME when the inode has a
+ * birth time (an inode made before btimes were recorded has none, as statx allows).
+ */
+export function writeStatxOut(buf: Buffer, at: number, a: Attr, attrTimeoutS: number, blockSizeBytes: number): void {
+  buf.fill(0, at, at + STATX_OUT_BYTES);
+  const t = validity(attrTimeoutS);
+  writeI64(buf, at, t.sec);
+  buf.writeUInt32LE(t.nsec, at + 8);
+  const sx = at + 32;
+  buf.writeUInt32LE(StatxMask.BASIC_STATS | (a.btimeNs !== undefined ? StatxMask.BTIME : 0), sx);
+  buf.writeUInt32LE(blockSizeBytes, sx + 4);
+  // attributes (u64) at +8 stay 0
+  buf.writeUInt32LE(a.nlink >>> 0, sx + 16);
+  buf.writeUInt32LE(a.uid >>> 0, sx + 20);
+  buf.writeUInt32LE(a.gid >>> 0, sx + 24);
+  buf.writeUInt16LE(a.mode & 0xffff, sx + 28);
+  writeI64(buf, sx + 32, a.ino);
+  writeI64(buf, sx + 40, a.sizeBytes);
+  writeI64(buf, sx + 48, a.blocks512);
+  // attributes_mask (u64) at +56 stays 0
+  writeSxTime(buf, sx + 64, a.atimeNs);
+  if (a.btimeNs !== undefined) writeSxTime(buf, sx + 80, a.btimeNs);
+  writeSxTime(buf, sx + 96, a.ctimeNs);
+  writeSxTime(buf, sx + 112, a.mtimeNs);
+  const { major, minor } = devMajorMinor(a.rdev);
+  buf.writeUInt32LE(major, sx + 128);
+  buf.writeUInt32LE(minor, sx + 132);
+  // dev_major / dev_minor: the kernel fills in the super block's device
 }

@@ -15,9 +15,9 @@ import type { CallerContext, Entry, FuseFeatures, FuseOperations, OpenReply } fr
 import { MAX_WRITE_BYTES, type KernelDispatcher, type KernelSession } from './kernel-session';
 import {
   ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_MIN_KERNEL_MINOR,
-  FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
-  STATFS_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeI64, writeInitOut,
-  writeOpenOut, writeStatfs, type Unique,
+  FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
+  STATFS_OUT_BYTES, STATX_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeI64, writeInitOut,
+  writeOpenOut, writeStatfs, writeStatxOut, type Unique,
 } from './kernel-protocol';
 
 const E = osConstants.errno;
@@ -33,17 +33,21 @@ const FSYNC_FDATASYNC = 1;
 const TRANSPORT_FLAGS = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO |
   InitFlag.ASYNC_DIO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
 
+/** POSIX ACLs come with the umask left to the table and setxattr's kill-setgid flag. */
+const POSIX_ACL_FLAGS = InitFlag.POSIX_ACL | InitFlag.DONT_MASK | InitFlag.SETXATTR_EXT;
+
 function featuresOf(flags: number): FuseFeatures {
   return {
     writebackCache: (flags & InitFlag.WRITEBACK_CACHE) !== 0,
     killPrivileges: (flags & InitFlag.HANDLE_KILLPRIV_V2) !== 0,
     cacheSymlinks: (flags & InitFlag.CACHE_SYMLINKS) !== 0,
+    posixAcl: (flags & POSIX_ACL_FLAGS) === POSIX_ACL_FLAGS,
   };
 }
 
 function featureFlags(f: FuseFeatures): number {
   return (f.writebackCache ? InitFlag.WRITEBACK_CACHE : 0) | (f.killPrivileges ? InitFlag.HANDLE_KILLPRIV_V2 : 0) |
-    (f.cacheSymlinks ? InitFlag.CACHE_SYMLINKS : 0);
+    (f.cacheSymlinks ? InitFlag.CACHE_SYMLINKS : 0) | (f.posixAcl ? POSIX_ACL_FLAGS : 0);
 }
 
 /**
@@ -75,6 +79,8 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const bs = ops.blockSizeBytes;
   const readBuffers: Buffer[] = [];
   const counts = new Uint32Array(64);
+  /** fuse_setxattr_in is 16 bytes (with setxattr_flags) once SETXATTR_EXT is agreed, else 8. */
+  let setxattrInBytes = 8;
 
   function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
@@ -90,6 +96,19 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
 
   function openFlags(o: OpenReply): number {
     return (o.keepCache ? FOPEN_KEEP_CACHE : 0) | (o.cacheDir ? FOPEN_CACHE_DIR : 0);
+  }
+
+  function sendStatx(session: ReplyChannel, r: Request, attr: Attr): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + STATX_OUT_BYTES);
+    writeStatxOut(out, OUT_HEADER_BYTES, attr, ops.cache.attrTimeoutS, bs);
+    session.send(r, out, out.length);
+  }
+
+  function sendCreated(session: ReplyChannel, r: Request, c: { entry: Entry; open: OpenReply }): void {
+    const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES + OPEN_OUT_BYTES);
+    writeEntry(out, OUT_HEADER_BYTES, c.entry.nodeId, c.entry.attr, c.entry.entryTimeoutS, c.entry.attrTimeoutS, bs);
+    writeOpenOut(out, OUT_HEADER_BYTES + ENTRY_OUT_BYTES, c.open.fh, openFlags(c.open));
+    session.send(r, out, out.length);
   }
 
   function sendOpen(session: ReplyChannel, r: Request, o: OpenReply): void {
@@ -143,6 +162,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
       return;
     }
     const wanted = TRANSPORT_FLAGS | featureFlags(ops.init(featuresOf(offered)));
+    if (offered & wanted & InitFlag.SETXATTR_EXT) setxattrInBytes = 16;
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + INIT_OUT_BYTES);
     writeInitOut(out, OUT_HEADER_BYTES, {
       flags: (offered & wanted) >>> 0,
@@ -284,14 +304,21 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
           const flags = req.readUInt32LE(at);
           const mode = req.readUInt32LE(at + 4);
           r.umask = req.readUInt32LE(at + 8);
-          void ops.create(r, node, readName(req, at + 16, len).name, mode, flags).then((c) => {
-            const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES + OPEN_OUT_BYTES);
-            writeEntry(out, OUT_HEADER_BYTES, c.entry.nodeId, c.entry.attr, c.entry.entryTimeoutS, c.entry.attrTimeoutS, bs);
-            writeOpenOut(out, OUT_HEADER_BYTES + ENTRY_OUT_BYTES, c.open.fh, openFlags(c.open));
-            session.send(r, out, out.length);
-          }, failTo(session, r));
+          void ops.create(r, node, readName(req, at + 16, len).name, mode, flags).then((c) => sendCreated(session, r, c), failTo(session, r));
           return;
         }
+        case Op.TMPFILE: {
+          // fuse_create_in, then a name the kernel makes up (the new file has none).
+          const flags = req.readUInt32LE(at);
+          const mode = req.readUInt32LE(at + 4);
+          r.umask = req.readUInt32LE(at + 8);
+          void ops.tmpfile(r, node, mode, flags).then((c) => sendCreated(session, r, c), failTo(session, r));
+          return;
+        }
+        case Op.STATX:
+          // fuse_statx_in (flags, fh, sx_flags, sx_mask) asks for nothing dmfs would answer differently.
+          void ops.getattr(r, node).then((a) => sendStatx(session, r, a), failTo(session, r));
+          return;
         case Op.READ: {
           const size = req.readUInt32LE(at + 16);
           const out = takeReadBuffer(size);
@@ -364,8 +391,9 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
         case Op.SETXATTR: {
           const size = req.readUInt32LE(at);
           const flags = req.readUInt32LE(at + 4);
-          const { name, next } = readName(req, at + 8, len);
-          void ops.setxattr(r, node, name, req.subarray(next, next + size), flags).then(okTo(session, r), failTo(session, r));
+          const killSgid = setxattrInBytes === 16 && (req.readUInt32LE(at + 8) & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
+          const { name, next } = readName(req, at + setxattrInBytes, len);
+          void ops.setxattr(r, node, name, req.subarray(next, next + size), flags, killSgid).then(okTo(session, r), failTo(session, r));
           return;
         }
         case Op.GETXATTR: {

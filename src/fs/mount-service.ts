@@ -19,6 +19,7 @@
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
+import type { AtimeMode } from './access-times';
 import { createFuseOperations, type FuseOperations, type FuseOperationsOptions } from './fuse-operations';
 import { createKernelTransport } from './kernel-transport';
 import { KernelSession, kernelMountRoute } from './kernel-session';
@@ -85,6 +86,8 @@ export interface MountServiceOptions {
   /** Absolute path of an existing directory. */
   mountpoint: string;
   allowOther?: boolean;
+  /** When reads move atime: relatime (default, as ext4), strictatime or noatime. */
+  atime?: AtimeMode;
   /** libfuse's request log on stderr; only the libfuse 2 transport has one, so this selects it. */
   debug?: boolean;
   /** One line per event (mount, unmount, errors). */
@@ -143,6 +146,17 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
   };
 }
 
+/** What a mount asks of file semantics beyond its cache policy. */
+export interface MountSemantics {
+  allowOther?: boolean;
+  /** When reads move atime (access-times.ts); default relatime. */
+  atime?: AtimeMode;
+}
+
+function tableSemantics(extra: MountSemantics): Pick<FuseOperationsOptions, 'atime'> {
+  return { atime: extra.atime ?? 'relatime' };
+}
+
 /**
  * Cache policy of the kernel transport. Node ids are store inodes and this mount is the
  * layer's only writer (lower layers are immutable; the store refuses a second mount of a
@@ -154,8 +168,13 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
  * limit would surface as EIO at close instead of ENOSPC/EFBIG at the write, and a killed
  * daemon would lose writes already acknowledged.
  */
-export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexpected: (err: unknown) => void): FuseOperationsOptions {
+export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexpected: (err: unknown) => void, extra: MountSemantics = {}): FuseOperationsOptions {
   return {
+    ...tableSemantics(extra),
+    // The kernel enforces ACLs only with default_permissions, which it then imposes. As root
+    // (who passes its checks) or with allow_other (which has it anyway) that takes no right
+    // away; a non-root mount without allow_other lets its user do anything, and keeps that.
+    posixAcl: (process.getuid?.() ?? -1) === 0 || extra.allowOther === true,
     blockSizeBytes,
     entryTimeoutS: 3600,
     attrTimeoutS: 3600,
@@ -172,8 +191,9 @@ export function kernelOptionsFor(layer: LayerFs, blockSizeBytes: number, onUnexp
  * the kernel through mount options, not per reply). No page cache or listing is kept
  * across opens of a writable layer: each hard link is its own kernel inode there.
  */
-export function libfuse2OptionsFor(o: FuseMountOptions, onUnexpected: (err: unknown) => void): FuseOperationsOptions {
+export function libfuse2OptionsFor(o: FuseMountOptions, onUnexpected: (err: unknown) => void, extra: MountSemantics = {}): FuseOperationsOptions {
   return {
+    ...tableSemantics(extra),
     blockSizeBytes: o.blockSizeBytes,
     entryTimeoutS: o.entryTimeoutS,
     attrTimeoutS: o.attrTimeoutS,
@@ -230,7 +250,7 @@ export class MountService {
     let served: { ops: ServedOperations; fuse: FuseSessionHandle; transport: 'kernel' | 'libfuse2' } | null = null;
     let kernelFailure: string | null = null;
     if (choice.transport === 'kernel') {
-      const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected, opts));
       const kernel = createKernelTransport(table, { onUnexpected });
       try {
         const session = await KernelSession.mount(opts.mountpoint, kernel, {
@@ -254,7 +274,7 @@ export class MountService {
       log(`using libfuse 2: ${choice.reason}`);
     }
     if (!served) {
-      const table = createFuseOperations(opts.layer, libfuse2OptionsFor(fuseOpts, onUnexpected));
+      const table = createFuseOperations(opts.layer, libfuse2OptionsFor(fuseOpts, onUnexpected, opts));
       try {
         served = { ops: { table }, fuse: await FuseMount.mount(opts.mountpoint, createPathTransport(table), fuseOpts, onUnexpected), transport: 'libfuse2' };
       } catch (err) {

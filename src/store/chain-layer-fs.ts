@@ -121,6 +121,10 @@ export class ChainLayerFs implements LayerFs {
     return this.namespace.mknod(dirIno, name, opts);
   }
 
+  createUnnamed(dirIno: Ino, opts: NewNodeOptions): Promise<Attr> {
+    return this.namespace.createUnnamed(dirIno, opts);
+  }
+
   mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
     return this.namespace.mkdir(dirIno, name, opts);
   }

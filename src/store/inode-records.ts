@@ -144,6 +144,7 @@ export class InodeRecords {
       atimeNs: timeToNs(rec.atime),
       mtimeNs: timeToNs(rec.mtime),
       ctimeNs: timeToNs(rec.ctime),
+      btimeNs: rec.btime ? timeToNs(rec.btime) : undefined,
       blocks512: rec.kind === 'file' ? this.allocatedSectors(ino, rec) : rec.kind === 'dir' ? 8 : 0,
     };
   }
@@ -188,9 +189,15 @@ export class InodeRecords {
 
   /**
    * setattr's attributes: mode bits, owner, times; ctime moves (to changes.ctimeNs when
-   * given). The caller checked the layer is writable and made any size change before.
+   * given; not for an accessOnly update). The caller checked the layer is writable and made any size change before.
    */
   setAttributes(ino: Ino, changes: SetAttr): Attr {
+    if (changes.accessOnly) {
+      // A read of a lower file is no change of this layer (as on overlayfs, where it never
+      // copies up): its atime is not copied up, so diff, commit and export do not see it.
+      const found = this.mustInode(ino);
+      if (found.level !== 0 || this.readOnly) return this.toAttr(ino, found.rec);
+    }
     const rec = this.ctx.pool.txn(() => {
       const own = this.ownRecord(ino);
       const now = nowTime();
@@ -198,8 +205,10 @@ export class InodeRecords {
       if (changes.uid !== undefined) own.uid = changes.uid;
       if (changes.gid !== undefined) own.gid = changes.gid;
       if (changes.atimeNs !== undefined) own.atime = nsToTime(changes.atimeNs);
+      else if (changes.accessOnly) own.atime = now;
       if (changes.mtimeNs !== undefined) own.mtime = nsToTime(changes.mtimeNs);
-      own.ctime = changes.ctimeNs !== undefined ? nsToTime(changes.ctimeNs) : now;
+      if (changes.ctimeNs !== undefined) own.ctime = nsToTime(changes.ctimeNs);
+      else if (!changes.accessOnly) own.ctime = now;
       this.putRecord(ino, own);
       return own;
     });

@@ -2,6 +2,7 @@ import { dmfsError } from '../errors';
 import type { Table } from '../pool/metadata-env';
 import type { FileData } from './file-data';
 import { ROOT_INO, type InodeInChain, type InodeRecords } from './inode-records';
+import { decodeAcl, POSIX_ACL_XATTRS } from './posix-acl';
 import type { LayerContext } from './layer-context';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
@@ -36,7 +37,7 @@ const TYPE_BITS: Record<FileKind, number> = {
  */
 export class LayerNamespace implements Pick<
   LayerFs,
-  'lookup' | 'resolve' | 'readdir' | 'mknod' | 'mkdir' | 'symlink' | 'link' | 'unlink' | 'rmdir' | 'rename' | 'setOpaque'
+  'lookup' | 'resolve' | 'readdir' | 'mknod' | 'createUnnamed' | 'mkdir' | 'symlink' | 'link' | 'unlink' | 'rmdir' | 'rename' | 'setOpaque'
 > {
   private readonly dirents: Table;
   private readonly top: number;
@@ -168,10 +169,9 @@ export class LayerNamespace implements Pick<
     this.records.putRecord(dirIno, rec);
   }
 
-  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
-    const now = nowTime();
-    const ino = this.ctx.pool.counter('ino');
-    const rec: InodeRecord = {
+  /** Inside txn: a new inode record of `kind` whose one link is dirIno/name (nlink as given). */
+  private newRecord(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }, now: StoredTime): InodeRecord {
+    return {
       v: 1,
       kind,
       mode: TYPE_BITS[kind] | (opts.mode & 0o7777),
@@ -183,13 +183,31 @@ export class LayerNamespace implements Pick<
       atime: now,
       mtime: now,
       ctime: now,
+      btime: now,
       inherit: 0,
       mapped: 0,
       born: true,
       parent: dirIno,
       name,
       ...(opts.target !== undefined ? { target: opts.target } : {}),
+      ...(opts.xattrs ? { xattrs: this.checkedXattrs(opts.xattrs) } : {}),
     };
+  }
+
+  /** A new node's xattrs, copied; POSIX ACLs must be well-formed. */
+  private checkedXattrs(xattrs: Record<string, Buffer>): Record<string, Buffer> {
+    const out: Record<string, Buffer> = {};
+    for (const [name, value] of Object.entries(xattrs)) {
+      if (POSIX_ACL_XATTRS.has(name)) decodeAcl(value);
+      out[name] = Buffer.from(value);
+    }
+    return out;
+  }
+
+  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
+    const now = nowTime();
+    const ino = this.ctx.pool.counter('ino');
+    const rec = this.newRecord(dirIno, name, kind, opts, now);
     this.records.putRecord(ino, rec);
     this.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
     this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
@@ -206,6 +224,29 @@ export class LayerNamespace implements Pick<
       if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
       return this.newInode(dirIno, name, kind, opts);
     });
+    this.ctx.markDirty();
+    return this.records.toAttr(ino, rec);
+  }
+
+  /**
+   * A regular file with no name (O_TMPFILE) in dirIno's layer, returned retained (the
+   * caller releases it): nlink 0 and an orphan, so its last release, or the next open of
+   * the pool after a crash, frees it, unless link() names it first. The directory is
+   * unchanged, as on ext4.
+   */
+  async createUnnamed(dirIno: Ino, opts: NewNodeOptions): Promise<Attr> {
+    this.ctx.assertWritable();
+    if (kindFromMode(opts.mode) !== 'file') throw dmfsError('INVALID', 'an unnamed file must be a regular file');
+    const { ino, rec } = this.ctx.pool.txn(() => {
+      const dir = this.dirRecord(dirIno);
+      if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
+      const ino = this.ctx.pool.counter('ino');
+      const rec = { ...this.newRecord(dirIno, '', 'file', opts, nowTime()), nlink: 0 };
+      this.records.putRecord(ino, rec);
+      this.ctx.tables.orphans.put(inodeKey(this.top, ino), Buffer.alloc(0));
+      return { ino, rec };
+    });
+    this.ctx.openCounts.set(ino, (this.ctx.openCounts.get(ino) ?? 0) + 1);
     this.ctx.markDirty();
     return this.records.toAttr(ino, rec);
   }
@@ -236,6 +277,11 @@ export class LayerNamespace implements Pick<
       if (this.findEntry(newDirIno, newName)) throw dmfsError('EXISTS', `'${newName}' already exists`);
       const now = nowTime();
       const own = this.records.ownRecord(ino);
+      // An unnamed (O_TMPFILE) or unlinked open file gets its first link: that is its name now.
+      if (own.nlink === 0) {
+        own.parent = newDirIno;
+        own.name = newName;
+      }
       own.nlink += 1;
       own.ctime = now;
       this.records.putRecord(ino, own);

@@ -102,6 +102,8 @@ export interface Attr {
   atimeNs: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
+  /** Birth time (statx btime); absent when the store never recorded one for this inode. */
+  btimeNs?: bigint;
   /** Allocated 512-byte sectors, for st_blocks / du. */
   blocks512: number;
 }
@@ -128,6 +130,8 @@ export interface NewNodeOptions {
   gid: number;
   /** Device number for chardev/blockdev. */
   rdev?: number;
+  /** Extended attributes the node is born with, in its creating transaction (inherited ACLs). */
+  xattrs?: Record<string, Buffer>;
 }
 
 /** Fields left undefined are unchanged. Changing sizeBytes truncates or extends (with a hole). */
@@ -139,6 +143,12 @@ export interface SetAttr {
   atimeNs?: bigint;
   mtimeNs?: bigint;
   ctimeNs?: bigint;
+  /**
+   * An access-time update (a read under relatime/strictatime): atime becomes atimeNs, or
+   * the store's now when absent (the clock its mtimes come from); ctime stays as it is; an
+   * inode this layer has not copied up keeps its lower atime (a read is no change of the layer).
+   */
+  accessOnly?: boolean;
 }
 
 export interface RenameFlags {
@@ -153,6 +163,8 @@ export interface XattrSetFlags {
   create?: boolean;
   /** XATTR_REPLACE: fail with NO_XATTR if absent. */
   replace?: boolean;
+  /** Also set these mode bits (0o7777), in the same transaction: an access ACL and the mode it implies. */
+  mode?: number;
 }
 
 export interface StatFs {
@@ -231,6 +243,13 @@ export interface LayerFs {
   readdir(dirIno: Ino): Promise<DirEntry[]>;
 
   mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr>;
+  /**
+   * O_TMPFILE: a regular file with no name in dirIno's layer, returned retained (release it
+   * like an open). It lives while retained and is freed at the last release (or at the next
+   * open of the pool after a crash) unless link() gives it a name first. Absent: the layer
+   * cannot make unnamed files (EOPNOTSUPP).
+   */
+  createUnnamed?(dirIno: Ino, opts: NewNodeOptions): Promise<Attr>;
   mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr>;
   symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr>;
   /** New name for an existing non-directory inode; returns its attributes (nlink + 1). */

@@ -36,8 +36,17 @@ export function nsToTime(ns: bigint): StoredTime {
   return [Number(sec), Number(nsec)];
 }
 
+let lastNowNs = 0n;
+
+/**
+ * The wall clock in ns, never going backwards within this process: Date.now()'s millisecond
+ * and hrtime's sub-millisecond digits are not in phase, so two raw readings in one
+ * millisecond could be out of order (an atime stamped after an mtime would read as older).
+ */
 export function nowTime(): StoredTime {
-  const ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  let ns = BigInt(Date.now()) * 1_000_000n + (process.hrtime.bigint() % 1_000_000n);
+  if (ns <= lastNowNs) ns = lastNowNs + 1n;
+  lastNowNs = ns;
   return nsToTime(ns);
 }
 
@@ -53,6 +62,11 @@ export interface InodeRecord {
   atime: StoredTime;
   mtime: StoredTime;
   ctime: StoredTime;
+  /**
+   * Birth time (statx btime): set at creation, kept by copy-up (a container's copy is the
+   * same file). Absent on inodes made before it was recorded: no btime is reported.
+   */
+  btime?: StoredTime;
   /** Symlink target. */
   target?: string;
   /** xattr name → value. */

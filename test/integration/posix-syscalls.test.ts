@@ -19,19 +19,11 @@ import {
  * Case name -> report row (QA report of the commit that added this file; diagnosis in short),
  * on both transports.
  * R4  names are decoded as UTF-8 into the store's strings: non-UTF-8 bytes become U+FFFD.
- * R7  atime is never updated on read/readdir (ext4: relatime).
- * R10 system.posix_acl_* refused on purpose (the kernel would not enforce stored ACLs).
- * R11 O_TMPFILE needs FUSE_TMPFILE, not implemented: EOPNOTSUPP.
  * R12 listxattr shows trusted.* to unprivileged callers (ext4 hides them).
- * R13 no statx birth time (no FUSE_STATX; the store keeps no btime).
  */
 const KNOWN_BOTH: Record<string, string> = {
   'names: bytes that are not UTF-8 (Latin-1 names, symlink targets) are kept as they are': 'R4 non-UTF-8 names',
-  'atime: a read after a write moves atime (relatime), readdir of a changed directory too': 'R7 atime',
-  'xattr: POSIX ACLs (system.posix_acl_access with a named user), setfacl -b': 'R10 POSIX ACLs',
   'xattr: an unprivileged listxattr does not show trusted.*': 'R12 trusted.* listing',
-  'open: O_TMPFILE (an unnamed file in a directory)': 'R11 O_TMPFILE',
-  'stat: statx reports a birth time': 'R13 btime',
 };
 
 /**
@@ -39,6 +31,10 @@ const KNOWN_BOTH: Record<string, string> = {
  * R2  libfuse 2's path API gives each name of a hard link its own kernel inode (the
  *     kernel transport's node id is the inode).
  * R8  libfuse 2 speaks FUSE 7.19, before RENAME2: renameat2 with flags is EINVAL.
+ * R10 no FUSE_POSIX_ACL through fuse-native: the kernel would not enforce stored ACLs, so
+ *     setting one is refused (EOPNOTSUPP).
+ * R11 no FUSE_TMPFILE in libfuse 2: O_TMPFILE is EOPNOTSUPP.
+ * R13 no FUSE_STATX in libfuse 2: statx has no birth time.
  */
 const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
   kernel: KNOWN_BOTH,
@@ -46,6 +42,13 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
     ...KNOWN_BOTH,
     'link: a descriptor open on one name sees writes made through the other': 'R2 hard-link aliases',
     'rename: renameat2 RENAME_NOREPLACE and RENAME_EXCHANGE': 'R8 renameat2 flags',
+    'xattr: POSIX ACLs (system.posix_acl_access with a named user), setfacl -b': 'R10 POSIX ACLs',
+    'acl: setfacl/getfacl with a named user and group, the mask, chmod, setfacl -b': 'R10 POSIX ACLs',
+    'acl: a default ACL is inherited by new files and directories, and the umask does not apply under it': 'R10 POSIX ACLs',
+    'acl: the kernel enforces ACL entries for another uid (named user, mask, named group)': 'R10 POSIX ACLs',
+    'open: O_TMPFILE (an unnamed file in a directory)': 'R11 O_TMPFILE',
+    'open: O_TMPFILE named by linkat through /proc/self/fd and AT_EMPTY_PATH; O_EXCL never gets a name': 'R11 O_TMPFILE',
+    'stat: statx reports a birth time': 'R13 btime',
   },
 };
 

@@ -185,6 +185,20 @@ export async function waitProcessGone(pid: number, ms = 15000): Promise<boolean>
   return false;
 }
 
+/**
+ * The dmfs CLI (`bin`) on the pool at root() (read at each call: set in a beforeAll):
+ * `dmfs` resolves with the result, `dmfsOk` with stdout or throws with the output.
+ */
+export function cliAt(bin: string, root: () => string) {
+  const dmfs = (args: string) => sh(`node ${bin} ${args} --root ${shq(root())}`);
+  const dmfsOk = async (args: string): Promise<string> => {
+    const r = await dmfs(args);
+    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
+    return r.stdout;
+  };
+  return { dmfs, dmfsOk };
+}
+
 /** The prefix that runs a command as uid/gid `uid` with no supplementary groups. */
 export function asUser(uid: number): string {
   return `setpriv --reuid ${uid} --regid ${uid} --clear-groups`;

@@ -188,11 +188,13 @@ export class MemoryLayerFs implements LayerFs {
     if ((mode & S_IFMT) === S_IFDIR) throw dmfsError('INVALID', 'mknod of a directory');
     const n = this.insert(dirIno, name, mode, opts.uid, opts.gid);
     n.rdev = opts.rdev ?? 0;
+    for (const [k, v] of Object.entries(opts.xattrs ?? {})) n.xattrs.set(k, Buffer.from(v));
     return this.attr(n);
   }
 
   async mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
     const n = this.insert(dirIno, name, S_IFDIR | (opts.mode & 0o7777), opts.uid, opts.gid);
+    for (const [k, v] of Object.entries(opts.xattrs ?? {})) n.xattrs.set(k, Buffer.from(v));
     n.nlink = 2;
     this.node(dirIno).nlink++;
     return this.attr(n);
@@ -317,8 +319,9 @@ export class MemoryLayerFs implements LayerFs {
     if (changes.uid !== undefined) n.uid = changes.uid;
     if (changes.gid !== undefined) n.gid = changes.gid;
     if (changes.atimeNs !== undefined) n.atimeNs = changes.atimeNs;
+    else if (changes.accessOnly) n.atimeNs = this.now();
     if (changes.mtimeNs !== undefined) n.mtimeNs = changes.mtimeNs;
-    n.ctimeNs = changes.ctimeNs ?? this.now();
+    if (changes.ctimeNs !== undefined || !changes.accessOnly) n.ctimeNs = changes.ctimeNs ?? this.now();
     return this.attr(n);
   }
 
@@ -422,6 +425,7 @@ export class MemoryLayerFs implements LayerFs {
     if (flags.create && has) throw dmfsError('XATTR_EXISTS', `${name} exists`);
     if (flags.replace && !has) throw dmfsError('NO_XATTR', `no ${name}`);
     n.xattrs.set(name, Buffer.from(value));
+    if (flags.mode !== undefined) n.mode = (n.mode & S_IFMT) | (flags.mode & 0o7777);
     n.ctimeNs = this.now();
   }
 

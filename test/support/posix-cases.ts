@@ -455,6 +455,9 @@ export const POSIX_CASES: ProbeCase[] = [
       ['utimens', 'f', [1000, 0], 'omit'],
       ['snap', 'f'], TICK, ['open', 'r', 'f', 'O_RDONLY'], ['read', 'r', 10], ['close', 'r'], ['achanged', 'f'],
       ['mkdir', 'd'], ['utimens', 'd', [1000, 0], 'omit'], ['snap', 'd'], TICK, ['ls', 'd'], ['achanged', 'd'],
+      // relatime: atime is now newer than mtime and ctime, so a re-read within a day leaves it.
+      ['snap', 'f'], TICK, ['open', 'r', 'f', 'O_RDONLY'], ['read', 'r', 10], ['close', 'r'], ['achanged', 'f'],
+      ['exec', 'cat f >/dev/null && stat -c %X f > a1 && sleep 0.02 && cat f >/dev/null && [ "$(stat -c %X f)" = "$(cat a1)" ] && echo same'],
     ],
   },
 
@@ -567,7 +570,21 @@ export const POSIX_CASES: ProbeCase[] = [
   {
     name: 'open: O_TMPFILE (an unnamed file in a directory)',
     steps: [
-      ['open', 't', '.', 'O_TMPFILE|O_RDWR', 0o600], ['write', 't', 'anonymous'], ['fstat', 't', 'nlink,size'], ['ls', '.'],
+      ['open', 't', '.', 'O_TMPFILE|O_RDWR', 0o600], ['write', 't', 'anonymous'], ['fstat', 't', 'nlink,size,mode'], ['ls', '.'],
+    ],
+  },
+  {
+    name: 'open: O_TMPFILE named by linkat through /proc/self/fd and AT_EMPTY_PATH; O_EXCL never gets a name',
+    steps: [
+      ['open', 't', '.', 'O_TMPFILE|O_RDWR', 0o640], ['write', 't', 'anonymous'],
+      ['linkfd', 't', 'named'], ['fstat', 't', 'nlink,size'], ['stat', 'named', STAT], ['close', 't'],
+      ['open', 'r', 'named', 'O_RDONLY'], ['read', 'r', 20], ['close', 'r'],
+      ['open', 'u', '.', 'O_TMPFILE|O_WRONLY', 0o644], ['write', 'u', 'by fd'], ['linkempty', 'u', 'empty-path'], ['close', 'u'],
+      ['stat', 'empty-path', STAT],
+      ['open', 'x', '.', 'O_TMPFILE|O_RDWR|O_EXCL', 0o600], ['write', 'x', 'x'], ['linkfd', 'x', 'never'], ['close', 'x'], ['exists', 'never'],
+      ['open', 'n', 'named', 'O_TMPFILE|O_RDWR', 0o600], ['open', 'n', '.', 'O_TMPFILE|O_RDONLY', 0o600],
+      ['open', 'y', '.', 'O_TMPFILE|O_RDWR', 0o600], ['linkfd', 'y', 'named'], ['close', 'y'],
+      ['ls', '.'],
     ],
   },
   {
@@ -575,6 +592,8 @@ export const POSIX_CASES: ProbeCase[] = [
     steps: [
       ['open', 'f', 'f', 'O_CREAT|O_WRONLY', 0o644], ['close', 'f'],
       ['exec', '[ "$(stat -c %W f)" -gt 0 ] && echo has-btime || echo no-btime'],
+      ['exec', '[ "$(stat -c %W .)" -gt 0 ] && echo has-btime || echo no-btime'],
+      ['exec', 'stat -c %W f > b1 && sleep 1.1 && echo more >> f && chmod 600 f && [ "$(stat -c %W f)" = "$(cat b1)" ] && [ "$(stat -c %Y f)" -gt "$(cat b1)" ] && echo kept'],
     ],
   },
 
@@ -610,6 +629,57 @@ export const POSIX_CASES: ProbeCase[] = [
       ['setxattr', 'f', 'system.posix_acl_access', ACL_USER_1000], ['stat', 'f', 'mode'],
       ['getxattr', 'f', 'system.posix_acl_access'],
       ['setxattr', 'f', 'system.posix_acl_access', '02000000'],
+    ],
+  },
+  {
+    name: 'acl: setfacl/getfacl with a named user and group, the mask, chmod, setfacl -b',
+    steps: [
+      ['open', 'f', 'f', 'O_CREAT|O_WRONLY', 0o640], ['close', 'f'],
+      ['exec', 'setfacl -m u:65534:rw,g:65534:r f && getfacl -nc f'], ['stat', 'f', 'mode'],
+      ['exec', 'chmod 604 f && getfacl -nc f'], ['stat', 'f', 'mode'],
+      ['exec', 'setfacl -m m::rwx f && stat -c %a f'], ['listxattr', 'f'],
+      ['exec', 'setfacl -m u::rwx,g::-,o::r f && getfacl -nc f'],
+      ['exec', 'setfacl -b f && getfacl -nc f'], ['stat', 'f', 'mode'], ['listxattr', 'f'],
+      ['exec', 'setfacl -m u:65534:x f && cp -p f g && getfacl -nc g'],
+    ],
+  },
+  {
+    name: 'acl: a default ACL is inherited by new files and directories, and the umask does not apply under it',
+    steps: [
+      ['mkdir', 'd', 0o755], ['exec', 'setfacl -d -m u:65534:rwx,g::r-x,o::- d && getfacl -nc d'], ['stat', 'd', 'mode'],
+      ['umask', 0o077],
+      ['open', 'f', 'd/file', 'O_CREAT|O_WRONLY', 0o666], ['close', 'f'], ['stat', 'd/file', 'mode'],
+      ['mkdir', 'd/sub', 0o777], ['stat', 'd/sub', 'mode'],
+      ['mkfifo', 'd/fifo', 0o640], ['stat', 'd/fifo', 'mode'],
+      ['open', 't', 'd', 'O_TMPFILE|O_RDWR', 0o660], ['linkfd', 't', 'd/was-tmp'], ['close', 't'], ['stat', 'd/was-tmp', 'mode'],
+      ['exec', 'getfacl -nc d/file d/sub d/was-tmp'],
+      ['exec', 'mkdir d/sub/deeper && getfacl -nc d/sub/deeper'],
+      ['open', 'f', 'outside', 'O_CREAT|O_WRONLY', 0o666], ['close', 'f'], ['stat', 'outside', 'mode'],
+      ['umask', 0o022],
+      ['exec', 'setfacl -k d && touch d/after && getfacl -nc d/after'],
+    ],
+  },
+  {
+    name: 'acl: the kernel enforces ACL entries for another uid (named user, mask, named group)',
+    steps: [
+      ['open', 'f', 'secret', 'O_CREAT|O_WRONLY', 0o600], ['write', 'f', 'top secret'], ['close', 'f'],
+      ['mkdir', 'box', 0o700],
+      ['exec', 'setfacl -m u:65534:r secret && setfacl -m u:65534:rwx box'],
+      NOBODY,
+      ['open', 'g', 'secret', 'O_RDONLY'], ['read', 'g', 20], ['close', 'g'],
+      ['open', 'g', 'secret', 'O_WRONLY'],
+      ['open', 'g', 'box/mine', 'O_CREAT|O_WRONLY', 0o644], ['close', 'g'],
+      ['access', 'secret', 4], ['access', 'secret', 2],
+      ROOT,
+      ['exec', 'setfacl -m m::- secret'],
+      NOBODY, ['open', 'g', 'secret', 'O_RDONLY'],
+      ROOT,
+      ['exec', 'setfacl -x u:65534 box && setfacl -m g:65534:rx box'],
+      NOBODY, ['ls', 'box'], ['open', 'g', 'box/other', 'O_CREAT|O_WRONLY', 0o644],
+      ROOT,
+      ['exec', 'setfacl -d -m u:65534:rwx box && mkdir box/shared && chmod 700 box/shared'],
+      NOBODY, ['open', 'g', 'box/shared/x', 'O_CREAT|O_WRONLY', 0o644],
+      ROOT,
     ],
   },
   {

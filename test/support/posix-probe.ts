@@ -21,6 +21,8 @@ import ctypes, ctypes.util, errno, json, mmap, os, stat, sys, time
 libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
@@ -31,6 +33,7 @@ class Timespec(ctypes.Structure):
 
 libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(Timespec), ctypes.c_int]
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 libc.posix_fallocate.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
@@ -134,6 +137,13 @@ def do(op, a, fds, snaps):
         cerr(libc.renameat2(AT_FDCWD, b(a[0]), AT_FDCWD, b(a[1]), {'NOREPLACE': 1, 'EXCHANGE': 2, 'WHITEOUT': 4}[a[2]]))
     elif op == 'link':
         os.link(a[0], a[1], follow_symlinks=False)
+    elif op == 'linkfd':
+        # linkat("/proc/self/fd/N", name, AT_SYMLINK_FOLLOW): how an O_TMPFILE file gets a name
+        # (os.link calls link(2), which would link the /proc symlink itself: EXDEV).
+        cerr(libc.linkat(AT_FDCWD, b('/proc/self/fd/%d' % fds[a[0]]), AT_FDCWD, b(a[1]), AT_SYMLINK_FOLLOW))
+    elif op == 'linkempty':
+        # linkat(fd, "", AT_FDCWD, name, AT_EMPTY_PATH) (needs CAP_DAC_READ_SEARCH).
+        cerr(libc.linkat(fds[a[0]], b'', AT_FDCWD, b(a[1]), AT_EMPTY_PATH))
     elif op == 'symlink':
         os.symlink(a[0], a[1])
     elif op == 'readlink':

@@ -3,6 +3,7 @@ import { closeSync, existsSync, openSync, promises as fsp, readFileSync } from '
 import * as path from 'node:path';
 import { Pool } from '../../api';
 import { DmfsError, dmfsError, ERROR_CODES, isDmfsError, type ErrorCode } from '../../errors';
+import type { AtimeMode } from '../../fs/access-times';
 import { MountService, type StopResult } from '../../fs/mount-service';
 import {
   DAEMON_ARG,
@@ -31,6 +32,8 @@ export interface MountSpec {
   mountpoint: string;
   readOnly: boolean;
   allowOther: boolean;
+  /** When reads move atime (fs/access-times.ts); absent: relatime. */
+  atime?: AtimeMode;
 }
 
 export interface MountResult {
@@ -98,7 +101,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     const layer = await pool.store.openLayer(spec.layer, { readOnly: spec.readOnly, mountpoint: spec.mountpoint });
     let service: MountService;
     try {
-      service = await MountService.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, log: hooks.log });
+      service = await MountService.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, atime: spec.atime, log: hooks.log });
     } catch (err) {
       await layer.close().catch(() => undefined);
       throw err;
@@ -217,7 +220,7 @@ function report(ctx: CommandContext, r: MountResult): void {
 export const command: Command = {
   name: 'mount',
   summary: 'Mount a layer with FUSE (images read-only, containers read-write)',
-  usage: 'NAME MOUNTPOINT [--ro] [--foreground] [--allow-other]',
+  usage: 'NAME MOUNTPOINT [--ro] [--foreground] [--allow-other] [--noatime | --strictatime]',
   description: [
     'Mounts layer NAME at MOUNTPOINT (created if missing) and returns once the mount is live,',
     'leaving a background process that serves it (pid and log under POOL/run/). Image layers',
@@ -226,23 +229,30 @@ export const command: Command = {
     '',
     'Unmount with `dmfs umount MOUNTPOINT`; `umount` or `fusermount -u` work too, and the',
     'daemon then flushes, commits and exits on its own.',
+    '',
+    'Reads move atime as ext4 does with relatime (when atime is not newer than mtime and',
+    'ctime, or is a day old); --noatime never, --strictatime on every read dmfs serves.',
   ].join('\n'),
   options: [
     { name: 'ro', type: 'boolean', description: 'mount read-only' },
     { name: 'foreground', type: 'boolean', short: 'f', description: 'serve in this process until unmounted or SIGINT/SIGTERM' },
     { name: 'allow-other', type: 'boolean', description: 'let other users in (the kernel checks permissions: default_permissions)' },
+    { name: 'noatime', type: 'boolean', description: 'reads never move atime' },
+    { name: 'strictatime', type: 'boolean', description: 'every read dmfs serves moves atime (default: relatime)' },
   ],
   minArgs: 2,
   maxArgs: 2,
   async run(ctx) {
     const [layer, mpArg] = ctx.args;
     if (!layer) throw dmfsError('USAGE', 'layer name is empty');
+    if (ctx.opts.noatime && ctx.opts.strictatime) throw dmfsError('USAGE', '--noatime and --strictatime exclude each other: give one');
     const spec: MountSpec = {
       root: path.resolve(ctx.root),
       layer,
       mountpoint: path.resolve(mpArg),
       readOnly: Boolean(ctx.opts.ro),
       allowOther: Boolean(ctx.opts['allow-other']),
+      atime: ctx.opts.noatime ? 'noatime' : ctx.opts.strictatime ? 'strictatime' : 'relatime',
     };
     assertMountpointOutsidePool(spec.root, spec.mountpoint);
     const { recovered } = await prepareMountpoint(spec.mountpoint, poolPaths(spec.root).runDir);

@@ -17,7 +17,7 @@ const E = osConstants.errno;
 const root: CallerContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
 const alice: CallerContext = { uid: 1000, gid: 1000, pid: 2, umask: 0o022 };
 const CAP = 'security.capability';
-const ALL_FEATURES = { writebackCache: true, killPrivileges: true, cacheSymlinks: true };
+const ALL_FEATURES = { writebackCache: true, killPrivileges: true, cacheSymlinks: true, posixAcl: true };
 
 function table(layer: MemoryLayerFs, opts: Partial<FuseOperationsOptions> = {}): FuseOperations {
   return createFuseOperations(layer, {
@@ -35,7 +35,8 @@ async function setuidFile(ops: FuseOperations): Promise<{ node: number; fh: numb
 
 describe('fuse operations: init', () => {
   it('uses the writeback cache only when offered, wanted and the layer is writable; never what was not offered', () => {
-    expect(table(new MemoryLayerFs(), { writebackCache: true }).init(ALL_FEATURES)).toEqual(ALL_FEATURES);
+    expect(table(new MemoryLayerFs(), { writebackCache: true, posixAcl: true }).init(ALL_FEATURES)).toEqual(ALL_FEATURES);
+    expect(table(new MemoryLayerFs(), { writebackCache: true }).init(ALL_FEATURES).posixAcl).toBe(false);
     expect(table(new MemoryLayerFs(), { writebackCache: false }).init(ALL_FEATURES).writebackCache).toBe(false);
     expect(table(new MemoryLayerFs({ readOnly: true }), { writebackCache: true }).init(ALL_FEATURES).writebackCache).toBe(false);
     expect(table(new MemoryLayerFs(), { writebackCache: true }).init(NO_FEATURES)).toEqual(NO_FEATURES);

@@ -1,7 +1,7 @@
 import { blockIo } from '../../../src/native';
 import {
-  HOLE_REF, SECTORS_PER_BLOCK, blockContentMatches, firstBadSector, holdsData, isHoleRef, packBlockRef, sectorCrcsOf, sectorSizeBytes,
-  unpackBlockRef,
+  HOLE_REF, SECTORS_PER_BLOCK, blockContentMatches, firstBadSector, holdsData, isHoleRef, packBlockRef, packInode, sectorCrcsOf,
+  sectorSizeBytes, unpackBlockRef, unpackInode, type InodeRecord,
 } from '../../../src/store/records';
 
 const crcs = Array.from({ length: SECTORS_PER_BLOCK }, (_, i) => (0x9e3779b9 * (i + 1)) >>> 0);
@@ -76,4 +76,16 @@ test('a punched hole is inline content of no bytes: a hole that is an entry', ()
   expect(holdsData({ block: 1, unwritten: true })).toBe(false);
   expect(holdsData({ block: 1, sectorCrcs: crcs })).toBe(true);
   expect(holdsData(Buffer.from('x'))).toBe(true);
+});
+
+test('an inode record keeps its birth time through pack/unpack; one written before birth times unpacks without one', () => {
+  const older: InodeRecord = {
+    v: 1, kind: 'file', mode: 0o100644, uid: 0, gid: 0, size: 3, nlink: 1, rdev: 0, atime: [1, 2], mtime: [3, 4], ctime: [5, 6],
+    inherit: 0, mapped: 1, born: true, parent: 1, name: 'f',
+  };
+  const back = unpackInode(packInode(older));
+  expect(back).toEqual(older);
+  expect('btime' in back).toBe(false);
+  const withBtime: InodeRecord = { ...older, btime: [7, 8], xattrs: { 'system.posix_acl_access': Buffer.from('02000000', 'hex') } };
+  expect(unpackInode(packInode(withBtime))).toEqual(withBtime);
 });
