@@ -2,13 +2,16 @@
  * The data path, differentially: fsx-style random I/O (pwrite, ftruncate, MAP_SHARED writes
  * with msync, reads, reopens) checked against a model and against ext4, writers in several
  * processes, O_DIRECT, fallocate, SEEK_HOLE/SEEK_DATA, offsets past 4 GiB, sparse copies
- * and sync, on a fresh dmfs container layer.
+ * and sync, on a fresh dmfs container layer. As root on every transport, and as a non-root
+ * user (`dmfs mount` of that user, posix-user-mount.ts) on the kernel transport only (the
+ * libfuse 2 fallback's non-root run is posix-syscalls.test.ts's: the suite's run time).
  */
 import { describeFuse, fuseTransports, run, sh } from '../support/fuse-harness';
 import { DATA_CASES } from '../support/posix-cases';
 import {
   defineProbeTests, mountFreshContainer, probeSession, PYTHON,
 } from '../support/posix-harness';
+import { posixRuns, runLabel } from '../support/posix-user-mount';
 
 /**
  * Case name -> report row, on both transports: R6 no FALLOCATE (fuse-native binds none, the
@@ -20,9 +23,9 @@ const KNOWN: Record<string, string> = {
   'data: SEEK_DATA / SEEK_HOLE on a file with a leading 1 MiB hole': 'R9 SEEK_HOLE',
 };
 
-for (const transport of fuseTransports()) {
-  describeFuse(`POSIX data path: dmfs container layer vs ext4 (${transport} transport)`, () => {
-    const s = probeSession(DATA_CASES, () => mountFreshContainer(transport));
+for (const { transport, privilege } of posixRuns(fuseTransports(), ['kernel'])) {
+  describeFuse(`POSIX data path: dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
+    const s = probeSession(DATA_CASES, () => mountFreshContainer(transport, privilege), { privilege });
 
     it('the fsx and concurrency cases found no mismatch against their own model', () => {
       for (const c of DATA_CASES.filter((x) => x.steps[0][0] === 'fsx' || x.steps[0][0].startsWith('parallel'))) {
