@@ -4,13 +4,17 @@
  * whiteout, a cross-layer hard link, an opaque directory), and a container on top. The ext4
  * oracle is the same tree copied with `cp -a` and changed by the same script. Every case
  * works on lower files: whiteouts, opaque directories, copy-up of attributes and of blocks,
- * hard links across layers, the dpkg replacement pattern, and timestamps.
+ * hard links across layers, the dpkg replacement pattern, and timestamps. As root on every
+ * transport, and as a non-root user on the kernel transport (the image built by root, what
+ * root made in it given to that user, the container mounted by that user's `dmfs mount`:
+ * posix-harness.ts, posix-user-mount.ts).
  */
 import { describeFuse, fuseTransports, run } from '../support/fuse-harness';
 import { LAYER_CASES, LAYER_DATA_CASES, LOWER_OVERLAY_SCRIPT, LOWER_TREE_SCRIPT } from '../support/posix-cases';
 import {
   defineProbeTests, GiB, mountForAll, mountImageContainer, openTempDir, probeSession,
 } from '../support/posix-harness';
+import { posixRuns, runLabel } from '../support/posix-user-mount';
 import { Pool } from '../../src/api';
 import { importImage } from '../../src/image/importer';
 
@@ -25,9 +29,9 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
 
 const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
 
-for (const transport of fuseTransports()) {
-  describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${transport} transport)`, () => {
-    const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport), { sequential: true });
+for (const { transport, privilege } of posixRuns(fuseTransports(), ['kernel'])) {
+  describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${runLabel({ transport, privilege })})`, () => {
+    const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport, privilege), { sequential: true, privilege });
 
     it('after the cases both trees list the same (modes, owners, link counts, sizes, xattrs, content)', async () => {
       const listing = (d: string) =>

@@ -178,6 +178,9 @@ export async function mountImageContainer(tree: string, overlay: string, oracleD
   const user = privilege === 'user' ? testUser() : null;
   if (user) await run(giveRootFilesTo(user, src));
   await run(`cp -a ${src}/. ${oracleDir}/ && chmod 755 ${oracleDir}`);
+  // cp's reads moved the source's atimes (relatime) after it had copied them: put them back,
+  // so that the import records the atimes the oracle has.
+  await run(`cd ${oracleDir} && find . -mindepth 1 ! -type l -exec touch -a -r {} ${src}/{} \\;`);
   await run(`cd ${oracleDir}\n${overlay}`);
   if (user) await run(giveRootFilesTo(user, oracleDir));
 
