@@ -4,12 +4,15 @@
  * git, make + gcc, python3 -m venv, sqlite3 (rollback journal and WAL, two processes),
  * the rename-over patterns of dpkg, sed -i and ln -sf, find -newer, du, df, stat -f.
  * A tool that is not installed is skipped with the reason printed (FUSE itself never is
- * under CI, see fuse-harness.ts).
+ * under CI, see fuse-harness.ts). As root on every transport, and on the kernel transport
+ * with the mount made and served by a non-root user's `dmfs mount` (posix-user-mount.ts);
+ * the tools run as root on both sides in either case, so what differs is only who serves.
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { describeFuse, fuseTransports, run, sh, shq } from '../support/fuse-harness';
 import { ext4Oracle, mountFreshContainer, PYTHON, type Oracle, type PosixMount } from '../support/posix-harness';
+import { posixRuns, runLabel } from '../support/posix-user-mount';
 
 function onPath(tool: string): boolean {
   return (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => {
@@ -41,7 +44,7 @@ function listing(dir: string, opts: { mtimes?: boolean } = {}): Promise<string> 
   );
 }
 
-for (const transport of fuseTransports()) describeFuse(`tools in a dmfs container layer vs ext4 (${transport} transport)`, () => {
+for (const { transport, privilege } of posixRuns(fuseTransports(), ['kernel'])) describeFuse(`tools in a dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
   let oracle: Oracle;
   let m: PosixMount;
   let sides: [string, string];
@@ -49,7 +52,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   beforeAll(async () => {
     oracle = await ext4Oracle();
-    m = await mountFreshContainer(transport);
+    m = await mountFreshContainer(transport, privilege);
     sides = [oracle.dir, m.mnt];
     // A rootfs sample from this machine (~2,000 entries): Perl modules, time zones, /etc.
     rootfs = `${oracle.dir}/rootfs.tar`;
