@@ -2,9 +2,8 @@
  * The data path, differentially: fsx-style random I/O (pwrite, ftruncate, MAP_SHARED writes
  * with msync, reads, reopens) checked against a model and against ext4, writers in several
  * processes, O_DIRECT, fallocate, SEEK_HOLE/SEEK_DATA, offsets past 4 GiB, sparse copies
- * and sync, on a fresh dmfs container layer. As root on every transport, and as a non-root
- * user (`dmfs mount` of that user, posix-user-mount.ts) on the kernel transport only (the
- * libfuse 2 fallback's non-root run is posix-syscalls.test.ts's: the suite's run time).
+ * and sync, on a fresh dmfs container layer. Every transport runs as root and as a non-root
+ * user (`dmfs mount` of that user, the probe's base identity that user: posix-user-mount.ts).
  */
 import { describeFuse, fuseTransports, run, sh } from '../support/fuse-harness';
 import { DATA_CASES } from '../support/posix-cases';
@@ -23,7 +22,7 @@ const KNOWN: Record<string, string> = {
   'data: SEEK_DATA / SEEK_HOLE on a file with a leading 1 MiB hole': 'R9 SEEK_HOLE',
 };
 
-for (const { transport, privilege } of posixRuns(fuseTransports(), ['kernel'])) {
+for (const { transport, privilege } of posixRuns(fuseTransports())) {
   describeFuse(`POSIX data path: dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
     const s = probeSession(DATA_CASES, () => mountFreshContainer(transport, privilege), { privilege });
 

@@ -4,10 +4,10 @@
  * whiteout, a cross-layer hard link, an opaque directory), and a container on top. The ext4
  * oracle is the same tree copied with `cp -a` and changed by the same script. Every case
  * works on lower files: whiteouts, opaque directories, copy-up of attributes and of blocks,
- * hard links across layers, the dpkg replacement pattern, and timestamps. As root on every
- * transport, and as a non-root user on the kernel transport (the image built by root, what
- * root made in it given to that user, the container mounted by that user's `dmfs mount`:
- * posix-harness.ts, posix-user-mount.ts).
+ * hard links across layers, the dpkg replacement pattern, and timestamps. Every transport
+ * runs as root and as a non-root user (the image built by root, what root made in it given
+ * to that user, the container mounted by that user's `dmfs mount`: posix-harness.ts,
+ * posix-user-mount.ts).
  */
 import { describeFuse, fuseTransports, run } from '../support/fuse-harness';
 import { LAYER_CASES, LAYER_DATA_CASES, LOWER_OVERLAY_SCRIPT, LOWER_TREE_SCRIPT } from '../support/posix-cases';
@@ -29,7 +29,7 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
 
 const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
 
-for (const { transport, privilege } of posixRuns(fuseTransports(), ['kernel'])) {
+for (const { transport, privilege } of posixRuns(fuseTransports())) {
   describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${runLabel({ transport, privilege })})`, () => {
     const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport, privilege), { sequential: true, privilege });
 
