@@ -122,16 +122,9 @@ export interface PosixRun {
   privilege: Privilege;
 }
 
-/**
- * The (transport, privilege) runs of a differential suite: every transport of this run
- * (fuseTransports) as root, and as the user those of `userTransports` among them (the
- * libfuse 2 fallback is not repeated as non-root by every suite: the run time).
- */
-export function posixRuns(transports: ('kernel' | 'libfuse2')[], userTransports: ('kernel' | 'libfuse2')[] = ['kernel', 'libfuse2']): PosixRun[] {
-  const privileges = testPrivileges();
-  return privileges.flatMap((privilege) =>
-    transports.filter((t) => privilege === 'root' || userTransports.includes(t)).map((transport) => ({ transport, privilege })),
-  );
+/** The (transport, privilege) runs of a differential suite: every transport of this run (fuseTransports) under every privilege. */
+export function posixRuns(transports: ('kernel' | 'libfuse2')[]): PosixRun[] {
+  return testPrivileges().flatMap((privilege) => transports.map((transport) => ({ transport, privilege })));
 }
 
 /** How a run reads in a describe() title. */
