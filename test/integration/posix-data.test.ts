@@ -2,13 +2,15 @@
  * The data path, differentially: fsx-style random I/O (pwrite, ftruncate, MAP_SHARED writes
  * with msync, reads, reopens) checked against a model and against ext4, writers in several
  * processes, O_DIRECT, fallocate, SEEK_HOLE/SEEK_DATA, offsets past 4 GiB, sparse copies
- * and sync, on a fresh dmfs container layer.
+ * and sync, on a fresh dmfs container layer. Every transport runs as root and as a non-root
+ * user (`dmfs mount` of that user, the probe's base identity that user: posix-user-mount.ts).
  */
 import { describeFuse, fuseTransports, run, sh } from '../support/fuse-harness';
 import { DATA_CASES } from '../support/posix-cases';
 import {
   defineProbeTests, mountFreshContainer, probeSession, PYTHON,
 } from '../support/posix-harness';
+import { posixRuns, runLabel } from '../support/posix-user-mount';
 
 /**
  * Case name -> report row. None on the kernel transport (it answers FUSE_FALLOCATE and
@@ -26,9 +28,9 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
   },
 };
 
-for (const transport of fuseTransports()) {
-  describeFuse(`POSIX data path: dmfs container layer vs ext4 (${transport} transport)`, () => {
-    const s = probeSession(DATA_CASES, () => mountFreshContainer(transport));
+for (const { transport, privilege } of posixRuns(fuseTransports())) {
+  describeFuse(`POSIX data path: dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
+    const s = probeSession(DATA_CASES, () => mountFreshContainer(transport, privilege), { privilege });
 
     it('the fsx and concurrency cases found no mismatch against their own model', () => {
       const own = DATA_CASES.filter((x) => (x.steps[0][0] === 'fsx' || x.steps[0][0].startsWith('parallel')) && !KNOWN[transport][x.name]);

@@ -4,13 +4,17 @@
  * whiteout, a cross-layer hard link, an opaque directory), and a container on top. The ext4
  * oracle is the same tree copied with `cp -a` and changed by the same script. Every case
  * works on lower files: whiteouts, opaque directories, copy-up of attributes and of blocks,
- * hard links across layers, the dpkg replacement pattern, and timestamps.
+ * hard links across layers, the dpkg replacement pattern, and timestamps. Every transport
+ * runs as root and as a non-root user (the image built by root, what root made in it given
+ * to that user, the container mounted by that user's `dmfs mount`: posix-harness.ts,
+ * posix-user-mount.ts).
  */
 import { describeFuse, fuseTransports, run } from '../support/fuse-harness';
 import { LAYER_CASES, LAYER_DATA_CASES, LOWER_OVERLAY_SCRIPT, LOWER_TREE_SCRIPT } from '../support/posix-cases';
 import {
   defineProbeTests, GiB, mountForAll, mountImageContainer, openTempDir, probeSession,
 } from '../support/posix-harness';
+import { posixRuns, runLabel } from '../support/posix-user-mount';
 import { Pool } from '../../src/api';
 import { importImage } from '../../src/image/importer';
 
@@ -32,9 +36,9 @@ const CASES = [...LAYER_CASES, ...LAYER_DATA_CASES];
 /** Case directories a known difference leaves unlike ext4's (libfuse 2: the fallocate fsx stops at its first fallocate). */
 const UNLIKE_DIRS: Record<'kernel' | 'libfuse2', string[]> = { kernel: [], libfuse2: ['fal'] };
 
-for (const transport of fuseTransports()) {
-  describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${transport} transport)`, () => {
-    const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport), { sequential: true });
+for (const { transport, privilege } of posixRuns(fuseTransports())) {
+  describeFuse(`POSIX on image layers: dmfs container over an imported image vs ext4 (${runLabel({ transport, privilege })})`, () => {
+    const s = probeSession(CASES, (oracle) => mountImageContainer(LOWER_TREE_SCRIPT, LOWER_OVERLAY_SCRIPT, oracle.dir, transport, privilege), { sequential: true, privilege });
 
     it('after the cases both trees list the same (modes, owners, link counts, sizes, xattrs, content)', async () => {
       const prune = UNLIKE_DIRS[transport].map((u) => `-path ./${u} -prune -o `).join('');

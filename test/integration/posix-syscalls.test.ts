@@ -2,7 +2,9 @@
  * pjdfstest's areas, differentially: every case of SYSCALL_CASES (posix-cases.ts) runs in
  * a directory of the host's ext4 and in a fresh dmfs container layer mounted with
  * allow_other + default_permissions; the transcripts (one result per syscall) must be
- * equal. Permission cases switch to uid/gid 65534 inside the probe.
+ * equal. Permission cases switch to uid/gid 65534 inside the probe. Every transport runs as
+ * root (the mount served by this process) and as a non-root user (`dmfs mount` of that
+ * user, the probe's base identity that user on both sides: posix-user-mount.ts).
  *
  * Known differences are `test.failing` under the row of the QA report that diagnoses
  * them (the report is in the commit that added this file).
@@ -14,6 +16,7 @@ import { SYSCALL_CASES } from '../support/posix-cases';
 import {
   defineProbeTests, mountFreshContainer, openTempDir, probeSession, PYTHON, removeDirs,
 } from '../support/posix-harness';
+import { posixRuns, runLabel, testUser, type Privilege } from '../support/posix-user-mount';
 
 /**
  * Case name -> report row (QA report of the commit that added this file; diagnosis in short),
@@ -25,6 +28,17 @@ const KNOWN_BOTH: Record<string, string> = {
   'names: bytes that are not UTF-8 (Latin-1 names, symlink targets) are kept as they are': 'R4 non-UTF-8 names',
   'xattr: an unprivileged listxattr does not show trusted.*': 'R12 trusted.* listing',
 };
+
+/**
+ * As a non-root user R12 cannot show: an unprivileged caller cannot set trusted.* (EPERM on
+ * ext4 and dmfs alike), so nothing is there to hide and that case passes.
+ */
+const ROOT_ONLY = new Set(['xattr: an unprivileged listxattr does not show trusted.*']);
+
+function knownFor(transport: 'kernel' | 'libfuse2', privilege: Privilege): Record<string, string> {
+  if (privilege === 'root') return KNOWN[transport];
+  return Object.fromEntries(Object.entries(KNOWN[transport]).filter(([name]) => !ROOT_ONLY.has(name)));
+}
 
 /**
  * libfuse 2 only; fixed by the kernel transport (kernel-transport.ts):
@@ -52,34 +66,48 @@ const KNOWN: Record<'kernel' | 'libfuse2', Record<string, string>> = {
   },
 };
 
-for (const transport of fuseTransports()) {
-  describeFuse(`POSIX syscalls: dmfs container layer vs ext4 (${transport} transport)`, () => {
-    const s = probeSession(SYSCALL_CASES, () => mountFreshContainer(transport));
+for (const { transport, privilege } of posixRuns(fuseTransports())) {
+  describeFuse(`POSIX syscalls: dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
+    const s = probeSession(SYSCALL_CASES, () => mountFreshContainer(transport, privilege), { privilege });
 
     it('the oracle is ext4', () => {
       expect(s.oracle.fsType).toBe('ext2/ext3');
     });
 
-    defineProbeTests(SYSCALL_CASES, KNOWN[transport], () => s);
+    defineProbeTests(SYSCALL_CASES, knownFor(transport, privilege), () => s);
 
     // ---- mount-level behaviour -------------------------------------------------------------
 
     const suidProbe = (dir: string) =>
       sh(`cp /usr/bin/id ${dir}/suid-id && chmod 4755 ${dir}/suid-id && setpriv --reuid=65534 --regid=65534 --clear-groups ${dir}/suid-id -u`);
 
-    // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
-    test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
-      const [e, d] = [await suidProbe(s.oracle.dir), await suidProbe(s.m.mnt)];
-      expect(e.stdout.trim()).toBe('0');
-      expect(d.stdout.trim()).toBe(e.stdout.trim());
-    });
+    const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
+    if (privilege === 'root') {
+      // R1: libfuse 2 mounts nosuid,nodev unless told `suid,dev` (fuseOptionList in fuse-adapter.ts).
+      test('a setuid-root program runs with euid 0, as on ext4 (the mount is not nosuid)', async () => {
+        const [e, d] = [await suidProbe(s.oracle.dir), await suidProbe(s.m.mnt)];
+        expect(e.stdout.trim()).toBe('0');
+        expect(d.stdout.trim()).toBe(e.stdout.trim());
+      });
 
-    test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
-      const devProbe = (dir: string) => sh(`mknod ${dir}/null c 1 3 && chmod 666 ${dir}/null && echo x > ${dir}/null && head -c 4 ${dir}/null | wc -c`);
-      const [e, d] = [await devProbe(s.oracle.dir), await devProbe(s.m.mnt)];
-      expect(e.code).toBe(0);
-      expect({ code: d.code, out: d.stdout }).toEqual({ code: e.code, out: e.stdout });
-    });
+      test('a character device node in the mount can be opened, as on ext4 (the mount is not nodev)', async () => {
+        const [e, d] = [await devProbe(s.oracle.dir), await devProbe(s.m.mnt)];
+        expect(e.code).toBe(0);
+        expect({ code: d.code, out: d.stdout }).toEqual({ code: e.code, out: e.stdout });
+      });
+    } else {
+      // fusermount3 forces nosuid,nodev on every mount a user makes (ext4 mounted by root has neither).
+      test('a user\'s mount is nosuid,nodev: a setuid-root program runs with the caller\'s euid, a device node cannot be opened', async () => {
+        const opts = (await run(`grep ' ${s.m.mnt} ' /proc/self/mounts`)).split(' ')[3].split(',');
+        expect(opts).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
+        expect((await suidProbe(s.m.mnt)).stdout.trim()).toBe('65534');
+        const d = await devProbe(s.m.mnt);
+        expect(d.code).not.toBe(0);
+        expect(d.stderr).toMatch(/Permission denied/);
+        expect((await run(`stat -c '%F %U' ${s.m.mnt}/null`)).trim()).toBe('character special file root');
+        expect((await run(`stat -c '%U' ${s.m.mnt}`)).trim()).toBe(testUser().name);
+      });
+    }
 
     it('unix domain sockets bind and connect in the mount; fcntl locks conflict across processes', async () => {
       const script = `

@@ -4,12 +4,16 @@
  * git, make + gcc, python3 -m venv, sqlite3 (rollback journal and WAL, two processes),
  * the rename-over patterns of dpkg, sed -i and ln -sf, find -newer, du, df, stat -f.
  * A tool that is not installed is skipped with the reason printed (FUSE itself never is
- * under CI, see fuse-harness.ts).
+ * under CI, see fuse-harness.ts). Every transport runs as root and as a non-root user: the
+ * mount made and served by that user's `dmfs mount`, the tools run as that user on both
+ * sides (posix-user-mount.ts), copying a copy of /etc the user owns where root copies /etc.
+ * The checks that only read (listings, diff -r) run as root.
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { describeFuse, fuseTransports, run, sh, shq } from '../support/fuse-harness';
-import { ext4Oracle, mountFreshContainer, PYTHON, type Oracle, type PosixMount } from '../support/posix-harness';
+import { ext4Oracle, mountFreshContainer, openTempDir, PYTHON, removeDirs, type Oracle, type PosixMount } from '../support/posix-harness';
+import { posixRuns, runLabel, testUser } from '../support/posix-user-mount';
 
 function onPath(tool: string): boolean {
   return (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => {
@@ -41,16 +45,29 @@ function listing(dir: string, opts: { mtimes?: boolean } = {}): Promise<string> 
   );
 }
 
-for (const transport of fuseTransports()) describeFuse(`tools in a dmfs container layer vs ext4 (${transport} transport)`, () => {
+for (const { transport, privilege } of posixRuns(fuseTransports())) describeFuse(`tools in a dmfs container layer vs ext4 (${runLabel({ transport, privilege })})`, () => {
   let oracle: Oracle;
   let m: PosixMount;
   let sides: [string, string];
   let rootfs: string;
+  /** What cp -a and rsync copy: /etc, or for the user a copy of it that user owns (all readable). */
+  let etc = '/etc';
+  let userEtcParent: string | null = null;
+  const user = privilege === 'user' ? testUser() : null;
+  /** Runs a tool script as the suite's user (HOME=/tmp for the user, who cannot read root's). */
+  const runAs = (script: string) =>
+    user ? run(`setpriv --reuid ${user.uid} --regid ${user.gid} --clear-groups env HOME=/tmp bash -c ${shq(`set -o pipefail\n${script}`)}`) : run(script);
 
   beforeAll(async () => {
     oracle = await ext4Oracle();
-    m = await mountFreshContainer(transport);
+    m = await mountFreshContainer(transport, privilege);
     sides = [oracle.dir, m.mnt];
+    if (user) {
+      await run(`chown ${user.uid}:${user.gid} ${oracle.dir}`);
+      userEtcParent = openTempDir('posix-tools-etc');
+      etc = `${userEtcParent}/etc`;
+      await run(`cp -a /etc ${etc} && chown -hR ${user.uid}:${user.gid} ${etc}`);
+    }
     // A rootfs sample from this machine (~2,000 entries): Perl modules, time zones, /etc.
     rootfs = `${oracle.dir}/rootfs.tar`;
     const parts = ['usr/share/perl5', 'usr/share/zoneinfo/Europe', 'usr/share/zoneinfo/America', 'etc'].filter((p) => {
@@ -68,10 +85,13 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
   afterAll(async () => {
     await m?.close();
     await oracle?.cleanup();
+    if (userEtcParent) await removeDirs(userEtcParent);
   });
 
   it('tar -xp of a rootfs sample: same tree, modes, owners, links, ns mtimes and content as on ext4', async () => {
-    for (const d of sides) await run(`mkdir ${d}/rootfs && tar -C ${d}/rootfs --numeric-owner -xpf ${rootfs}`);
+    for (const d of sides) await runAs(`mkdir ${d}/rootfs && tar -C ${d}/rootfs --numeric-owner -xpf ${rootfs}`);
+    // The user's tar cannot give files away: everything it made is the user's, on both sides.
+    if (user) for (const d of sides) expect(await run(`find ${d}/rootfs ! -user ${user.uid} | wc -l`)).toBe('0\n');
     // The synthetic parents (usr, usr/share, usr/share/zoneinfo) keep the extraction time on both.
     const parentsOut = (l: string) => l.replace(/^\.\/usr(\/share(\/zoneinfo)?)? d .*$/gm, '');
     expect(parentsOut(await listing(`${m.mnt}/rootfs`))).toBe(parentsOut(await listing(`${oracle.dir}/rootfs`)));
@@ -82,22 +102,22 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
   }, 60_000);
 
   it('cp -a of /etc: same listing (ns mtimes included) and content', async () => {
-    for (const d of sides) await run(`cp -a /etc ${d}/etc-copy`);
+    for (const d of sides) await runAs(`cp -a ${etc} ${d}/etc-copy`);
     expect(await listing(`${m.mnt}/etc-copy`)).toBe(await listing(`${oracle.dir}/etc-copy`));
     await run(`diff -r --no-dereference ${oracle.dir}/etc-copy ${m.mnt}/etc-copy`);
   });
 
   itWith(['rsync'], 'rsync -aHAX into the mount, then a second rsync finds nothing to do', async () => {
-    for (const d of sides) await run(`rsync -aHAX /etc/ ${d}/rsync-etc/ && rsync -aHAX /usr/share/zoneinfo/ ${d}/rsync-zone/`);
+    for (const d of sides) await runAs(`rsync -aHAX ${etc}/ ${d}/rsync-etc/ && rsync -aHAX /usr/share/zoneinfo/ ${d}/rsync-zone/`);
     expect(await listing(`${m.mnt}/rsync-etc`)).toBe(await listing(`${oracle.dir}/rsync-etc`));
     expect(await listing(`${m.mnt}/rsync-zone`)).toBe(await listing(`${oracle.dir}/rsync-zone`));
     // Sizes, ns mtimes, modes, owners, links and xattrs all came out as sent: nothing to update.
-    expect(await run(`rsync -aHAXi /etc/ ${m.mnt}/rsync-etc/`)).toBe(await run(`rsync -aHAXi /etc/ ${oracle.dir}/rsync-etc/`));
+    expect(await runAs(`rsync -aHAXi ${etc}/ ${m.mnt}/rsync-etc/`)).toBe(await runAs(`rsync -aHAXi ${etc}/ ${oracle.dir}/rsync-etc/`));
   });
 
   itWith(['git'], 'git init, add, commit, gc, fsck, status in the mount', async () => {
     const g = (d: string) =>
-      run(`
+      runAs(`
         mkdir ${d}/repo && cd ${d}/repo
         git init -q && git config user.email qa@example.com && git config user.name qa && git config core.fsync all 2>/dev/null || true
         cp -r /usr/share/zoneinfo/Europe . 2>/dev/null || mkdir Europe
@@ -111,7 +131,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   itWith(['make', 'gcc', 'ar'], 'make + gcc: build, up-to-date check (ns mtimes), rebuild after touch, static and shared libs', async () => {
     const build = (d: string) =>
-      run(`
+      runAs(`
         mkdir -p ${d}/cproj/src && cd ${d}/cproj
         printf '#include <stdio.h>\\nint b(void);\\nint main(void){ printf("%%d\\\\n", b()); return 0; }\\n' > src/a.c
         printf 'int b(void){ return 42; }\\n' > src/b.c
@@ -125,7 +145,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   itWith(['python3'], 'python3 -m venv (without pip): the interpreter runs, compileall writes .pyc, imports work', async () => {
     const venv = (d: string) =>
-      run(`
+      runAs(`
         ${PYTHON} -m venv --without-pip ${d}/venv
         mkdir -p ${d}/venv/lib/mod && printf 'X = 7\\n' > ${d}/venv/lib/mod/m.py
         ${d}/venv/bin/python -c 'import sys, os; print(sys.prefix == os.path.realpath(sys.argv[1]) or sys.prefix)' ${d}/venv
@@ -138,7 +158,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   itWith(['sqlite3'], 'sqlite3: rollback journal and WAL databases, a writer and a reader process, integrity_check', async () => {
     const db = (d: string) =>
-      run(`
+      runAs(`
         mkdir ${d}/sq && cd ${d}/sq
         sqlite3 del.db "create table t(a integer primary key, b blob); with recursive n(i) as (select 1 union all select i+1 from n where i < 3000) insert into t(b) select randomblob(200) from n; pragma integrity_check; select count(*) from t;"
         sqlite3 wal.db "pragma journal_mode=wal; create table t(a, b);"
@@ -153,7 +173,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   it('rename-over patterns: sed -i, ln -sf, install, mv -f, cp --remove-destination, dpkg-style link backup', async () => {
     const go = (d: string) =>
-      run(`
+      runAs(`
         mkdir ${d}/ro && cd ${d}/ro
         printf 'a=1\\nb=2\\n' > conf && ln conf conf.hard && sed -i 's/b=2/b=3/' conf && cat conf conf.hard && sleep 1.1 && stat -c '%h' conf conf.hard
         ln -s conf link && ln -sf conf.hard link && readlink link
@@ -169,7 +189,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
   // R2): the other name showed the old link count and content. Checked without waiting.
   test('hard-linked files: sed -i, echo >>, rm through one name; the other name at once', async () => {
     const go = (d: string) =>
-      run(`
+      runAs(`
         mkdir ${d}/hl && cd ${d}/hl
         printf 'k=1\\n' > conf && ln conf conf.hard && stat -c %h conf.hard >/dev/null && sed -i 's/k=1/k=2/' conf && stat -c %h conf.hard
         echo one > log && ln log log.hard && cat log.hard && echo two >> log && cat log.hard && stat -c '%h %s' log.hard
@@ -180,7 +200,7 @@ for (const transport of fuseTransports()) describeFuse(`tools in a dmfs containe
 
   it('find -newer / -mmin, du, df and stat -f answer sensibly', async () => {
     const go = (d: string) =>
-      run(`
+      runAs(`
         mkdir ${d}/fd && cd ${d}/fd
         touch -d '2001-01-01' old && touch -d '2001-01-01 00:00:00.5' ref && touch -d '2001-01-01 00:00:01' newer && touch now
         find . -newer ref | sort && find . -mmin -5 | sort

@@ -2,13 +2,16 @@
  * Differential testing against ext4 (test/integration/posix-*.test.ts): an ext4 directory
  * as the oracle, a dmfs container layer mounted with allow_other (so that an unprivileged
  * uid reaches it and the kernel's default_permissions decide), and the syscall probe of
- * posix-probe.ts run in both.
+ * posix-probe.ts run in both. Each suite runs with privilege 'root' (the mount served by
+ * this process, the probe's base identity root) and 'user' (the mount made and served by
+ * `dmfs mount` as an unprivileged user, the probe's base identity that user on both sides:
+ * posix-user-mount.ts).
  *
  * Everything that touches a mount served by this process runs in a child process,
  * asynchronously (see fuse-harness.ts).
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../../src/api';
 import { importImage } from '../../src/image/importer';
@@ -17,6 +20,7 @@ import type { LayerFs } from '../../src/store/layer-store';
 import { run, sh, shq, tempDir } from './fuse-harness';
 import type { ProbeCase } from './posix-cases';
 import { writeProbe } from './posix-probe';
+import { baseIdentity, giveRootFilesTo, mountAsUser, testUser, type Privilege } from './posix-user-mount';
 
 export const GiB = 2 ** 30;
 
@@ -76,9 +80,8 @@ export async function ext4Oracle(): Promise<Oracle> {
 
 export interface PosixMount {
   mnt: string;
-  pool: Pool;
-  service: MountService;
-  log: string[];
+  /** The serving side's log lines so far (this process's MountService, or the daemon's log file). */
+  readonly log: string[];
   close(): Promise<void>;
 }
 
@@ -87,7 +90,7 @@ export interface PosixMount {
  * process through `transport` (default: DMFS_FUSE_TRANSPORT). close() unmounts, closes the
  * pool and removes the mountpoint, the pool and `extraDirs`.
  */
-export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[] = [], transport?: FuseTransport): Promise<PosixMount> {
+export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[] = [], transport?: FuseTransport): Promise<PosixMount & { pool: Pool; service: MountService }> {
   const mntParent = openTempDir('posix-mnt');
   const mnt = path.join(mntParent, 'm');
   mkdirSync(mnt, { mode: 0o755 });
@@ -115,11 +118,45 @@ export async function mountForAll(pool: Pool, layer: LayerFs, extraDirs: string[
   };
 }
 
+/**
+ * Layer `layer` of the (closed) pool at poolRoot mounted for every uid by the test user's
+ * `dmfs mount`, through `transport`; close() also removes the pool and `extraDirs`.
+ */
+async function mountForAllAsUser(poolRoot: string, layer: string, transport: 'kernel' | 'libfuse2', extraDirs: string[] = []): Promise<PosixMount> {
+  const mntParent = openTempDir('posix-mnt');
+  const user = testUser();
+  const m = await mountAsUser(user, poolRoot, layer, path.join(mntParent, 'm'), transport);
+  // A layer's root is 0:0 0755 whoever made the pool (thin-layer-store.ts): hand it to the
+  // user (root's chown through allow_other), as the ext4 oracle directory is.
+  const own = await sh(`chown ${user.uid}:${user.gid} ${shq(m.mnt)}`);
+  if (own.code !== 0) {
+    await m.close();
+    throw new Error(`chown of the mount's root to ${user.name} failed: ${own.stderr}`);
+  }
+  return {
+    mnt: m.mnt,
+    get log() {
+      return m.log;
+    },
+    async close() {
+      await m.close();
+      await removeDirs(mntParent, poolRoot, ...extraDirs);
+    },
+  };
+}
+
+/** Which transport a 'user' mount is made with: the one named, else the non-root default. */
+function userTransport(transport?: FuseTransport): 'kernel' | 'libfuse2' {
+  return transport === 'libfuse2' ? 'libfuse2' : 'kernel';
+}
+
 /** A fresh pool with one container layer on the base, mounted for every uid. */
-export async function mountFreshContainer(transport?: FuseTransport): Promise<PosixMount> {
+export async function mountFreshContainer(transport?: FuseTransport, privilege: Privilege = 'root'): Promise<PosixMount> {
   const pool = await Pool.create({ root: openTempDir('posix-pool'), sizeBytes: 16 * GiB });
   await pool.store.createLayer('c', { parent: 'base', kind: 'container', sizeLimitBytes: 12 * GiB });
-  return mountForAll(pool, await pool.store.openLayer('c'), [], transport);
+  if (privilege === 'root') return mountForAll(pool, await pool.store.openLayer('c'), [], transport);
+  await pool.close();
+  return mountForAllAsUser(pool.root, 'c', userTransport(transport));
 }
 
 /**
@@ -127,17 +164,25 @@ export async function mountFreshContainer(transport?: FuseTransport): Promise<Po
  * host directory) imported as a directory (`dmfs import DIR`), then a second image layer
  * built through a mount that runs `overlay` (a shell script, e.g. setfattr), sealed; a
  * container on top, mounted for every uid, both through `transport`. The oracle directory
- * gets the same two scripts.
+ * gets the same two scripts. With privilege 'user' the scripts still run as root (an image
+ * as root pulls it), then what root made is given to the test user on both sides (other
+ * owners stay), and the container is mounted by that user's `dmfs mount`.
  */
-export async function mountImageContainer(tree: string, overlay: string, oracleDir: string, transport?: FuseTransport): Promise<PosixMount> {
+export async function mountImageContainer(tree: string, overlay: string, oracleDir: string, transport?: FuseTransport, privilege: Privilege = 'root'): Promise<PosixMount> {
   const srcParent = openTempDir('posix-tree');
   const src = path.join(srcParent, 'tree');
   mkdirSync(src, { mode: 0o755 });
   // Never spawn with cwd inside a mount this process serves: libuv's spawn waits for the
   // child's exec, and the child's chdir waits for this event loop. `cd` in the script.
   await run(`cd ${src}\n${tree}`);
+  const user = privilege === 'user' ? testUser() : null;
+  if (user) await run(giveRootFilesTo(user, src));
   await run(`cp -a ${src}/. ${oracleDir}/ && chmod 755 ${oracleDir}`);
+  // cp's reads moved the source's atimes (relatime) after it had copied them: put them back,
+  // so that the import records the atimes the oracle has.
+  await run(`cd ${oracleDir} && find . -mindepth 1 ! -type l -exec touch -a -r {} ${src}/{} \\;`);
   await run(`cd ${oracleDir}\n${overlay}`);
+  if (user) await run(giveRootFilesTo(user, oracleDir));
 
   const pool = await Pool.create({ root: openTempDir('posix-pool'), sizeBytes: 16 * GiB });
   await importImage(pool.store, src, { name: 'img1' });
@@ -148,26 +193,32 @@ export async function mountImageContainer(tree: string, overlay: string, oracleD
   const building = await MountService.start({ layer: await pool.store.openLayer('img2'), mountpoint: buildMnt, transport });
   try {
     await run(`cd ${buildMnt}\n${overlay}`);
+    if (user) await run(giveRootFilesTo(user, buildMnt));
   } finally {
     const r = await building.stop('image built');
     if (r.error) throw r.error;
   }
   await pool.store.sealLayer('img2');
   await pool.store.createLayer('c', { parent: 'img2', kind: 'container', sizeLimitBytes: 12 * GiB });
-  return mountForAll(pool, await pool.store.openLayer('c'), [srcParent, buildParent], transport);
+  if (!user) return mountForAll(pool, await pool.store.openLayer('c'), [srcParent, buildParent], transport);
+  await pool.close();
+  return mountForAllAsUser(pool.root, 'c', userTransport(transport), [srcParent, buildParent]);
 }
 
 export type ProbeResults = Record<string, string[]>;
 
-/** Runs the probe over cases with `root` as the directory of the fresh case directories. */
-export function runProbe(root: string, cases: ProbeCase[], timeoutMs = 60_000): Promise<ProbeResults> {
+/**
+ * Runs the probe over cases with `root` as the directory of the fresh case directories, as
+ * the base identity `base` (see posix-probe.ts).
+ */
+export function runProbe(root: string, cases: ProbeCase[], base: [number, number] = [0, 0], timeoutMs = 60_000): Promise<ProbeResults> {
   if (PYTHON !== '/usr/bin/python3' && spawnSync(PYTHON, ['-c', '']).status !== 0) {
     return Promise.reject(new Error('python3 runs the POSIX probe (posix-probe.ts) and is not installed: apt-get install python3-minimal'));
   }
   const work = openTempDir('posix-probe');
   const probe = writeProbe(work);
   const spec = path.join(work, 'cases.json');
-  writeFileSync(spec, JSON.stringify({ cases }));
+  writeFileSync(spec, JSON.stringify({ cases, base }));
   return new Promise((resolve, reject) => {
     execFile(PYTHON, [probe, root, spec], { maxBuffer: 64 << 20, timeout: timeoutMs, env: { ...process.env, LC_ALL: 'C.UTF-8' } }, (err, stdout, stderr) => {
       void removeDirs(work);
@@ -212,20 +263,23 @@ export interface ProbeSession {
 /**
  * Registers the beforeAll/afterAll of a differential suite: an ext4 oracle directory, a
  * dmfs mount from `mount`, the probe of `cases` on both (side by side, or one after the
- * other when the cases share one tree), and the clean-up.
+ * other when the cases share one tree) as the base identity of `privilege` (the oracle
+ * directory owned by it), and the clean-up.
  */
-export function probeSession(cases: ProbeCase[], mount: (oracle: Oracle) => Promise<PosixMount>, opts: { sequential?: boolean } = {}): ProbeSession {
+export function probeSession(cases: ProbeCase[], mount: (oracle: Oracle) => Promise<PosixMount>, opts: { sequential?: boolean; privilege?: Privilege } = {}): ProbeSession {
   const s = {} as ProbeSession;
+  const base = baseIdentity(opts.privilege ?? 'root');
   beforeAll(async () => {
     s.oracle = await ext4Oracle();
+    chownSync(s.oracle.dir, ...base);
     s.m = await mount(s.oracle);
     if (opts.sequential) {
-      s.ext4 = await runProbe(s.oracle.dir, cases);
-      s.dmfs = await runProbe(s.m.mnt, cases);
+      s.ext4 = await runProbe(s.oracle.dir, cases, base);
+      s.dmfs = await runProbe(s.m.mnt, cases, base);
     } else {
-      [s.ext4, s.dmfs] = await Promise.all([runProbe(s.oracle.dir, cases), runProbe(s.m.mnt, cases)]);
+      [s.ext4, s.dmfs] = await Promise.all([runProbe(s.oracle.dir, cases, base), runProbe(s.m.mnt, cases, base)]);
     }
-  }, 60_000);
+  }, 120_000);
   afterAll(async () => {
     await s.m?.close();
     await s.oracle?.cleanup();

@@ -10,7 +10,12 @@
  *
  * Effective ids: `as UID GID` uses seteuid/setegid, so the FUSE request carries the
  * unprivileged caller (fuse_get_context and the kernel's default_permissions both use
- * fsuid = euid); each case starts and ends as root.
+ * fsuid = euid). Each case starts and ends as the base identity, and `root` returns to it:
+ * root, or the spec's `base` [uid, gid] for the non-root suites (the probe itself still
+ * starts as root, so that `as` can switch to any uid; with a non-zero euid the kernel
+ * clears the effective capabilities, so the base user is unprivileged). `exec` runs its
+ * shell with the real ids set to the effective ones (bash would otherwise drop back to the
+ * real uid, root).
  */
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -81,6 +86,23 @@ def fmt_stat(st, fields):
         else:
             out.append('%s=%d' % (f, getattr(st, 'st_' + f)))
     return ' '.join(out)
+
+
+BASE = [0, 0]
+
+
+def to_base():
+    os.seteuid(0)
+    os.setegid(0)
+    os.setgroups([])
+    if BASE[0]:
+        os.setegid(BASE[1])
+        os.seteuid(BASE[0])
+
+
+def real_ids_as_effective():
+    os.setregid(os.getegid(), os.getegid())
+    os.setreuid(os.geteuid(), os.geteuid())
 
 
 def run_case(steps, fds, snaps):
@@ -191,9 +213,7 @@ def do(op, a, fds, snaps):
         os.setegid(a[1])
         os.seteuid(a[0])
     elif op == 'root':
-        os.seteuid(0)
-        os.setegid(0)
-        os.setgroups([])
+        to_base()
     elif op == 'umask':
         os.umask(a[0])
     elif op == 'ls':
@@ -239,7 +259,7 @@ def do(op, a, fds, snaps):
         return os.copy_file_range(fds[a[0]], fds[a[1]], a[2], a[3], a[4])
     elif op == 'exec':
         import subprocess
-        p = subprocess.run(a[0], shell=True, capture_output=True, text=True)
+        p = subprocess.run(a[0], shell=True, capture_output=True, text=True, preexec_fn=real_ids_as_effective if BASE[0] else None)
         return '%d:%s' % (p.returncode, p.stdout.strip())
     elif op == 'fsx':
         return fsx(a[0], a[1], a[2], a[3], len(a) > 4 and a[4], len(a) > 5 and a[5])
@@ -404,6 +424,8 @@ def parallel_append(path, nprocs, nlines):
 def main():
     root = sys.argv[1]
     spec = json.load(open(sys.argv[2]))
+    BASE[:] = spec.get('base', [0, 0])
+    to_base()
     os.umask(0o022)
     out = {}
     for i, case in enumerate(spec['cases']):
@@ -416,9 +438,7 @@ def main():
         try:
             out[case['name']] = run_case(case['steps'], fds, snaps)
         finally:
-            os.seteuid(0)
-            os.setegid(0)
-            os.setgroups([])
+            to_base()
             os.umask(0o022)
             for fd in fds.values():
                 try:
