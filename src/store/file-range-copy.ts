@@ -3,7 +3,7 @@ import type { FileData } from './file-data';
 import type { InodeRecords } from './inode-records';
 import type { LayerContext } from './layer-context';
 import type { Ino } from './layer-store';
-import { bmapKey, dataBlockOfPacked, inlineBytesOfPacked, isDataRef, nowTime, packBlockRef } from './records';
+import { bmapKey, dataBlockOfPacked, inlineBytesOfPacked, isDataRef, isUnwrittenPacked, nowTime, packBlockRef } from './records';
 
 /** Most data blocks shared by one call (one metadata transaction); a longer copy returns short and the caller goes on. */
 const SHARE_MAX_BLOCKS = 65536;
@@ -131,7 +131,9 @@ export class FileRangeCopy {
         const own = d !== null && d.level === 0 ? d.raw : null;
         const key = bmapKey(top, inoOut, dstIdx + k);
         let put: Buffer | null;
-        if (s === null) {
+        // An unwritten source block (fallocate) is zeros: copied as a hole, never shared, since
+        // its first write goes into the block in place.
+        if (s === null || isUnwrittenPacked(s.raw)) {
           if (d === null) continue;
           // A lower segment may map this block: an empty inline entry hides it (reads zeros).
           put = own !== null && dstIdx + k >= rec.inherit ? null : EMPTY_INLINE;

@@ -287,8 +287,14 @@ export function unpackBlockRef(raw: Buffer): BlockRef {
  */
 export function dataBlockOfPacked(raw: Buffer): number | null {
   if ((raw[0] === 2 && raw.length === TAG2_BYTES) || (raw[0] === 0 && raw.length === TAG0_BYTES)) return raw.readUIntLE(1, 6);
+  if (isUnwrittenPacked(raw)) return (unpackBlockRef(raw) as UnwrittenRef).block; // verifies the entry's own checksum
   if (raw[0] === 1 && raw.length >= 5) return null;
   throw dmfsError('METADATA_CORRUPT', 'block map entry has an unknown tag');
+}
+
+/** Whether a packed entry is an unwritten block (tag 3): it owns a block but reads as zeros. */
+export function isUnwrittenPacked(raw: Buffer): boolean {
+  return raw[0] === 3 && raw.length === TAG3_BYTES;
 }
 
 /** Bytes of inline content a packed inline entry holds (see dataBlockOfPacked). */

@@ -318,3 +318,51 @@ test('a lost entry of a copy still reads METADATA_CORRUPT, never zeros (the copy
   // The count of the inode and the block's reference count both say an entry is missing.
   expect(kinds).toEqual(['MAP_ENTRIES_LOST', 'REFCOUNT_MISMATCH']);
 });
+
+describe('fallocate over shared blocks never writes a sharer in place', () => {
+  test('zero-range of a copy reads zeros in the copy; the source keeps its bytes', async () => {
+    const fs = await container();
+    const content = randomBytes(4 * BS);
+    const src = await newFile(fs, 'a', content);
+    const dst = await copyWhole(fs, src, 'b');
+    await fs.fallocate!(dst, BS, 2 * BS, { mode: 'zero-range', keepSize: false });
+    const expected = Buffer.from(content);
+    expected.fill(0, BS, 3 * BS);
+    expect((await readAll(fs, dst)).equals(expected)).toBe(true);
+    expect((await readAll(fs, src)).equals(content)).toBe(true);
+    // The zeroed range of the copy is unwritten now: its first write goes to the copy's own block.
+    await fs.write(dst, Buffer.alloc(100, 0xab), BS + 10);
+    expected.fill(0xab, BS + 10, BS + 110);
+    expect((await readAll(fs, dst)).equals(expected)).toBe(true);
+    expect((await readAll(fs, src)).equals(content)).toBe(true);
+    await fs.close();
+    await expectClean();
+  });
+
+  test('a reserved (mode 0) range of a copy gets blocks of its own; writes there leave the source alone', async () => {
+    const fs = await container();
+    const content = randomBytes(3 * BS);
+    const src = await newFile(fs, 'a', content);
+    const dst = await copyWhole(fs, src, 'b');
+    await fs.fallocate!(dst, 0, 3 * BS, { mode: 'allocate', keepSize: true });
+    expect((await readAll(fs, dst)).equals(content)).toBe(true);
+    await fs.write(dst, Buffer.alloc(BS, 0x11), 0);
+    expect((await readAll(fs, src)).equals(content)).toBe(true);
+    expect((await readAll(fs, dst)).subarray(0, BS).equals(Buffer.alloc(BS, 0x11))).toBe(true);
+    await fs.close();
+    await expectClean();
+  });
+
+  test('copies of a reserved, never written range do not share a block that a write could hit in place', async () => {
+    const fs = await container();
+    const src = await newFile(fs, 'a');
+    await fs.fallocate!(src, 0, 2 * BS, { mode: 'allocate', keepSize: false });
+    const dst = await copyWhole(fs, src, 'b');
+    await fs.write(src, Buffer.alloc(BS, 0x22), 0);
+    await fs.write(dst, Buffer.alloc(BS, 0x33), BS);
+    expect((await readAll(fs, src)).equals(Buffer.concat([Buffer.alloc(BS, 0x22), Buffer.alloc(BS)]))).toBe(true);
+    expect((await readAll(fs, dst)).equals(Buffer.concat([Buffer.alloc(BS), Buffer.alloc(BS, 0x33)]))).toBe(true);
+    await fs.close();
+    await expectClean();
+  });
+});
