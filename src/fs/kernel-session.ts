@@ -71,8 +71,10 @@ export interface KernelMountOptions {
   source: string;
   readOnly: boolean;
   allowOther?: boolean;
-  /** Honour setuid bits and device nodes (ext4's default); else nosuid,nodev. */
-  suidDev: boolean;
+  /** Honour setuid/setgid bits (ext4's default); else nosuid. */
+  suid: boolean;
+  /** Honour device nodes (ext4's default); else nodev. */
+  dev: boolean;
 }
 
 /**
@@ -108,7 +110,8 @@ function commonMountOptions(o: KernelMountOptions): string[] {
   // allow_other only the mounting user gets in at all (see the access operation).
   if (o.allowOther) list.push('allow_other', 'default_permissions');
   list.push(o.readOnly ? 'ro' : 'rw');
-  if (!o.suidDev) list.push('nosuid', 'nodev');
+  if (!o.suid) list.push('nosuid');
+  if (!o.dev) list.push('nodev');
   return list;
 }
 

@@ -85,6 +85,9 @@ export interface MountServiceOptions {
   /** Absolute path of an existing directory. */
   mountpoint: string;
   allowOther?: boolean;
+  /** Honour setuid bits / device nodes (root only); undefined: honoured, as on ext4 (see mountOptionsFor). */
+  suid?: boolean;
+  dev?: boolean;
   /** libfuse's request log on stderr; only the libfuse 2 transport has one, so this selects it. */
   debug?: boolean;
   /** One line per event (mount, unmount, errors). */
@@ -118,8 +121,14 @@ async function raiseReadAhead(device: string, log: (line: string) => void): Prom
 /** FUSE request size limit of libfuse 2 (32 pages). */
 const MAX_IO_BYTES = 128 * 1024;
 
-export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean; noSuidDev?: boolean } = {}): FuseMountOptions {
+/**
+ * Setuid bits and device nodes are honoured only for root, and then unless `suid`/`dev`
+ * say false: undefined keeps ext4's behaviour (both honoured). The CLI, the daemon and
+ * Pool.connect pass the safe defaults of fs/mount-access.ts instead.
+ */
+export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean; suid?: boolean; dev?: boolean } = {}): FuseMountOptions {
   const ro = layer.readOnly;
+  const root = (process.getuid?.() ?? -1) === 0;
   return {
     fsName: `dmfs:${layer.layerName}`,
     readOnly: ro,
@@ -139,7 +148,8 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
     autoCache: !ro,
     maxWriteBytes: MAX_IO_BYTES,
     blockSizeBytes,
-    suidDev: (process.getuid?.() ?? -1) === 0 && !extra.noSuidDev,
+    suid: root && extra.suid !== false,
+    dev: root && extra.dev !== false,
   };
 }
 
@@ -221,7 +231,7 @@ export class MountService {
   private static async startClaimed(opts: MountServiceOptions): Promise<MountService> {
     const log = opts.log ?? (() => undefined);
     const statfs = await opts.layer.statfs();
-    const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
+    const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug, suid: opts.suid, dev: opts.dev });
     const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
     const wanted = opts.transport ?? transportFromEnv();
     const choice = chooseTransport(wanted, { debug: opts.debug });
@@ -237,7 +247,8 @@ export class MountService {
           source: fuseOpts.fsName,
           readOnly: fuseOpts.readOnly,
           allowOther: fuseOpts.allowOther,
-          suidDev: Boolean(fuseOpts.suidDev),
+          suid: Boolean(fuseOpts.suid),
+          dev: Boolean(fuseOpts.dev),
         }, onUnexpected);
         session.onEnded = () => queueMicrotask(() => service?.checkSession());
         served = { ops: { table, requestCounts: kernel.requestCounts }, fuse: session, transport: 'kernel' };

@@ -1,6 +1,7 @@
 import { formatBytes } from '../../pool/sizes';
 import type { Command } from '../command';
-import { formatTable, printJson, withPool } from '../output';
+import { formatTable, printJson } from '../output';
+import { withDaemonOrPool } from '../daemon-route';
 
 export const command: Command = {
   name: 'ls',
@@ -10,7 +11,7 @@ export const command: Command = {
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
-    const layers = await withPool(ctx, (pool) => pool.store.listLayers());
+    const layers = await withDaemonOrPool(ctx, (daemon) => daemon.listLayers(), (pool) => pool.store.listLayers());
     if (ctx.json) {
       printJson(ctx, layers);
       return 0;
