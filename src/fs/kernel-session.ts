@@ -23,12 +23,13 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dmfsError } from '../errors';
 import { loadFuseDevice, type FuseDevice } from '../native';
 import { defaultFuseHostView, devFuseProblem, kernelFusermount, type FuseHostView } from './fuse-diagnosis';
 import { mountWithFusermount } from './fusermount';
-import { FUSE_FSTYPE, unmountFuse } from './mount-table';
+import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
 
 const E = osConstants.errno;
@@ -149,8 +150,34 @@ function runMount(fd: number, args: string[]): Promise<void> {
   });
 }
 
-/** Root: opens /dev/fuse (non-blocking) and mounts it with mount(8). Returns the mounted fd; on failure closes it. */
-async function mountAsRoot(mountpoint: string, opts: KernelMountOptions): Promise<number> {
+/** mount(2) flags (sys/mount.h). */
+const MS_RDONLY = 1;
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+
+/**
+ * Mounts with mount(2) from this process when the addon can and the mountpoint's path
+ * passes through no FUSE mount (this process may be the one serving it, and mount(2) runs
+ * on the JS thread). False when it did not mount: mount(8) then does, and says why if it
+ * cannot either.
+ */
+async function mountDirect(device: FuseDevice, fd: number, mountpoint: string, opts: KernelMountOptions, uid: number, gid: number): Promise<boolean> {
+  if (!device.mount) return false;
+  let real: string;
+  try {
+    real = await realpath(mountpoint);
+  } catch {
+    return false;
+  }
+  const underFuse = (await readMountTable()).some((m) => m.fstype.startsWith('fuse') && (real === m.mountpoint || real.startsWith(m.mountpoint.endsWith('/') ? m.mountpoint : `${m.mountpoint}/`)));
+  if (underFuse) return false;
+  const data = [`fd=${fd}`, 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, ...(opts.allowOther ? ['allow_other', 'default_permissions'] : [])].join(',');
+  const flags = (opts.readOnly ? MS_RDONLY : 0) | (opts.suid ? 0 : MS_NOSUID) | (opts.dev ? 0 : MS_NODEV);
+  return device.mount(mountSource(opts), real, FUSE_FSTYPE, flags, data) === 0;
+}
+
+/** Root: opens /dev/fuse (non-blocking) and mounts it with mount(2), else mount(8). Returns the mounted fd; on failure closes it. */
+async function mountAsRoot(device: FuseDevice, mountpoint: string, opts: KernelMountOptions): Promise<number> {
   let fd: number;
   try {
     fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
@@ -160,6 +187,7 @@ async function mountAsRoot(mountpoint: string, opts: KernelMountOptions): Promis
   try {
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
+    if (await mountDirect(device, fd, mountpoint, opts, uid, gid)) return fd;
     await runMount(fd, ['-i', '-t', FUSE_FSTYPE, '-o', kernelMountOptions(opts, uid, gid), mountSource(opts), mountpoint]);
     return fd;
   } catch (err) {
@@ -218,7 +246,7 @@ export class KernelSession {
     if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
     const how = kernelMountRoute();
     if ('unavailable' in how) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${how.unavailable}`);
-    const fd = how.route.via === 'mount' ? await mountAsRoot(mountpoint, opts) : await mountThroughFusermount(dev.device, how.route.fusermount, mountpoint, opts);
+    const fd = how.route.via === 'mount' ? await mountAsRoot(dev.device, mountpoint, opts) : await mountThroughFusermount(dev.device, how.route.fusermount, mountpoint, opts);
     const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
     try {
       // Watched only once mounted: before that the device polls as an error and reads EPERM.

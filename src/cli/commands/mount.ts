@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { Pool } from '../../api';
 import { DmfsError, dmfsError, ERROR_CODES, isDmfsError, type ErrorCode } from '../../errors';
-import { MountService, type StopResult } from '../../fs/mount-service';
+import type { MountService, StopResult } from '../../fs/mount-service';
 import { DAEMON_ARG, mountRunPaths, removeFile, writeMountRecord, type MountRecord } from '../../fs/mount-table';
 import { assertMountpointOutsidePool, prepareMountpoint } from '../../fs/mountpoint-prep';
 import { poolPaths } from '../../pool/pool-paths';
@@ -15,7 +14,6 @@ import { mountAccessFor } from '../../fs/mount-access';
 import { daemonFor } from '../daemon-route';
 
 export { assertMountpointOutsidePool, prepareMountpoint };
-import { requireFullMetadataVerify } from '../../pool/metadata-verify';
 
 /** What the daemon needs to serve one mount; crosses the process boundary as JSON. */
 export interface MountSpec {
@@ -38,6 +36,10 @@ export type { MountResult };
 export async function serveMount(spec: MountSpec, hooks: { log: (line: string) => void; onReady: (r: MountResult) => void | Promise<void>; logFile: string | null; recovered: boolean }): Promise<StopResult> {
   assertMountpointOutsidePool(spec.root, spec.mountpoint);
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
+  // Loaded here: a mount the pool's daemon serves needs none of this in the CLI process.
+  const [{ Pool }, { MountService: Service }, { requireFullMetadataVerify }] = await Promise.all([
+    import('../../api'), import('../../fs/mount-service'), import('../../pool/metadata-verify'),
+  ]);
   requireFullMetadataVerify(); // a mount lives long; walk data.mdb before LMDB opens it
   const pool = await Pool.open(spec.root);
   let result: StopResult | null = null;
@@ -48,7 +50,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     const layer = await pool.store.openLayer(spec.layer, { readOnly: spec.readOnly, mountpoint: spec.mountpoint });
     let service: MountService;
     try {
-      service = await MountService.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, suid: Boolean(spec.suid), dev: Boolean(spec.dev), log: hooks.log });
+      service = await Service.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, suid: Boolean(spec.suid), dev: Boolean(spec.dev), log: hooks.log });
     } catch (err) {
       await layer.close().catch(() => undefined);
       throw err;
