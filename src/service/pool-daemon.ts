@@ -44,7 +44,14 @@ export class PoolDaemon {
   private stopping: Promise<void> | null = null;
   private removeSignals: () => void = () => undefined;
 
-  private constructor(readonly host: PoolHost, private readonly server: http.Server, readonly socketPath: string, private readonly log: (line: string) => void) {
+  private constructor(
+    readonly host: PoolHost,
+    private readonly server: http.Server,
+    readonly socketPath: string,
+    /** The socket file is ours to remove (not systemd's, which keeps listening on it). */
+    private readonly ownSocket: boolean,
+    private readonly log: (line: string) => void,
+  ) {
     this.stopped = new Promise((r) => (this.resolveStopped = r));
   }
 
@@ -73,7 +80,7 @@ export class PoolDaemon {
         log: opts.log,
       });
       await listen(server, fd, socket, poolPaths(root).runDir);
-      daemon = new PoolDaemon(host, server, socket, opts.log);
+      daemon = new PoolDaemon(host, server, socket, fd === null, opts.log);
       daemon.removeSignals = daemon.installSignalHandlers();
       opts.log(`serving the pool ${host.root} on ${socket} (control API ${CONTROL_API_VERSION}${fd !== null ? ', socket from systemd' : ''})`);
       return daemon;
@@ -116,7 +123,7 @@ export class PoolDaemon {
     } catch (err) {
       this.log(`closing the pool failed: ${(err as Error).message}`);
     }
-    fs.rmSync(this.socketPath, { force: true });
+    if (this.ownSocket) fs.rmSync(this.socketPath, { force: true });
     this.removeSignals();
     this.log('stopped');
     this.resolveStopped();
