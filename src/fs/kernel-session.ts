@@ -39,7 +39,14 @@ export const MAX_WRITE_BYTES = 1024 * 1024;
 /** A request buffer: header + fuse_write_in + MAX_WRITE_BYTES, with room to spare. */
 const MAX_REQUEST_BYTES = MAX_WRITE_BYTES + 64 * 1024;
 /** Request buffers kept for reuse; more in flight are allocated and dropped. */
-const POOLED_BUFFERS = 8;
+const POOLED_BUFFERS = 16;
+
+/**
+ * Free request buffers, shared by every session of the process: one daemon serving a
+ * hundred mounts keeps POOLED_BUFFERS, not a set per mount. A buffer is owned by one
+ * session from takeBuffer until giveBuffer (all on the JS thread).
+ */
+const freeRequestBuffers: Buffer[] = [];
 /** Requests read per wake-up before yielding to the event loop (I/O completions). */
 const READS_PER_WAKEUP = 64;
 
@@ -215,7 +222,6 @@ async function mountThroughFusermount(device: FuseDevice, fusermount: string, mo
 /** One FUSE connection: the device fd, its watcher, and the reply path. */
 export class KernelSession {
   private watchId: number | null = null;
-  private freeBuffers: Buffer[] = [];
   private endedFlag = false;
   /** Requests read that still owe a reply. */
   private outstanding = 0;
@@ -276,11 +282,11 @@ export class KernelSession {
   }
 
   private takeBuffer(): Buffer {
-    return this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST_BYTES);
+    return freeRequestBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST_BYTES);
   }
 
   private giveBuffer(buf: Buffer): void {
-    if (this.freeBuffers.length < POOLED_BUFFERS) this.freeBuffers.push(buf);
+    if (freeRequestBuffers.length < POOLED_BUFFERS) freeRequestBuffers.push(buf);
   }
 
   /**
@@ -369,7 +375,6 @@ export class KernelSession {
       }
       this.fd = -1;
     }
-    this.freeBuffers = [];
     this.initSeen();
   }
 }
