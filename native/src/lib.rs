@@ -19,6 +19,7 @@
 //!   fuseMount(source, target, fstype, flags, data) -> 0 | -errno  (sync; Buffers holding C
 //!                                                strings; see fuse_mount.rs). Added within ABI 3:
 //!                                                callers check that it exists.
+//!   fdTakeFrom(pid, fd) -> fd | -errno           (sync; pidfd_getfd, see fd_passing.rs; same)
 //!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
 //!
 //! Errors: bad arguments throw synchronously an Error with code 'INVALID'. A failed system
@@ -415,6 +416,14 @@ unsafe extern "C" fn js_fd_set_nonblocking(env: napi_env, info: napi_callback_in
     })
 }
 
+unsafe extern "C" fn js_fd_take_from(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<2>(env, info, |[pid, fd]| {
+        let pid = uint_arg(env, pid, "pid", i32::MAX as u64)? as i32;
+        let fd = fd_arg(env, fd, "fd")?;
+        double(env, status(fd_passing::take_from(pid, fd)))
+    })
+}
+
 unsafe extern "C" fn js_fuse_mount(env: napi_env, info: napi_callback_info) -> napi_value {
     entry::<5>(env, info, |[source, target, fstype, flags, data]| {
         let mut strings: [&[u8]; 4] = [&[]; 4];
@@ -443,6 +452,7 @@ const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_
     (c"fdReceive", js_fd_receive),
     (c"fdSetNonblocking", js_fd_set_nonblocking),
     (c"fuseMount", js_fuse_mount),
+    (c"fdTakeFrom", js_fd_take_from),
     (c"copyRange", js_copy_range),
     (c"cloneRange", js_clone_range),
     (c"readBlocks", js_read_blocks),

@@ -229,9 +229,11 @@ interface DirHandle {
 }
 
 export function createFuseOperations(layer: LayerFs, options: FuseOperationsOptions): FuseOperations {
-  const handles = new HandleTable();
+  // Handles start at a random number: a daemon worker restarted on a live mount must not
+  // hand out the numbers the kernel still holds from its predecessor.
+  const handles = new HandleTable(HandleTable.randomStart());
   const dirHandles = new Map<number, DirHandle>();
-  let nextDirHandle = 1;
+  let nextDirHandle = HandleTable.randomStart();
   // A directory's parent, learnt from lookups, listings and renames, for '..' in listings.
   const parents = new Map<Ino, Ino>();
   // fsync on a read-only layer is a successful no-op, as on any read-only file system.
@@ -307,9 +309,11 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     return out;
   }
 
-  function dirHandle(fh: number): DirHandle {
-    const h = dirHandles.get(fh);
-    if (!h) throw dmfsError('INVALID', `unknown directory handle ${fh}`);
+  /** The listing state of fh; an unknown one (opened before a daemon restart) starts afresh for nodeId. */
+  function dirHandle(fh: number, nodeId: number): DirHandle {
+    const ino = inoOf(nodeId);
+    let h = dirHandles.get(fh);
+    if (!h || h.ino !== ino) dirHandles.set(fh, (h = { ino, entries: null }));
     return h;
   }
 
@@ -458,7 +462,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       throw dmfsError('NOT_IMPLEMENTED', 'close is not a durability point: no FLUSH needed');
     },
 
-    async release(_ctx, _nodeId, fh) {
+    async release(_ctx, nodeId, fh) {
+      // A handle opened before a daemon restart is unknown here: nothing to release.
+      if (handles.get(fh)?.ino !== inoOf(nodeId)) return;
       const h = handles.close(fh);
       if (h) await layer.release(h.ino);
     },
@@ -482,8 +488,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return { fh, keepCache: cache.cacheDirs, cacheDir: cache.cacheDirs };
     },
 
-    async readdir(_ctx, _nodeId, fh, offset, plus, fits) {
-      const h = dirHandle(fh);
+    async readdir(_ctx, nodeId, fh, offset, plus, fits) {
+      const h = dirHandle(fh, nodeId);
       if (offset === 0 || !h.entries) h.entries = await listing(h);
       const all = h.entries;
       let end = offset;

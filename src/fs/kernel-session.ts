@@ -50,6 +50,9 @@ const freeRequestBuffers: Buffer[] = [];
 /** Requests read per wake-up before yielding to the event loop (I/O completions). */
 const READS_PER_WAKEUP = 64;
 
+/** fuse_notify_code FUSE_NOTIFY_RESEND (protocol 7.40): resend every request read and not yet answered. */
+const FUSE_NOTIFY_RESEND = 7;
+
 /** Requests the kernel expects no reply to. */
 const NO_REPLY_OPCODES: ReadonlySet<number> = new Set([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
 
@@ -264,6 +267,32 @@ export class KernelSession {
     }
     await session.initialised;
     return session;
+  }
+
+  /**
+   * Serves a connection that is already mounted and initialised, whose descriptor `fd`
+   * this process was handed (a daemon worker restarted by its supervisor). Then asks the
+   * kernel to send again every request the previous server read but never answered
+   * (FUSE_NOTIFY_RESEND, Linux 6.9 and later): false when the kernel refused that, and
+   * those requests wait for an answer that never comes (until the mount is aborted).
+   */
+  static adopt(fd: number, dispatcher: KernelDispatcher, onUnexpected: (err: unknown) => void = () => undefined): { session: KernelSession; resent: boolean } {
+    const dev = loadFuseDevice();
+    if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
+    const rc = dev.device.setNonblocking(fd);
+    if (rc < 0) throw dmfsError('MOUNT_FAILED', `cannot make the adopted /dev/fuse descriptor ${fd} non-blocking: errno ${-rc}`);
+    const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
+    session.markInitialised();
+    session.watchId = dev.device.watch(fd, () => session.onReadable(), () => session.idleSpinMicros());
+    const notify = Buffer.alloc(OUT_HEADER_BYTES);
+    writeOutHeader(notify, OUT_HEADER_BYTES, FUSE_NOTIFY_RESEND, { lo: 0, hi: 0 });
+    const n = dev.device.write(fd, notify);
+    return { session, resent: n === OUT_HEADER_BYTES };
+  }
+
+  /** The connection's /dev/fuse descriptor (-1 once detached). */
+  get deviceFd(): number {
+    return this.fd;
   }
 
   /** Requests read that still owe a reply (the one being dispatched included). */

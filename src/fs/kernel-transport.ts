@@ -68,6 +68,13 @@ export interface KernelTransport extends KernelDispatcher {
   dispatch(req: Buffer, len: number, session: ReplyChannel): Promise<void> | void;
   /** Requests received so far, by opcode name (for profiles and tests). */
   requestCounts(): Record<string, number>;
+  /** The INIT flags agreed with the kernel (null before INIT): what a later process needs to adopt the connection. */
+  negotiatedFlags(): number | null;
+  /**
+   * Takes over a connection whose INIT another process answered with `flags` (a restarted
+   * daemon worker): the table gets the features agreed then, and no INIT is expected.
+   */
+  adoptInit(flags: number): void;
 }
 
 export function createKernelTransport(ops: FuseOperations, options: KernelTransportOptions = {}): KernelTransport {
@@ -75,6 +82,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const bs = ops.blockSizeBytes;
   const readBuffers: Buffer[] = [];
   const counts = new Uint32Array(64);
+  let agreed: number | null = null;
 
   function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
@@ -143,9 +151,10 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
       return;
     }
     const wanted = TRANSPORT_FLAGS | featureFlags(ops.init(featuresOf(offered)));
+    agreed = (offered & wanted) >>> 0;
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + INIT_OUT_BYTES);
     writeInitOut(out, OUT_HEADER_BYTES, {
-      flags: (offered & wanted) >>> 0,
+      flags: agreed,
       maxReadaheadBytes: maxReadahead,
       maxBackground: 64,
       congestionThreshold: 48,
@@ -379,6 +388,11 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
 
   return {
     dispatch,
+    negotiatedFlags: () => agreed,
+    adoptInit(flags) {
+      ops.init(featuresOf(flags));
+      agreed = flags >>> 0;
+    },
     requestCounts() {
       const out: Record<string, number> = {};
       for (const [name, op] of Object.entries(Op)) if (counts[op]) out[name] = counts[op];

@@ -69,6 +69,8 @@ export function chooseTransport(wanted: FuseTransport = transportFromEnv(), opts
 /** The live session, whichever transport: ended once unmounted; detach frees it. */
 interface FuseSessionHandle {
   readonly ended: boolean;
+  /** The kernel transport's /dev/fuse descriptor. */
+  readonly deviceFd?: number;
   detach(): void;
 }
 
@@ -76,6 +78,14 @@ interface FuseSessionHandle {
 interface ServedOperations {
   table: FuseOperations;
   requestCounts?(): Record<string, number>;
+  /** The kernel transport's INIT flags (see KernelTransport.negotiatedFlags). */
+  negotiatedFlags?(): number | null;
+}
+
+/** What another process needs to serve a kernel-transport mount on: its device and its INIT flags. */
+export interface KernelHandoff {
+  fd: number;
+  initFlags: number;
 }
 
 export interface MountServiceOptions {
@@ -251,7 +261,7 @@ export class MountService {
           dev: Boolean(fuseOpts.dev),
         }, onUnexpected);
         session.onEnded = () => queueMicrotask(() => service?.checkSession());
-        served = { ops: { table, requestCounts: kernel.requestCounts }, fuse: session, transport: 'kernel' };
+        served = { ops: { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
         // container, where fusermount may still mount (MOUNT_FAILED). Not after
@@ -286,10 +296,50 @@ export class MountService {
       throw err;
     }
     log(`mounted layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'}, ${transport} transport)`);
-    const interval = opts.watchIntervalMs ?? 1000;
-    service.timer = setInterval(() => service.checkSession(), interval);
-    service.timer.unref();
+    service.watch(opts.watchIntervalMs);
     return service;
+  }
+
+  /**
+   * Serves a kernel-transport mount that another process mounted and whose device
+   * descriptor this one was handed (`handoff`: a daemon worker restarted by its
+   * supervisor): no mount, no INIT; requests the previous server read and never answered
+   * are asked for again (KernelSession.adopt). Claims the mount in the store first, like
+   * start(); on failure the descriptor is the caller's to close.
+   */
+  static async adopt(opts: MountServiceOptions & { handoff: KernelHandoff }): Promise<{ service: MountService; resent: boolean }> {
+    const log = opts.log ?? (() => undefined);
+    await opts.layer.claimMount?.(opts.mountpoint);
+    try {
+      const statfs = await opts.layer.statfs();
+      const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
+      const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      const kernel = createKernelTransport(table, { onUnexpected });
+      kernel.adoptInit(opts.handoff.initFlags);
+      const { session, resent } = KernelSession.adopt(opts.handoff.fd, kernel, onUnexpected);
+      const service = new MountService(opts.layer, opts.mountpoint, { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, session, 'kernel', log);
+      session.onEnded = () => queueMicrotask(() => service.checkSession());
+      const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
+      service.mountId = entries.length ? entries[entries.length - 1].mountId : null;
+      log(`took over layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'}; unanswered requests ${resent ? 'asked for again' : 'NOT resent: the kernel lacks FUSE_NOTIFY_RESEND'})`);
+      service.watch(opts.watchIntervalMs);
+      return { service, resent };
+    } catch (err) {
+      await opts.layer.releaseMount?.(opts.mountpoint).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** The device and INIT flags another process needs to take this mount over; null for libfuse 2 or before INIT. */
+  kernelHandoff(): KernelHandoff | null {
+    const fd = this.fuse?.deviceFd;
+    const initFlags = this.ops.negotiatedFlags?.() ?? null;
+    return this.transport === 'kernel' && fd !== undefined && fd >= 0 && initFlags !== null ? { fd, initFlags } : null;
+  }
+
+  private watch(intervalMs = 1000): void {
+    this.timer = setInterval(() => this.checkSession(), intervalMs);
+    this.timer.unref();
   }
 
   get openHandles(): number {

@@ -63,6 +63,8 @@ export interface RawAddon {
   fdSetNonblocking(fd: number): number;
   /** mount(2) with C-string Buffers: 0 or -errno (native/src/fuse_mount.rs). Absent from addons built before it. */
   fuseMount?(source: Buffer, target: Buffer, fstype: Buffer, flags: number, data: Buffer): number;
+  /** pidfd_getfd: a close-on-exec duplicate of descriptor fd of process pid, or -errno. Absent from older addons. */
+  fdTakeFrom?(pid: number, fd: number): number;
 }
 
 /**
@@ -94,6 +96,8 @@ export interface FuseDevice {
    * mount(8) mounts). See native/src/fuse_mount.rs for when it may be called.
    */
   mount: ((source: string, target: string, fstype: string, flags: number, data: string) => number) | null;
+  /** pidfd_getfd (the daemon's supervisor): a duplicate of another process's fd, or -errno; null when the addon predates it. */
+  takeFrom: ((pid: number, fd: number) => number) | null;
 }
 
 /**
@@ -116,6 +120,7 @@ export function loadFuseDevice(mode: string | undefined = process.env.DMFS_NATIV
       receive: raw.fdReceive,
       setNonblocking: raw.fdSetNonblocking,
       mount: raw.fuseMount ? mountThrough(raw.fuseMount) : null,
+      takeFrom: raw.fdTakeFrom ?? null,
     },
   };
 }

@@ -13,6 +13,20 @@ import {
   type ServiceStatus, type UnmountRequest, type UnmountResult,
 } from './control-protocol';
 import type { PoolClient } from './pool-client';
+import { isProcessAlive, type ProcessIdentity } from '../pool/process-identity';
+
+/** How long connect() waits for the worker a live supervisor is restarting. */
+const RESTART_WAIT_MS = 10_000;
+
+/** The pid of the live supervisor of the pool at root (daemon-supervisor.ts), from its record; else null. */
+export function liveSupervisorPid(root: string): number | null {
+  try {
+    const rec = JSON.parse(fs.readFileSync(daemonRunPaths(root).supervisor, 'utf8')) as ProcessIdentity;
+    return isProcessAlive(rec) ? rec.pid : null;
+  } catch {
+    return null;
+  }
+}
 
 /** A mount or an unmount can wait for a slow sync; nothing else takes long. */
 const REQUEST_TIMEOUT_MS = 180_000;
@@ -28,18 +42,27 @@ export class DaemonClient implements PoolClient {
 
   private constructor(readonly socketPath: string) {}
 
-  /** The client of the daemon serving the pool at `root`, or null when none runs. */
+  /**
+   * The client of the daemon serving the pool at `root`, or null when none runs. While its
+   * supervisor lives but no worker answers (one is being restarted), waits for the new one.
+   */
   static async connect(root: string): Promise<DaemonClient | null> {
     const { socket } = daemonRunPaths(root);
-    if (!fs.existsSync(socket)) return null;
-    const client = new DaemonClient(socket);
+    const deadline = Date.now() + RESTART_WAIT_MS;
+    let client: DaemonClient;
     let version: { api?: number };
-    try {
-      version = await client.request<{ api: number }>('GET', '/version');
-    } catch (err) {
-      client.agent.destroy();
-      if (isNoDaemon(err)) return null;
-      throw err;
+    for (;;) {
+      if (!fs.existsSync(socket) && liveSupervisorPid(root) === null) return null;
+      client = new DaemonClient(socket);
+      try {
+        version = await client.request<{ api: number }>('GET', '/version');
+        break;
+      } catch (err) {
+        client.agent.destroy();
+        if (!isNoDaemon(err)) throw err;
+        if (liveSupervisorPid(root) === null || Date.now() > deadline) return null;
+        await new Promise((r) => setTimeout(r, 25));
+      }
     }
     if (version.api !== CONTROL_API_VERSION) {
       client.agent.destroy();

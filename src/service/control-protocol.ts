@@ -27,12 +27,14 @@ export interface DaemonRunPaths {
   socket: string;
   /** The background daemon's stdout/stderr (`dmfs daemon start`; appended). */
   log: string;
+  /** The supervisor's record ({version, pid, startTicks}): clients wait for a worker it is restarting. */
+  supervisor: string;
 }
 
 /** Where the daemon of the pool at `root` keeps its files: one function for all. */
 export function daemonRunPaths(root: string): DaemonRunPaths {
   const runDir = poolPaths(root).runDir;
-  return { socket: path.join(runDir, 'dmfs.sock'), log: path.join(runDir, 'daemon.log') };
+  return { socket: path.join(runDir, 'dmfs.sock'), log: path.join(runDir, 'daemon.log'), supervisor: path.join(runDir, 'daemon.json') };
 }
 
 export interface CreateLayerRequest {
@@ -120,6 +122,10 @@ export interface DaemonStatus {
   pssBytes: number | null;
   mounts: ServedMount[];
   services: ServiceStatus[];
+  /** The supervisor keeping the mounts' /dev/fuse descriptors across worker restarts (null: none, mounts die with this process). */
+  supervisorPid: number | null;
+  /** Workers that died and were replaced since the daemon started. */
+  restarts: number;
 }
 
 export interface ErrorBody {

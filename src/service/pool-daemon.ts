@@ -18,7 +18,7 @@ import { DaemonClient } from './control-client';
 import { CONTROL_API_VERSION, daemonRunPaths, type DaemonStatus } from './control-protocol';
 import { createControlServer } from './control-server';
 import type { HostedService } from './hosted-services';
-import { PoolHost, processMemory } from './pool-host';
+import { PoolHost, processMemory, type HandedOverMount } from './pool-host';
 
 export interface PoolDaemonOptions {
   log: (line: string) => void;
@@ -27,6 +27,19 @@ export interface PoolDaemonOptions {
   services?: HostedService[];
   /** The environment to look for a systemd socket in (default: process.env). */
   env?: NodeJS.ProcessEnv;
+  /** Run as the worker of a supervisor (daemon-supervisor.ts): the mounts to take over, and where to report. */
+  supervised?: SupervisedWorker;
+}
+
+export interface SupervisedWorker {
+  supervisorPid: number;
+  /** How many workers died before this one. */
+  restarts: number;
+  adopt: HandedOverMount[];
+  onServed: (m: HandedOverMount) => Promise<void>;
+  onReleased: (mountpoint: string) => void;
+  /** Called once when this worker starts stopping for good (the supervisor then exits with it). */
+  onStopping: () => void;
 }
 
 /** The listening socket systemd passed (socket activation), or null. */
@@ -51,6 +64,7 @@ export class PoolDaemon {
     /** The socket file is ours to remove (not systemd's, which keeps listening on it). */
     private readonly ownSocket: boolean,
     private readonly log: (line: string) => void,
+    private readonly supervised: SupervisedWorker | null,
   ) {
     this.stopped = new Promise((r) => (this.resolveStopped = r));
   }
@@ -59,8 +73,10 @@ export class PoolDaemon {
   static async start(root: string, opts: PoolDaemonOptions): Promise<PoolDaemon> {
     const env = opts.env ?? process.env;
     const { socket } = daemonRunPaths(root);
+    const sup = opts.supervised;
     const fd = activationFd(env);
-    if (fd === null) {
+    // A supervised worker leaves this to its supervisor (which checked before it started).
+    if (fd === null && !sup) {
       const running = await DaemonClient.connect(root).catch(() => null);
       if (running) {
         const s = await running.status().catch(() => null);
@@ -69,8 +85,10 @@ export class PoolDaemon {
       }
     }
     requireFullMetadataVerify(); // a daemon lives long; walk data.mdb before LMDB opens it
-    const host = await PoolHost.open(root, { log: opts.log, logFile: opts.logFile ?? null, daemon: true });
+    const host = await PoolHost.open(root, { log: opts.log, logFile: opts.logFile ?? null, daemon: true, onServed: sup?.onServed, onReleased: sup?.onReleased });
     try {
+      // Mounts first: their callers are waiting in the kernel while the worker was away.
+      if (sup?.adopt.length) await host.adoptMounts(sup.adopt);
       for (const s of opts.services ?? []) host.services.register(s);
       let daemon: PoolDaemon | undefined;
       const server = createControlServer({
@@ -80,7 +98,7 @@ export class PoolDaemon {
         log: opts.log,
       });
       await listen(server, fd, socket, poolPaths(root).runDir);
-      daemon = new PoolDaemon(host, server, socket, fd === null, opts.log);
+      daemon = new PoolDaemon(host, server, socket, fd === null, opts.log, sup ?? null);
       daemon.removeSignals = daemon.installSignalHandlers();
       opts.log(`serving the pool ${host.root} on ${socket} (control API ${CONTROL_API_VERSION}${fd !== null ? ', socket from systemd' : ''})`);
       return daemon;
@@ -103,6 +121,8 @@ export class PoolDaemon {
       pssBytes: mem.pssBytes,
       mounts: this.host.served(),
       services: this.host.services.list(),
+      supervisorPid: this.supervised?.supervisorPid ?? null,
+      restarts: this.supervised?.restarts ?? 0,
     };
   }
 
@@ -114,6 +134,7 @@ export class PoolDaemon {
 
   private async doStop(reason: string): Promise<void> {
     this.log(`stopping (${reason})`);
+    this.supervised?.onStopping();
     await new Promise<void>((r) => {
       this.server.close(() => r());
       this.server.closeAllConnections?.();

@@ -14,7 +14,7 @@ import { Pool } from '../api';
 import { dmfsError } from '../errors';
 import { mountAccessFor } from '../fs/mount-access';
 import { MountService } from '../fs/mount-service';
-import { mountRunPaths, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
+import { findMount, mountRunPaths, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
 import { assertMountpointOutsidePool, prepareMountpoint } from '../fs/mountpoint-prep';
 import { poolPaths } from '../pool/pool-paths';
 import { currentProcess } from '../pool/process-identity';
@@ -36,6 +36,21 @@ export interface PoolHostOptions {
   logFile?: string | null;
   /** This host is the pool's daemon (mount results say so). */
   daemon?: boolean;
+  /**
+   * Told of every kernel-transport mount once it serves (before the mount's caller hears of
+   * it) and of its end: the daemon's supervisor keeps the descriptors (worker-link.ts).
+   */
+  onServed?: (m: HandedOverMount) => Promise<void>;
+  onReleased?: (mountpoint: string) => void;
+}
+
+/** A mount as a restarted worker takes it over: what it serves and how the kernel was set up. */
+export interface HandedOverMount {
+  layer: string;
+  mountpoint: string;
+  readOnly: boolean;
+  fd: number;
+  initFlags: number;
 }
 
 /** How long a normal unmount waits for the session to end before closing anyway. */
@@ -127,26 +142,63 @@ export class PoolHost implements PoolClient {
         await layer.close().catch(() => undefined);
         throw err;
       }
-      const record = mountRunPaths(runDir, mountpoint).record;
       try {
-        await writeMountRecord(record, {
-          version: 1, ...currentProcess(), layer: layerName, mountpoint, readOnly: layer.readOnly, root: this.root,
-          startedMs: Date.now(), log: this.opts.logFile ?? '', servedByDaemon: true,
-        });
+        await this.serving(mountpoint, layerName, service);
       } catch (err) {
         await service.stop('start-up failed');
         throw err;
       }
-      this.mounts.set(mountpoint, { service, layer: layerName, readOnly: layer.readOnly, startedMs: Date.now() });
-      void service.stopped.then(async (r) => {
-        this.mounts.delete(mountpoint);
-        await removeFile(record).catch(() => undefined);
-        if (r.error) this.log(`${mountpoint}: ended with an error: ${r.error.message}`);
-      });
       return { layer: layerName, mountpoint, readOnly: layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
     } finally {
       this.busy.delete(mountpoint);
     }
+  }
+
+  /**
+   * Takes over mounts a previous worker served (their descriptors handed down by the
+   * supervisor). One that cannot be served (its layer gone, ...) is detached lazily, so it
+   * is not left answering ENOTCONN; its descriptor is closed.
+   */
+  async adoptMounts(mounts: HandedOverMount[]): Promise<void> {
+    for (const m of mounts) {
+      try {
+        const layer = await this.pool.store.openLayer(m.layer, { readOnly: m.readOnly, mountpoint: m.mountpoint });
+        try {
+          const { service } = await MountService.adopt({ layer, mountpoint: m.mountpoint, handoff: { fd: m.fd, initFlags: m.initFlags }, log: this.log });
+          await this.serving(m.mountpoint, m.layer, service, true);
+        } catch (err) {
+          await layer.close().catch(() => undefined);
+          throw err;
+        }
+      } catch (err) {
+        this.log(`cannot take over ${m.mountpoint} (layer ${m.layer}): ${(err as Error).message}; detaching it`);
+        try {
+          fs.closeSync(m.fd);
+        } catch {
+          /* already closed */
+        }
+        if (await findMount(m.mountpoint).catch(() => null)) await unmountFuse(m.mountpoint, { lazy: true }).catch(() => undefined);
+        this.opts.onReleased?.(m.mountpoint);
+      }
+    }
+  }
+
+  /** Records a live mount (run record, supervisor) and forgets it when it ends. */
+  private async serving(mountpoint: string, layerName: string, service: MountService, adopted = false): Promise<void> {
+    const record = mountRunPaths(poolPaths(this.root).runDir, mountpoint).record;
+    await writeMountRecord(record, {
+      version: 1, ...currentProcess(), layer: layerName, mountpoint, readOnly: service.layer.readOnly, root: this.root,
+      startedMs: Date.now(), log: this.opts.logFile ?? '', servedByDaemon: true,
+    });
+    const handoff = service.kernelHandoff();
+    if (handoff && !adopted) await this.opts.onServed?.({ layer: layerName, mountpoint, readOnly: service.layer.readOnly, ...handoff });
+    this.mounts.set(mountpoint, { service, layer: layerName, readOnly: service.layer.readOnly, startedMs: Date.now() });
+    void service.stopped.then(async (r) => {
+      this.mounts.delete(mountpoint);
+      this.opts.onReleased?.(mountpoint);
+      await removeFile(record).catch(() => undefined);
+      if (r.error) this.log(`${mountpoint}: ended with an error: ${r.error.message}`);
+    });
   }
 
   async unmount(req: UnmountRequest): Promise<UnmountResult> {

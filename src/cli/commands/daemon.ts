@@ -19,14 +19,42 @@ function timestamped(line: string): string {
   return `${new Date().toISOString()} [${process.pid}] ${line}\n`;
 }
 
-/** Foreground: serves until SIGTERM/SIGINT or `dmfs daemon stop`. */
+/**
+ * Foreground: the supervisor, which runs the daemon as its worker and restarts it, keeping
+ * the mounts (daemon-supervisor.ts); where it cannot (no native addon with pidfd_getfd, or
+ * DMFS_DAEMON_SUPERVISOR=off) the daemon itself, in this process. Serves until
+ * SIGTERM/SIGINT or `dmfs daemon stop`.
+ */
 async function run(ctx: CommandContext): Promise<number> {
+  const root = path.resolve(ctx.root);
+  const log = (line: string) => ctx.stderr.write(timestamped(line));
+  const { superviseDaemon, supervisionUnavailable } = await import('../../service/daemon-supervisor');
+  const why = process.env.DMFS_DAEMON_SUPERVISOR === 'off' ? 'DMFS_DAEMON_SUPERVISOR=off' : supervisionUnavailable();
+  const inherited = process.env.LISTEN_PID === String(process.pid);
+  if (why === null && !inherited) {
+    if (ctx.json) printJson(ctx, { pid: process.pid, supervisor: true });
+    return superviseDaemon(root, { log, workerArgv: [cliScript(), 'daemon', 'worker', '--root', root] });
+  }
+  if (why !== null) log(`no supervisor (${why}): the mounts live in this process and die with it`);
+  // TODO: hand a systemd-activated socket on to a supervised worker (until then, socket activation runs unsupervised).
+  return serve(ctx, null);
+}
+
+/** The supervisor's worker (not for users: `dmfs daemon run` starts it). */
+async function worker(ctx: CommandContext): Promise<number> {
+  const { workerLinkFromEnv } = await import('../../service/worker-link');
+  const link = workerLinkFromEnv();
+  if (!link) throw dmfsError('USAGE', "dmfs daemon worker is started by dmfs daemon run's supervisor; run dmfs daemon run (or start)");
+  return serve(ctx, link);
+}
+
+async function serve(ctx: CommandContext, supervised: import('../../service/pool-daemon').SupervisedWorker | null): Promise<number> {
   const { PoolDaemon } = await import('../../service/pool-daemon');
   const logFile = process.env.DMFS_DAEMON_LOG_FILE ?? null;
   const log = (line: string) => ctx.stderr.write(timestamped(line));
   process.on('unhandledRejection', (err) => log(`unhandled rejection: ${(err as Error)?.stack ?? String(err)}`));
-  const daemon = await PoolDaemon.start(path.resolve(ctx.root), { log, logFile });
-  if (ctx.json) printJson(ctx, { pid: process.pid, socket: daemon.socketPath });
+  const daemon = await PoolDaemon.start(path.resolve(ctx.root), { log, logFile, supervised: supervised ?? undefined });
+  if (ctx.json && !supervised) printJson(ctx, { pid: process.pid, socket: daemon.socketPath });
   await daemon.stopped;
   return 0;
 }
@@ -103,7 +131,8 @@ function noDaemon(root: string) {
 function printStatus(ctx: CommandContext, s: DaemonStatus, socket: string): void {
   if (ctx.json) return printJson(ctx, { running: true, socket, ...s });
   const pss = s.pssBytes === null ? '' : ` (PSS ${formatBytes(s.pssBytes)})`;
-  ctx.stdout.write(`dmfs daemon for ${s.root}: pid ${s.pid}, up ${s.uptimeSeconds} s, RSS ${formatBytes(s.rssBytes)}${pss}, control API ${s.api} on ${socket}\n`);
+  const sup = s.supervisorPid === null ? 'no supervisor' : `supervisor pid ${s.supervisorPid}, ${s.restarts} restart${s.restarts === 1 ? '' : 's'}`;
+  ctx.stdout.write(`dmfs daemon for ${s.root}: pid ${s.pid} (${sup}), up ${s.uptimeSeconds} s, RSS ${formatBytes(s.rssBytes)}${pss}, control API ${s.api} on ${socket}\n`);
   if (s.mounts.length) {
     ctx.stdout.write(formatTable(['MOUNTPOINT', 'LAYER', 'MODE', 'TRANSPORT', 'OPEN FILES', 'SINCE'], s.mounts.map((m) => [
       m.mountpoint, m.layer, m.readOnly ? 'ro' : 'rw', m.transport, String(m.openHandles), new Date(m.startedMs).toISOString().replace(/\.\d+Z$/, 'Z'),
@@ -134,7 +163,9 @@ async function stop(ctx: CommandContext): Promise<number> {
   }
   let pid: number;
   try {
-    pid = (await client.status()).pid;
+    const s = await client.status();
+    // The supervisor exits once its worker has unmounted, synced and exited.
+    pid = s.supervisorPid ?? s.pid;
     await client.stop();
   } finally {
     await client.close();
@@ -147,7 +178,7 @@ async function stop(ctx: CommandContext): Promise<number> {
   return 0;
 }
 
-const ACTIONS: Record<string, (ctx: CommandContext) => Promise<number>> = { run, start, status, stop };
+const ACTIONS: Record<string, (ctx: CommandContext) => Promise<number>> = { run, start, status, stop, worker };
 
 export const command: Command = {
   name: 'daemon',
