@@ -26,7 +26,7 @@ import { poolPaths } from '../pool/pool-paths';
 import { DaemonClient } from './control-client';
 import { daemonRunPaths } from './control-protocol';
 import type { HandedOverMount } from './pool-host';
-import { ADOPT_ENV, RESTARTS_ENV, type WorkerMessage } from './worker-link';
+import { ADOPT_ENV, CONTROL_FD_ENV, RESTARTS_ENV, type WorkerMessage } from './worker-link';
 
 const MAX_RESTARTS = 20;
 const RESTART_WINDOW_MS = 60_000;
@@ -38,6 +38,11 @@ export interface SupervisorOptions {
   /** The command line that starts a worker: [script, ...args]. */
   workerArgv: string[];
   env?: NodeJS.ProcessEnv;
+  /**
+   * A listening control socket to hand every worker (systemd's, socket activation): it stays
+   * open across restarts, so clients queue in its backlog instead of being refused.
+   */
+  controlFd?: number | null;
 }
 
 /** Whether this host can supervise (the native addon with pidfd_getfd); why not otherwise. */
@@ -53,7 +58,7 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
   const dev = loadFuseDevice();
   const takeFrom = 'device' in dev ? dev.device.takeFrom : null;
   if (!takeFrom) throw dmfsError('NATIVE_UNAVAILABLE', `the daemon's supervisor needs the native addon: ${supervisionUnavailable()}`);
-  const running = await DaemonClient.connect(root).catch(() => null);
+  const running = opts.controlFd != null ? null : await DaemonClient.connect(root).catch(() => null);
   if (running) {
     await running.close();
     throw dmfsError('POOL_LOCKED', `a dmfs daemon already serves the pool ${root}; use it, or stop it first (dmfs daemon stop)`);
@@ -96,9 +101,10 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
   const start = (): ChildProcess => {
     const handed = [...held.values()];
     const adopt = handed.map((m, i) => ({ ...m, fd: FIRST_HANDED_FD + i }));
+    const control = opts.controlFd != null ? { fds: [opts.controlFd], env: { [CONTROL_FD_ENV]: String(FIRST_HANDED_FD + handed.length) } } : { fds: [], env: {} };
     const child = spawn(process.execPath, opts.workerArgv, {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...handed.map((m) => m.fd)],
-      env: { ...(opts.env ?? process.env), [ADOPT_ENV]: JSON.stringify(adopt), [RESTARTS_ENV]: String(restarts) },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...handed.map((m) => m.fd), ...control.fds],
+      env: { ...(opts.env ?? process.env), [ADOPT_ENV]: JSON.stringify(adopt), [RESTARTS_ENV]: String(restarts), ...control.env },
     });
     child.on('message', (msg) => onMessage(child, msg as WorkerMessage));
     return child;

@@ -33,6 +33,8 @@ export interface PoolDaemonOptions {
 
 export interface SupervisedWorker {
   supervisorPid: number;
+  /** A listening control socket handed down (systemd's, via the supervisor); null: bind POOL/run/dmfs.sock. */
+  controlFd: number | null;
   /** How many workers died before this one. */
   restarts: number;
   adopt: HandedOverMount[];
@@ -74,7 +76,7 @@ export class PoolDaemon {
     const env = opts.env ?? process.env;
     const { socket } = daemonRunPaths(root);
     const sup = opts.supervised;
-    const fd = activationFd(env);
+    const fd = sup?.controlFd ?? activationFd(env);
     // A supervised worker leaves this to its supervisor (which checked before it started).
     if (fd === null && !sup) {
       const running = await DaemonClient.connect(root).catch(() => null);

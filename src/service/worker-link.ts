@@ -15,6 +15,8 @@ export type WorkerMessage =
 
 export const ADOPT_ENV = 'DMFS_DAEMON_ADOPT';
 export const RESTARTS_ENV = 'DMFS_DAEMON_RESTARTS';
+/** The listening control socket the supervisor hands on (systemd's), as a descriptor number. */
+export const CONTROL_FD_ENV = 'DMFS_DAEMON_CONTROL_FD';
 
 /** The link when this process runs as a supervised worker (IPC channel and ADOPT_ENV present), else null. */
 export function workerLinkFromEnv(env: NodeJS.ProcessEnv = process.env): SupervisedWorker | null {
@@ -27,8 +29,10 @@ export function workerLinkFromEnv(env: NodeJS.ProcessEnv = process.env): Supervi
     });
   // Losing the supervisor must not kill the worker: its mounts still serve.
   process.on('disconnect', () => undefined);
+  const controlFd = env[CONTROL_FD_ENV] === undefined ? null : Number(env[CONTROL_FD_ENV]);
   return {
     supervisorPid: process.ppid,
+    controlFd: Number.isInteger(controlFd) ? controlFd : null,
     restarts: Number(env[RESTARTS_ENV] ?? 0),
     adopt,
     onServed: (m) => send({ type: 'mounted', ...m }),

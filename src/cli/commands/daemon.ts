@@ -30,13 +30,16 @@ async function run(ctx: CommandContext): Promise<number> {
   const log = (line: string) => ctx.stderr.write(timestamped(line));
   const { superviseDaemon, supervisionUnavailable } = await import('../../service/daemon-supervisor');
   const why = process.env.DMFS_DAEMON_SUPERVISOR === 'off' ? 'DMFS_DAEMON_SUPERVISOR=off' : supervisionUnavailable();
-  const inherited = process.env.LISTEN_PID === String(process.pid);
-  if (why === null && !inherited) {
-    if (ctx.json) printJson(ctx, { pid: process.pid, supervisor: true });
-    return superviseDaemon(root, { log, workerArgv: [cliScript(), 'daemon', 'worker', '--root', root] });
+  if (why === null) {
+    // systemd's socket (activation) goes to every worker; the supervisor never accepts on it.
+    const controlFd = process.env.LISTEN_PID === String(process.pid) && process.env.LISTEN_FDS === '1' ? 3 : null;
+    const env = { ...process.env };
+    delete env.LISTEN_PID;
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_FDNAMES;
+    return superviseDaemon(root, { log, env, controlFd, workerArgv: [cliScript(), 'daemon', 'worker', '--root', root] });
   }
-  if (why !== null) log(`no supervisor (${why}): the mounts live in this process and die with it`);
-  // TODO: hand a systemd-activated socket on to a supervised worker (until then, socket activation runs unsupervised).
+  log(`no supervisor (${why}): the mounts live in this process and die with it`);
   return serve(ctx, null);
 }
 
