@@ -25,6 +25,7 @@ import { KernelSession, kernelMountRoute } from './kernel-session';
 import { createPathTransport } from './path-transport';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { dmfsError, isDmfsError } from '../errors';
+import { onStopSignals } from './stop-signals';
 
 /**
  * Which FUSE transport serves the mount. 'kernel': dmfs speaks the protocol on /dev/fuse
@@ -419,21 +420,12 @@ export class MountService {
 
   /** SIGINT/SIGTERM stop the service; SIGHUP is ignored (a daemon has no terminal). Returns the remover. */
   installSignalHandlers(): () => void {
-    const onSignal = (sig: NodeJS.Signals) => {
+    return onStopSignals((sig) => {
       if (this.stopping) {
         this.log(`${sig}: already stopping`);
         return;
       }
       void this.stop(sig);
-    };
-    const onHup = () => undefined;
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', onHup);
-    return () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGHUP', onHup);
-    };
+    });
   }
 }

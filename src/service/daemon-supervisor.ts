@@ -20,6 +20,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { dmfsError } from '../errors';
+import { onStopSignals } from '../fs/stop-signals';
 import { loadFuseDevice } from '../native';
 import { currentProcess } from '../pool/process-identity';
 import { poolPaths } from '../pool/pool-paths';
@@ -114,9 +115,7 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
     stopping = true;
     worker?.kill(sig);
   };
-  process.on('SIGTERM', forward);
-  process.on('SIGINT', forward);
-  process.on('SIGHUP', () => undefined);
+  const removeSignals = onStopSignals(forward);
   try {
     for (;;) {
       worker = start();
@@ -143,8 +142,7 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
       log(`worker ${child.pid} died (${signal ?? code}); starting a new one for ${held.size} mount${held.size === 1 ? '' : 's'}`);
     }
   } finally {
-    process.off('SIGTERM', forward);
-    process.off('SIGINT', forward);
+    removeSignals();
     for (const mp of [...held.keys()]) closeHeld(mp);
     fs.rmSync(paths.supervisor, { force: true });
   }

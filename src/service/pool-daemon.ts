@@ -12,6 +12,7 @@
 import * as fs from 'node:fs';
 import type * as http from 'node:http';
 import { dmfsError } from '../errors';
+import { onStopSignals } from '../fs/stop-signals';
 import { requireFullMetadataVerify } from '../pool/metadata-verify';
 import { poolPaths } from '../pool/pool-paths';
 import { DaemonClient } from './control-client';
@@ -153,16 +154,7 @@ export class PoolDaemon {
   }
 
   private installSignalHandlers(): () => void {
-    const onSignal = (sig: NodeJS.Signals) => void this.stop(sig);
-    const onHup = () => undefined;
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', onHup);
-    return () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGHUP', onHup);
-    };
+    return onStopSignals((sig) => void this.stop(sig));
   }
 }
 
