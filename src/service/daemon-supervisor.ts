@@ -10,6 +10,8 @@
  *   every kept descriptor inherited (fd 4 and up) and listed in DMFS_DAEMON_ADOPT. The new
  *   worker serves them without remounting and has the kernel resend what the dead one read
  *   and never answered (FUSE_NOTIFY_RESEND).
+ * - A worker that exits (not killed by a signal) before it said it serves is not restarted:
+ *   its next start would fail the same way; the supervisor exits with its status.
  * - SIGTERM/SIGINT go to the worker, which unmounts and syncs everything; when a worker
  *   says it is stopping for good (also after `dmfs daemon stop`), its exit ends the
  *   supervisor with its status.
@@ -85,8 +87,10 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
     }
   };
 
+  let ready = false;
   const onMessage = (child: ChildProcess, msg: WorkerMessage) => {
-    if (msg.type === 'stopping') stopping = true;
+    if (msg.type === 'ready') ready = true;
+    else if (msg.type === 'stopping') stopping = true;
     else if (msg.type === 'unmounted') closeHeld(msg.mountpoint);
     else if (msg.type === 'mounted') {
       const fd = takeFrom(child.pid!, msg.fd);
@@ -131,6 +135,12 @@ export async function superviseDaemon(root: string, opts: SupervisorOptions): Pr
         log(`worker ${child.pid} stopped (${signal ?? code})`);
         return code ?? 1;
       }
+      // A worker that fails before it serves (no pool, damaged metadata, ...) would fail again.
+      if (!ready && signal === null) {
+        log(`worker ${child.pid} failed before it served (exit ${code}); not restarting it`);
+        return code || 1;
+      }
+      ready = false;
       const now = Date.now();
       deaths.push(now);
       while (deaths.length && deaths[0] < now - RESTART_WINDOW_MS) deaths.shift();

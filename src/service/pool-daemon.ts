@@ -43,6 +43,8 @@ export interface SupervisedWorker {
   onReleased: (mountpoint: string) => void;
   /** Called once when this worker starts stopping for good (the supervisor then exits with it). */
   onStopping: () => void;
+  /** Called once it serves (mounts taken over, control socket answering). */
+  onReady: () => void;
 }
 
 /** The listening socket systemd passed (socket activation), or null. */
@@ -103,6 +105,7 @@ export class PoolDaemon {
       await listen(server, fd, socket, poolPaths(root).runDir);
       daemon = new PoolDaemon(host, server, socket, fd === null, opts.log, sup ?? null);
       daemon.removeSignals = daemon.installSignalHandlers();
+      sup?.onReady();
       opts.log(`serving the pool ${host.root} on ${socket} (control API ${CONTROL_API_VERSION}${fd !== null ? ', socket from systemd' : ''})`);
       return daemon;
     } catch (err) {

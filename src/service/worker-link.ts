@@ -11,6 +11,7 @@ import type { SupervisedWorker } from './pool-daemon';
 export type WorkerMessage =
   | ({ type: 'mounted' } & HandedOverMount)
   | { type: 'unmounted'; mountpoint: string }
+  | { type: 'ready' }
   | { type: 'stopping' };
 
 export const ADOPT_ENV = 'DMFS_DAEMON_ADOPT';
@@ -38,5 +39,6 @@ export function workerLinkFromEnv(env: NodeJS.ProcessEnv = process.env): Supervi
     onServed: (m) => send({ type: 'mounted', ...m }),
     onReleased: (mountpoint) => void send({ type: 'unmounted', mountpoint }),
     onStopping: () => void send({ type: 'stopping' }),
+    onReady: () => void send({ type: 'ready' }),
   };
 }
