@@ -164,19 +164,20 @@ async function stop(ctx: CommandContext): Promise<number> {
     else ctx.stdout.write(`no dmfs daemon serves ${root}\n`);
     return 0;
   }
-  let pid: number;
+  let s: DaemonStatus;
   try {
-    const s = await client.status();
-    // The supervisor exits once its worker has unmounted, synced and exited.
-    pid = s.supervisorPid ?? s.pid;
+    s = await client.status();
     await client.stop();
   } finally {
     await client.close();
   }
-  if (!(await waitForExit(pid, STOP_TIMEOUT_MS))) {
-    throw dmfsError('MOUNT_FAILED', `the daemon (pid ${pid}) did not exit within ${STOP_TIMEOUT_MS / 1000} s; see ${daemonRunPaths(root).log}`);
+  // The supervisor exits once its worker has unmounted, synced and exited.
+  const last = s.supervisorPid ?? s.pid;
+  if (!(await waitForExit(last, STOP_TIMEOUT_MS))) {
+    throw dmfsError('MOUNT_FAILED', `the daemon (pid ${last}) did not exit within ${STOP_TIMEOUT_MS / 1000} s; see ${daemonRunPaths(root).log}`);
   }
-  if (ctx.json) printJson(ctx, { stopped: true, pid });
+  const pid = s.pid;
+  if (ctx.json) printJson(ctx, { stopped: true, pid, supervisorPid: s.supervisorPid });
   else ctx.stdout.write(`stopped the dmfs daemon (pid ${pid}): every mount unmounted, synced and committed\n`);
   return 0;
 }
