@@ -45,6 +45,8 @@ export interface SupervisedWorker {
   onStopping: () => void;
   /** Called once it serves (mounts taken over, control socket answering). */
   onReady: () => void;
+  /** Closes the link once the worker has stopped (after its last reports are sent). */
+  disconnect: () => void;
 }
 
 /** The listening socket systemd passed (socket activation), or null. */

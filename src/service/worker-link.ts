@@ -23,11 +23,12 @@ export const CONTROL_FD_ENV = 'DMFS_DAEMON_CONTROL_FD';
 export function workerLinkFromEnv(env: NodeJS.ProcessEnv = process.env): SupervisedWorker | null {
   if (!process.send || env[ADOPT_ENV] === undefined) return null;
   const adopt = JSON.parse(env[ADOPT_ENV]!) as HandedOverMount[];
+  let pending = Promise.resolve();
   const send = (msg: WorkerMessage) =>
-    new Promise<void>((resolve) => {
+    (pending = pending.then(() => new Promise<void>((resolve) => {
       if (!process.connected) return resolve();
       process.send!(msg, undefined, {}, () => resolve());
-    });
+    })));
   // Losing the supervisor must not kill the worker: its mounts still serve.
   process.on('disconnect', () => undefined);
   const controlFd = env[CONTROL_FD_ENV] === undefined ? null : Number(env[CONTROL_FD_ENV]);
@@ -40,5 +41,6 @@ export function workerLinkFromEnv(env: NodeJS.ProcessEnv = process.env): Supervi
     onReleased: (mountpoint) => void send({ type: 'unmounted', mountpoint }),
     onStopping: () => void send({ type: 'stopping' }),
     onReady: () => void send({ type: 'ready' }),
+    disconnect: () => void pending.then(() => process.connected && process.disconnect()),
   };
 }

@@ -51,7 +51,7 @@ describeFuse('dmfs daemon: one service per pool', () => {
     const s = await json('daemon status');
     expect(s).toMatchObject({ running: true, pid: started.pid, root, mounts: [], api: 1 });
     expect(s.rssBytes).toBeGreaterThan(10 << 20);
-    expect(await dmfsOk('daemon status')).toMatch(new RegExp(`pid ${started.pid}, up .* s, RSS .*no mounts`, 's'));
+    expect(await dmfsOk('daemon status')).toMatch(new RegExp(`pid ${started.pid} \\(supervisor pid ${s.supervisorPid}, 0 restarts\\), up .* s, RSS .*no mounts`, 's'));
   });
 
   it('serves every mount from its one process; create, ls, mount and umount go through it', async () => {

@@ -59,6 +59,8 @@ async function serve(ctx: CommandContext, supervised: import('../../service/pool
   const daemon = await PoolDaemon.start(path.resolve(ctx.root), { log, logFile, supervised: supervised ?? undefined });
   if (ctx.json && !supervised) printJson(ctx, { pid: process.pid, socket: daemon.socketPath });
   await daemon.stopped;
+  // The IPC channel to the supervisor would keep this process alive: let go once the last reports are out.
+  if (supervised) supervised.disconnect();
   return 0;
 }
 
