@@ -8,19 +8,14 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DMFS_BIN, ensureBuiltDist } from '../support/built-dist';
-import { describeFuse, run, sh, shq, tempDir } from '../support/fuse-harness';
+import { cliFor, describeFuse, run, sh, shq, tempDir } from '../support/fuse-harness';
 
 const ROUNDS = Number(process.env.DMFS_RESTART_ROUNDS ?? 5);
 
 describeFuse('dmfs daemon: kill -9 of the worker breaks no client', () => {
   let root: string;
   let work: string;
-  const dmfsOk = async (args: string): Promise<string> => {
-    const r = await sh(`node ${DMFS_BIN} ${args} --root ${shq(root)}`);
-    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
-    return r.stdout;
-  };
-  const json = async <T = any>(args: string): Promise<T> => JSON.parse(await dmfsOk(`${args} --json`)) as T;
+  const { dmfs, dmfsOk, json } = cliFor(DMFS_BIN, () => root);
 
   beforeAll(async () => {
     ensureBuiltDist();
@@ -32,7 +27,7 @@ describeFuse('dmfs daemon: kill -9 of the worker breaks no client', () => {
   }, 300_000);
 
   afterAll(async () => {
-    await sh(`node ${DMFS_BIN} daemon stop --root ${shq(root)}`);
+    await dmfs('daemon stop');
     await sh(`for m in $(grep -o ' ${work}/[^ ]* fuse.dmfs ' /proc/self/mounts | cut -d' ' -f2); do fusermount -uz "$m"; done`);
     await sh(`rm -rf ${shq(work)} ${shq(root)}`);
   });

@@ -8,18 +8,12 @@ import { promises as fsp, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../../src/api';
 import { DMFS_BIN, ensureBuiltDist } from '../support/built-dist';
-import { describeFuse, run, sh, shq, tempDir, waitProcessGone } from '../support/fuse-harness';
+import { cliFor, describeFuse, run, sh, shq, tempDir, waitProcessGone } from '../support/fuse-harness';
 
 describeFuse('dmfs daemon: one service per pool', () => {
   let root: string;
   let work: string;
-  const dmfs = (args: string) => sh(`node ${DMFS_BIN} ${args} --root ${shq(root)}`);
-  const dmfsOk = async (args: string): Promise<string> => {
-    const r = await dmfs(args);
-    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
-    return r.stdout;
-  };
-  const json = async <T = any>(args: string): Promise<T> => JSON.parse(await dmfsOk(`${args} --json`)) as T;
+  const { dmfs, dmfsOk, json } = cliFor(DMFS_BIN, () => root);
   const mountLine = async (mp: string) => (await sh(`grep ' ${mp} ' /proc/self/mountinfo`)).stdout;
   /** Mount processes of their own (DAEMON_ARG in argv) serving this pool; '[d]' keeps this shell out. */
   const mountProcesses = async (): Promise<number> => Number((await sh(`pgrep -af -- '--dmfs-mount-[d]aemon' | grep -c -F ${shq(`"root":"${root}"`)} || true`)).stdout.trim());
