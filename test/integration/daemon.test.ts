@@ -42,6 +42,8 @@ describeFuse('dmfs daemon: one service per pool', () => {
     const second = await dmfs('daemon run --json');
     expect(second.code).toBe(1);
     expect(JSON.parse(second.stdout).error.code).toBe('POOL_LOCKED');
+    // Nor is the pool destroyed under it.
+    expect(JSON.parse((await dmfs('pool destroy --force --json')).stdout).error.code).toBe('POOL_LOCKED');
     const s = await json('daemon status');
     expect(s).toMatchObject({ running: true, pid: started.pid, root, mounts: [], api: 1 });
     expect(s.rssBytes).toBeGreaterThan(10 << 20);
