@@ -172,7 +172,8 @@ const MS_NODEV = 4;
  * cannot either.
  */
 async function mountDirect(device: FuseDevice, fd: number, mountpoint: string, opts: KernelMountOptions, uid: number, gid: number): Promise<boolean> {
-  if (!device.mount) return false;
+  // DMFS_FUSE_MOUNT=mount8: always through mount(8) (what hosts whose mount(2) policy lives in mount(8) need).
+  if (!device.mount || process.env.DMFS_FUSE_MOUNT === 'mount8') return false;
   let real: string;
   try {
     real = await realpath(mountpoint);
