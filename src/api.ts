@@ -15,6 +15,7 @@ import { checkPool, type CheckOptions, type CheckReport } from './store/check';
 import { restoreFromBackup, type RestoreReport } from './store/metadata-restore';
 import { pullImage, type PullOptions, type PullResult } from './image/registry-pull';
 import { pushImage, type PushOptions, type PushResult } from './image/registry-push';
+import type { PoolClient } from './service/pool-client';
 
 export interface PoolCreateOptions {
   root: string;
@@ -96,6 +97,19 @@ export class Pool {
     }
     const thin = await ThinPool.create(opts.root, { ...DEFAULT_CREATE_SETTINGS, ...create }, options);
     return Pool.wrap(thin);
+  }
+
+  /**
+   * The pool at `root` for creating, listing and mounting layers: through the pool's daemon
+   * when one runs (`dmfs daemon`; its mounts outlive this process), else opened in this
+   * process (a PoolHost: mounts last until close()). Same calls, same results.
+   */
+  static async connect(root: string): Promise<PoolClient> {
+    const { DaemonClient } = await import('./service/control-client');
+    const viaDaemon = await DaemonClient.connect(root);
+    if (viaDaemon) return viaDaemon;
+    const { PoolHost } = await import('./service/pool-host');
+    return PoolHost.open(root);
   }
 
   /** opts.allowShortDataDevice: for check, which reports (and with --repair fixes) a short data device. */
@@ -226,7 +240,7 @@ export class Pool {
   }
 }
 
-export type { LayerInfo };
+export type { LayerInfo, PoolClient };
 
 const FS_TYPES: Record<number, string> = {
   0xef53: 'extfs', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021994: 'tmpfs', 0x794c7630: 'overlayfs',

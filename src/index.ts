@@ -8,3 +8,8 @@ export type { PullOptions, PullResult, PullLayerProgress } from './image/registr
 export type { PushOptions, PushResult, PushLayerProgress, PushedLayer } from './image/registry-push';
 export { parseRegistryRef, type RegistryRef } from './image/registry-ref';
 export type { RegistryCredentials } from './image/registry-credentials';
+export type { PoolClient } from './service/pool-client';
+export type { HostedService, ServiceContext } from './service/hosted-services';
+export type {
+  CreateLayerRequest, DaemonStatus, MountRequest, MountResult, ServedMount, ServiceStatus, UnmountRequest, UnmountResult,
+} from './service/control-protocol';

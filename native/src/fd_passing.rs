@@ -16,6 +16,8 @@
 //!                                     the control data was truncated; every descriptor
 //!                                     that did arrive is closed, so none leaks.
 //!   fdSetNonblocking(fd) -> 0 | -errno  adds O_NONBLOCK to the open file's status flags.
+//!   fdTakeFrom(pid, fd) -> fd | -errno  pidfd_getfd: a close-on-exec duplicate of another
+//!                                     process's descriptor (the daemon's supervisor).
 //!
 //! Descriptors are closed with Node's fs.closeSync, which works on any descriptor.
 //!
@@ -191,4 +193,31 @@ pub fn set_nonblocking(fd: i32) -> Result<(), i32> {
         return Err(errno());
     }
     Ok(())
+}
+
+extern "C" {
+    fn syscall(number: std::ffi::c_long, ...) -> std::ffi::c_long;
+}
+
+/// pidfd_open(2) and pidfd_getfd(2): the same numbers on x86_64 and aarch64 (the unified table).
+const SYS_PIDFD_OPEN: std::ffi::c_long = 434;
+const SYS_PIDFD_GETFD: std::ffi::c_long = 438;
+
+/// A duplicate, in this process, of descriptor `fd` of process `pid` (pidfd_getfd: same
+/// open file description, close-on-exec), for the daemon's supervisor to keep a worker's
+/// /dev/fuse descriptors alive across the worker's death. Needs ptrace rights over `pid`
+/// (root, or the same user under the Yama scope). Linux 5.6 and later.
+pub fn take_from(pid: i32, fd: i32) -> Result<i32, i32> {
+    let pidfd = unsafe { syscall(SYS_PIDFD_OPEN, pid as std::ffi::c_long, 0 as std::ffi::c_long) };
+    if pidfd < 0 {
+        return Err(errno());
+    }
+    let got = unsafe { syscall(SYS_PIDFD_GETFD, pidfd, fd as std::ffi::c_long, 0 as std::ffi::c_long) };
+    let err = if got < 0 { errno() } else { 0 };
+    unsafe { close(pidfd as c_int) };
+    if got < 0 {
+        Err(err)
+    } else {
+        Ok(got as i32)
+    }
 }

@@ -16,6 +16,10 @@
 //!   fuseRead(fd, buf) -> n | -errno, fuseWrite(fd, buf) -> n | -errno  (sync, never throw for errno)
 //!   fdSocketPair(out) -> 0 | -errno, fdReceive(sock) -> fd | -errno, fdSetNonblocking(fd) -> 0 | -errno
 //!                                                (sync, never throw for errno; see fd_passing.rs)
+//!   fuseMount(source, target, fstype, flags, data) -> 0 | -errno  (sync; Buffers holding C
+//!                                                strings; see fuse_mount.rs). Added within ABI 3:
+//!                                                callers check that it exists.
+//!   fdTakeFrom(pid, fd) -> fd | -errno           (sync; pidfd_getfd, see fd_passing.rs; same)
 //!   abiVersion: number, crc32cImpl: 'sse4.2' | 'table'
 //!
 //! Errors: bad arguments throw synchronously an Error with code 'INVALID'. A failed system
@@ -29,6 +33,7 @@
 mod crc32c;
 mod fd_passing;
 mod fuse_dev;
+mod fuse_mount;
 mod napi;
 mod sys;
 
@@ -411,6 +416,30 @@ unsafe extern "C" fn js_fd_set_nonblocking(env: napi_env, info: napi_callback_in
     })
 }
 
+unsafe extern "C" fn js_fd_take_from(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<2>(env, info, |[pid, fd]| {
+        let pid = uint_arg(env, pid, "pid", i32::MAX as u64)? as i32;
+        let fd = fd_arg(env, fd, "fd")?;
+        double(env, status(fd_passing::take_from(pid, fd)))
+    })
+}
+
+unsafe extern "C" fn js_fuse_mount(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<5>(env, info, |[source, target, fstype, flags, data]| {
+        let mut strings: [&[u8]; 4] = [&[]; 4];
+        for (i, (v, name)) in [(source, "source"), (target, "target"), (fstype, "fstype"), (data, "data")].into_iter().enumerate() {
+            let (ptr, len) = bytes_arg(env, v, name)?;
+            let s: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(ptr as *const u8, len) };
+            if !fuse_mount::is_c_string(s) {
+                return Err(JsErr::Invalid(format!("{name} must be a NUL-terminated string without other NULs")));
+            }
+            strings[i] = s;
+        }
+        let flags = uint_arg(env, flags, "flags", u32::MAX as u64)?;
+        double(env, status(fuse_mount::mount_fs(strings[0], strings[1], strings[2], flags, strings[3])))
+    })
+}
+
 /// The exported functions: name and entry point.
 const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value)] = &[
     (c"readBlocksNowait", js_read_blocks_nowait),
@@ -422,6 +451,8 @@ const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_
     (c"fdSocketPair", js_fd_socket_pair),
     (c"fdReceive", js_fd_receive),
     (c"fdSetNonblocking", js_fd_set_nonblocking),
+    (c"fuseMount", js_fuse_mount),
+    (c"fdTakeFrom", js_fd_take_from),
     (c"copyRange", js_copy_range),
     (c"cloneRange", js_clone_range),
     (c"readBlocks", js_read_blocks),

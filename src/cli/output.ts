@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Pool } from '../api';
+import type { Pool } from '../api';
 import { dmfsError } from '../errors';
 import { assertFdOutsidePool, assertOutsidePool } from '../pool/pool-guard';
 import type { ThinPoolOpenOptions } from '../pool/thin-pool';
@@ -19,6 +19,8 @@ export async function withPool<T>(
 ): Promise<T> {
   const guardStdout = ctx.stdout === process.stdout;
   if (guardStdout) assertFdOutsidePool(ctx.root, 1, 'standard output');
+  // Loaded here, not at the top: commands the pool's daemon answers never load LMDB.
+  const { Pool } = await import('../api');
   const pool = await Pool.open(ctx.root, openOptions);
   try {
     if (guardStdout) assertFdOutsidePool(pool.root, 1, 'standard output', { extraPaths: [pool.thinPool.dataPath] });

@@ -214,8 +214,10 @@ export interface FuseMountOptions {
   /** st_blksize of every file. */
   blockSizeBytes: number;
   debug?: boolean;
-  /** Honour setuid bits and device nodes (mount as root without nosuid,nodev). */
-  suidDev?: boolean;
+  /** Honour setuid/setgid bits (no nosuid; root only). */
+  suid?: boolean;
+  /** Honour device nodes (no nodev; root only). */
+  dev?: boolean;
 }
 
 /** The libfuse option list. fuse-native forwards only a fixed set, so all of it rides in `fsname`. */
@@ -232,7 +234,8 @@ export function fuseOptionList(o: FuseMountOptions): string[] {
   ];
   // libfuse 2 adds nosuid,nodev unless told otherwise; ext4 (and a container's rootfs)
   // has neither, so setuid binaries and device nodes in an image work. Root only.
-  if (o.suidDev) list.push('suid', 'dev');
+  if (o.suid) list.push('suid');
+  if (o.dev) list.push('dev');
   // The page cache of a writable layer is checked against fresh attributes at every open:
   // libfuse 2's path API gives each hard link its own kernel inode, and another name's
   // cached attributes could otherwise keep stale pages for up to attr_timeout.

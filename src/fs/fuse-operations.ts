@@ -44,9 +44,11 @@ interface DirHandle {
 }
 
 export function createFuseOperations(layer: LayerFs, options: FuseOperationsOptions): FuseOperations {
-  const handles = new HandleTable();
+  // Handles start at a random number: a daemon worker restarted on a live mount must not
+  // hand out the numbers the kernel still holds from its predecessor.
+  const handles = new HandleTable(HandleTable.randomStart());
   const dirHandles = new Map<number, DirHandle>();
-  let nextDirHandle = 1;
+  let nextDirHandle = HandleTable.randomStart();
   // A directory's parent, learnt from lookups, listings and renames, for '..' in listings.
   const parents = new Map<Ino, Ino>();
   // fsync on a read-only layer is a successful no-op, as on any read-only file system.
@@ -112,9 +114,11 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
     return layer.write(ino, data, offsetBytes);
   }
 
-  function dirHandle(fh: number): DirHandle {
-    const h = dirHandles.get(fh);
-    if (!h) throw dmfsError('INVALID', `unknown directory handle ${fh}`);
+  /** The listing state of fh; an unknown one (opened before a daemon restart) starts afresh for nodeId. */
+  function dirHandle(fh: number, nodeId: number): DirHandle {
+    const ino = inoOf(nodeId);
+    let h = dirHandles.get(fh);
+    if (!h || h.ino !== ino) dirHandles.set(fh, (h = { ino, entries: null }));
     return h;
   }
 
@@ -303,7 +307,9 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       throw dmfsError('NOT_IMPLEMENTED', 'close is not a durability point: no FLUSH needed');
     },
 
-    async release(_ctx, _nodeId, fh) {
+    async release(_ctx, nodeId, fh) {
+      // A handle opened before a daemon restart is unknown here: nothing to release.
+      if (handles.get(fh)?.ino !== inoOf(nodeId)) return;
       const h = handles.close(fh);
       if (h) await layer.release(h.ino);
     },
@@ -327,8 +333,8 @@ export function createFuseOperations(layer: LayerFs, options: FuseOperationsOpti
       return { fh, keepCache: cache.cacheDirs, cacheDir: cache.cacheDirs };
     },
 
-    async readdir(_ctx, _nodeId, fh, offset, plus, fits) {
-      const h = dirHandle(fh);
+    async readdir(_ctx, nodeId, fh, offset, plus, fits) {
+      const h = dirHandle(fh, nodeId);
       if (offset === 0 || !h.entries) {
         await atimes.accessed(h.ino);
         h.entries = await listing(h);

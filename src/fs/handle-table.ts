@@ -13,9 +13,14 @@ export interface Handle {
 export class HandleTable {
   private readonly handles = new Map<number, Handle>();
   private readonly openPerIno = new Map<Ino, number>();
-  private next = 1;
-
   static readonly MAX_FH = 0x7fffffff;
+
+  /** A random first handle in [1, MAX_FH): see createFuseOperations. */
+  static randomStart(): number {
+    return 1 + Math.floor(Math.random() * (HandleTable.MAX_FH - 2));
+  }
+
+  constructor(private next = 1) {}
 
   get size(): number {
     return this.handles.size;

@@ -23,12 +23,13 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dmfsError } from '../errors';
 import { loadFuseDevice, type FuseDevice } from '../native';
 import { defaultFuseHostView, devFuseProblem, kernelFusermount, type FuseHostView } from './fuse-diagnosis';
 import { mountWithFusermount } from './fusermount';
-import { FUSE_FSTYPE, unmountFuse } from './mount-table';
+import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
 
 const E = osConstants.errno;
@@ -38,9 +39,19 @@ export const MAX_WRITE_BYTES = 1024 * 1024;
 /** A request buffer: header + fuse_write_in + MAX_WRITE_BYTES, with room to spare. */
 const MAX_REQUEST_BYTES = MAX_WRITE_BYTES + 64 * 1024;
 /** Request buffers kept for reuse; more in flight are allocated and dropped. */
-const POOLED_BUFFERS = 8;
+const POOLED_BUFFERS = 16;
+
+/**
+ * Free request buffers, shared by every session of the process: one daemon serving a
+ * hundred mounts keeps POOLED_BUFFERS, not a set per mount. A buffer is owned by one
+ * session from takeBuffer until giveBuffer (all on the JS thread).
+ */
+const freeRequestBuffers: Buffer[] = [];
 /** Requests read per wake-up before yielding to the event loop (I/O completions). */
 const READS_PER_WAKEUP = 64;
+
+/** fuse_notify_code FUSE_NOTIFY_RESEND (protocol 7.40): resend every request read and not yet answered. */
+const FUSE_NOTIFY_RESEND = 7;
 
 /** Requests the kernel expects no reply to. */
 const NO_REPLY_OPCODES: ReadonlySet<number> = new Set([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
@@ -71,8 +82,10 @@ export interface KernelMountOptions {
   source: string;
   readOnly: boolean;
   allowOther?: boolean;
-  /** Honour setuid bits and device nodes (ext4's default); else nosuid,nodev. */
-  suidDev: boolean;
+  /** Honour setuid/setgid bits (ext4's default); else nosuid. */
+  suid: boolean;
+  /** Honour device nodes (ext4's default); else nodev. */
+  dev: boolean;
 }
 
 /**
@@ -108,7 +121,8 @@ function commonMountOptions(o: KernelMountOptions): string[] {
   // allow_other only the mounting user gets in at all (see the access operation).
   if (o.allowOther) list.push('allow_other', 'default_permissions');
   list.push(o.readOnly ? 'ro' : 'rw');
-  if (!o.suidDev) list.push('nosuid', 'nodev');
+  if (!o.suid) list.push('nosuid');
+  if (!o.dev) list.push('nodev');
   return list;
 }
 
@@ -146,8 +160,35 @@ function runMount(fd: number, args: string[]): Promise<void> {
   });
 }
 
-/** Root: opens /dev/fuse (non-blocking) and mounts it with mount(8). Returns the mounted fd; on failure closes it. */
-async function mountAsRoot(mountpoint: string, opts: KernelMountOptions): Promise<number> {
+/** mount(2) flags (sys/mount.h). */
+const MS_RDONLY = 1;
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+
+/**
+ * Mounts with mount(2) from this process when the addon can and the mountpoint's path
+ * passes through no FUSE mount (this process may be the one serving it, and mount(2) runs
+ * on the JS thread). False when it did not mount: mount(8) then does, and says why if it
+ * cannot either.
+ */
+async function mountDirect(device: FuseDevice, fd: number, mountpoint: string, opts: KernelMountOptions, uid: number, gid: number): Promise<boolean> {
+  // DMFS_FUSE_MOUNT=mount8: always through mount(8) (what hosts whose mount(2) policy lives in mount(8) need).
+  if (!device.mount || process.env.DMFS_FUSE_MOUNT === 'mount8') return false;
+  let real: string;
+  try {
+    real = await realpath(mountpoint);
+  } catch {
+    return false;
+  }
+  const underFuse = (await readMountTable()).some((m) => m.fstype.startsWith('fuse') && (real === m.mountpoint || real.startsWith(m.mountpoint.endsWith('/') ? m.mountpoint : `${m.mountpoint}/`)));
+  if (underFuse) return false;
+  const data = [`fd=${fd}`, 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, ...(opts.allowOther ? ['allow_other', 'default_permissions'] : [])].join(',');
+  const flags = (opts.readOnly ? MS_RDONLY : 0) | (opts.suid ? 0 : MS_NOSUID) | (opts.dev ? 0 : MS_NODEV);
+  return device.mount(mountSource(opts), real, FUSE_FSTYPE, flags, data) === 0;
+}
+
+/** Root: opens /dev/fuse (non-blocking) and mounts it with mount(2), else mount(8). Returns the mounted fd; on failure closes it. */
+async function mountAsRoot(device: FuseDevice, mountpoint: string, opts: KernelMountOptions): Promise<number> {
   let fd: number;
   try {
     fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
@@ -157,6 +198,7 @@ async function mountAsRoot(mountpoint: string, opts: KernelMountOptions): Promis
   try {
     const uid = process.getuid?.() ?? 0;
     const gid = process.getgid?.() ?? 0;
+    if (await mountDirect(device, fd, mountpoint, opts, uid, gid)) return fd;
     await runMount(fd, ['-i', '-t', FUSE_FSTYPE, '-o', kernelMountOptions(opts, uid, gid), mountSource(opts), mountpoint]);
     return fd;
   } catch (err) {
@@ -184,7 +226,6 @@ async function mountThroughFusermount(device: FuseDevice, fusermount: string, mo
 /** One FUSE connection: the device fd, its watcher, and the reply path. */
 export class KernelSession {
   private watchId: number | null = null;
-  private freeBuffers: Buffer[] = [];
   private endedFlag = false;
   /** Requests read that still owe a reply. */
   private outstanding = 0;
@@ -215,7 +256,7 @@ export class KernelSession {
     if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
     const how = kernelMountRoute();
     if ('unavailable' in how) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${how.unavailable}`);
-    const fd = how.route.via === 'mount' ? await mountAsRoot(mountpoint, opts) : await mountThroughFusermount(dev.device, how.route.fusermount, mountpoint, opts);
+    const fd = how.route.via === 'mount' ? await mountAsRoot(dev.device, mountpoint, opts) : await mountThroughFusermount(dev.device, how.route.fusermount, mountpoint, opts);
     const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
     try {
       // Watched only once mounted: before that the device polls as an error and reads EPERM.
@@ -227,6 +268,32 @@ export class KernelSession {
     }
     await session.initialised;
     return session;
+  }
+
+  /**
+   * Serves a connection that is already mounted and initialised, whose descriptor `fd`
+   * this process was handed (a daemon worker restarted by its supervisor). Then asks the
+   * kernel to send again every request the previous server read but never answered
+   * (FUSE_NOTIFY_RESEND, Linux 6.9 and later): false when the kernel refused that, and
+   * those requests wait for an answer that never comes (until the mount is aborted).
+   */
+  static adopt(fd: number, dispatcher: KernelDispatcher, onUnexpected: (err: unknown) => void = () => undefined): { session: KernelSession; resent: boolean } {
+    const dev = loadFuseDevice();
+    if ('reason' in dev) throw dmfsError('FUSE_UNAVAILABLE', `kernel FUSE transport unavailable: ${dev.reason}`);
+    const rc = dev.device.setNonblocking(fd);
+    if (rc < 0) throw dmfsError('MOUNT_FAILED', `cannot make the adopted /dev/fuse descriptor ${fd} non-blocking: errno ${-rc}`);
+    const session = new KernelSession(dev.device, fd, dispatcher, onUnexpected);
+    session.markInitialised();
+    session.watchId = dev.device.watch(fd, () => session.onReadable(), () => session.idleSpinMicros());
+    const notify = Buffer.alloc(OUT_HEADER_BYTES);
+    writeOutHeader(notify, OUT_HEADER_BYTES, FUSE_NOTIFY_RESEND, { lo: 0, hi: 0 });
+    const n = dev.device.write(fd, notify);
+    return { session, resent: n === OUT_HEADER_BYTES };
+  }
+
+  /** The connection's /dev/fuse descriptor (-1 once detached). */
+  get deviceFd(): number {
+    return this.fd;
   }
 
   /** Requests read that still owe a reply (the one being dispatched included). */
@@ -245,11 +312,11 @@ export class KernelSession {
   }
 
   private takeBuffer(): Buffer {
-    return this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST_BYTES);
+    return freeRequestBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST_BYTES);
   }
 
   private giveBuffer(buf: Buffer): void {
-    if (this.freeBuffers.length < POOLED_BUFFERS) this.freeBuffers.push(buf);
+    if (freeRequestBuffers.length < POOLED_BUFFERS) freeRequestBuffers.push(buf);
   }
 
   /**
@@ -338,7 +405,6 @@ export class KernelSession {
       }
       this.fd = -1;
     }
-    this.freeBuffers = [];
     this.initSeen();
   }
 }

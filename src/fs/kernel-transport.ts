@@ -72,6 +72,13 @@ export interface KernelTransport extends KernelDispatcher {
   dispatch(req: Buffer, len: number, session: ReplyChannel): Promise<void> | void;
   /** Requests received so far, by opcode name (for profiles and tests). */
   requestCounts(): Record<string, number>;
+  /** The INIT flags agreed with the kernel (null before INIT): what a later process needs to adopt the connection. */
+  negotiatedFlags(): number | null;
+  /**
+   * Takes over a connection whose INIT another process answered with `flags` (a restarted
+   * daemon worker): the table gets the features agreed then, and no INIT is expected.
+   */
+  adoptInit(flags: number): void;
 }
 
 export function createKernelTransport(ops: FuseOperations, options: KernelTransportOptions = {}): KernelTransport {
@@ -81,6 +88,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const counts = new Uint32Array(64);
   /** fuse_setxattr_in is 16 bytes (with setxattr_flags) once SETXATTR_EXT is agreed, else 8. */
   let setxattrInBytes = 8;
+  let agreed: number | null = null;
 
   function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
@@ -163,9 +171,10 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     }
     const wanted = TRANSPORT_FLAGS | featureFlags(ops.init(featuresOf(offered)));
     if (offered & wanted & InitFlag.SETXATTR_EXT) setxattrInBytes = 16;
+    agreed = (offered & wanted) >>> 0;
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + INIT_OUT_BYTES);
     writeInitOut(out, OUT_HEADER_BYTES, {
-      flags: (offered & wanted) >>> 0,
+      flags: agreed,
       maxReadaheadBytes: maxReadahead,
       maxBackground: 64,
       congestionThreshold: 48,
@@ -433,6 +442,13 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
 
   return {
     dispatch,
+    negotiatedFlags: () => agreed,
+    adoptInit(flags) {
+      ops.init(featuresOf(flags));
+      agreed = flags >>> 0;
+      // The request layouts the flags chose stay what the kernel sends.
+      if (agreed & InitFlag.SETXATTR_EXT) setxattrInBytes = 16;
+    },
     requestCounts() {
       const out: Record<string, number> = {};
       for (const [name, op] of Object.entries(Op)) if (counts[op]) out[name] = counts[op];

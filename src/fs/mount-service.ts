@@ -26,6 +26,7 @@ import { KernelSession, kernelMountRoute } from './kernel-session';
 import { createPathTransport } from './path-transport';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
 import { dmfsError, isDmfsError } from '../errors';
+import { onStopSignals } from './stop-signals';
 
 /**
  * Which FUSE transport serves the mount. 'kernel': dmfs speaks the protocol on /dev/fuse
@@ -70,6 +71,8 @@ export function chooseTransport(wanted: FuseTransport = transportFromEnv(), opts
 /** The live session, whichever transport: ended once unmounted; detach frees it. */
 interface FuseSessionHandle {
   readonly ended: boolean;
+  /** The kernel transport's /dev/fuse descriptor. */
+  readonly deviceFd?: number;
   detach(): void;
 }
 
@@ -77,6 +80,14 @@ interface FuseSessionHandle {
 interface ServedOperations {
   table: FuseOperations;
   requestCounts?(): Record<string, number>;
+  /** The kernel transport's INIT flags (see KernelTransport.negotiatedFlags). */
+  negotiatedFlags?(): number | null;
+}
+
+/** What another process needs to serve a kernel-transport mount on: its device and its INIT flags. */
+export interface KernelHandoff {
+  fd: number;
+  initFlags: number;
 }
 
 export interface MountServiceOptions {
@@ -88,6 +99,9 @@ export interface MountServiceOptions {
   allowOther?: boolean;
   /** When reads move atime: relatime (default, as ext4), strictatime or noatime. */
   atime?: AtimeMode;
+  /** Honour setuid bits / device nodes (root only); undefined: honoured, as on ext4 (see mountOptionsFor). */
+  suid?: boolean;
+  dev?: boolean;
   /** libfuse's request log on stderr; only the libfuse 2 transport has one, so this selects it. */
   debug?: boolean;
   /** One line per event (mount, unmount, errors). */
@@ -121,8 +135,14 @@ async function raiseReadAhead(device: string, log: (line: string) => void): Prom
 /** FUSE request size limit of libfuse 2 (32 pages). */
 const MAX_IO_BYTES = 128 * 1024;
 
-export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean; noSuidDev?: boolean } = {}): FuseMountOptions {
+/**
+ * Setuid bits and device nodes are honoured only for root, and then unless `suid`/`dev`
+ * say false: undefined keeps ext4's behaviour (both honoured). The CLI, the daemon and
+ * Pool.connect pass the safe defaults of fs/mount-access.ts instead.
+ */
+export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: { allowOther?: boolean; debug?: boolean; suid?: boolean; dev?: boolean } = {}): FuseMountOptions {
   const ro = layer.readOnly;
+  const root = (process.getuid?.() ?? -1) === 0;
   return {
     fsName: `dmfs:${layer.layerName}`,
     readOnly: ro,
@@ -142,7 +162,8 @@ export function mountOptionsFor(layer: LayerFs, blockSizeBytes: number, extra: {
     autoCache: !ro,
     maxWriteBytes: MAX_IO_BYTES,
     blockSizeBytes,
-    suidDev: (process.getuid?.() ?? -1) === 0 && !extra.noSuidDev,
+    suid: root && extra.suid !== false,
+    dev: root && extra.dev !== false,
   };
 }
 
@@ -241,7 +262,7 @@ export class MountService {
   private static async startClaimed(opts: MountServiceOptions): Promise<MountService> {
     const log = opts.log ?? (() => undefined);
     const statfs = await opts.layer.statfs();
-    const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug });
+    const fuseOpts = mountOptionsFor(opts.layer, statfs.blockSizeBytes, { allowOther: opts.allowOther, debug: opts.debug, suid: opts.suid, dev: opts.dev });
     const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
     const wanted = opts.transport ?? transportFromEnv();
     const choice = chooseTransport(wanted, { debug: opts.debug });
@@ -257,10 +278,11 @@ export class MountService {
           source: fuseOpts.fsName,
           readOnly: fuseOpts.readOnly,
           allowOther: fuseOpts.allowOther,
-          suidDev: Boolean(fuseOpts.suidDev),
+          suid: Boolean(fuseOpts.suid),
+          dev: Boolean(fuseOpts.dev),
         }, onUnexpected);
         session.onEnded = () => queueMicrotask(() => service?.checkSession());
-        served = { ops: { table, requestCounts: kernel.requestCounts }, fuse: session, transport: 'kernel' };
+        served = { ops: { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
         // container, where fusermount may still mount (MOUNT_FAILED). Not after
@@ -295,10 +317,50 @@ export class MountService {
       throw err;
     }
     log(`mounted layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'}, ${transport} transport)`);
-    const interval = opts.watchIntervalMs ?? 1000;
-    service.timer = setInterval(() => service.checkSession(), interval);
-    service.timer.unref();
+    service.watch(opts.watchIntervalMs);
     return service;
+  }
+
+  /**
+   * Serves a kernel-transport mount that another process mounted and whose device
+   * descriptor this one was handed (`handoff`: a daemon worker restarted by its
+   * supervisor): no mount, no INIT; requests the previous server read and never answered
+   * are asked for again (KernelSession.adopt). Claims the mount in the store first, like
+   * start(); on failure the descriptor is the caller's to close.
+   */
+  static async adopt(opts: MountServiceOptions & { handoff: KernelHandoff }): Promise<{ service: MountService; resent: boolean }> {
+    const log = opts.log ?? (() => undefined);
+    await opts.layer.claimMount?.(opts.mountpoint);
+    try {
+      const statfs = await opts.layer.statfs();
+      const onUnexpected = (err: unknown) => log(`unexpected error answered as ${-negErrno(err)}: ${(err as Error)?.stack ?? String(err)}`);
+      const table = createFuseOperations(opts.layer, kernelOptionsFor(opts.layer, statfs.blockSizeBytes, onUnexpected));
+      const kernel = createKernelTransport(table, { onUnexpected });
+      kernel.adoptInit(opts.handoff.initFlags);
+      const { session, resent } = KernelSession.adopt(opts.handoff.fd, kernel, onUnexpected);
+      const service = new MountService(opts.layer, opts.mountpoint, { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, session, 'kernel', log);
+      session.onEnded = () => queueMicrotask(() => service.checkSession());
+      const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);
+      service.mountId = entries.length ? entries[entries.length - 1].mountId : null;
+      log(`took over layer ${opts.layer.layerName} at ${opts.mountpoint} (${opts.layer.readOnly ? 'read-only' : 'read-write'}; unanswered requests ${resent ? 'asked for again' : 'NOT resent: the kernel lacks FUSE_NOTIFY_RESEND'})`);
+      service.watch(opts.watchIntervalMs);
+      return { service, resent };
+    } catch (err) {
+      await opts.layer.releaseMount?.(opts.mountpoint).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** The device and INIT flags another process needs to take this mount over; null for libfuse 2 or before INIT. */
+  kernelHandoff(): KernelHandoff | null {
+    const fd = this.fuse?.deviceFd;
+    const initFlags = this.ops.negotiatedFlags?.() ?? null;
+    return this.transport === 'kernel' && fd !== undefined && fd >= 0 && initFlags !== null ? { fd, initFlags } : null;
+  }
+
+  private watch(intervalMs = 1000): void {
+    this.timer = setInterval(() => this.checkSession(), intervalMs);
+    this.timer.unref();
   }
 
   get openHandles(): number {
@@ -378,21 +440,12 @@ export class MountService {
 
   /** SIGINT/SIGTERM stop the service; SIGHUP is ignored (a daemon has no terminal). Returns the remover. */
   installSignalHandlers(): () => void {
-    const onSignal = (sig: NodeJS.Signals) => {
+    return onStopSignals((sig) => {
       if (this.stopping) {
         this.log(`${sig}: already stopping`);
         return;
       }
       void this.stop(sig);
-    };
-    const onHup = () => undefined;
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', onHup);
-    return () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGHUP', onHup);
-    };
+    });
   }
 }

@@ -133,6 +133,8 @@ export interface MountRecord {
   root: string;
   startedMs: number;
   log: string;
+  /** Served by the pool's daemon (pid), which serves other mounts too: never signal it to end one mount. */
+  servedByDaemon?: boolean;
 }
 
 export interface MountRunPaths {

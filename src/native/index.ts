@@ -61,6 +61,10 @@ export interface RawAddon {
   /** One non-blocking recvmsg: the one SCM_RIGHTS fd received (close-on-exec), or -errno (see native/src/fd_passing.rs). */
   fdReceive(sock: number): number;
   fdSetNonblocking(fd: number): number;
+  /** mount(2) with C-string Buffers: 0 or -errno (native/src/fuse_mount.rs). Absent from addons built before it. */
+  fuseMount?(source: Buffer, target: Buffer, fstype: Buffer, flags: number, data: Buffer): number;
+  /** pidfd_getfd: a close-on-exec duplicate of descriptor fd of process pid, or -errno. Absent from older addons. */
+  fdTakeFrom?(pid: number, fd: number): number;
 }
 
 /**
@@ -87,6 +91,13 @@ export interface FuseDevice {
   socketPair(out: Buffer): number;
   receive(sock: number): number;
   setNonblocking(fd: number): number;
+  /**
+   * mount(2) (root): 0 or -errno, never a throw; null when the addon predates it (then
+   * mount(8) mounts). See native/src/fuse_mount.rs for when it may be called.
+   */
+  mount: ((source: string, target: string, fstype: string, flags: number, data: string) => number) | null;
+  /** pidfd_getfd (the daemon's supervisor): a duplicate of another process's fd, or -errno; null when the addon predates it. */
+  takeFrom: ((pid: number, fd: number) => number) | null;
 }
 
 /**
@@ -108,8 +119,15 @@ export function loadFuseDevice(mode: string | undefined = process.env.DMFS_NATIV
       socketPair: raw.fdSocketPair,
       receive: raw.fdReceive,
       setNonblocking: raw.fdSetNonblocking,
+      mount: raw.fuseMount ? mountThrough(raw.fuseMount) : null,
+      takeFrom: raw.fdTakeFrom ?? null,
     },
   };
+}
+
+function mountThrough(fuseMount: NonNullable<RawAddon['fuseMount']>): NonNullable<FuseDevice['mount']> {
+  const c = (s: string) => Buffer.from(`${s}\0`, 'utf8');
+  return (source, target, fstype, flags, data) => fuseMount(c(source), c(target), c(fstype), flags, c(data));
 }
 
 /** The package root: the nearest ancestor holding dmfs's package.json (same from src/ and dist/). */

@@ -219,12 +219,14 @@ describeFuse('dmfs mount / umount (CLI, daemon, mount helper)', () => {
     expect(await dmfsOk('ls')).not.toMatch(/\bdoomed\b/);
   });
 
-  it('--allow-other lets other users in, with permissions checked by the kernel', async () => {
+  it('as root other users get in by default (allow_other), with permissions checked by the kernel, nosuid,nodev', async () => {
     const mp = `${work}/shared`;
     await run(`mkdir -p ${work} && chmod 755 ${work} $(dirname ${root})`);
     await dmfsOk(`mount ctr ${mp}`);
     await run(`cd ${mp} && echo secret > secret && chmod 600 secret && echo public > public && chmod 644 public && mkdir -p tmp && chmod 1777 tmp`);
-    expect((await sh(`runuser -u nobody -- ls ${mp}`)).stderr).toMatch(/Permission denied/); // not allow_other
+    expect(await run(`grep ' ${mp} ' /proc/self/mountinfo`)).toMatch(/ rw,nosuid,nodev,.* - fuse\.dmfs .*default_permissions,allow_other/);
+    // A container's unprivileged users (nobody, apt's _apt) can stat and run what the modes allow.
+    expect(await run(`runuser -u nobody -- stat -c %F ${mp}/tmp`)).toBe('directory\n');
     await dmfsOk(`umount ${mp}`);
 
     await dmfsOk(`mount ctr ${mp} --allow-other`);

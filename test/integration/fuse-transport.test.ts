@@ -54,10 +54,26 @@ describeFuse('FUSE transport selection', () => {
     });
     afterEach(() => {
       process.env.PATH = savedPath;
+      delete process.env.DMFS_FUSE_MOUNT;
     });
 
+    it('root mounts with mount(2) from the serving process: no mount(8) needed', async () => {
+      process.env.PATH = bin;
+      const m = await mountLayer(new MemoryLayerFs(), undefined, { transport: 'kernel' });
+      process.env.PATH = savedPath;
+      try {
+        expect(m.service.transport).toBe('kernel');
+        await run(`echo hi > ${m.mnt}/f`);
+        expect(await run(`cat ${m.mnt}/f && grep " ${m.mnt} " /proc/self/mounts | cut -d' ' -f3`)).toBe('hi\nfuse.dmfs\n');
+      } finally {
+        await m.unmount();
+      }
+    });
+
+    // DMFS_FUSE_MOUNT=mount8 makes mount(8) the only way, so that its absence fails the kernel mount.
     it('auto falls back to libfuse 2 and says why', async () => {
       process.env.PATH = bin;
+      process.env.DMFS_FUSE_MOUNT = 'mount8';
       const m = await mountLayer(new MemoryLayerFs(), undefined, { transport: 'auto' });
       process.env.PATH = savedPath;
       try {
@@ -72,6 +88,7 @@ describeFuse('FUSE transport selection', () => {
 
     it('kernel, asked for explicitly, fails with MOUNT_FAILED and leaves nothing mounted', async () => {
       process.env.PATH = bin;
+      process.env.DMFS_FUSE_MOUNT = 'mount8';
       const mnt = path.join(tempDir('nomount'), 'm');
       await fsp.mkdir(mnt);
       await expect(mountLayer(new MemoryLayerFs(), mnt, { transport: 'kernel' })).rejects.toMatchObject({ code: 'MOUNT_FAILED' });

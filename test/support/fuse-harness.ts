@@ -223,6 +223,23 @@ export function cliAsUser(uid: number, bin: string, root: () => string) {
   return { dmfs, dmfsOk, shell };
 }
 
+/**
+ * The dmfs CLI (`bin`) run as root on the pool at root() (read at each call): `dmfs`
+ * resolves with the result, `dmfsOk` with stdout or throws with the output, `json` with
+ * the parsed `--json` answer of a command that succeeds.
+ */
+export function cliFor(bin: string, root: () => string) {
+  const dmfs = (args: string) => sh(`node ${bin} ${args} --root ${shq(root())}`);
+  const dmfsOk = async (args: string): Promise<string> => {
+    const r = await dmfs(args);
+    if (r.code !== 0) throw new Error(`dmfs ${args} failed (${r.code}):\n${r.stdout}${r.stderr}`);
+    return r.stdout;
+  };
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const json = async <T = any>(args: string): Promise<T> => JSON.parse(await dmfsOk(`${args} --json`)) as T;
+  return { dmfs, dmfsOk, json };
+}
+
 /** A pool root and a work directory (for mountpoints) owned by `uid`, for the CLI run as that user (setpriv needed). */
 export async function tempDirsOwnedBy(uid: number, prefix: string): Promise<{ root: string; work: string }> {
   if ((await sh('command -v setpriv')).code !== 0) throw new Error('setpriv (util-linux) is needed to run the CLI as another user');

@@ -1,7 +1,8 @@
 import { dmfsError } from '../../errors';
 import { parseSizeBytes } from '../../pool/sizes';
 import type { Command } from '../command';
-import { listOpt, printJson, stringOpt, withPool } from '../output';
+import { listOpt, printJson, stringOpt } from '../output';
+import { withDaemonOrPool } from '../daemon-route';
 
 export function parseLabels(pairs: string[]): Record<string, string> {
   const labels: Record<string, string> = {};
@@ -29,14 +30,14 @@ export const command: Command = {
   async run(ctx) {
     const size = stringOpt(ctx, 'size');
     const started = process.hrtime.bigint();
-    const info = await withPool(ctx, (pool) =>
-      pool.store.createLayer(ctx.args[0], {
-        kind: ctx.opts.image ? 'image' : 'container',
-        parent: stringOpt(ctx, 'from') ?? 'base',
-        labels: parseLabels(listOpt(ctx, 'label')),
-        ...(size !== undefined ? { sizeLimitBytes: parseSizeBytes(size, '--size') } : {}),
-      }),
-    );
+    const req = {
+      name: ctx.args[0],
+      kind: ctx.opts.image ? ('image' as const) : ('container' as const),
+      parent: stringOpt(ctx, 'from') ?? 'base',
+      labels: parseLabels(listOpt(ctx, 'label')),
+      ...(size !== undefined ? { sizeLimitBytes: parseSizeBytes(size, '--size') } : {}),
+    };
+    const info = await withDaemonOrPool(ctx, (daemon) => daemon.createLayer(req), (pool) => pool.store.createLayer(req.name, req));
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (ctx.json) printJson(ctx, { ...info, createMs: ms });
     else ctx.stdout.write(`Created ${info.kind} ${info.name} (id ${info.id}) on ${info.parent} in ${ms.toFixed(1)} ms.\nNext: dmfs mount ${info.name} MOUNTPOINT\n`);

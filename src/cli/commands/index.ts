@@ -23,6 +23,7 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [string, () => Command]> = 
   ['check', () => require('./check').command],
   ['dump', () => require('./dump').command],
   ['restore', () => require('./restore').command],
+  ['daemon', () => require('./daemon').command],
   ['snapshotter', () => require('./snapshotter').command],
   ['doctor', () => require('./doctor').command],
 ];

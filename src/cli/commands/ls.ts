@@ -1,7 +1,8 @@
 import { formatBytes } from '../../pool/sizes';
 import { snapshotOfLayer } from '../../snapshotter/snapshot-records';
 import type { Command } from '../command';
-import { formatTable, printJson, withPool } from '../output';
+import { formatTable, printJson } from '../output';
+import { withDaemonOrPool } from '../daemon-route';
 
 export const command: Command = {
   name: 'ls',
@@ -16,7 +17,7 @@ export const command: Command = {
   minArgs: 0,
   maxArgs: 0,
   async run(ctx) {
-    const layers = await withPool(ctx, (pool) => pool.store.listLayers());
+    const layers = await withDaemonOrPool(ctx, (daemon) => daemon.listLayers(), (pool) => pool.store.listLayers());
     const snapshots = layers.map((l) => snapshotOfLayer(l));
     if (ctx.json) {
       printJson(ctx, layers.map((l, i) => {

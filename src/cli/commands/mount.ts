@@ -1,29 +1,20 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, promises as fsp, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { Pool } from '../../api';
 import { DmfsError, dmfsError, ERROR_CODES, isDmfsError, type ErrorCode } from '../../errors';
 import type { AtimeMode } from '../../fs/access-times';
-import { MountService, type StopResult } from '../../fs/mount-service';
-import {
-  DAEMON_ARG,
-  findMount,
-  FUSE_FSTYPE,
-  isRecordOwnerAlive,
-  mountRunPaths,
-  probeMountpoint,
-  readMountRecord,
-  removeFile,
-  unmountFuse,
-  writeMountRecord,
-  type MountRecord,
-} from '../../fs/mount-table';
-import { assertOutsidePool } from '../../pool/pool-guard';
+import type { MountService, StopResult } from '../../fs/mount-service';
+import { DAEMON_ARG, mountRunPaths, removeFile, writeMountRecord, type MountRecord } from '../../fs/mount-table';
+import { assertMountpointOutsidePool, prepareMountpoint } from '../../fs/mountpoint-prep';
 import { poolPaths } from '../../pool/pool-paths';
 import { currentProcess } from '../../pool/process-identity';
 import { explainUnwrappedError } from '../system-errors';
 import type { Command, CommandContext } from '../command';
-import { requireFullMetadataVerify } from '../../pool/metadata-gate';
+import type { MountResult } from '../../service/control-protocol';
+import { mountAccessFor } from '../../fs/mount-access';
+import { daemonFor } from '../daemon-route';
+
+export { assertMountpointOutsidePool, prepareMountpoint };
 
 /** What the daemon needs to serve one mount; crosses the process boundary as JSON. */
 export interface MountSpec {
@@ -34,55 +25,12 @@ export interface MountSpec {
   allowOther: boolean;
   /** When reads move atime (fs/access-times.ts); absent: relatime. */
   atime?: AtimeMode;
+  /** Honour setuid bits / device nodes (root only; default off: fs/mount-access.ts). */
+  suid?: boolean;
+  dev?: boolean;
 }
 
-export interface MountResult {
-  layer: string;
-  mountpoint: string;
-  readOnly: boolean;
-  pid: number;
-  log: string | null;
-  /** A dead mount (daemon gone) at the mountpoint was cleaned up first. */
-  recovered: boolean;
-  /** The FUSE transport serving the mount (see chooseTransport in fs/mount-service). */
-  transport: 'kernel' | 'libfuse2';
-}
-
-/**
- * A mountpoint may be neither in the pool (the daemon would then write its run record, and
- * every later command its data, through the mount into the layer) nor above it (the mount
- * would hide the pool's files from every other process). PATH_IN_POOL, exit 2. Both the CLI
- * (and mount.dmfs, which runs it) and serveMount, the path of the daemon and of Node API
- * callers, run this before touching the mountpoint.
- */
-export function assertMountpointOutsidePool(root: string, mountpoint: string): void {
-  assertOutsidePool(root, mountpoint, 'mountpoint', { refuseAncestor: true });
-}
-
-/** Makes the mountpoint usable: recovers a dead mount, drops stale records, creates the directory. */
-export async function prepareMountpoint(mountpoint: string, runDir: string): Promise<{ recovered: boolean }> {
-  const paths = mountRunPaths(runDir, mountpoint);
-  let recovered = false;
-  let state = await probeMountpoint(mountpoint);
-  if (state === 'dead') {
-    await unmountFuse(mountpoint, { lazy: true });
-    await removeFile(paths.record);
-    recovered = true;
-    state = await probeMountpoint(mountpoint);
-  }
-  if (state === 'dead') throw dmfsError('MOUNT_FAILED', `${mountpoint} is a dead mount that could not be detached`);
-  if (state === 'not-dir') throw dmfsError('NOT_DIR', `${mountpoint} is not a directory`);
-  if (state === 'missing') await fsp.mkdir(mountpoint, { recursive: true });
-
-  const rec = await readMountRecord(paths.record);
-  const entry = await findMount(mountpoint);
-  if (entry?.fstype === FUSE_FSTYPE) {
-    const owner = rec && isRecordOwnerAlive(rec) ? ` (layer ${rec.layer}, pid ${rec.pid})` : '';
-    throw dmfsError('LAYER_IN_USE', `${mountpoint} is already a dmfs mount${owner}; run dmfs umount ${mountpoint} first`);
-  }
-  if (rec) await removeFile(paths.record);
-  return { recovered };
-}
+export type { MountResult };
 
 /**
  * Opens the pool and the layer, mounts, records the mount, and serves until unmounted.
@@ -91,6 +39,10 @@ export async function prepareMountpoint(mountpoint: string, runDir: string): Pro
 export async function serveMount(spec: MountSpec, hooks: { log: (line: string) => void; onReady: (r: MountResult) => void | Promise<void>; logFile: string | null; recovered: boolean }): Promise<StopResult> {
   assertMountpointOutsidePool(spec.root, spec.mountpoint);
   const paths = mountRunPaths(poolPaths(spec.root).runDir, spec.mountpoint);
+  // Loaded here: a mount the pool's daemon serves needs none of this in the CLI process.
+  const [{ Pool }, { MountService: Service }, { requireFullMetadataVerify }] = await Promise.all([
+    import('../../api'), import('../../fs/mount-service'), import('../../pool/metadata-gate'),
+  ]);
   requireFullMetadataVerify(); // a mount lives long; walk data.mdb before LMDB opens it
   const pool = await Pool.open(spec.root);
   let result: StopResult | null = null;
@@ -101,7 +53,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     const layer = await pool.store.openLayer(spec.layer, { readOnly: spec.readOnly, mountpoint: spec.mountpoint });
     let service: MountService;
     try {
-      service = await MountService.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, atime: spec.atime, log: hooks.log });
+      service = await Service.start({ layer, mountpoint: spec.mountpoint, allowOther: spec.allowOther, atime: spec.atime, suid: Boolean(spec.suid), dev: Boolean(spec.dev), log: hooks.log });
     } catch (err) {
       await layer.close().catch(() => undefined);
       throw err;
@@ -119,7 +71,7 @@ export async function serveMount(spec: MountSpec, hooks: { log: (line: string) =
     };
     try {
       await writeMountRecord(paths.record, rec);
-      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered, transport: service.transport });
+      await hooks.onReady({ layer: spec.layer, mountpoint: spec.mountpoint, readOnly: layer.readOnly, pid: process.pid, log: hooks.logFile, recovered: hooks.recovered, transport: service.transport, servedBy: 'process' });
     } catch (err) {
       await service.stop('start-up failed');
       throw err;
@@ -212,7 +164,8 @@ function report(ctx: CommandContext, r: MountResult): void {
     return;
   }
   const how = `${r.readOnly ? 'read-only' : 'read-write'}, ${r.transport} transport`;
-  const where = r.log ? `, pid ${r.pid}, log ${r.log}` : '';
+  const by = r.servedBy === 'daemon' ? `, served by the pool's daemon (pid ${r.pid})` : r.log ? `, pid ${r.pid}` : '';
+  const where = `${by}${r.log ? `, log ${r.log}` : ''}`;
   if (r.recovered) ctx.stderr.write(`dmfs mount: cleaned up a dead mount at ${r.mountpoint}\n`);
   ctx.stdout.write(`mounted ${r.layer} at ${r.mountpoint} (${how}${where})\n`);
 }
@@ -220,12 +173,16 @@ function report(ctx: CommandContext, r: MountResult): void {
 export const command: Command = {
   name: 'mount',
   summary: 'Mount a layer with FUSE (images read-only, containers read-write)',
-  usage: 'NAME MOUNTPOINT [--ro] [--foreground] [--allow-other] [--noatime | --strictatime]',
+  usage: 'NAME MOUNTPOINT [--ro] [--foreground] [--allow-other] [--suid] [--dev] [--noatime | --strictatime]',
   description: [
-    'Mounts layer NAME at MOUNTPOINT (created if missing) and returns once the mount is live,',
-    'leaving a background process that serves it (pid and log under POOL/run/). Image layers',
+    'Mounts layer NAME at MOUNTPOINT (created if missing) and returns once the mount is live.',
+    "When the pool's daemon runs (dmfs daemon start), it serves the mount; otherwise a",
+    'background process of its own does (pid and log under POOL/run/). Image layers',
     'and the base are always read-only; container layers are read-write unless --ro.',
     'A dead mount left at MOUNTPOINT by a crashed daemon is cleaned up first.',
+    '',
+    'As root every user may enter (allow_other, permissions checked by the kernel from the',
+    'modes), and setuid bits and device nodes are not honoured unless --suid / --dev.',
     '',
     'Unmount with `dmfs umount MOUNTPOINT`; `umount` or `fusermount -u` work too, and the',
     'daemon then flushes, commits and exits on its own.',
@@ -236,7 +193,9 @@ export const command: Command = {
   options: [
     { name: 'ro', type: 'boolean', description: 'mount read-only' },
     { name: 'foreground', type: 'boolean', short: 'f', description: 'serve in this process until unmounted or SIGINT/SIGTERM' },
-    { name: 'allow-other', type: 'boolean', description: 'let other users in (the kernel checks permissions: default_permissions)' },
+    { name: 'allow-other', type: 'boolean', description: 'let other users in (the kernel checks permissions: default_permissions); the default as root' },
+    { name: 'suid', type: 'boolean', description: 'honour setuid/setgid bits (root only; default nosuid)' },
+    { name: 'dev', type: 'boolean', description: 'honour device nodes (root only; default nodev)' },
     { name: 'noatime', type: 'boolean', description: 'reads never move atime' },
     { name: 'strictatime', type: 'boolean', description: 'every read dmfs serves moves atime (default: relatime)' },
   ],
@@ -246,15 +205,25 @@ export const command: Command = {
     const [layer, mpArg] = ctx.args;
     if (!layer) throw dmfsError('USAGE', 'layer name is empty');
     if (ctx.opts.noatime && ctx.opts.strictatime) throw dmfsError('USAGE', '--noatime and --strictatime exclude each other: give one');
+    const access = mountAccessFor({ allowOther: ctx.opts['allow-other'] ? true : undefined, suid: Boolean(ctx.opts.suid), dev: Boolean(ctx.opts.dev) });
     const spec: MountSpec = {
       root: path.resolve(ctx.root),
       layer,
       mountpoint: path.resolve(mpArg),
       readOnly: Boolean(ctx.opts.ro),
-      allowOther: Boolean(ctx.opts['allow-other']),
+      ...access,
       atime: ctx.opts.noatime ? 'noatime' : ctx.opts.strictatime ? 'strictatime' : 'relatime',
     };
     assertMountpointOutsidePool(spec.root, spec.mountpoint);
+    const daemon = ctx.opts.foreground ? null : await daemonFor(ctx);
+    if (daemon) {
+      try {
+        report(ctx, await daemon.mount({ layer, mountpoint: spec.mountpoint, readOnly: spec.readOnly, atime: spec.atime, ...access }));
+      } finally {
+        await daemon.close();
+      }
+      return 0;
+    }
     const { recovered } = await prepareMountpoint(spec.mountpoint, poolPaths(spec.root).runDir);
     if (!ctx.opts.foreground) {
       report(ctx, await spawnDaemon(spec, recovered));

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Pool } from '../../api';
 import { dmfsError, isDmfsError } from '../../errors';
 import { poolPaths } from '../../pool/pool-paths';
+import { DaemonClient } from '../../service/control-client';
 import { liveMountRecords } from '../../store/metadata-restore';
 import { parseSizeBytes, formatBytes } from '../../pool/sizes';
 import type { Command, CommandContext } from '../command';
@@ -120,6 +121,12 @@ function poolDamage(err: unknown): boolean {
 
 async function destroy(ctx: CommandContext): Promise<number> {
   if (!ctx.opts.force) throw dmfsError('USAGE', `this deletes every layer in ${ctx.root}; run 'dmfs pool destroy --force' to confirm`);
+  // The pool's daemon has it open (and would recreate run/ under it): stop it first.
+  const daemon = await DaemonClient.connect(ctx.root);
+  if (daemon) {
+    await daemon.close();
+    throw dmfsError('POOL_LOCKED', `the pool's daemon serves ${ctx.root}; stop it first (dmfs daemon stop --root ${ctx.root})`);
+  }
   let damaged: Error | null = null;
   try {
     await withPool(ctx, async (pool) => {

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { dmfsError } from '../../errors';
+import { dmfsError, isDmfsError } from '../../errors';
+import { DaemonClient } from '../../service/control-client';
 import {
   findMount,
   FUSE_FSTYPE,
@@ -14,26 +15,31 @@ import {
 } from '../../fs/mount-table';
 import { poolPaths } from '../../pool/pool-paths';
 import type { Command } from '../command';
+import type { UnmountResult } from '../../service/control-protocol';
 
-export interface UmountResult {
-  mountpoint: string;
-  layer: string | null;
-  /** The daemon that served the mount, when it was found under this pool root. */
-  pid: number | null;
-  /** The mount was dead (its daemon had died) and was detached. */
-  recovered: boolean;
-  /** True once the daemon has synced, committed and exited (null: no daemon to wait for). */
-  flushed: boolean | null;
-}
+/** UnmountResult: pid is the process that served the mount (when found under this pool root), recovered says a dead mount was detached, flushed that the data was synced and committed (null: not waited for). */
+export type UmountResult = UnmountResult;
 
 /** How long a daemon may take to sync and close after the unmount. */
 const DAEMON_EXIT_TIMEOUT_MS = 120_000;
 
 export async function umount(mountpointArg: string, root: string, opts: { lazy?: boolean } = {}): Promise<UmountResult> {
   const mountpoint = path.resolve(mountpointArg);
+  const daemon = await DaemonClient.connect(root);
+  if (daemon) {
+    try {
+      return await daemon.unmount({ mountpoint, lazy: Boolean(opts.lazy) });
+    } catch (err) {
+      // Not one of the daemon's mounts: a mount process of its own may serve it.
+      if (!isDmfsError(err, 'NOT_MOUNTED')) throw err;
+    } finally {
+      await daemon.close();
+    }
+  }
   const paths = mountRunPaths(poolPaths(root).runDir, mountpoint);
   const rec = await readMountRecord(paths.record);
-  const daemonPid = rec && isRecordOwnerAlive(rec) ? rec.pid : null;
+  // A daemon serves other mounts too: it is never signalled to end one (its control API does that).
+  const daemonPid = rec && isRecordOwnerAlive(rec) && !rec.servedByDaemon ? rec.pid : null;
 
   if ((await probeMountpoint(mountpoint)) === 'dead') {
     // The daemon died and left the kernel mount behind: detach it, drop its record.

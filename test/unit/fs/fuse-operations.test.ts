@@ -136,3 +136,36 @@ describe('fuse operations: entries, handles and errors', () => {
     expect(seen).toHaveLength(2);
   });
 });
+
+describe('fuse operations: a table taking over a live mount (daemon worker restart)', () => {
+  it('serves handles its predecessor opened: writes and reads by node, an unknown release is a no-op, an unknown directory handle lists afresh', async () => {
+    const layer = new MemoryLayerFs();
+    const before = table(layer);
+    before.init(NO_FEATURES);
+    const { entry, open } = await before.create(root, ROOT_NODE_ID, 'f', 0o644, fsConstants.O_RDWR);
+    await before.mkdir(root, ROOT_NODE_ID, 'd', 0o755);
+    const dirFh = before.opendir(root, ROOT_NODE_ID, 0).fh;
+    // The new worker's table on the same layer knows none of these handles.
+    const after = table(layer);
+    after.init(NO_FEATURES);
+    await after.write(root, entry.nodeId, open.fh, Buffer.from('kept'), 0, false);
+    const buf = Buffer.alloc(8);
+    expect(await after.read(root, entry.nodeId, open.fh, buf, 0)).toBe(4);
+    expect(buf.subarray(0, 4).toString()).toBe('kept');
+    await expect(after.release(root, entry.nodeId, open.fh)).resolves.toBeUndefined();
+    expect(after.openHandles).toBe(0);
+    const page = await after.readdir(root, ROOT_NODE_ID, dirFh, 0, false);
+    expect(page.entries.map((e) => e.name).sort()).toEqual(['.', '..', 'd', 'f']);
+    after.releasedir(root, ROOT_NODE_ID, dirFh);
+  });
+
+  it('hands out handles from a random start, so a successor does not reuse its predecessor\'s numbers', async () => {
+    const fhs = await Promise.all([1, 2, 3].map(async () => {
+      const ops = table(new MemoryLayerFs());
+      ops.init(NO_FEATURES);
+      return (await ops.create(root, ROOT_NODE_ID, 'f', 0o644, fsConstants.O_RDWR)).open.fh;
+    }));
+    expect(new Set(fhs).size).toBe(3);
+    for (const fh of fhs) expect(fh).toBeGreaterThan(0);
+  });
+});

@@ -68,12 +68,12 @@ describe('chooseTransport', () => {
 });
 
 describe('mount options', () => {
-  const rw = { source: 'dmfs:web 1', readOnly: false, suidDev: false };
+  const rw = { source: 'dmfs:web 1', readOnly: false, suid: false, dev: false };
 
   test('mount(8) gets the device fd and owner; fusermount gets fsname and subtype and adds those itself', () => {
     expect(kernelMountOptions(rw, 0, 0)).toBe('fd=3,rootmode=40000,user_id=0,group_id=0,rw,nosuid,nodev');
     expect(fusermountOptions(rw)).toBe('fsname=dmfs:web_1,subtype=dmfs,rw,nosuid,nodev');
     expect(fusermountOptions({ ...rw, readOnly: true, allowOther: true })).toBe('fsname=dmfs:web_1,subtype=dmfs,allow_other,default_permissions,ro,nosuid,nodev');
-    expect(kernelMountOptions({ ...rw, suidDev: true }, 0, 0)).toBe('fd=3,rootmode=40000,user_id=0,group_id=0,rw');
+    expect(kernelMountOptions({ ...rw, suid: true, dev: true }, 0, 0)).toBe('fd=3,rootmode=40000,user_id=0,group_id=0,rw');
   });
 });

@@ -1,0 +1,98 @@
+/**
+ * Services the pool daemon hosts on its opened pool (a containerd snapshotter, ...): each
+ * is started and stopped by name through the control API and stopped before the pool
+ * closes. A service owns no pool of its own: it gets the daemon's (ServiceContext).
+ */
+import type { Pool } from '../api';
+import { dmfsError } from '../errors';
+import type { ServiceStatus } from './control-protocol';
+
+export interface ServiceContext {
+  pool: Pool;
+  /** The daemon's log (one line per call). */
+  log: (line: string) => void;
+}
+
+/** A service the daemon can host. start() resolves once it serves; stop() once it has let go of the pool. */
+export interface HostedService {
+  readonly name: string;
+  start(ctx: ServiceContext): Promise<void>;
+  stop(): Promise<void>;
+  /** What it reports of itself in `dmfs daemon status` (addresses, counts). */
+  detail?(): Record<string, unknown>;
+}
+
+interface Entry {
+  service: HostedService;
+  state: ServiceStatus['state'];
+  error: string | null;
+}
+
+export class HostedServices {
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(private readonly ctx: ServiceContext) {}
+
+  /** Makes a service known (stopped); a second one of the same name is refused. */
+  register(service: HostedService): void {
+    if (!/^[a-z][a-z0-9-]{0,62}$/.test(service.name)) throw dmfsError('INVALID', `service name '${service.name}' must be lower-case letters, digits and dashes`);
+    if (this.entries.has(service.name)) throw dmfsError('EXISTS', `a service named '${service.name}' is already registered`);
+    this.entries.set(service.name, { service, state: 'stopped', error: null });
+  }
+
+  list(): ServiceStatus[] {
+    return [...this.entries.keys()].map((name) => this.status(name));
+  }
+
+  status(name: string): ServiceStatus {
+    const e = this.entry(name);
+    return { name, state: e.state, error: e.error, detail: e.state === 'running' ? e.service.detail?.() ?? {} : {} };
+  }
+
+  async start(name: string): Promise<ServiceStatus> {
+    const e = this.entry(name);
+    if (e.state === 'running' || e.state === 'starting') return this.status(name);
+    if (e.state === 'stopping') throw dmfsError('LAYER_IN_USE', `service '${name}' is stopping; start it again once it has stopped`);
+    e.state = 'starting';
+    try {
+      await e.service.start(this.ctx);
+      e.state = 'running';
+      e.error = null;
+      this.ctx.log(`service ${name} started`);
+    } catch (err) {
+      e.state = 'failed';
+      e.error = (err as Error).message;
+      this.ctx.log(`service ${name} failed to start: ${e.error}`);
+      throw err;
+    }
+    return this.status(name);
+  }
+
+  async stop(name: string): Promise<ServiceStatus> {
+    const e = this.entry(name);
+    if (e.state !== 'running' && e.state !== 'failed') return this.status(name);
+    e.state = 'stopping';
+    try {
+      await e.service.stop();
+      e.state = 'stopped';
+      this.ctx.log(`service ${name} stopped`);
+    } catch (err) {
+      e.state = 'failed';
+      e.error = (err as Error).message;
+      this.ctx.log(`service ${name} failed to stop: ${e.error}`);
+      throw err;
+    }
+    return this.status(name);
+  }
+
+  /** Stops every running service; failures are logged, not thrown (the pool closes next). */
+  async stopAll(): Promise<void> {
+    for (const name of this.entries.keys()) await this.stop(name).catch(() => undefined);
+  }
+
+  private entry(name: string): Entry {
+    const e = this.entries.get(name);
+    if (!e) throw dmfsError('NOT_FOUND', `no service named '${name}' (known: ${[...this.entries.keys()].join(', ') || 'none'})`);
+    return e;
+  }
+}

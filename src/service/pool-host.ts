@@ -1,0 +1,279 @@
+/**
+ * One opened pool serving many mounts from one process: the heart of `dmfs daemon`, and
+ * what Pool.connect gives when no daemon runs. Every mount shares the pool's LMDB
+ * environment, caches and buffers; each is a MountService over a layer opened from the
+ * one store, recorded in the pool's run directory like a mount process's (with
+ * servedByDaemon, so nothing signals this process to end one mount).
+ *
+ * Public methods validate their request (it may come from the control socket as JSON);
+ * a mountpoint being mounted or unmounted is busy to a second call until the first ends.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Pool } from '../api';
+import { dmfsError } from '../errors';
+import { mountAccessFor } from '../fs/mount-access';
+import { MountService } from '../fs/mount-service';
+import { findMount, mountRunPaths, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
+import { assertMountpointOutsidePool, prepareMountpoint } from '../fs/mountpoint-prep';
+import { poolPaths } from '../pool/pool-paths';
+import { currentProcess } from '../pool/process-identity';
+import type { LayerInfo } from '../store/layer-store';
+import type { CreateLayerRequest, MountRequest, MountResult, ServedMount, UnmountRequest, UnmountResult } from './control-protocol';
+import { HostedServices } from './hosted-services';
+import type { PoolClient } from './pool-client';
+
+interface HostedMount {
+  service: MountService;
+  layer: string;
+  readOnly: boolean;
+  startedMs: number;
+}
+
+export interface PoolHostOptions {
+  log?: (line: string) => void;
+  /** The log file lines go to (shown in mount results), if any. */
+  logFile?: string | null;
+  /** This host is the pool's daemon (mount results say so). */
+  daemon?: boolean;
+  /**
+   * Told of every kernel-transport mount once it serves (before the mount's caller hears of
+   * it) and of its end: the daemon's supervisor keeps the descriptors (worker-link.ts).
+   */
+  onServed?: (m: HandedOverMount) => Promise<void>;
+  onReleased?: (mountpoint: string) => void;
+}
+
+/** A mount as a restarted worker takes it over: what it serves and how the kernel was set up. */
+export interface HandedOverMount {
+  layer: string;
+  mountpoint: string;
+  readOnly: boolean;
+  fd: number;
+  initFlags: number;
+}
+
+/** How long a normal unmount waits for the session to end before closing anyway. */
+const SESSION_END_TIMEOUT_MS = 5000;
+
+function atimeOf(v: unknown): 'relatime' | 'strictatime' | 'noatime' {
+  if (v === undefined) return 'relatime';
+  if (v === 'relatime' || v === 'strictatime' || v === 'noatime') return v;
+  throw dmfsError('USAGE', `atime must be relatime, strictatime or noatime, not ${JSON.stringify(v)}`);
+}
+
+function requireString(v: unknown, what: string): string {
+  if (typeof v !== 'string' || v === '') throw dmfsError('USAGE', `${what} must be a non-empty string`);
+  return v;
+}
+
+function optionalBoolean(v: unknown, what: string): boolean | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw dmfsError('USAGE', `${what} must be true or false`);
+  return v;
+}
+
+function requireAbsolute(v: unknown, what: string): string {
+  const p = requireString(v, what);
+  if (!path.isAbsolute(p)) throw dmfsError('USAGE', `${what} must be an absolute path, got '${p}'`);
+  return path.resolve(p);
+}
+
+export class PoolHost implements PoolClient {
+  readonly viaDaemon = false;
+  readonly services: HostedServices;
+  readonly startedMs = Date.now();
+  private readonly mounts = new Map<string, HostedMount>();
+  /** Mountpoints with a mount or unmount under way. */
+  private readonly busy = new Set<string>();
+  private closing: Promise<void> | null = null;
+  private readonly log: (line: string) => void;
+
+  private constructor(readonly pool: Pool, private readonly opts: PoolHostOptions) {
+    this.log = opts.log ?? (() => undefined);
+    this.services = new HostedServices({ pool, log: this.log });
+  }
+
+  static async open(root: string, opts: PoolHostOptions = {}): Promise<PoolHost> {
+    return new PoolHost(await Pool.open(root), opts);
+  }
+
+  get root(): string {
+    return this.pool.root;
+  }
+
+  async createLayer(req: CreateLayerRequest): Promise<LayerInfo> {
+    this.assertOpen();
+    const name = requireString(req?.name, 'name');
+    const kind = req.kind ?? 'container';
+    if (kind !== 'container' && kind !== 'image') throw dmfsError('USAGE', `kind must be 'container' or 'image', got '${String(kind)}'`);
+    if (req.sizeLimitBytes !== undefined && !(Number.isSafeInteger(req.sizeLimitBytes) && req.sizeLimitBytes > 0)) {
+      throw dmfsError('USAGE', 'sizeLimitBytes must be a positive integer');
+    }
+    const labels = req.labels ?? {};
+    if (typeof labels !== 'object' || Object.values(labels).some((v) => typeof v !== 'string')) throw dmfsError('USAGE', 'labels must map names to strings');
+    return this.pool.store.createLayer(name, {
+      kind,
+      parent: req.parent === undefined ? 'base' : requireString(req.parent, 'parent'),
+      labels,
+      ...(req.sizeLimitBytes !== undefined ? { sizeLimitBytes: req.sizeLimitBytes } : {}),
+    });
+  }
+
+  async listLayers(): Promise<LayerInfo[]> {
+    this.assertOpen();
+    return this.pool.store.listLayers();
+  }
+
+  async mount(req: MountRequest): Promise<MountResult> {
+    this.assertOpen();
+    const layerName = requireString(req?.layer, 'layer');
+    const mountpoint = requireAbsolute(req.mountpoint, 'mountpoint');
+    const readOnly = optionalBoolean(req.readOnly, 'readOnly') ?? false;
+    const access = mountAccessFor({
+      allowOther: optionalBoolean(req.allowOther, 'allowOther'),
+      suid: optionalBoolean(req.suid, 'suid'),
+      dev: optionalBoolean(req.dev, 'dev'),
+    });
+    assertMountpointOutsidePool(this.root, mountpoint);
+    this.claim(mountpoint);
+    try {
+      const runDir = poolPaths(this.root).runDir;
+      const { recovered } = await prepareMountpoint(mountpoint, runDir);
+      const layer = await this.pool.store.openLayer(layerName, { readOnly, mountpoint });
+      let service: MountService;
+      try {
+        service = await MountService.start({ layer, mountpoint, ...access, atime: atimeOf(req.atime), log: this.log });
+      } catch (err) {
+        await layer.close().catch(() => undefined);
+        throw err;
+      }
+      try {
+        await this.serving(mountpoint, layerName, service);
+      } catch (err) {
+        await service.stop('start-up failed');
+        throw err;
+      }
+      return { layer: layerName, mountpoint, readOnly: layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
+    } finally {
+      this.busy.delete(mountpoint);
+    }
+  }
+
+  /**
+   * Takes over mounts a previous worker served (their descriptors handed down by the
+   * supervisor). One that cannot be served (its layer gone, ...) is detached lazily, so it
+   * is not left answering ENOTCONN; its descriptor is closed.
+   */
+  async adoptMounts(mounts: HandedOverMount[]): Promise<void> {
+    for (const m of mounts) {
+      try {
+        const layer = await this.pool.store.openLayer(m.layer, { readOnly: m.readOnly, mountpoint: m.mountpoint });
+        try {
+          const { service } = await MountService.adopt({ layer, mountpoint: m.mountpoint, handoff: { fd: m.fd, initFlags: m.initFlags }, log: this.log });
+          await this.serving(m.mountpoint, m.layer, service, true);
+        } catch (err) {
+          await layer.close().catch(() => undefined);
+          throw err;
+        }
+      } catch (err) {
+        this.log(`cannot take over ${m.mountpoint} (layer ${m.layer}): ${(err as Error).message}; detaching it`);
+        try {
+          fs.closeSync(m.fd);
+        } catch {
+          /* already closed */
+        }
+        if (await findMount(m.mountpoint).catch(() => null)) await unmountFuse(m.mountpoint, { lazy: true }).catch(() => undefined);
+        this.opts.onReleased?.(m.mountpoint);
+      }
+    }
+  }
+
+  /** Records a live mount (run record, supervisor) and forgets it when it ends. */
+  private async serving(mountpoint: string, layerName: string, service: MountService, adopted = false): Promise<void> {
+    const record = mountRunPaths(poolPaths(this.root).runDir, mountpoint).record;
+    await writeMountRecord(record, {
+      version: 1, ...currentProcess(), layer: layerName, mountpoint, readOnly: service.layer.readOnly, root: this.root,
+      startedMs: Date.now(), log: this.opts.logFile ?? '', servedByDaemon: true,
+    });
+    const handoff = service.kernelHandoff();
+    if (handoff && !adopted) await this.opts.onServed?.({ layer: layerName, mountpoint, readOnly: service.layer.readOnly, ...handoff });
+    this.mounts.set(mountpoint, { service, layer: layerName, readOnly: service.layer.readOnly, startedMs: Date.now() });
+    void service.stopped.then(async (r) => {
+      this.mounts.delete(mountpoint);
+      this.opts.onReleased?.(mountpoint);
+      await removeFile(record).catch(() => undefined);
+      if (r.error) this.log(`${mountpoint}: ended with an error: ${r.error.message}`);
+    });
+  }
+
+  async unmount(req: UnmountRequest): Promise<UnmountResult> {
+    this.assertOpen();
+    const mountpoint = requireAbsolute(req?.mountpoint, 'mountpoint');
+    const lazy = optionalBoolean(req.lazy, 'lazy') ?? false;
+    const m = this.mounts.get(mountpoint);
+    if (!m) throw dmfsError('NOT_MOUNTED', `${mountpoint} is not a mount served by this process (pid ${process.pid})`);
+    this.claim(mountpoint);
+    try {
+      // Fails with LAYER_IN_USE while files are open there, leaving the mount as it was.
+      await unmountFuse(mountpoint, { lazy });
+      if (lazy) return { mountpoint, layer: m.layer, pid: process.pid, recovered: false, flushed: null };
+      // The session ends by itself once the kernel lets go; stop() then syncs and closes.
+      const timeout = new Promise<null>((r) => setTimeout(() => r(null), SESSION_END_TIMEOUT_MS).unref());
+      const result = (await Promise.race([m.service.stopped, timeout])) ?? (await m.service.stop('unmounted'));
+      if (result.error) throw dmfsError('IO_ERROR', `unmounted ${mountpoint}, but the final sync failed: ${result.error.message}`, result.error);
+      return { mountpoint, layer: m.layer, pid: process.pid, recovered: false, flushed: true };
+    } finally {
+      this.busy.delete(mountpoint);
+    }
+  }
+
+  served(): ServedMount[] {
+    return [...this.mounts.entries()].map(([mountpoint, m]) => ({
+      layer: m.layer, mountpoint, readOnly: m.readOnly, transport: m.service.transport, startedMs: m.startedMs, openHandles: m.service.openHandles,
+    }));
+  }
+
+  /**
+   * Stops the hosted services, unmounts every mount (lazily where files are open: they
+   * lose access, as at a mount process's SIGTERM), syncs, and closes the pool. Idempotent.
+   */
+  close(): Promise<void> {
+    if (!this.closing) this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    await this.services.stopAll();
+    const results = await Promise.all([...this.mounts.values()].map((m) => m.service.stop('the pool is closing')));
+    for (const r of results) if (r.error) this.log(`a mount ended with an error: ${r.error.message}`);
+    await this.pool.close();
+  }
+
+  private claim(mountpoint: string): void {
+    if (this.busy.has(mountpoint)) throw dmfsError('LAYER_IN_USE', `${mountpoint} is being mounted or unmounted; try again once that is done`);
+    this.busy.add(mountpoint);
+  }
+
+  private assertOpen(): void {
+    if (this.closing) throw dmfsError('POOL_LOCKED', `the pool ${this.root} is closing`);
+  }
+}
+
+/** Resident and proportional set size of this process, from /proc/self/smaps_rollup (PSS null where the kernel has none). */
+export function processMemory(pid: number | 'self' = 'self'): { rssBytes: number; pssBytes: number | null } {
+  let rssBytes = pid === 'self' ? process.memoryUsage().rss : 0;
+  let pssBytes: number | null = null;
+  try {
+    const text = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    const kb = (field: string) => {
+      const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+      return m ? Number(m[1]) * 1024 : null;
+    };
+    rssBytes = kb('Rss') ?? rssBytes;
+    pssBytes = kb('Pss');
+  } catch {
+    /* no smaps_rollup: RSS from Node only */
+  }
+  return { rssBytes, pssBytes };
+}
