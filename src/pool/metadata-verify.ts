@@ -503,20 +503,31 @@ export function describeDamage(report: MetadataVerifyReport, max = 5): string {
   return lines.join('; ');
 }
 
-/** Walks racing a committing writer are repeated this many times before the result is trusted. */
-const MAX_RACING_WALKS = 4;
+/**
+ * How long walks that raced committing writers are repeated before the last one is trusted.
+ * Several dmfs commands committing at once (a burst of `dmfs create`) can race a few walks
+ * in a row: each walk that raced is repeated after a pause that grows (1 ms doubling to 50
+ * ms, jittered), so the walk finds a gap between commits.
+ */
+const RACING_WALKS_BUDGET_MS = 3000;
+
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
 
 /**
  * Walks `file` until no committing writer raced the walk (meta txnids equal before and
- * after), at most MAX_RACING_WALKS times. LMDB never rewrites a page of the newest two
- * snapshots, so a walk that saw the same metas at both ends read a consistent file.
+ * after), for at most RACING_WALKS_BUDGET_MS. LMDB never rewrites a page of the newest two
+ * snapshots, so a walk that saw the same metas at both ends read a consistent file; one
+ * that raced may have read pages recycled by later commits (a "page txnid newer than the
+ * snapshot"), which says nothing about damage.
  */
 export function verifyMetadataStable(file: string): MetadataVerifyReport {
+  const deadline = Date.now() + RACING_WALKS_BUDGET_MS;
   let report = verifyMetadataFile(file);
-  for (let i = 1; i < MAX_RACING_WALKS && !report.sound; i++) {
+  for (let pauseMs = 1; !report.sound && Date.now() < deadline; pauseMs = Math.min(pauseMs * 2, 50)) {
     const before = report.metas.map((m) => m.txnid).join();
     const now = metaTxnids(file).join();
     if (before === now) break;
+    Atomics.wait(pauseCell, 0, 0, pauseMs * (1 + Math.random()));
     report = verifyMetadataFile(file);
   }
   return report;
