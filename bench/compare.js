@@ -15,6 +15,7 @@
 // beyond noise" when after is worse than before by more than that noise, on the absolute
 // figure AND on the ratio to fuse-overlayfs (one alone can be the load of a moment).
 const fs = require('node:fs');
+const { fmtNum, median } = require('./lib/util');
 
 function parseArgs(argv) {
   const o = { before: [], after: [], markdown: false };
@@ -36,13 +37,6 @@ function parseArgs(argv) {
     process.exit(2);
   }
   return o;
-}
-
-function median(xs) {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (!s.length) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 function mean(xs) {
@@ -75,13 +69,9 @@ function collect(files) {
   return { rows: out, runs };
 }
 
+/** As the bench's own tables write numbers; a missing figure is a dash. */
 function fmt(x) {
-  if (!Number.isFinite(x)) return '–';
-  const a = Math.abs(x);
-  if (a >= 100) return Math.round(x).toLocaleString('en-US');
-  if (a >= 10) return x.toFixed(1);
-  if (a >= 1) return x.toFixed(2);
-  return x.toPrecision(2);
+  return Number.isFinite(x) ? fmtNum(x) : '–';
 }
 
 function pct(x) {

@@ -86,8 +86,6 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const bs = ops.blockSizeBytes;
   const readBuffers: Buffer[] = [];
   const counts = new Uint32Array(64);
-  /** fuse_setxattr_in is 16 bytes (with setxattr_flags) once SETXATTR_EXT is agreed, else 8. */
-  let setxattrInBytes = 8;
   let agreed: number | null = null;
 
   function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
@@ -170,7 +168,6 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
       return;
     }
     const wanted = TRANSPORT_FLAGS | featureFlags(ops.init(featuresOf(offered)));
-    if (offered & wanted & InitFlag.SETXATTR_EXT) setxattrInBytes = 16;
     agreed = (offered & wanted) >>> 0;
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + INIT_OUT_BYTES);
     writeInitOut(out, OUT_HEADER_BYTES, {
@@ -400,7 +397,10 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
         case Op.SETXATTR: {
           const size = req.readUInt32LE(at);
           const flags = req.readUInt32LE(at + 4);
-          const killSgid = setxattrInBytes === 16 && (req.readUInt32LE(at + 8) & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
+          // fuse_setxattr_in is 16 bytes (with setxattr_flags) once SETXATTR_EXT is agreed, else 8.
+          const ext = agreed !== null && (agreed & InitFlag.SETXATTR_EXT) !== 0;
+          const setxattrInBytes = ext ? 16 : 8;
+          const killSgid = ext && (req.readUInt32LE(at + 8) & FUSE_SETXATTR_ACL_KILL_SGID) !== 0;
           const { name, next } = readName(req, at + setxattrInBytes, len);
           void ops.setxattr(r, node, name, req.subarray(next, next + size), flags, killSgid).then(okTo(session, r), failTo(session, r));
           return;
@@ -446,8 +446,6 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     adoptInit(flags) {
       ops.init(featuresOf(flags));
       agreed = flags >>> 0;
-      // The request layouts the flags chose stay what the kernel sends.
-      if (agreed & InitFlag.SETXATTR_EXT) setxattrInBytes = 16;
     },
     requestCounts() {
       const out: Record<string, number> = {};

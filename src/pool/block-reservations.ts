@@ -132,10 +132,7 @@ export class BlockReservations {
 
   /** Frees blocks reserved by processes that died, and forgets those owners. Returns how many blocks. */
   async reclaimDeadOwners(): Promise<number> {
-    const dead: number[] = [];
-    for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
-      if ((key as number) !== this.ownerId && !isProcessAlive(unpackRecord<OwnerRecord>(value))) dead.push(key as number);
-    }
+    const dead = this.otherOwners().filter((o) => !o.alive).map((o) => o.id);
     let freed = 0;
     for (const ownerId of dead) {
       // Two processes may reclaim the same dead owner at once. What is still reserved to it
@@ -172,10 +169,16 @@ export class BlockReservations {
 
   /** Whether any process other than this one has the pool open. */
   hasOtherLiveOwners(): boolean {
+    return this.otherOwners().some((o) => o.alive);
+  }
+
+  /** Every registered owner but this process, and whether its process still runs. */
+  private otherOwners(): { id: number; alive: boolean }[] {
+    const out: { id: number; alive: boolean }[] = [];
     for (const { key, value } of this.owners.range(0, Number.MAX_SAFE_INTEGER)) {
-      if ((key as number) !== this.ownerId && isProcessAlive(unpackRecord<OwnerRecord>(value))) return true;
+      if ((key as number) !== this.ownerId) out.push({ id: key as number, alive: isProcessAlive(unpackRecord<OwnerRecord>(value)) });
     }
-    return false;
+    return out;
   }
 
   /** Every block reserved by live or dead owners (for check). */
