@@ -32,6 +32,7 @@
 
 mod crc32c;
 mod fd_passing;
+mod file_lock;
 mod fuse_dev;
 mod fuse_mount;
 mod napi;
@@ -44,7 +45,7 @@ use std::ptr::null_mut;
 use sys::{OpErr, OpResult, Seg};
 
 /// Bumped when the exports change incompatibly; the loader refuses other versions.
-const ABI_VERSION: u32 = 3;
+const ABI_VERSION: u32 = 4;
 
 /// Largest fd accepted (fds are C ints).
 const MAX_FD: u64 = i32::MAX as u64;
@@ -424,6 +425,14 @@ unsafe extern "C" fn js_fd_take_from(env: napi_env, info: napi_callback_info) ->
     })
 }
 
+unsafe extern "C" fn js_file_lock(env: napi_env, info: napi_callback_info) -> napi_value {
+    entry::<2>(env, info, |[fd, mode]| {
+        let fd = fd_arg(env, fd, "fd")?;
+        let mode = uint_arg(env, mode, "mode", 2)? as u32;
+        double(env, status(file_lock::set(fd, mode).map(|()| 0)))
+    })
+}
+
 unsafe extern "C" fn js_fuse_mount(env: napi_env, info: napi_callback_info) -> napi_value {
     entry::<5>(env, info, |[source, target, fstype, flags, data]| {
         let mut strings: [&[u8]; 4] = [&[]; 4];
@@ -453,6 +462,7 @@ const EXPORTS: &[(&std::ffi::CStr, unsafe extern "C" fn(napi_env, napi_callback_
     (c"fdSetNonblocking", js_fd_set_nonblocking),
     (c"fuseMount", js_fuse_mount),
     (c"fdTakeFrom", js_fd_take_from),
+    (c"fileLock", js_file_lock),
     (c"copyRange", js_copy_range),
     (c"cloneRange", js_clone_range),
     (c"readBlocks", js_read_blocks),

@@ -28,7 +28,7 @@ export type { BlockIo, ReadBlocksOptions } from './block-io';
 export { FallbackBlockIo, crc32cTable } from './fallback';
 
 /** ABI the wrapper below speaks; must equal ABI_VERSION in native/src/lib.rs. */
-export const NATIVE_ABI_VERSION = 3;
+export const NATIVE_ABI_VERSION = 4;
 
 /** Bytes written and cloned by probeReflink: a multiple of every file system block size. */
 const PROBE_BYTES = 64 * 1024;
@@ -65,7 +65,12 @@ export interface RawAddon {
   fuseMount?(source: Buffer, target: Buffer, fstype: Buffer, flags: number, data: Buffer): number;
   /** pidfd_getfd: a close-on-exec duplicate of descriptor fd of process pid, or -errno. Absent from older addons. */
   fdTakeFrom?(pid: number, fd: number): number;
+  /** flock(2), blocking (EINTR retried): mode 0 unlock, 1 shared, 2 exclusive; 0 or -errno (native/src/file_lock.rs). */
+  fileLock(fd: number, mode: FileLockMode): number;
 }
+
+/** What a whole-file lock holds: 0 nothing, 1 shared, 2 exclusive. */
+export type FileLockMode = 0 | 1 | 2;
 
 /**
  * The addon's FUSE device calls (native/src/fuse_dev.rs, fd_passing.rs), used by the kernel FUSE
@@ -123,6 +128,15 @@ export function loadFuseDevice(mode: string | undefined = process.env.DMFS_NATIV
       takeFrom: raw.fdTakeFrom ?? null,
     },
   };
+}
+
+/**
+ * flock(2) from the addon (src/pool/env-open-lock.ts), or null without it (DMFS_NATIVE=off,
+ * or not built): Node itself has no file locks.
+ */
+export function loadFileLock(mode: string | undefined = process.env.DMFS_NATIVE): RawAddon['fileLock'] | null {
+  if (mode === 'off') return null;
+  return tryLoadNative().blockIo?.addon.fileLock ?? null;
 }
 
 function mountThrough(fuseMount: NonNullable<RawAddon['fuseMount']>): NonNullable<FuseDevice['mount']> {

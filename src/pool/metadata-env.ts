@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
+import { EnvOpenLock } from './env-open-lock';
 import { DmfsError, dmfsError } from '../errors';
 import { AbsentTable } from './absent-table';
 import { proveMetadataSound } from './metadata-gate';
@@ -168,7 +169,13 @@ export class MetadataEnv {
   /** How the format was established at open. */
   formatEvidence: FormatEvidence = 'marker';
 
-  private constructor(private readonly root: RootDatabase<Buffer, Key>, readonly dir: string, readonly readOnly: boolean) {}
+  private constructor(
+    private readonly root: RootDatabase<Buffer, Key>,
+    readonly dir: string,
+    readonly readOnly: boolean,
+    /** Keeps this process's commits and other processes' opens apart (env-open-lock.ts). */
+    private readonly openLock: EnvOpenLock,
+  ) {}
 
   static open(dir: string, opts: MetadataOpenOptions): MetadataEnv {
     const marker = path.join(dir, FORMAT_FILE);
@@ -199,30 +206,20 @@ export class MetadataEnv {
     if (!opts.create) proveMetadataSound(dir);
     if (!readOnly) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (opts.create) fs.writeFileSync(marker, METADATA_FORMAT + '\n', { mode: 0o600 });
-    const root = open<Buffer, Key>({
-      path: dir,
-      maxDbs: 32,
-      noSync: true,
-      encoding: 'binary',
-      mapSize: 64 * 1024 ** 3,
-      maxReaders: 512,
-      readOnly,
-      // No write map: with it, commits write dirty pages in place in the shared map and
-      // data.mdb is a sparse file of the full map size, so on a full host file system the
-      // first page the host cannot back kills the process with SIGBUS. pwrite instead
-      // fails with ENOSPC and the transaction rolls back. Measured cost (bench/writemap-cost.js,
-      // 2 shared cores, noisy): a bare 3-put commit 12 -> 27 us; store operations mostly
-      // 25-50% slower (mknod 81-107 -> 114-133 us, 64 KiB block write 112-139 -> 142-199 us).
-      // A write map with fallocated headroom cannot bound the pages one large transaction
-      // touches, so it cannot promise "no SIGBUS ever".
-      useWritemap: false,
-    });
-    const env = new MetadataEnv(root, dir, readOnly);
+    const openLock = EnvOpenLock.acquire(dir, readOnly);
+    let root: RootDatabase<Buffer, Key>;
+    try {
+      root = openLock.whileOpening(() => openEnvironment(dir, readOnly));
+    } catch (err) {
+      openLock.release();
+      throw err;
+    }
+    const env = new MetadataEnv(root, dir, readOnly, openLock);
     try {
       env.establishFormat(opts, markerOk);
       if (!readOnly) env.reserveHostSpace(true);
     } catch (err) {
-      void root.close();
+      void env.closeEnvironment();
       throw err;
     }
     return env;
@@ -310,7 +307,9 @@ export class MetadataEnv {
   table(name: string): Table {
     let t = this.tables.get(name);
     if (!t) {
-      const db = this.root.openDB<Buffer, Key>({ name, encoding: 'binary' }) as Database<Buffer, Key> | undefined;
+      // Opening a table the file lacks creates it: a write transaction of lmdb's own.
+      const openDb = () => this.root.openDB<Buffer, Key>({ name, encoding: 'binary' }) as Database<Buffer, Key> | undefined;
+      const db = this.inTxn || this.readOnly ? openDb() : this.openLock.whileCommitting(openDb);
       // Read-only, a table the file does not have yet opens as nothing (see AbsentTable).
       t = db === undefined ? new AbsentTable(name) : new LmdbTable(db);
       this.tables.set(name, t);
@@ -396,7 +395,7 @@ export class MetadataEnv {
 
   /** One LMDB write transaction committed before returning; tests replace it to inject commit failures. */
   private commitSync(body: () => unknown): void {
-    this.root.transactionSync(body, TXN_FLAGS);
+    this.openLock.whileCommitting(() => this.root.transactionSync(body, TXN_FLAGS));
   }
 
   private forgetTablesOpenedInTxn(): void {
@@ -451,8 +450,39 @@ export class MetadataEnv {
     if (!this.readOnly) await this.sync().catch(() => undefined);
     if (this.dataMdbFd !== null) fs.closeSync(this.dataMdbFd);
     this.dataMdbFd = null;
-    await this.root.close();
+    await this.closeEnvironment();
   }
+
+  /** Closes the LMDB environment and gives up this env's share of the open lock. */
+  private async closeEnvironment(): Promise<void> {
+    try {
+      await this.root.close();
+    } finally {
+      this.openLock.release();
+    }
+  }
+}
+
+/** lmdb's open of the pool's environment; the caller holds the open lock. */
+function openEnvironment(dir: string, readOnly: boolean): RootDatabase<Buffer, Key> {
+  return open<Buffer, Key>({
+    path: dir,
+    maxDbs: 32,
+    noSync: true,
+    encoding: 'binary',
+    mapSize: 64 * 1024 ** 3,
+    maxReaders: 512,
+    readOnly,
+    // No write map: with it, commits write dirty pages in place in the shared map and
+    // data.mdb is a sparse file of the full map size, so on a full host file system the
+    // first page the host cannot back kills the process with SIGBUS. pwrite instead
+    // fails with ENOSPC and the transaction rolls back. Measured cost (bench/writemap-cost.js,
+    // 2 shared cores, noisy): a bare 3-put commit 12 -> 27 us; store operations mostly
+    // 25-50% slower (mknod 81-107 -> 114-133 us, 64 KiB block write 112-139 -> 142-199 us).
+    // A write map with fallocated headroom cannot bound the pages one large transaction
+    // touches, so it cannot promise "no SIGBUS ever".
+    useWritemap: false,
+  });
 }
 
 // lmdb's abort sentinel (exported as ABORT); imported lazily to keep types simple.

@@ -172,9 +172,10 @@ export function checkNative(io: BlockIo = blockIo): DoctorCheck {
     ...base,
     status: 'warn',
     detail: `not loaded: ${io.unavailableReason ?? 'unknown reason'}; using the TypeScript fallback`,
+    // Without flock (env-open-lock.ts) a process opening the pool can lose another's commit.
     hint: off
-      ? 'unset DMFS_NATIVE to use the addon'
-      : 'install Rust (cargo) and run: node scripts/build-native.js (dmfs works without it, with slower copies and no hole punching)',
+      ? 'unset DMFS_NATIVE to use the addon; without it, do not run two dmfs processes on one pool while one writes'
+      : 'install Rust (cargo) and run: node scripts/build-native.js (without it: slower copies, no hole punching, and no two dmfs processes on one pool while one writes)',
   };
 }
 
