@@ -2,8 +2,9 @@
 //! every metadata commit holds a shared lock, every opening of the LMDB environment an
 //! exclusive one, so no process opens the environment while another one commits.
 //!
-//! Blocking on purpose: a commit waits at most for one environment open (milliseconds), and
-//! the callers are synchronous code on the JS thread. EINTR is retried here.
+//! Never blocks: the caller (synchronous code on the JS thread) retries EWOULDBLOCK with
+//! short sleeps up to a deadline, so a process stopped while it holds the lock (SIGSTOP
+//! during an open) turns into a clear error instead of a hang. EINTR is retried here.
 
 use std::ffi::c_int;
 
@@ -13,15 +14,17 @@ extern "C" {
 
 const LOCK_SH: c_int = 1;
 const LOCK_EX: c_int = 2;
+const LOCK_NB: c_int = 4;
 const LOCK_UN: c_int = 8;
 const EINTR: i32 = 4;
 
-/// The lock `fd` should hold: 0 none, 1 shared, 2 exclusive.
+/// The lock `fd` should hold: 0 none, 1 shared, 2 exclusive. Err(EWOULDBLOCK) when another
+/// open file holds a conflicting lock.
 pub fn set(fd: c_int, mode: u32) -> Result<(), i32> {
     let op = match mode {
         0 => LOCK_UN,
-        1 => LOCK_SH,
-        2 => LOCK_EX,
+        1 => LOCK_SH | LOCK_NB,
+        2 => LOCK_EX | LOCK_NB,
         _ => return Err(22), // EINVAL
     };
     loop {

@@ -65,7 +65,7 @@ export interface RawAddon {
   fuseMount?(source: Buffer, target: Buffer, fstype: Buffer, flags: number, data: Buffer): number;
   /** pidfd_getfd: a close-on-exec duplicate of descriptor fd of process pid, or -errno. Absent from older addons. */
   fdTakeFrom?(pid: number, fd: number): number;
-  /** flock(2), blocking (EINTR retried): mode 0 unlock, 1 shared, 2 exclusive; 0 or -errno (native/src/file_lock.rs). */
+  /** flock(2), never blocking (EINTR retried): mode 0 unlock, 1 shared, 2 exclusive; 0, or -errno (-EWOULDBLOCK: held by another; native/src/file_lock.rs). */
   fileLock(fd: number, mode: FileLockMode): number;
 }
 

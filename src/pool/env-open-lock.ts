@@ -101,10 +101,36 @@ export class EnvOpenLock {
   }
 }
 
+const EWOULDBLOCK = 11;
+/**
+ * Longest wait for the lock: opens hold it for milliseconds, so this only ends a stopped or
+ * stuck holder's hold on us. DMFS_OPEN_LOCK_WAIT_MS changes it (tests).
+ */
+function lockWaitMs(): number {
+  const v = Number(process.env.DMFS_OPEN_LOCK_WAIT_MS);
+  return Number.isFinite(v) && v >= 0 ? v : 30_000;
+}
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
 function setLock(fd: number, mode: FileLockMode, dir: string): void {
   const lock = loadFileLock();
   if (!lock) return;
-  const rc = lock(fd, mode);
+  let rc = lock(fd, mode);
+  if (rc === -EWOULDBLOCK) {
+    // Synchronous on purpose (a commit is): short sleeps, growing to 5 ms.
+    const deadline = Date.now() + lockWaitMs();
+    for (let pause = 0.2; rc === -EWOULDBLOCK && Date.now() < deadline; pause = Math.min(pause * 2, 5)) {
+      Atomics.wait(sleeper, 0, 0, pause);
+      rc = lock(fd, mode);
+    }
+  }
+  if (rc === -EWOULDBLOCK) {
+    throw dmfsError(
+      'POOL_LOCKED',
+      `another process has held ${path.join(dir, ENV_OPEN_LOCK_FILE)} for ${lockWaitMs() / 1000} s while opening the pool's metadata (stopped, or stuck on I/O?): ` +
+        `${mode === 2 ? 'the pool was not opened' : 'this change was not committed'}. Find it with: fuser -v ${path.join(dir, ENV_OPEN_LOCK_FILE)}`,
+    );
+  }
   if (rc < 0) {
     throw dmfsError('IO_ERROR', `cannot ${mode ? 'lock' : 'unlock'} ${path.join(dir, ENV_OPEN_LOCK_FILE)} (errno ${-rc}): metadata is not opened or committed without it`);
   }

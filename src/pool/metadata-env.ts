@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { EnvOpenLock } from './env-open-lock';
-import { DmfsError, dmfsError } from '../errors';
+import { DmfsError, dmfsError, isDmfsError } from '../errors';
 import { AbsentTable } from './absent-table';
 import { proveMetadataSound } from './metadata-gate';
 
@@ -348,6 +348,8 @@ export class MetadataEnv {
       this.inTxn = false;
       this.afterCommitHooks = [];
       this.forgetTablesOpenedInTxn();
+      // The open lock was not had: nothing began (see env-open-lock.ts).
+      if (isDmfsError(err, 'POOL_LOCKED')) throw err;
       // LMDB reports a short pwrite (the host filled up mid-write) as EIO: a commit that
       // fails with EIO while the host file system has no room is a host-full failure too.
       if (isHostFullError(err) || ((err as { code?: unknown }).code === EIO && this.hostHasNoRoom())) throw this.hostFull(err);

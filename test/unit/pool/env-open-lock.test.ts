@@ -94,4 +94,42 @@ const lockable = loadFileLock() !== null;
       await env.close();
     }
   }, 120_000);
+
+  it('a commit waits for an open in another process, and fails with POOL_LOCKED (not a hang) when that process never lets go', async () => {
+    const meta = path.join(dir, 'metadata');
+    const env = MetadataEnv.open(meta, { create: true });
+    env.txn(() => env.table('t').put(0, Buffer.from('made')));
+    const lockFile = path.join(meta, ENV_OPEN_LOCK_FILE);
+    // A process stopped half-way through its open: holds the exclusive lock until told to go.
+    const go = path.join(dir, 'go');
+    const holder = spawn(process.execPath, ['-e', `
+      const fs = require('node:fs');
+      const { loadFileLock } = require(${JSON.stringify(path.join(REPO_ROOT, 'dist', 'native', 'index.js'))});
+      const fd = fs.openSync(process.argv[1], 'r+');
+      if (loadFileLock()(fd, 2) !== 0) process.exit(3);
+      process.stdout.write('held\\n');
+      const t = setInterval(() => { if (fs.existsSync(process.argv[2])) { clearInterval(t); process.exit(0); } }, 20);`, lockFile, go], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((r) => holder.stdout.once('data', () => r()));
+    const before = process.env.DMFS_OPEN_LOCK_WAIT_MS;
+    process.env.DMFS_OPEN_LOCK_WAIT_MS = '300';
+    try {
+      const t0 = Date.now();
+      expect(() => env.txn(() => env.table('t').put(1, Buffer.from('a')))).toThrow(expect.objectContaining({ code: 'POOL_LOCKED', message: expect.stringContaining('fuser -v') }));
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+      expect(env.table('t').get(1)).toBeUndefined();
+      // Let go part-way through the next wait: the commit goes through.
+      process.env.DMFS_OPEN_LOCK_WAIT_MS = '20000';
+      setTimeout(() => fs.writeFileSync(go, ''), 0);
+      const exited = new Promise((r) => holder.on('exit', r));
+      await new Promise((r) => setTimeout(r, 200));
+      await exited;
+      env.txn(() => env.table('t').put(1, Buffer.from('b')));
+      expect(env.table('t').get(1)?.toString()).toBe('b');
+    } finally {
+      if (before === undefined) delete process.env.DMFS_OPEN_LOCK_WAIT_MS;
+      else process.env.DMFS_OPEN_LOCK_WAIT_MS = before;
+      holder.kill();
+      await env.close();
+    }
+  }, 60_000);
 });
