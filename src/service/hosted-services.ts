@@ -11,6 +11,29 @@ export interface ServiceContext {
   pool: Pool;
   /** The daemon's log (one line per call). */
   log: (line: string) => void;
+  /** Mounts the service makes for its clients, served by the daemon beside its other mounts. */
+  mounts: ServiceMounts;
+}
+
+/**
+ * How a hosted service mounts layers (PoolHost.serviceMounts): each mount is served,
+ * recorded and reported to the daemon's supervisor like a mount the CLI asked for, so a
+ * worker that replaces a dead one serves it on (it is live again before the service
+ * starts in the new worker). For a container's root file system, unlike `dmfs mount`:
+ * the mountpoint lies in a directory of the pool that only the pool's owner can enter
+ * (mode 0700, checked), setuid bits and device nodes are honoured as root, and
+ * allow_other,default_permissions let a container's users in.
+ */
+export interface ServiceMounts {
+  /**
+   * Resolves once the layer is live at the mountpoint. Idempotent: a mountpoint this daemon
+   * serves already with that layer and mode (and still live) is left as it is; one serving
+   * something else is unmounted first. A dead mount left there is detached; a missing
+   * mountpoint is created.
+   */
+  mount(layerName: string, mountpoint: string, opts: { readOnly: boolean }): Promise<void>;
+  /** Unmounts (lazily where files are open), syncs and closes the layer; nothing to do for a mountpoint not served. */
+  unmount(mountpoint: string): Promise<void>;
 }
 
 /** A service the daemon can host. start() resolves once it serves; stop() once it has let go of the pool. */

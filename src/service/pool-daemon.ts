@@ -6,6 +6,8 @@
  * The socket is either its own (bound here, mode 0600; a stale socket whose daemon died is
  * replaced) or handed over by systemd's socket activation (LISTEN_FDS=1 and LISTEN_PID this
  * process: fd 3), so dmfs-daemon.socket starts the daemon at the first connection.
+ * Hosted services (hosted-services.ts: the containerd snapshotter) start once the mounts
+ * a previous worker served are taken over, so a restarted worker serves them again too.
  * SIGTERM/SIGINT (or POST /v1/stop) stop it: hosted services stop, every mount is
  * unmounted (lazily where files are open) and synced, the pool closes. SIGHUP is ignored.
  */
@@ -24,8 +26,14 @@ import { PoolHost, processMemory, type HandedOverMount } from './pool-host';
 export interface PoolDaemonOptions {
   log: (line: string) => void;
   logFile?: string | null;
-  /** Services to host (registered stopped; started through the control API). */
+  /** Services to host (registered stopped; started through the control API or startServices). */
   services?: HostedService[];
+  /**
+   * Names among `services` to start with the daemon, after the mounts are taken over and
+   * before the control socket answers (so `dmfs daemon start` returns with them serving).
+   * One that fails to start is logged and shown failed in the status; the daemon serves on.
+   */
+  startServices?: string[];
   /** The environment to look for a systemd socket in (default: process.env). */
   env?: NodeJS.ProcessEnv;
   /** Run as the worker of a supervisor (daemon-supervisor.ts): the mounts to take over, and where to report. */
@@ -97,6 +105,7 @@ export class PoolDaemon {
       // Mounts first: their callers are waiting in the kernel while the worker was away.
       if (sup?.adopt.length) await host.adoptMounts(sup.adopt);
       for (const s of opts.services ?? []) host.services.register(s);
+      for (const name of opts.startServices ?? []) await host.services.start(name).catch(() => undefined); // logged by start()
       let daemon: PoolDaemon | undefined;
       const server = createControlServer({
         host,

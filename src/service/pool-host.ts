@@ -14,13 +14,13 @@ import { Pool } from '../api';
 import { dmfsError } from '../errors';
 import { mountAccessFor } from '../fs/mount-access';
 import { MountService } from '../fs/mount-service';
-import { findMount, mountRunPaths, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
+import { findMount, mountRunPaths, probeMountpoint, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
 import { assertMountpointOutsidePool, prepareMountpoint } from '../fs/mountpoint-prep';
 import { poolPaths } from '../pool/pool-paths';
 import { currentProcess } from '../pool/process-identity';
 import type { LayerInfo } from '../store/layer-store';
 import type { CreateLayerRequest, MountRequest, MountResult, ServedMount, UnmountRequest, UnmountResult } from './control-protocol';
-import { HostedServices } from './hosted-services';
+import { HostedServices, type ServiceMounts } from './hosted-services';
 import type { PoolClient } from './pool-client';
 
 interface HostedMount {
@@ -88,10 +88,15 @@ export class PoolHost implements PoolClient {
   private readonly busy = new Set<string>();
   private closing: Promise<void> | null = null;
   private readonly log: (line: string) => void;
+  /** The mounts hosted services make (see ServiceMounts for how they differ from mount()'s). */
+  readonly serviceMounts: ServiceMounts = {
+    mount: (layerName, mountpoint, opts) => this.serviceMount(layerName, mountpoint, opts),
+    unmount: (mountpoint) => this.serviceUnmount(mountpoint),
+  };
 
   private constructor(readonly pool: Pool, private readonly opts: PoolHostOptions) {
     this.log = opts.log ?? (() => undefined);
-    this.services = new HostedServices({ pool, log: this.log });
+    this.services = new HostedServices({ pool, log: this.log, mounts: this.serviceMounts });
   }
 
   static async open(root: string, opts: PoolHostOptions = {}): Promise<PoolHost> {
@@ -160,6 +165,70 @@ export class PoolHost implements PoolClient {
     }
   }
 
+  private async serviceMount(layerName: string, mountpoint: string, opts: { readOnly: boolean }): Promise<void> {
+    this.assertOpen();
+    const name = requireString(layerName, 'layer');
+    const mp = requireAbsolute(mountpoint, 'mountpoint');
+    const readOnly = Boolean(opts?.readOnly);
+    this.assertServiceMountpoint(mp);
+    const serving = this.mounts.get(mp);
+    if (serving && serving.layer === name && serving.readOnly === readOnly && (await probeMountpoint(mp)) === 'dir') return;
+    if (serving) await this.serviceUnmount(mp);
+    this.claim(mp);
+    try {
+      await prepareMountpoint(mp, poolPaths(this.root).runDir);
+      const layer = await this.pool.store.openLayer(name, { readOnly, mountpoint: mp });
+      let service: MountService;
+      try {
+        // MountService's own defaults: setuid and device nodes honoured as root (a rootfs needs them).
+        service = await MountService.start({ layer, mountpoint: mp, allowOther: true, log: this.log });
+      } catch (err) {
+        await layer.close().catch(() => undefined);
+        throw err;
+      }
+      try {
+        await this.serving(mp, name, service);
+      } catch (err) {
+        await service.stop('start-up failed');
+        throw err;
+      }
+    } finally {
+      this.busy.delete(mp);
+    }
+  }
+
+  private async serviceUnmount(mountpoint: string): Promise<void> {
+    const mp = requireAbsolute(mountpoint, 'mountpoint');
+    const m = this.mounts.get(mp);
+    if (!m) return;
+    this.claim(mp);
+    try {
+      const result = await m.service.stop('unmounted by its service');
+      if (result.error) throw dmfsError('IO_ERROR', `unmounting ${mp} failed: ${result.error.message}`, result.error);
+    } finally {
+      this.busy.delete(mp);
+    }
+  }
+
+  /**
+   * A service's mountpoint lies two or more levels down in the pool, outside the pool's own
+   * directories (metadata, data, run: a mount there would hide or swallow the pool's
+   * files), in a real directory of this user's that nobody else can enter: that is what
+   * makes setuid bits and device nodes safe to honour in it.
+   */
+  private assertServiceMountpoint(mountpoint: string): void {
+    const parts = path.relative(this.root, mountpoint).split(path.sep);
+    const own = new Set([poolPaths(this.root).metadataDir, poolPaths(this.root).runDir, path.dirname(poolPaths(this.root).dataFile)].map((d) => path.basename(d)));
+    if (parts.length < 2 || parts[0] === '..' || parts[0] === '' || own.has(parts[0])) {
+      throw dmfsError('PATH_IN_POOL', `a service's mountpoint must lie in a directory of its own in the pool ${this.root}, not at ${mountpoint}`);
+    }
+    const dir = path.dirname(mountpoint);
+    const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+    if (!st?.isDirectory() || (st.mode & 0o077) !== 0 || st.uid !== (process.getuid?.() ?? st.uid)) {
+      throw dmfsError('NOT_PERMITTED', `${dir} must be a directory of this user with mode 0700 (no symlink) to hold a service's mounts`);
+    }
+  }
+
   /**
    * Takes over mounts a previous worker served (their descriptors handed down by the
    * supervisor). One that cannot be served (its layer gone, ...) is detached lazily, so it
@@ -200,7 +269,7 @@ export class PoolHost implements PoolClient {
     if (handoff && !adopted) await this.opts.onServed?.({ layer: layerName, mountpoint, readOnly: service.layer.readOnly, ...handoff });
     this.mounts.set(mountpoint, { service, layer: layerName, readOnly: service.layer.readOnly, startedMs: Date.now() });
     void service.stopped.then(async (r) => {
-      this.mounts.delete(mountpoint);
+      if (this.mounts.get(mountpoint)?.service === service) this.mounts.delete(mountpoint);
       this.opts.onReleased?.(mountpoint);
       await removeFile(record).catch(() => undefined);
       if (r.error) this.log(`${mountpoint}: ended with an error: ${r.error.message}`);

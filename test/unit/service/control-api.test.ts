@@ -162,3 +162,63 @@ describe('pool daemon control API (v1)', () => {
     expect((await client.status()).pid).toBe(process.pid);
   });
 });
+
+/** A service whose start fails (a socket in use, ...): the daemon must serve on without it. */
+class FailingService implements HostedService {
+  readonly name = 'always-fails';
+  async start(): Promise<void> {
+    throw new Error('cannot start here');
+  }
+  async stop(): Promise<void> {}
+}
+
+describe('pool daemon: services started with it, and the mounts they may make', () => {
+  let root: string;
+  let daemon: PoolDaemon;
+  const counter = new LayerCounter();
+  let ctx: ServiceContext;
+
+  beforeAll(async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-daemon-svc-'));
+    await (await Pool.create({ root, sizeBytes: 1 << 30 })).close();
+    const grab: HostedService = { name: 'grab-context', start: async (c) => void (ctx = c), stop: async () => undefined };
+    daemon = await PoolDaemon.start(root, {
+      log: () => undefined, services: [counter, new FailingService(), grab], startServices: ['layer-counter', 'always-fails', 'grab-context'],
+    });
+  });
+
+  afterAll(async () => {
+    await daemon?.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it('startServices start before the control socket answers; one that fails is shown failed and the daemon serves on', async () => {
+    const client = (await DaemonClient.connect(root))!;
+    try {
+      const services = (await client.status()).services;
+      expect(services.find((s) => s.name === 'layer-counter')).toMatchObject({ state: 'running', detail: { root } });
+      expect(services.find((s) => s.name === 'always-fails')).toMatchObject({ state: 'failed', error: 'cannot start here' });
+      expect(counter.started).toBe(1);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("a service's mountpoint must lie in a 0700 directory of the pool, not in the pool's own directories nor outside (checked before anything mounts)", async () => {
+    const refused = (mountpoint: string) => ctx.mounts.mount('base', mountpoint, { readOnly: true });
+    await expect(refused(path.join(os.tmpdir(), 'dmfs-outside', 'x'))).rejects.toMatchObject({ code: 'PATH_IN_POOL' });
+    await expect(refused(path.join(root, 'run', 'x'))).rejects.toMatchObject({ code: 'PATH_IN_POOL' });
+    await expect(refused(path.join(root, 'metadata', 'x'))).rejects.toMatchObject({ code: 'PATH_IN_POOL' });
+    await expect(refused(path.join(root, 'x'))).rejects.toMatchObject({ code: 'PATH_IN_POOL' });
+    await expect(refused(root)).rejects.toMatchObject({ code: 'PATH_IN_POOL' });
+    const open = path.join(root, 'open');
+    fs.mkdirSync(open, { mode: 0o755 });
+    fs.chmodSync(open, 0o755);
+    await expect(refused(path.join(open, 'x'))).rejects.toMatchObject({ code: 'NOT_PERMITTED' });
+    await expect(refused(path.join(root, 'absent', 'x'))).rejects.toMatchObject({ code: 'NOT_PERMITTED' });
+    expect(fs.readdirSync(open)).toEqual([]);
+    expect(daemon.host.served()).toEqual([]);
+    // Unmounting what is not served is nothing to do.
+    await expect(ctx.mounts.unmount(path.join(root, 'snapshots', '7'))).resolves.toBeUndefined();
+  });
+});
