@@ -19,8 +19,11 @@
  * Concurrency: changes (and the mounts they make or undo) run one at a time; Stat, List and
  * Usage read the store as they find it.
  *
- * Hosting: `start()` with any opened store and mount host; `dmfs snapshotter` hosts it in
- * its own process, a pool service can host it beside its other work.
+ * Hosting: `start()` with any opened store and mount host. `dmfs snapshotter` hosts it in
+ * its own process (StoreMountHost); the pool's daemon hosts it beside its other mounts
+ * (hosted-snapshotter.ts, the daemon's ServiceMounts), where its mounts survive a restart of
+ * the daemon's worker: the new worker has them live before the service starts again, and
+ * the mount host leaves a live mount as it is.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -94,6 +97,15 @@ export class SnapshotterService {
     await fsp.chmod(opts.socketPath, 0o600);
     opts.log?.(`containerd snapshotter listening on ${opts.socketPath}`);
     return service;
+  }
+
+  get socketPath(): string {
+    return this.opts.socketPath;
+  }
+
+  /** How many snapshots this service has mounted (active and view snapshots in use). */
+  get mountCount(): number {
+    return this.mounted.size;
   }
 
   /** Stops answering, finishes pending removals, then unmounts every snapshot (flushing each). */

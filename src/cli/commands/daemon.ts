@@ -15,6 +15,28 @@ const START_TIMEOUT_MS = 120_000;
 /** How long `daemon stop` waits for every mount to be synced and the process to exit. */
 const STOP_TIMEOUT_MS = 180_000;
 
+/** What `run`, `start` and the worker are told of the hosted snapshotter; the same flags go to each. */
+interface SnapshotterChoice {
+  /** false: --no-snapshotter. */
+  enabled: boolean;
+  /** --snapshotter-socket (absolute), else null: the default path. */
+  socketPath: string | null;
+}
+
+function snapshotterChoice(ctx: CommandContext): SnapshotterChoice {
+  const off = ctx.opts['no-snapshotter'] === true;
+  const socket = ctx.opts['snapshotter-socket'] as string | undefined;
+  if (off && socket !== undefined) throw dmfsError('USAGE', "--no-snapshotter and --snapshotter-socket exclude each other. Run 'dmfs daemon --help'.");
+  if (socket === '') throw dmfsError('USAGE', '--snapshotter-socket needs a path');
+  return { enabled: !off, socketPath: socket === undefined ? null : path.resolve(socket) };
+}
+
+/** The flags that hand `choice` on to a `dmfs daemon run` or `worker` this process starts. */
+function snapshotterArgv(choice: SnapshotterChoice): string[] {
+  if (!choice.enabled) return ['--no-snapshotter'];
+  return choice.socketPath === null ? [] : ['--snapshotter-socket', choice.socketPath];
+}
+
 function timestamped(line: string): string {
   return `${new Date().toISOString()} [${process.pid}] ${line}\n`;
 }
@@ -37,7 +59,8 @@ async function run(ctx: CommandContext): Promise<number> {
     delete env.LISTEN_PID;
     delete env.LISTEN_FDS;
     delete env.LISTEN_FDNAMES;
-    return superviseDaemon(root, { log, env, controlFd, workerArgv: [cliScript(), 'daemon', 'worker', '--root', root] });
+    const workerArgv = [cliScript(), 'daemon', 'worker', '--root', root, ...snapshotterArgv(snapshotterChoice(ctx))];
+    return superviseDaemon(root, { log, env, controlFd, workerArgv });
   }
   log(`no supervisor (${why}): the mounts live in this process and die with it`);
   return serve(ctx, null);
@@ -56,7 +79,15 @@ async function serve(ctx: CommandContext, supervised: import('../../service/pool
   const logFile = process.env.DMFS_DAEMON_LOG_FILE ?? null;
   const log = (line: string) => ctx.stderr.write(timestamped(line));
   process.on('unhandledRejection', (err) => log(`unhandled rejection: ${(err as Error)?.stack ?? String(err)}`));
-  const daemon = await PoolDaemon.start(path.resolve(ctx.root), { log, logFile, supervised: supervised ?? undefined });
+  const choice = snapshotterChoice(ctx);
+  const services: import('../../service/hosted-services').HostedService[] = [];
+  if (choice.enabled) {
+    const { HostedSnapshotter } = await import('../../snapshotter/hosted-snapshotter');
+    services.push(new HostedSnapshotter({ socketPath: choice.socketPath, traceRequests: process.env.DMFS_SNAPSHOTTER_TRACE === '1' }));
+  }
+  const daemon = await PoolDaemon.start(path.resolve(ctx.root), {
+    log, logFile, supervised: supervised ?? undefined, services, startServices: services.map((s) => s.name),
+  });
   if (ctx.json && !supervised) printJson(ctx, { pid: process.pid, socket: daemon.socketPath });
   await daemon.stopped;
   // The IPC channel to the supervisor would keep this process alive: let go once the last reports are out.
@@ -98,7 +129,7 @@ async function start(ctx: CommandContext): Promise<number> {
   const paths = daemonRunPaths(root);
   mkdirSync(poolPaths(root).runDir, { recursive: true, mode: 0o700 });
   const logFd = openSync(paths.log, 'a', 0o600);
-  const child = spawn(process.execPath, [cliScript(), 'daemon', 'run', '--root', root], {
+  const child = spawn(process.execPath, [cliScript(), 'daemon', 'run', '--root', root, ...snapshotterArgv(snapshotterChoice(ctx))], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     env: { ...process.env, DMFS_DAEMON_LOG_FILE: paths.log, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
@@ -143,7 +174,10 @@ function printStatus(ctx: CommandContext, s: DaemonStatus, socket: string): void
       m.mountpoint, m.layer, m.readOnly ? 'ro' : 'rw', m.transport, String(m.openHandles), new Date(m.startedMs).toISOString().replace(/\.\d+Z$/, 'Z'),
     ])));
   } else ctx.stdout.write('no mounts\n');
-  for (const svc of s.services) ctx.stdout.write(`service ${svc.name}: ${svc.state}${svc.error ? ` (${svc.error})` : ''}\n`);
+  for (const svc of s.services) {
+    const detail = Object.entries(svc.detail).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+    ctx.stdout.write(`service ${svc.name}: ${svc.state}${detail ? ` (${detail})` : ''}${svc.error ? ` (${svc.error})` : ''}\n`);
+  }
 }
 
 async function status(ctx: CommandContext): Promise<number> {
@@ -189,26 +223,37 @@ const ACTIONS: Record<string, (ctx: CommandContext) => Promise<number>> = { run,
 export const command: Command = {
   name: 'daemon',
   summary: "one service per pool: serves every mount and answers the CLI and Node API",
-  usage: '[run|start|status|stop] [--json]',
+  usage: '[run|start|status|stop] [--snapshotter-socket PATH | --no-snapshotter] [--json]',
   description: [
     'run (the default): open the pool once and serve every mount of it from one worker process,',
     'with the control API on POOL/run/dmfs.sock (mode 0600), until SIGTERM/SIGINT or',
     '`dmfs daemon stop`. This process supervises the worker: it keeps every mount\'s /dev/fuse',
     'descriptor and restarts a worker that dies, which takes the mounts over (no ENOTCONN).',
     'start: the same in the background (log in POOL/run/daemon.log); returns once it answers.',
-    'status: its pid, supervisor, restarts, uptime, memory and mounts. stop: unmount, sync and',
-    'commit everything, exit.',
+    'status: its pid, supervisor, restarts, uptime, memory, mounts and services. stop: unmount,',
+    'sync and commit everything, exit.',
+    '',
+    "It also serves containerd's snapshots API (what `dmfs snapshotter` serves on its own) as its",
+    'service containerd-snapshotter, on POOL/run/containerd-snapshotter.sock (mode 0600) unless',
+    'told otherwise; its snapshot mounts (under POOL/snapshots/, mode 0700) are daemon mounts and',
+    'survive a worker restart like the others, and so does the socket (the new worker binds it again).',
     '',
     'While it runs, dmfs create, ls, mount and umount go through it (mounts are then served by it);',
     'every other command works on the pool directly, as without it.',
   ].join('\n'),
-  options: [],
+  options: [
+    { name: 'snapshotter-socket', type: 'string', valueName: 'PATH', description: "run, start: serve containerd's snapshots API on PATH (default POOL/run/containerd-snapshotter.sock)" },
+    { name: 'no-snapshotter', type: 'boolean', description: "run, start: do not serve containerd's snapshots API" },
+  ],
   minArgs: 0,
   maxArgs: 1,
   async run(ctx) {
     const action = ctx.args[0] ?? 'run';
     const fn = ACTIONS[action];
     if (!fn) throw dmfsError('USAGE', `unknown daemon action '${action}' (run, start, status, stop). Run 'dmfs daemon --help'.`);
+    if ((action === 'status' || action === 'stop') && (ctx.opts['no-snapshotter'] || ctx.opts['snapshotter-socket'] !== undefined)) {
+      throw dmfsError('USAGE', `--snapshotter-socket and --no-snapshotter go with run and start, not ${action}`);
+    }
     return fn(ctx);
   },
 };

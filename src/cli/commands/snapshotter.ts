@@ -1,6 +1,9 @@
 import * as path from 'node:path';
 import { Pool } from '../../api';
 import { requireFullMetadataVerify } from '../../pool/metadata-gate';
+import { dmfsError } from '../../errors';
+import { DaemonClient } from '../../service/control-client';
+import { SNAPSHOTTER_SERVICE_NAME } from '../../snapshotter/hosted-snapshotter';
 import { SnapshotterService, snapshotterPathsOf } from '../../snapshotter/snapshotter-service';
 import { StoreMountHost } from '../../snapshotter/store-mount-host';
 import type { Command } from '../command';
@@ -18,6 +21,11 @@ export const command: Command = {
     'mount-helpers/containerd-config.toml). One containerd per pool: its garbage collector',
     'removes the snapshots it does not know of. DMFS_SNAPSHOTTER_TRACE=1 logs every request',
     'with its duration.',
+    '',
+    "The pool's daemon (dmfs daemon run|start) hosts the same service by default, on the same",
+    'socket, and keeps its snapshot mounts across a restart of its worker: use this command where',
+    'no daemon runs. While a daemon serves the pool this command refuses (POOL_LOCKED), naming',
+    "the daemon's snapshotter socket.",
   ].join('\n'),
   options: [
     { name: 'socket', type: 'string', valueName: 'PATH', description: 'unix socket to listen on (default POOL/run/containerd-snapshotter.sock)' },
@@ -29,6 +37,7 @@ export const command: Command = {
     const defaults = snapshotterPathsOf(root);
     const socketPath = path.resolve((ctx.opts.socket as string | undefined) ?? defaults.socketPath);
     const log = (line: string) => ctx.stderr.write(`${new Date().toISOString()} dmfs snapshotter: ${line}\n`);
+    await refuseWhileDaemonServes(root);
     requireFullMetadataVerify(); // a service lives long; walk data.mdb before LMDB opens it
     const pool = await Pool.open(root);
     const host = new StoreMountHost(pool.store, log);
@@ -50,3 +59,24 @@ export const command: Command = {
     return 0;
   },
 };
+
+/**
+ * Two processes serving one pool's snapshots would mount the same layers and answer two
+ * containerds from one catalog: where the daemon serves the pool, containerd is to use the
+ * daemon's snapshotter (or the daemon be stopped first).
+ */
+async function refuseWhileDaemonServes(root: string): Promise<void> {
+  const client = await DaemonClient.connect(root);
+  if (!client) return;
+  let status;
+  try {
+    status = await client.status();
+  } finally {
+    await client.close();
+  }
+  const svc = status.services.find((s) => s.name === SNAPSHOTTER_SERVICE_NAME);
+  const hosted = svc?.state === 'running'
+    ? `and serves containerd's snapshots API on ${String(svc.detail.socket)}: point containerd there`
+    : `with its snapshotter ${svc ? svc.state : 'off'}${svc?.error ? ` (${svc.error})` : ''}: restart it with its snapshotter (dmfs daemon stop, then dmfs daemon start)`;
+  throw dmfsError('POOL_LOCKED', `the dmfs daemon (pid ${status.pid}) serves the pool ${root} ${hosted}, or stop the daemon to run dmfs snapshotter on its own`);
+}
