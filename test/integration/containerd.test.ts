@@ -10,7 +10,7 @@
  * Needs root, /dev/fuse, containerd, runc, busybox (static) and docker-registry, which
  * `node scripts/setup.js` installs; under CI=true nothing skips.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -266,4 +266,151 @@ maybe('containerd with the dmfs snapshotter', () => {
     expect(check.ok).toBe(true);
     expect(dmfsJson<{ dataSpaceUsedBytes: number }>(['info']).dataSpaceUsedBytes).toBe(baselineUsedBytes);
   }, 60_000);
+});
+
+interface DaemonStatusJson {
+  pid: number;
+  supervisorPid: number | null;
+  restarts: number;
+  mounts: { mountpoint: string; layer: string; readOnly: boolean }[];
+  services: { name: string; state: string; error: string | null; detail: { socket?: string; snapshotMounts?: number } }[];
+}
+
+/**
+ * The same containerd talking to the snapshotter the pool's daemon hosts (no `dmfs
+ * snapshotter` process): a container doing file I/O on its dmfs rootfs keeps working while
+ * the daemon's worker is killed with -9 (the new worker takes the snapshot mount over and
+ * binds the snapshotter socket again) and while containerd restarts, and its exit code
+ * comes through.
+ */
+maybe('containerd with the snapshotter the pool daemon hosts', () => {
+  let work: string;
+  let root: string;
+  let socket: string;
+  let archive: string;
+  let ctd: InstanceType<typeof host.PrivateContainerd>;
+
+  const dmfsRun = (args: string[]) => spawnSync(process.execPath, [DMFS_BIN, ...args, '--root', root], { encoding: 'utf8', timeout: 120_000 });
+  const dmfsJson = <T>(args: string[]): T => {
+    const r = dmfsRun([...args, '--json']);
+    if (r.status !== 0) throw new Error(`dmfs ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  };
+  const status = () => dmfsJson<DaemonStatusJson>(['daemon', 'status']);
+  const snapshotter = (s: DaemonStatusJson) => s.services.find((x) => x.name === 'containerd-snapshotter');
+  const eventually = async <T>(what: string, probe: () => T | null | undefined | false, timeoutMs = 30_000): Promise<T> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let last: unknown = null;
+      try {
+        const v = probe();
+        if (v) return v;
+      } catch (err) {
+        last = err;
+      }
+      if (Date.now() > deadline) throw new Error(`${what}: still not so after ${timeoutMs} ms${last ? ` (${String(last)})` : ''}`);
+      await host.sleep(100);
+    }
+  };
+  /** Lines the container's loop has logged: each one a file written and read back. */
+  const rounds = () => Number(ctd.ctrOk(['task', 'exec', '--exec-id', `n${Date.now()}`, 'io', 'sh', '-c', 'wc -l < /log'], { ns: NS }).trim());
+
+  beforeAll(async () => {
+    ensureBuiltDist();
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'dmfs-containerd-daemon-'));
+    root = path.join(work, 'pool');
+    execFileSync(process.execPath, [DMFS_BIN, 'pool', 'create', '--root', root, '--size', '2G'], { stdio: 'ignore' });
+    const started = dmfsRun(['daemon', 'start']);
+    if (started.status !== 0) throw new Error(`dmfs daemon start failed: ${started.stderr}`);
+    socket = path.join(root, 'run', 'containerd-snapshotter.sock');
+    ctd = new host.PrivateContainerd(path.join(work, 'containerd'), socket);
+    await ctd.start();
+    const tree = host.buildBusyboxTree(path.join(work, 'tree'));
+    archive = host.buildOciArchive(tree, IMAGE, work).archive;
+  }, 180_000);
+
+  afterAll(async () => {
+    if (!work) return;
+    ctd?.cleanupNamespace(NS);
+    await ctd?.stop();
+    dmfsRun(['daemon', 'stop']);
+    host.unmountUnder(work);
+    fs.rmSync(work, { recursive: true, force: true });
+  }, 120_000);
+
+  test('the daemon serves the snapshots API on POOL/run/containerd-snapshotter.sock (0600); dmfs snapshotter refuses, naming it', () => {
+    const s = status();
+    expect(s.supervisorPid).toEqual(expect.any(Number));
+    expect(snapshotter(s)).toMatchObject({ state: 'running', error: null, detail: { socket, snapshotMounts: 0 } });
+    const st = fs.statSync(socket);
+    expect(st.isSocket()).toBe(true);
+    expect(st.mode & 0o777).toBe(0o600);
+    const refused = dmfsRun(['snapshotter', '--json']);
+    expect(refused.status).toBe(1);
+    expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: 'POOL_LOCKED' } });
+    expect(JSON.parse(refused.stdout).error.message).toContain(socket);
+    expect(ctd.ctrOk(['plugins', 'ls'])).toMatch(/io\.containerd\.snapshotter\.v1\s+dmfs\s+\S+\s+ok/);
+  });
+
+  test('a container doing file I/O survives kill -9 of the daemon\'s worker and a containerd restart; its exit code comes through', async () => {
+    ctd.ctrOk(['image', 'import', '--snapshotter', 'dmfs', archive], { ns: NS });
+    // Each round writes a file, reads it back and logs the round; a wrong read-back or a failed
+    // write ends the loop with exit 1 (the test then sees 1, not 42).
+    const loop = [
+      'i=0',
+      'while [ ! -e /stop ]; do',
+      '  i=$((i+1)); f=/w$((i % 16))',
+      '  echo "round $i" > $f || { echo "write failed at $i" >> /errors; exit 1; }',
+      '  [ "$(cat $f)" = "round $i" ] || { echo "read back wrong at $i" >> /errors; exit 1; }',
+      '  echo $i >> /log',
+      '  sleep 0.05',
+      'done',
+      'exit 42',
+    ].join('\n');
+    ctd.ctrOk(['run', '-d', '--snapshotter', 'dmfs', IMAGE, 'io', 'sh', '-c', loop], { ns: NS });
+    const before = status();
+    const [mount] = before.mounts;
+    expect(before.mounts).toHaveLength(1);
+    expect(path.dirname(mount.mountpoint)).toBe(path.join(root, 'snapshots'));
+    expect(mount.readOnly).toBe(false);
+    expect(snapshotter(before)!.detail.snapshotMounts).toBe(1);
+    await eventually('the container logging rounds', () => rounds() > 3);
+
+    // kill -9 of the worker: the supervisor starts a new one, which takes the mount over and serves the socket again.
+    process.kill(before.pid, 'SIGKILL');
+    const after = await eventually('a new worker serving', () => {
+      const s = status();
+      return s.pid !== before.pid && snapshotter(s)?.state === 'running' ? s : null;
+    });
+    expect(after).toMatchObject({ supervisorPid: before.supervisorPid, restarts: 1, mounts: [expect.objectContaining({ mountpoint: mount.mountpoint, layer: mount.layer })] });
+    expect(snapshotter(after)!.detail).toEqual({ socket, snapshotMounts: 1 });
+    const n1 = rounds();
+    await eventually('rounds after the worker restart', () => rounds() > n1 + 3);
+    // containerd reaches the new worker on the same path: the snapshot is there, and a new container runs.
+    await eventually('ctr snapshot ls through the new worker', () => ctd.ctr(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS }).stdout.includes('io'));
+    const other = ctd.ctr(['run', '--rm', '--snapshotter', 'dmfs', IMAGE, 'after-restart', 'sh', '-c', 'echo x > /x && cat /x /etc/motd'], { ns: NS });
+    expect(other).toMatchObject({ status: 0, stdout: 'x\nbuilt by the dmfs containerd test\n' });
+
+    // containerd restarted under the running container: the container goes on, containerd finds it and its snapshot.
+    await ctd.stop();
+    await host.sleep(500);
+    await ctd.start();
+    const n2 = rounds();
+    await eventually('rounds after the containerd restart', () => rounds() > n2 + 3);
+    expect(ctd.ctrOk(['snapshot', '--snapshotter', 'dmfs', 'ls'], { ns: NS })).toContain('io');
+    expect(ctd.ctrOk(['task', 'exec', '--exec-id', 'errors', 'io', 'sh', '-c', 'cat /errors 2>/dev/null; true'], { ns: NS })).toBe('');
+    // No round was lost or repeated across both restarts: /log holds 1, 2, 3, ... in order.
+    expect(ctd.ctrOk(['task', 'exec', '--exec-id', 'gaps', 'io', 'awk', 'NR != $1 { print "gap at " NR ": " $0; exit }', '/log'], { ns: NS })).toBe('');
+
+    // The loop ends on /stop with 42: the exit code comes through containerd.
+    ctd.ctrOk(['task', 'exec', '--exec-id', 'stop', 'io', 'touch', '/stop'], { ns: NS });
+    await eventually('the task stopped', () => /\bio\s+\d+\s+STOPPED\b/.test(ctd.ctrOk(['task', 'ls'], { ns: NS })));
+    // ctr 1.6's `task delete` exits 0 and reports the task's exit code on stderr.
+    const deleted = ctd.ctr(['task', 'delete', 'io'], { ns: NS });
+    expect(deleted.status).toBe(0);
+    expect(deleted.stderr).toMatch(/task io exit with non-zero exit code 42\b/);
+    ctd.ctrOk(['container', 'rm', 'io'], { ns: NS });
+    await eventually('the snapshot unmounted', () => status().mounts.length === 0);
+    expect(host.mountsUnder(path.join(root, 'snapshots'))).toEqual([]);
+  }, 240_000);
 });
