@@ -1,7 +1,8 @@
 /**
- * Services the pool daemon hosts on its opened pool (a containerd snapshotter, ...): each
- * is started and stopped by name through the control API and stopped before the pool
- * closes. A service owns no pool of its own: it gets the daemon's (ServiceContext).
+ * Services the pool daemon hosts on its opened pool (the containerd snapshotter, ...): each
+ * is started with the daemon (PoolDaemonOptions.startServices) or by name through the
+ * control API, stopped by name, and stopped before the pool closes. A service owns no pool
+ * of its own: it gets the daemon's, and mounts through the daemon (ServiceContext).
  */
 import type { Pool } from '../api';
 import { dmfsError } from '../errors';

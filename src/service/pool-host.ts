@@ -217,9 +217,10 @@ export class PoolHost implements PoolClient {
    * makes setuid bits and device nodes safe to honour in it.
    */
   private assertServiceMountpoint(mountpoint: string): void {
+    const pool = poolPaths(this.root);
+    const poolOwn = new Set([pool.metadataDir, pool.runDir, path.dirname(pool.dataFile)].map((d) => path.basename(d)));
     const parts = path.relative(this.root, mountpoint).split(path.sep);
-    const own = new Set([poolPaths(this.root).metadataDir, poolPaths(this.root).runDir, path.dirname(poolPaths(this.root).dataFile)].map((d) => path.basename(d)));
-    if (parts.length < 2 || parts[0] === '..' || parts[0] === '' || own.has(parts[0])) {
+    if (parts.length < 2 || parts[0] === '..' || parts[0] === '' || poolOwn.has(parts[0])) {
       throw dmfsError('PATH_IN_POOL', `a service's mountpoint must lie in a directory of its own in the pool ${this.root}, not at ${mountpoint}`);
     }
     const dir = path.dirname(mountpoint);
