@@ -18,7 +18,7 @@ export interface ChainLayerFsOptions extends LayerContextOptions {
   /** Called once by close(), after the final sync. */
   onClose: () => Promise<void>;
   /** The store's mount registration (see LayerFs.claimMount / releaseMount). */
-  onClaimMount?: (mountpoint: string) => void;
+  onClaimMount?: (mountpoint: string, coherent: boolean) => void;
   onReleaseMount?: (mountpoint: string) => void;
 }
 
@@ -61,7 +61,7 @@ export class ChainLayerFs implements LayerFs {
   private lowerInodeCount: number | null = null;
   private syncTimer: NodeJS.Timeout | null = null;
   private readonly onClose: () => Promise<void>;
-  private readonly onClaimMount: (mountpoint: string) => void;
+  private readonly onClaimMount: (mountpoint: string, coherent: boolean) => void;
   private readonly onReleaseMount: (mountpoint: string) => void;
 
   constructor(pool: ThinPool, tables: StoreTables, opts: ChainLayerFsOptions) {
@@ -234,9 +234,9 @@ export class ChainLayerFs implements LayerFs {
     });
   }
 
-  async claimMount(mountpoint: string): Promise<void> {
+  async claimMount(mountpoint: string, opts: { coherent?: boolean } = {}): Promise<void> {
     this.ctx.assertOpen();
-    this.onClaimMount(mountpoint);
+    this.onClaimMount(mountpoint, opts.coherent === true);
   }
 
   async releaseMount(mountpoint: string): Promise<void> {

@@ -308,8 +308,14 @@ export interface LayerFs {
    * anywhere has no other writer: LAYER_IN_USE otherwise, checked in one metadata
    * transaction (race-free between processes). Read-only mounts of a layer nobody writes
    * stack freely. Absent on layers outside a store (nobody else can reach them).
+   *
+   * `coherent`: the caller serves every mount of this open layer from one process and
+   * invalidates each one's kernel caches when another changes the layer (SharedLayer, the
+   * daemon): then several mounts of this one open layer may stand, read-write or not. Other
+   * processes and other opens are held to the rules above all the same: nothing could
+   * invalidate their caches.
    */
-  claimMount?(mountpoint: string): Promise<void>;
+  claimMount?(mountpoint: string, opts?: { coherent?: boolean }): Promise<void>;
   /** Undoes claimMount (a mount that failed to come up); close() releases every claim. */
   releaseMount?(mountpoint: string): Promise<void>;
   /** Makes every write so far durable: data blocks first, then the metadata that points at them. */

@@ -372,11 +372,11 @@ export class ThinLayerStore implements LayerStore {
         await this.afterClose(rec.id, !readOnly);
       },
       // A read-only pool records no holders (nothing can change under its mounts either).
-      onClaimMount: (mountpoint) => {
+      onClaimMount: (mountpoint, coherent) => {
         const mine = this.openHere.get(fs);
         if (this.pool.readOnly || !mine || mine.mountpoints.has(mountpoint)) return;
         this.pool.txn(() => {
-          this.assertNoConflict(this.layerById(rec.id), fs, { writable: !readOnly, mountpoint });
+          this.assertNoConflict(this.layerById(rec.id), fs, { writable: !readOnly, mountpoint, coherent });
           mine.mountpoints.add(mountpoint);
           this.writeOwnHolder(rec.id);
         });
@@ -408,11 +408,15 @@ export class ThinLayerStore implements LayerStore {
    * its layer. So, counting other processes' live holders and this process's other opens:
    * - a writable open: no other writer (one writer per layer) and no mount anywhere;
    * - a mount (`want.mountpoint`): no writer anywhere else;
-   * - one writable open mounted at two places: refused too (each mount caches on its own).
+   * - one writable open mounted at two places: refused too (each mount caches on its own),
+   *   unless the claim is `coherent`: its server invalidates each mount's caches when
+   *   another changes the layer (SharedLayer in the daemon).
    * Read-only opens that do not mount (export, diff) only read committed metadata: free.
    * Holders of dead processes do not count (liveHolders), so a killed mount blocks nothing.
+   * Another process's mounts are never coherent with ours: no process can invalidate the
+   * kernel caches of a mount another one serves.
    */
-  private assertNoConflict(r: LayerRecord, self: ChainLayerFs | null, want: { writable: boolean; mountpoint: string | null }): void {
+  private assertNoConflict(r: LayerRecord, self: ChainLayerFs | null, want: { writable: boolean; mountpoint: string | null; coherent?: boolean }): void {
     type Use = { pid: number; writable: boolean; mountpoint: string | null };
     const uses: Use[] = this.liveHolders(r.id)
       .filter((h) => h.ownerId !== this.pool.ownerId)
@@ -430,11 +434,13 @@ export class ThinLayerStore implements LayerStore {
     const mounted = uses.find((u) => u.mountpoint);
     const afterwards =
       `To see its files elsewhere, unmount it, commit it (dmfs commit ${name} IMAGE) ` +
-      `and mount the image, or a new container on it (dmfs create NAME --from IMAGE).`;
+      `and mount the image, or a new container on it (dmfs create NAME --from IMAGE). ` +
+      `Or serve both mounts from the pool's daemon (dmfs daemon start), which keeps several mounts of one layer coherent.`;
     if (want.mountpoint && writer) {
       const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `open for writing ${where(writer)}`;
       const fix = writer.mountpoint ? `Unmount it first (dmfs umount ${writer.mountpoint}). ${afterwards}` : 'Wait for that process to finish.';
-      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}: a second mount at ${want.mountpoint} would not see its changes. ${fix}`);
+      // Whoever serves that mount could not invalidate this one's kernel caches, nor this one that mount's.
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, ${how}: a second mount at ${want.mountpoint}, served apart from it, would not see its changes (one server cannot invalidate another's kernel caches). ${fix}`);
     }
     if (want.writable && writer) {
       const how = writer.mountpoint ? `mounted read-write ${where(writer)}` : `already open for writing ${where(writer)}`;
@@ -448,8 +454,8 @@ export class ThinLayerStore implements LayerStore {
           `Unmount it first (dmfs umount ${mounted.mountpoint}), or mount with --ro.`,
       );
     }
-    if (want.writable && want.mountpoint && selfMounts.some((mp) => mp !== want.mountpoint)) {
-      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, mounted read-write at ${selfMounts[0]} by this process; one writable layer has one mount`);
+    if (want.writable && want.mountpoint && !want.coherent && selfMounts.some((mp) => mp !== want.mountpoint)) {
+      throw dmfsError('LAYER_IN_USE', `layer '${name}' is in use, mounted read-write at ${selfMounts[0]} by this process, which does not keep two mounts of it coherent (the pool's daemon does: dmfs daemon start)`);
     }
   }
 
