@@ -323,3 +323,67 @@ export function writeStatxOut(buf: Buffer, at: number, a: Attr, attrTimeoutS: nu
   buf.writeUInt32LE(minor, sx + 132);
   // dev_major / dev_minor: the kernel fills in the super block's device
 }
+
+/**
+ * fuse_notify_code values of the notifications dmfs sends (a reply header with unique 0
+ * and the code in its error field, then the body).
+ */
+export const NotifyCode = { INVAL_INODE: 2, INVAL_ENTRY: 3, DELETE: 6, RESEND: 7 } as const;
+
+/** fuse_notify_inval_inode_out: ino, off, len (u64, i64, i64). */
+export const NOTIFY_INVAL_INODE_BYTES = 24;
+/** fuse_notify_inval_entry_out: parent (u64), namelen, flags (u32); then the name and a NUL. */
+export const NOTIFY_INVAL_ENTRY_BYTES = 16;
+/** fuse_notify_delete_out: parent, child (u64), namelen, padding (u32); then the name and a NUL. */
+export const NOTIFY_DELETE_BYTES = 24;
+
+const NO_UNIQUE: Unique = { lo: 0, hi: 0 };
+
+/**
+ * FUSE_NOTIFY_INVAL_INODE: the kernel drops its attributes (and cached POSIX ACLs) of
+ * `nodeid` and, unless offsetBytes is negative, its cached pages of [offsetBytes,
+ * offsetBytes + lengthBytes), lengthBytes 0 meaning to the end of the file.
+ */
+export function encodeNotifyInvalInode(nodeid: number, offsetBytes: number, lengthBytes: number): Buffer {
+  const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + NOTIFY_INVAL_INODE_BYTES);
+  writeOutHeader(out, out.length, NotifyCode.INVAL_INODE, NO_UNIQUE);
+  writeI64(out, OUT_HEADER_BYTES, nodeid);
+  writeI64(out, OUT_HEADER_BYTES + 8, offsetBytes);
+  writeI64(out, OUT_HEADER_BYTES + 16, lengthBytes);
+  return out;
+}
+
+/**
+ * FUSE_NOTIFY_INVAL_ENTRY: the kernel drops its dentry (positive or negative) of `name`
+ * in directory `parent`, and with it the directory's attributes and cached listing.
+ * Flags 0 (not FUSE_EXPIRE_ONLY: the dentry goes at once).
+ */
+export function encodeNotifyInvalEntry(parent: number, name: string): Buffer {
+  const nameBytes = Buffer.byteLength(name);
+  const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + NOTIFY_INVAL_ENTRY_BYTES + nameBytes + 1);
+  writeOutHeader(out, out.length, NotifyCode.INVAL_ENTRY, NO_UNIQUE);
+  writeI64(out, OUT_HEADER_BYTES, parent);
+  out.writeUInt32LE(nameBytes, OUT_HEADER_BYTES + 8);
+  out.writeUInt32LE(0, OUT_HEADER_BYTES + 12);
+  out.write(name, OUT_HEADER_BYTES + NOTIFY_INVAL_ENTRY_BYTES, nameBytes, 'utf8');
+  out[out.length - 1] = 0;
+  return out;
+}
+
+/**
+ * FUSE_NOTIFY_DELETE: `name` in `parent` is gone and so is inode `child` (its last link,
+ * or a directory): the kernel drops the dentry and, if it named `child`, sets the
+ * inode's link count to 0, as if it had unlinked it itself.
+ */
+export function encodeNotifyDelete(parent: number, child: number, name: string): Buffer {
+  const nameBytes = Buffer.byteLength(name);
+  const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + NOTIFY_DELETE_BYTES + nameBytes + 1);
+  writeOutHeader(out, out.length, NotifyCode.DELETE, NO_UNIQUE);
+  writeI64(out, OUT_HEADER_BYTES, parent);
+  writeI64(out, OUT_HEADER_BYTES + 8, child);
+  out.writeUInt32LE(nameBytes, OUT_HEADER_BYTES + 16);
+  out.writeUInt32LE(0, OUT_HEADER_BYTES + 20);
+  out.write(name, OUT_HEADER_BYTES + NOTIFY_DELETE_BYTES, nameBytes, 'utf8');
+  out[out.length - 1] = 0;
+  return out;
+}

@@ -6,7 +6,8 @@
  * link is its own kernel inode and attributes cannot be cached on a writable layer; it
  * offers no writeback cache and 128 KiB requests; each request crosses four threads.
  * Here the node id is the store's inode number, the kernel caches attributes and
- * dentries (this mount is the layer's only writer, so they stay coherent), writes are
+ * dentries (this mount is the layer's only writer, or the others are served by this process,
+ * which invalidates their caches with notifications: KernelSession.notify), writes are
  * gathered in the page cache and arrive in up to 1 MiB requests, and a request costs one
  * wake-up of the JS thread (native/src/fuse_dev.rs watches the device on Node's loop).
  *
@@ -22,7 +23,7 @@
  * has it, which `dispatch` signals by returning a promise.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, write as writeAsync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dmfsError } from '../errors';
@@ -30,7 +31,7 @@ import { loadFuseDevice, type FuseDevice } from '../native';
 import { defaultFuseHostView, devFuseProblem, kernelFusermount, type FuseHostView } from './fuse-diagnosis';
 import { mountWithFusermount } from './fusermount';
 import { FUSE_FSTYPE, readMountTable, unmountFuse } from './mount-table';
-import { Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
+import { NotifyCode, Op, OUT_HEADER_BYTES, writeOutHeader, type Unique } from './kernel-protocol';
 
 const E = osConstants.errno;
 
@@ -50,8 +51,35 @@ const freeRequestBuffers: Buffer[] = [];
 /** Requests read per wake-up before yielding to the event loop (I/O completions). */
 const READS_PER_WAKEUP = 64;
 
-/** fuse_notify_code FUSE_NOTIFY_RESEND (protocol 7.40): resend every request read and not yet answered. */
-const FUSE_NOTIFY_RESEND = 7;
+/**
+ * Notifications (KernelSession.notify) of every session of the process, written in order,
+ * one at a time, by libuv's thread pool, never on the JS thread. A notification about
+ * another mount's inode may block in the kernel: INVAL_ENTRY takes the directory's lock,
+ * INVAL_INODE waits for pages locked by a READ in flight. Whoever holds them is waiting
+ * for this process to answer a request of that mount, which needs the JS thread free (a
+ * blocking write there would never return), and may need the thread pool for its data:
+ * one write at a time ties up at most one pool thread.
+ */
+const notifications: { session: KernelSession; message: Buffer }[] = [];
+let notificationWriting = false;
+
+/** Errors a notification may meet that need no report: the kernel no longer has the node or name (or it is busy / not empty there), or the connection is gone. */
+const QUIET_NOTIFY_ERRNOS: ReadonlySet<number> = new Set([E.ENOENT, E.ENOTDIR, E.EBUSY, E.ENOTEMPTY, E.ENODEV, E.EBADF]);
+
+function writeNextNotification(): void {
+  if (notificationWriting) return;
+  let next = notifications.shift();
+  while (next && next.session.deviceFd < 0) next = notifications.shift();
+  if (!next) return;
+  const { session, message } = next;
+  notificationWriting = true;
+  session.notificationStarted();
+  writeAsync(session.deviceFd, message, 0, message.length, null, (err) => {
+    notificationWriting = false;
+    session.notificationDone(err);
+    writeNextNotification();
+  });
+}
 
 /** Requests the kernel expects no reply to. */
 const NO_REPLY_OPCODES: ReadonlySet<number> = new Set([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
@@ -233,6 +261,10 @@ export class KernelSession {
   private readonly spinMicros = spinMicrosFromEnv();
   private readonly errorReply = Buffer.alloc(OUT_HEADER_BYTES);
   private initSeen!: () => void;
+  /** Notification writes under way (0 or 1); detach() leaves the fd open for them. */
+  private notificationWrites = 0;
+  /** The fd detach() left open for a notification write under way (-1: none). */
+  private closeAfterNotification = -1;
   /** Called once when the connection ends by itself (unmount, abort); not by detach(). */
   onEnded: () => void = () => undefined;
   /** Resolves once the kernel's INIT has been answered (the mount is live). */
@@ -286,7 +318,8 @@ export class KernelSession {
     session.markInitialised();
     session.watchId = dev.device.watch(fd, () => session.onReadable(), () => session.idleSpinMicros());
     const notify = Buffer.alloc(OUT_HEADER_BYTES);
-    writeOutHeader(notify, OUT_HEADER_BYTES, FUSE_NOTIFY_RESEND, { lo: 0, hi: 0 });
+    // FUSE_NOTIFY_RESEND (protocol 7.40): resend every request read and not yet answered.
+    writeOutHeader(notify, OUT_HEADER_BYTES, NotifyCode.RESEND, { lo: 0, hi: 0 });
     const n = dev.device.write(fd, notify);
     return { session, resent: n === OUT_HEADER_BYTES };
   }
@@ -375,6 +408,37 @@ export class KernelSession {
     this.write(this.errorReply);
   }
 
+  /**
+   * Queues a notification (a message whose header's unique is 0, kernel-protocol.ts):
+   * written soon, off the JS thread (see `notifications`), in order with this process's
+   * other notifications. Dropped once the connection is gone.
+   */
+  notify(message: Buffer): void {
+    if (this.endedFlag) return;
+    notifications.push({ session: this, message });
+    writeNextNotification();
+  }
+
+  /** @internal writeNextNotification's bookkeeping. */
+  notificationStarted(): void {
+    this.notificationWrites++;
+  }
+
+  /** @internal */
+  notificationDone(err: NodeJS.ErrnoException | null): void {
+    this.notificationWrites--;
+    const errno = err ? Math.abs(err.errno ?? E.EIO) : 0;
+    if (err && !QUIET_NOTIFY_ERRNOS.has(errno) && !this.endedFlag) this.onUnexpected(new Error(`writing a FUSE notification failed: ${err.message}`));
+    if (this.notificationWrites === 0 && this.closeAfterNotification >= 0) {
+      try {
+        closeSync(this.closeAfterNotification);
+      } catch {
+        // already closed
+      }
+      this.closeAfterNotification = -1;
+    }
+  }
+
   private write(buf: Buffer): void {
     if (this.endedFlag) return;
     const n = this.device.write(this.fd, buf);
@@ -398,10 +462,15 @@ export class KernelSession {
     if (this.watchId !== null) this.device.unwatch(this.watchId);
     this.watchId = null;
     if (this.fd >= 0) {
-      try {
-        closeSync(this.fd);
-      } catch {
-        // already closed
+      // A notification write under way still uses the fd: closed once it is done, so that
+      // its number is not reused under it.
+      if (this.notificationWrites > 0) this.closeAfterNotification = this.fd;
+      else {
+        try {
+          closeSync(this.fd);
+        } catch {
+          // already closed
+        }
       }
       this.fd = -1;
     }

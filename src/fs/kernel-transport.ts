@@ -8,16 +8,26 @@
  * Hot paths (READ, WRITE, GETATTR, LOOKUP) cost one table call and one reply buffer: the
  * request's reply address and caller are one object, READ replies of 128 KiB and more use
  * pooled buffers, and WRITE data stays in the request buffer until the store has it.
+ *
+ * Cache invalidation (`invalidate`): the edits another mount of the layer made (the
+ * daemon's coherent mounts, store/shared-layer.ts) become FUSE notifications, written
+ * here once for every operation: INVAL_INODE for data and attributes, INVAL_ENTRY for a
+ * name, DELETE for a name whose inode is gone. Only nodes this connection's kernel knows
+ * are notified: the codec counts the lookups its entry replies hand out and the FORGETs
+ * that return them (the table keeps no counts). A connection taken over from another
+ * process (adoptInit) has unknown counts, so every node is notified (the kernel answers
+ * ENOENT for one it does not know, which costs a write and nothing else).
  */
 import { constants as osConstants } from 'node:os';
 import type { Attr, DirEntry } from '../store/layer-store';
+import type { LayerEdit } from '../store/shared-layer';
 import type { CallerContext, Entry, FuseFeatures, FuseOperations, OpenReply } from './fuse-operations';
 import { MAX_WRITE_BYTES, type KernelDispatcher, type KernelSession } from './kernel-session';
 import {
-  ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_MIN_KERNEL_MINOR,
+  ATTR_OUT_BYTES, ENTRY_OUT_BYTES, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_KERNEL_VERSION, FUSE_ROOT_ID, FUSE_MIN_KERNEL_MINOR,
   FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID, INIT_OUT_BYTES, IN_HEADER_BYTES, InitFlag, OPEN_OUT_BYTES, OUT_HEADER_BYTES, Op,
-  STATFS_OUT_BYTES, STATX_OUT_BYTES, SetattrValid, direntBytes, readName, readU64, writeAttrOut, writeDirent, writeEntry, writeI64, writeInitOut,
-  writeOpenOut, writeStatfs, writeStatxOut, type Unique,
+  STATFS_OUT_BYTES, STATX_OUT_BYTES, SetattrValid, direntBytes, encodeNotifyDelete, encodeNotifyInvalEntry, encodeNotifyInvalInode,
+  readName, readU64, writeAttrOut, writeDirent, writeEntry, writeI64, writeInitOut, writeOpenOut, writeStatfs, writeStatxOut, type Unique,
 } from './kernel-protocol';
 
 const E = osConstants.errno;
@@ -56,6 +66,9 @@ function featureFlags(f: FuseFeatures): number {
  */
 export type ReplyChannel = Pick<KernelSession, 'send' | 'ok' | 'fail' | 'inFlight' | 'markInitialised'>;
 
+/** Where notifications go (KernelSession.notify: written off the JS thread, never blocking it). */
+export type NotifyChannel = Pick<KernelSession, 'notify'>;
+
 /** One request's reply address (the session's Unique) and its caller, in one object. */
 interface Request extends Unique, CallerContext {}
 
@@ -79,6 +92,72 @@ export interface KernelTransport extends KernelDispatcher {
    * daemon worker): the table gets the features agreed then, and no INIT is expected.
    */
   adoptInit(flags: number): void;
+  /**
+   * Invalidates what this connection's kernel caches of `edits`, changes another mount of
+   * the layer made. Queued, and handed to the channel (notifyTo) on a later turn of the
+   * event loop: after the reply of the changing request, never from inside a handler.
+   * Before notifyTo (the connection is not serving yet) there is nothing to invalidate.
+   */
+  invalidate(edits: readonly LayerEdit[]): void;
+  /** The session notifications are written to (once it exists). */
+  notifyTo(channel: NotifyChannel): void;
+  /** Whether this connection's kernel may hold node `nodeId` (see the lookup counts above). */
+  knowsNode(nodeId: number): boolean;
+}
+
+/** One kernel cache invalidation, before encoding: see invalidationsOf. */
+export type Invalidation =
+  | { kind: 'inode'; nodeId: number; offsetBytes: number; lengthBytes: number }
+  | { kind: 'entry'; parent: number; name: string }
+  | { kind: 'delete'; parent: number; child: number; name: string };
+
+/**
+ * The notifications that invalidate what a kernel caches of `edits`, merged (one INVAL_INODE
+ * per node, covering every range asked; offsetBytes -1: attributes only; lengthBytes 0: to
+ * the end), for the nodes `known` says the kernel may hold. A name's directory also loses
+ * its attributes and listing through INVAL_INODE: INVAL_ENTRY drops them only where the
+ * kernel had a dentry of that name, and a listing can hold a name it never looked up.
+ */
+export function invalidationsOf(edits: readonly LayerEdit[], nodeIdOf: (ino: number) => number, known: (nodeId: number) => boolean): Invalidation[] {
+  const ranges = new Map<number, { offsetBytes: number; endBytes: number }>();
+  const names: Invalidation[] = [];
+  const seenNames = new Set<string>();
+  const inode = (nodeId: number, offsetBytes: number, lengthBytes: number): void => {
+    if (!known(nodeId)) return;
+    const end = offsetBytes < 0 ? -1 : lengthBytes > 0 ? offsetBytes + lengthBytes : Infinity;
+    const had = ranges.get(nodeId);
+    if (!had || had.offsetBytes < 0) ranges.set(nodeId, { offsetBytes, endBytes: end });
+    else if (offsetBytes >= 0) ranges.set(nodeId, { offsetBytes: Math.min(had.offsetBytes, offsetBytes), endBytes: Math.max(had.endBytes, end) });
+  };
+  const name = (parent: number, n: string, child: number | null): void => {
+    inode(parent, 0, 0);
+    const key = `${parent}/${n}`;
+    if (!known(parent) || seenNames.has(key)) return;
+    seenNames.add(key);
+    names.push(child === null ? { kind: 'entry', parent, name: n } : { kind: 'delete', parent, child, name: n });
+  };
+  for (const e of edits) {
+    switch (e.kind) {
+      case 'data': inode(nodeIdOf(e.ino), e.offsetBytes, e.lengthBytes); break;
+      case 'attr': inode(nodeIdOf(e.ino), -1, 0); break;
+      case 'name': name(nodeIdOf(e.dirIno), e.name, null); break;
+      case 'deleted': name(nodeIdOf(e.dirIno), e.name, nodeIdOf(e.ino)); break;
+    }
+  }
+  const out = names;
+  for (const [nodeId, r] of ranges) {
+    out.push({ kind: 'inode', nodeId, offsetBytes: r.offsetBytes, lengthBytes: r.offsetBytes < 0 || r.endBytes === Infinity ? 0 : r.endBytes - r.offsetBytes });
+  }
+  return out;
+}
+
+/** The notification message of one invalidation (kernel-protocol.ts has the layouts). */
+export function encodeInvalidation(i: Invalidation): Buffer {
+  switch (i.kind) {
+    case 'inode': return encodeNotifyInvalInode(i.nodeId, i.offsetBytes, i.lengthBytes);
+    case 'entry': return encodeNotifyInvalEntry(i.parent, i.name);
+    case 'delete': return encodeNotifyDelete(i.parent, i.child, i.name);
+  }
 }
 
 export function createKernelTransport(ops: FuseOperations, options: KernelTransportOptions = {}): KernelTransport {
@@ -87,8 +166,39 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   const readBuffers: Buffer[] = [];
   const counts = new Uint32Array(64);
   let agreed: number | null = null;
+  /** Lookups of each node the kernel holds (entry replies minus FORGETs); the root is always held. */
+  const lookups = new Map<number, number>();
+  /** False for a connection taken over: its kernel may hold nodes this process never counted. */
+  let lookupsComplete = true;
+  let notifyChannel: NotifyChannel | null = null;
+  let pendingEdits: LayerEdit[] = [];
+  let flushScheduled = false;
+
+  function counted(e: Entry): void {
+    if (e.nodeId !== 0) lookups.set(e.nodeId, (lookups.get(e.nodeId) ?? 0) + 1);
+  }
+
+  function forget(nodeId: number, nlookup: number): void {
+    const left = (lookups.get(nodeId) ?? 0) - nlookup;
+    if (left > 0) lookups.set(nodeId, left);
+    else lookups.delete(nodeId);
+    ops.forget(nodeId, nlookup);
+  }
+
+  function knowsNode(nodeId: number): boolean {
+    return nodeId === FUSE_ROOT_ID || !lookupsComplete || lookups.has(nodeId);
+  }
+
+  function flushEdits(): void {
+    flushScheduled = false;
+    if (!notifyChannel || !pendingEdits.length) return;
+    const edits = pendingEdits;
+    pendingEdits = [];
+    for (const i of invalidationsOf(edits, ops.nodeIdOf, knowsNode)) notifyChannel.notify(encodeInvalidation(i));
+  }
 
   function sendEntry(session: ReplyChannel, r: Request, e: Entry): void {
+    counted(e);
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES);
     writeEntry(out, OUT_HEADER_BYTES, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
     session.send(r, out, out.length);
@@ -111,6 +221,7 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
   }
 
   function sendCreated(session: ReplyChannel, r: Request, c: { entry: Entry; open: OpenReply }): void {
+    counted(c.entry);
     const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + ENTRY_OUT_BYTES + OPEN_OUT_BYTES);
     writeEntry(out, OUT_HEADER_BYTES, c.entry.nodeId, c.entry.attr, c.entry.entryTimeoutS, c.entry.attrTimeoutS, bs);
     writeOpenOut(out, OUT_HEADER_BYTES + ENTRY_OUT_BYTES, c.open.fh, openFlags(c.open));
@@ -205,8 +316,10 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
         if (page.plus) {
           // '.', '..' and entries gone meanwhile carry no entry (node id 0: no lookup counted).
           const e = page.plus[k];
-          if (e) writeEntry(out, p, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
-          else out.fill(0, p, p + ENTRY_OUT_BYTES);
+          if (e) {
+            counted(e);
+            writeEntry(out, p, e.nodeId, e.attr, e.entryTimeoutS, e.attrTimeoutS, bs);
+          } else out.fill(0, p, p + ENTRY_OUT_BYTES);
           // writeDirent aligns (24 + name) alone; the whole record is aligned the same way
           // because ENTRY_OUT_BYTES is a multiple of 8.
           p += ENTRY_OUT_BYTES;
@@ -233,10 +346,10 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
         case Op.INIT:
           return init(session, r, req);
         case Op.FORGET:
-          return ops.forget(node, readU64(req, at));
+          return forget(node, readU64(req, at));
         case Op.BATCH_FORGET: {
           const n = req.readUInt32LE(at);
-          for (let i = 0, p = at + 8; i < n && p + 16 <= len; i++, p += 16) ops.forget(readU64(req, p), readU64(req, p + 8));
+          for (let i = 0, p = at + 8; i < n && p + 16 <= len; i++, p += 16) forget(readU64(req, p), readU64(req, p + 8));
           return;
         }
         case Op.INTERRUPT:
@@ -446,7 +559,22 @@ export function createKernelTransport(ops: FuseOperations, options: KernelTransp
     adoptInit(flags) {
       ops.init(featuresOf(flags));
       agreed = flags >>> 0;
+      lookupsComplete = false;
     },
+    invalidate(edits) {
+      // No channel yet: the kernel has answered no request of this connection, so holds nothing to drop.
+      if (!notifyChannel) return;
+      for (const e of edits) pendingEdits.push(e);
+      if (flushScheduled) return;
+      flushScheduled = true;
+      // The next turn of the loop: the changing request's reply is out by then (it is sent
+      // from the promise chain the change settled in), and no handler is on the stack.
+      setImmediate(flushEdits);
+    },
+    notifyTo(channel) {
+      notifyChannel = channel;
+    },
+    knowsNode,
     requestCounts() {
       const out: Record<string, number> = {};
       for (const [name, op] of Object.entries(Op)) if (counts[op]) out[name] = counts[op];

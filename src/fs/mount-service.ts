@@ -15,9 +15,12 @@
  * opens (kernel_cache) and dentries/attributes for an hour; a writable layer keeps
  * dentries 1 s, pages while mtime/size are unchanged (auto_cache), attributes not at all
  * (see attrTimeoutS). Both rely on nothing else changing the layer while it is mounted,
- * which start() makes so by claiming the mount in the store first (LAYER_IN_USE otherwise). */
+ * which start() makes so by claiming the mount in the store first (LAYER_IN_USE otherwise),
+ * except for other mounts of the same open layer that the caller serves and whose changes
+ * it hands to onCacheInvalidator (the daemon's coherent mounts: kernel transport only). */
 import { writeFile } from 'node:fs/promises';
 import type { LayerFs } from '../store/layer-store';
+import type { LayerEdit } from '../store/shared-layer';
 import { FuseMount, negErrno, type FuseMountOptions } from './fuse-adapter';
 import type { AtimeMode } from './access-times';
 import { createFuseOperations, type FuseOperations, type FuseOperationsOptions } from './fuse-operations';
@@ -108,6 +111,13 @@ export interface MountServiceOptions {
   log?: (line: string) => void;
   /** How often to check whether the session ended (an unmount from outside). */
   watchIntervalMs?: number;
+  /**
+   * Given, once a kernel-transport mount serves, the function that invalidates its kernel
+   * caches of changes made through another mount of the layer (a SharedLayer handle's
+   * onPeerEdits). Never called for libfuse 2, whose binding has no notifications: such a
+   * mount cannot be kept coherent with others.
+   */
+  onCacheInvalidator?: (invalidate: (edits: readonly LayerEdit[]) => void) => void;
 }
 
 export interface StopResult {
@@ -179,10 +189,12 @@ function tableSemantics(extra: MountSemantics): Pick<FuseOperationsOptions, 'ati
 }
 
 /**
- * Cache policy of the kernel transport. Node ids are store inodes and this mount is the
- * layer's only writer (lower layers are immutable; the store refuses a second mount of a
- * read-write mounted layer and any writer on a mounted one: LayerFs.claimMount), so every
- * change passes through the kernel, which updates or invalidates what it cached: names and attributes are kept for
+ * Cache policy of the kernel transport. Node ids are store inodes and every change of the
+ * layer passes through this mount's kernel, which updates or invalidates what it cached
+ * (lower layers are immutable; the store refuses a second mount of a read-write mounted
+ * layer and any writer on a mounted one: LayerFs.claimMount), or comes from another mount
+ * served by the same process, which then invalidates this one's caches (coherent claims,
+ * onCacheInvalidator). So names and attributes are kept for
  * an hour on every layer, and so are directory listings (the kernel drops a cached
  * listing when the directory changes through it). The writeback cache stays off: with it
  * write(2) would return before the store has the data, so a full pool or the layer's size
@@ -282,6 +294,8 @@ export class MountService {
           dev: Boolean(fuseOpts.dev),
         }, onUnexpected);
         session.onEnded = () => queueMicrotask(() => service?.checkSession());
+        kernel.notifyTo(session);
+        opts.onCacheInvalidator?.((edits) => kernel.invalidate(edits));
         served = { ops: { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, fuse: session, transport: 'kernel' };
       } catch (err) {
         // 'auto' still has fuse-native: e.g. no mount(8), or root without CAP_SYS_ADMIN in a
@@ -338,6 +352,8 @@ export class MountService {
       const kernel = createKernelTransport(table, { onUnexpected });
       kernel.adoptInit(opts.handoff.initFlags);
       const { session, resent } = KernelSession.adopt(opts.handoff.fd, kernel, onUnexpected);
+      kernel.notifyTo(session);
+      opts.onCacheInvalidator?.((edits) => kernel.invalidate(edits));
       const service = new MountService(opts.layer, opts.mountpoint, { table, requestCounts: kernel.requestCounts, negotiatedFlags: kernel.negotiatedFlags }, session, 'kernel', log);
       session.onEnded = () => queueMicrotask(() => service.checkSession());
       const entries = (await readMountTable()).filter((m) => m.mountpoint === opts.mountpoint && m.fstype === FUSE_FSTYPE);

@@ -1152,3 +1152,114 @@ describe('kernel transport: STATX, TMPFILE and POSIX ACLs', () => {
     expect(d.attr.mode & 0o7777).toBe(0o755);
   });
 });
+
+describe('kernel transport: cache invalidations of another mount\'s changes', () => {
+  /** A notification as the kernel reads it: fuse_out_header (unique 0, the code in error), then the body. */
+  interface Notification {
+    code: number;
+    body: Buffer;
+  }
+
+  class FakeNotifySession {
+    readonly sent: Notification[] = [];
+
+    notify(message: Buffer): void {
+      expect(message.readUInt32LE(0)).toBe(message.length);
+      expect(message.readBigUInt64LE(8)).toBe(0n); // unique 0: a notification, not a reply
+      this.sent.push({ code: message.readInt32LE(4), body: Buffer.from(message.subarray(16)) });
+    }
+  }
+
+  /** struct fuse_notify_inval_inode_out (code 2). */
+  const invalInode = (n: Notification) => {
+    expect(n.code).toBe(2);
+    expect(n.body.length).toBe(24);
+    return { ino: Number(n.body.readBigUInt64LE(0)), off: Number(n.body.readBigInt64LE(8)), len: Number(n.body.readBigInt64LE(16)) };
+  };
+  /** struct fuse_notify_inval_entry_out (code 3), then the name and a NUL. */
+  const invalEntry = (n: Notification) => {
+    expect(n.code).toBe(3);
+    const namelen = n.body.readUInt32LE(8);
+    expect(n.body.length).toBe(16 + namelen + 1);
+    expect(n.body[16 + namelen]).toBe(0);
+    return { parent: Number(n.body.readBigUInt64LE(0)), flags: n.body.readUInt32LE(12), name: n.body.toString('utf8', 16, 16 + namelen) };
+  };
+  /** struct fuse_notify_delete_out (code 6), then the name and a NUL. */
+  const notifyDelete = (n: Notification) => {
+    expect(n.code).toBe(6);
+    const namelen = n.body.readUInt32LE(16);
+    expect(n.body.length).toBe(24 + namelen + 1);
+    expect(n.body[24 + namelen]).toBe(0);
+    return { parent: Number(n.body.readBigUInt64LE(0)), child: Number(n.body.readBigUInt64LE(8)), name: n.body.toString('utf8', 24, 24 + namelen) };
+  };
+
+  async function setUp() {
+    const layer = memoryLayer();
+    const dir = await layer.mkdir(layer.rootIno, 'dir', { mode: 0o755, uid: 0, gid: 0 });
+    const file = await layer.mknod(dir.ino, 'file', { mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+    const h = new Harness(layer);
+    const notes = new FakeNotifySession();
+    h.transport.notifyTo(notes);
+    return { layer, dir, file, h, notes };
+  }
+
+  it('knows a node from the entry replies that handed it out until FORGET returns every lookup; the root always', async () => {
+    const { dir, file, h } = await setUp();
+    expect(h.transport.knowsNode(FUSE_ROOT_ID)).toBe(true);
+    expect(h.transport.knowsNode(dir.ino)).toBe(false);
+    await h.lookup(FUSE_ROOT_ID, 'dir');
+    await h.lookup(FUSE_ROOT_ID, 'dir');
+    await h.lookup(dir.ino, 'file');
+    expect(h.transport.knowsNode(dir.ino) && h.transport.knowsNode(file.ino)).toBe(true);
+    h.send(Op.FORGET, dir.ino, [u64(1)]);
+    expect(h.transport.knowsNode(dir.ino)).toBe(true); // one lookup left
+    h.send(Op.BATCH_FORGET, 0, [u32(2, 0), u64(dir.ino, 1), u64(file.ino, 1)]);
+    expect(h.transport.knowsNode(dir.ino) || h.transport.knowsNode(file.ino)).toBe(false);
+    // A negative entry hands out no node; CREATE's and READDIRPLUS's entries do.
+    await h.call(Op.LOOKUP, FUSE_ROOT_ID, [cstr('absent')]);
+    const created = await h.create(FUSE_ROOT_ID, 'new');
+    expect(h.transport.knowsNode(created.entry.nodeid)).toBe(true);
+    await h.readdir(dir.ino, await h.opendir(dir.ino), 0, 4096, true);
+    expect(h.transport.knowsNode(file.ino)).toBe(true);
+  });
+
+  it('turns edits into INVAL_INODE / INVAL_ENTRY / DELETE for known nodes only, after the current turn of the event loop', async () => {
+    const { dir, file, h, notes } = await setUp();
+    await h.lookup(FUSE_ROOT_ID, 'dir');
+    await h.lookup(dir.ino, 'file');
+    h.transport.invalidate([
+      { kind: 'data', ino: file.ino, offsetBytes: 4096, lengthBytes: 100 },
+      { kind: 'data', ino: file.ino, offsetBytes: 8000, lengthBytes: 1000 },
+      { kind: 'attr', ino: dir.ino },
+      { kind: 'data', ino: FIRST_INO + 999, offsetBytes: 0, lengthBytes: 0 }, // never looked up: not notified
+    ]);
+    expect(notes.sent).toEqual([]); // never from inside the caller (a request handler)
+    await tick();
+    expect(notes.sent.map(invalInode)).toEqual([
+      { ino: file.ino, off: 4096, len: 9000 - 4096 }, // one per node, covering both ranges
+      { ino: dir.ino, off: -1, len: 0 }, // attributes only
+    ]);
+
+    notes.sent.length = 0;
+    h.transport.invalidate([
+      { kind: 'name', dirIno: dir.ino, name: 'né' },
+      { kind: 'deleted', dirIno: dir.ino, name: 'file', ino: file.ino },
+      { kind: 'name', dirIno: FIRST_INO + 999, name: 'x' }, // a directory the kernel does not hold
+    ]);
+    await tick();
+    expect(notes.sent.map((n) => n.code)).toEqual([3, 6, 2]);
+    expect(invalEntry(notes.sent[0])).toEqual({ parent: dir.ino, flags: 0, name: 'né' });
+    expect(notifyDelete(notes.sent[1])).toEqual({ parent: dir.ino, child: file.ino, name: 'file' });
+    // The directory's listing and attributes go too (INVAL_ENTRY drops them only where a dentry was cached).
+    expect(invalInode(notes.sent[2])).toEqual({ ino: dir.ino, off: 0, len: 0 });
+  });
+
+  it('names the root FUSE_ROOT_ID, and notifies every node of a connection taken over from another process', async () => {
+    const { layer, file, h, notes } = await setUp();
+    h.transport.adoptInit(DMFS_INIT_FLAGS);
+    h.transport.invalidate([{ kind: 'name', dirIno: layer.rootIno, name: 'dir' }, { kind: 'attr', ino: file.ino }]);
+    await tick();
+    expect(invalEntry(notes.sent[0])).toMatchObject({ parent: FUSE_ROOT_ID, name: 'dir' });
+    expect(notes.sent.slice(1).map(invalInode)).toEqual([{ ino: FUSE_ROOT_ID, off: 0, len: 0 }, { ino: file.ino, off: -1, len: 0 }]);
+  });
+});
