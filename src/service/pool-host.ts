@@ -5,20 +5,33 @@
  * one store, recorded in the pool's run directory like a mount process's (with
  * servedByDaemon, so nothing signals this process to end one mount).
  *
+ * Coherent mounts: the mounts of one layer here (one read-write plus any number of
+ * read-only ones, or read-only ones alone) are served from the layer's one open LayerFs,
+ * each through a handle of a SharedLayer (store/shared-layer.ts). A change made through
+ * one mount reaches the store at once, and the others' kernel caches are invalidated
+ * (FUSE notifications, kernel-transport.ts), so every mount shows it. That needs every
+ * mount of a shared layer on the kernel transport: libfuse 2's binding sends no
+ * notifications, so a layer mounted through it has no second mount here. A read-write
+ * mount joins only a layer opened for writing: after read-only mounts of a container it
+ * is refused until they are unmounted (TODO: reopen the layer for writing under the
+ * read-only mounts, once someone needs that order).
+ *
  * Public methods validate their request (it may come from the control socket as JSON);
- * a mountpoint being mounted or unmounted is busy to a second call until the first ends.
+ * a mountpoint being mounted or unmounted is busy to a second call until the first ends,
+ * and mounts of one layer are made one at a time (they share its open LayerFs).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Pool } from '../api';
-import { dmfsError } from '../errors';
+import { dmfsError, isDmfsError } from '../errors';
 import { mountAccessFor } from '../fs/mount-access';
 import { MountService } from '../fs/mount-service';
 import { findMount, mountRunPaths, probeMountpoint, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
 import { assertMountpointOutsidePool, prepareMountpoint } from '../fs/mountpoint-prep';
 import { poolPaths } from '../pool/pool-paths';
 import { currentProcess } from '../pool/process-identity';
-import type { LayerInfo } from '../store/layer-store';
+import type { LayerFs, LayerInfo } from '../store/layer-store';
+import { SharedLayer, type LayerEdit } from '../store/shared-layer';
 import type { CreateLayerRequest, MountRequest, MountResult, ServedMount, UnmountRequest, UnmountResult } from './control-protocol';
 import { HostedServices, type ServiceMounts } from './hosted-services';
 import type { PoolClient } from './pool-client';
@@ -28,6 +41,21 @@ interface HostedMount {
   layer: string;
   readOnly: boolean;
   startedMs: number;
+}
+
+/** A layer open here with the mounts served from it (mountpoint -> read-only?, transport). */
+interface LayerShare {
+  shared: SharedLayer;
+  mounts: Map<string, { readOnly: boolean; transport: 'kernel' | 'libfuse2' }>;
+}
+
+/** A handle on a layer for one mount, and where that mount's cache invalidator goes. */
+interface MountLayer {
+  layer: LayerFs;
+  share: LayerShare;
+  /** Other mounts of the layer are served here: this one must be on the kernel transport. */
+  joined: boolean;
+  setInvalidator: (invalidate: (edits: readonly LayerEdit[]) => void) => void;
 }
 
 export interface PoolHostOptions {
@@ -84,6 +112,10 @@ export class PoolHost implements PoolClient {
   readonly services: HostedServices;
   readonly startedMs = Date.now();
   private readonly mounts = new Map<string, HostedMount>();
+  /** Layers open for mounts, by layer name (see Coherent mounts above). */
+  private readonly shares = new Map<string, LayerShare>();
+  /** The mount of each layer under way, which the next one waits for. */
+  private readonly layerTurns = new Map<string, Promise<void>>();
   /** Mountpoints with a mount or unmount under way. */
   private readonly busy = new Set<string>();
   private closing: Promise<void> | null = null;
@@ -145,21 +177,29 @@ export class PoolHost implements PoolClient {
     try {
       const runDir = poolPaths(this.root).runDir;
       const { recovered } = await prepareMountpoint(mountpoint, runDir);
-      const layer = await this.pool.store.openLayer(layerName, { readOnly, mountpoint });
-      let service: MountService;
-      try {
-        service = await MountService.start({ layer, mountpoint, ...access, atime: atimeOf(req.atime), log: this.log });
-      } catch (err) {
-        await layer.close().catch(() => undefined);
-        throw err;
-      }
-      try {
-        await this.serving(mountpoint, layerName, service);
-      } catch (err) {
-        await service.stop('start-up failed');
-        throw err;
-      }
-      return { layer: layerName, mountpoint, readOnly: layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
+      return await this.layerTurn(layerName, async () => {
+        const m = await this.layerForMount(layerName, readOnly, mountpoint);
+        let service: MountService;
+        try {
+          service = await MountService.start({
+            layer: m.layer, mountpoint, ...access, atime: atimeOf(req.atime), log: this.log,
+            ...(m.joined ? { transport: 'kernel' as const } : {}), onCacheInvalidator: m.setInvalidator,
+          });
+        } catch (err) {
+          await m.layer.close().catch(() => undefined);
+          if (m.joined && isDmfsError(err, 'FUSE_UNAVAILABLE')) {
+            throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted elsewhere by this process; another mount of it must be kept coherent, which only the kernel FUSE transport can: ${err.message}`, err);
+          }
+          throw err;
+        }
+        try {
+          await this.serving(mountpoint, layerName, service, m.share);
+        } catch (err) {
+          await service.stop('start-up failed');
+          throw err;
+        }
+        return { layer: layerName, mountpoint, readOnly: m.layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
+      });
     } finally {
       this.busy.delete(mountpoint);
     }
@@ -177,21 +217,27 @@ export class PoolHost implements PoolClient {
     this.claim(mp);
     try {
       await prepareMountpoint(mp, poolPaths(this.root).runDir);
-      const layer = await this.pool.store.openLayer(name, { readOnly, mountpoint: mp });
-      let service: MountService;
-      try {
-        // MountService's own defaults: setuid and device nodes honoured as root (a rootfs needs them).
-        service = await MountService.start({ layer, mountpoint: mp, allowOther: true, log: this.log });
-      } catch (err) {
-        await layer.close().catch(() => undefined);
-        throw err;
-      }
-      try {
-        await this.serving(mp, name, service);
-      } catch (err) {
-        await service.stop('start-up failed');
-        throw err;
-      }
+      // Like every mount here: joined to the layer's other mounts, kept coherent with them.
+      await this.layerTurn(name, async () => {
+        const m = await this.layerForMount(name, readOnly, mp);
+        let service: MountService;
+        try {
+          // MountService's own defaults: setuid and device nodes honoured as root (a rootfs needs them).
+          service = await MountService.start({
+            layer: m.layer, mountpoint: mp, allowOther: true, log: this.log,
+            ...(m.joined ? { transport: 'kernel' as const } : {}), onCacheInvalidator: m.setInvalidator,
+          });
+        } catch (err) {
+          await m.layer.close().catch(() => undefined);
+          throw err;
+        }
+        try {
+          await this.serving(mp, name, service, m.share);
+        } catch (err) {
+          await service.stop('start-up failed');
+          throw err;
+        }
+      });
     } finally {
       this.busy.delete(mp);
     }
@@ -207,6 +253,19 @@ export class PoolHost implements PoolClient {
       if (result.error) throw dmfsError('IO_ERROR', `unmounting ${mp} failed: ${result.error.message}`, result.error);
     } finally {
       this.busy.delete(mp);
+    }
+  }
+
+  /** Runs `fn` once every earlier call for `layerName` has settled. */
+  private async layerTurn<T>(layerName: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.layerTurns.get(layerName) ?? Promise.resolve();
+    const run = before.then(fn);
+    const settled = run.then(() => undefined, () => undefined);
+    this.layerTurns.set(layerName, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.layerTurns.get(layerName) === settled) this.layerTurns.delete(layerName);
     }
   }
 
@@ -231,21 +290,67 @@ export class PoolHost implements PoolClient {
   }
 
   /**
+   * The layer a new mount at `mountpoint` serves: a handle on the layer's open LayerFs
+   * when other mounts here serve it (refused where they could not be kept coherent), else
+   * on a fresh open. LAYER_IN_USE for a second read-write mount, a read-write mount after
+   * read-only ones of a container, and any mount next to one through libfuse 2.
+   */
+  private async layerForMount(layerName: string, readOnly: boolean, mountpoint: string): Promise<MountLayer> {
+    let invalidate: ((edits: readonly LayerEdit[]) => void) | null = null;
+    const onPeerEdits = (edits: readonly LayerEdit[]) => invalidate?.(edits);
+    const setInvalidator = (fn: (edits: readonly LayerEdit[]) => void) => (invalidate = fn);
+    const existing = this.shares.get(layerName);
+    if (existing && !existing.shared.closed) {
+      const others = [...existing.mounts.keys()].join(', ');
+      const libfuse2 = [...existing.mounts.entries()].find(([, m]) => m.transport === 'libfuse2');
+      if (libfuse2) {
+        throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted at ${libfuse2[0]} through libfuse 2, whose binding cannot invalidate the kernel's caches of a mount: it can have no second mount. Unmount it and mount it again on the kernel FUSE transport (DMFS_FUSE_TRANSPORT=kernel for the daemon).`);
+      }
+      const rw = [...existing.mounts.entries()].find(([, m]) => !m.readOnly);
+      if (!readOnly && rw) {
+        throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted read-write at ${rw[0]}; a layer has one read-write mount. Mount it again with --ro: read-only mounts see its changes at once.`);
+      }
+      let wantReadOnly = readOnly;
+      if (!readOnly && existing.shared.layer.readOnly) {
+        const info = await this.pool.store.getLayer(layerName);
+        if (info.kind === 'container' || info.state === 'building') {
+          throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted read-only at ${others}; a read-write mount has to come first. Unmount those (dmfs umount MOUNTPOINT), mount it read-write, then read-only again.`);
+        }
+        wantReadOnly = true; // an image layer mounts read-only however asked, as on a first mount
+      }
+      return { layer: existing.shared.handle({ readOnly: wantReadOnly, onPeerEdits }), share: existing, joined: true, setInvalidator };
+    }
+    const opened = await this.pool.store.openLayer(layerName, { readOnly, mountpoint });
+    const share: LayerShare = {
+      shared: new SharedLayer(opened, () => {
+        if (this.shares.get(layerName) === share) this.shares.delete(layerName);
+      }),
+      mounts: new Map(),
+    };
+    this.shares.set(layerName, share);
+    return { layer: share.shared.handle({ readOnly: opened.readOnly, onPeerEdits }), share, joined: false, setInvalidator };
+  }
+
+  /**
    * Takes over mounts a previous worker served (their descriptors handed down by the
    * supervisor). One that cannot be served (its layer gone, ...) is detached lazily, so it
    * is not left answering ENOTCONN; its descriptor is closed.
    */
   async adoptMounts(mounts: HandedOverMount[]): Promise<void> {
-    for (const m of mounts) {
+    // Read-write mounts first: the read-only mounts of their layers join them (layerForMount).
+    const ordered = [...mounts].sort((a, b) => Number(a.readOnly) - Number(b.readOnly));
+    for (const m of ordered) {
       try {
-        const layer = await this.pool.store.openLayer(m.layer, { readOnly: m.readOnly, mountpoint: m.mountpoint });
-        try {
-          const { service } = await MountService.adopt({ layer, mountpoint: m.mountpoint, handoff: { fd: m.fd, initFlags: m.initFlags }, log: this.log });
-          await this.serving(m.mountpoint, m.layer, service, true);
-        } catch (err) {
-          await layer.close().catch(() => undefined);
-          throw err;
-        }
+        await this.layerTurn(m.layer, async () => {
+          const ml = await this.layerForMount(m.layer, m.readOnly, m.mountpoint);
+          try {
+            const { service } = await MountService.adopt({ layer: ml.layer, mountpoint: m.mountpoint, handoff: { fd: m.fd, initFlags: m.initFlags }, log: this.log, onCacheInvalidator: ml.setInvalidator });
+            await this.serving(m.mountpoint, m.layer, service, ml.share, true);
+          } catch (err) {
+            await ml.layer.close().catch(() => undefined);
+            throw err;
+          }
+        });
       } catch (err) {
         this.log(`cannot take over ${m.mountpoint} (layer ${m.layer}): ${(err as Error).message}; detaching it`);
         try {
@@ -260,7 +365,7 @@ export class PoolHost implements PoolClient {
   }
 
   /** Records a live mount (run record, supervisor) and forgets it when it ends. */
-  private async serving(mountpoint: string, layerName: string, service: MountService, adopted = false): Promise<void> {
+  private async serving(mountpoint: string, layerName: string, service: MountService, share: LayerShare, adopted = false): Promise<void> {
     const record = mountRunPaths(poolPaths(this.root).runDir, mountpoint).record;
     await writeMountRecord(record, {
       version: 1, ...currentProcess(), layer: layerName, mountpoint, readOnly: service.layer.readOnly, root: this.root,
@@ -269,8 +374,11 @@ export class PoolHost implements PoolClient {
     const handoff = service.kernelHandoff();
     if (handoff && !adopted) await this.opts.onServed?.({ layer: layerName, mountpoint, readOnly: service.layer.readOnly, ...handoff });
     this.mounts.set(mountpoint, { service, layer: layerName, readOnly: service.layer.readOnly, startedMs: Date.now() });
+    share.mounts.set(mountpoint, { readOnly: service.layer.readOnly, transport: service.transport });
     void service.stopped.then(async (r) => {
       if (this.mounts.get(mountpoint)?.service === service) this.mounts.delete(mountpoint);
+      this.mounts.delete(mountpoint);
+      share.mounts.delete(mountpoint);
       this.opts.onReleased?.(mountpoint);
       await removeFile(record).catch(() => undefined);
       if (r.error) this.log(`${mountpoint}: ended with an error: ${r.error.message}`);
