@@ -25,7 +25,7 @@ import * as path from 'node:path';
 import { Pool } from '../api';
 import { dmfsError, isDmfsError } from '../errors';
 import { mountAccessFor } from '../fs/mount-access';
-import { MountService } from '../fs/mount-service';
+import { MountService, type MountServiceOptions } from '../fs/mount-service';
 import { findMount, mountRunPaths, probeMountpoint, removeFile, unmountFuse, writeMountRecord } from '../fs/mount-table';
 import { assertMountpointOutsidePool, prepareMountpoint } from '../fs/mountpoint-prep';
 import { poolPaths } from '../pool/pool-paths';
@@ -177,29 +177,8 @@ export class PoolHost implements PoolClient {
     try {
       const runDir = poolPaths(this.root).runDir;
       const { recovered } = await prepareMountpoint(mountpoint, runDir);
-      return await this.layerTurn(layerName, async () => {
-        const m = await this.layerForMount(layerName, readOnly, mountpoint);
-        let service: MountService;
-        try {
-          service = await MountService.start({
-            layer: m.layer, mountpoint, ...access, atime: atimeOf(req.atime), log: this.log,
-            ...(m.joined ? { transport: 'kernel' as const } : {}), onCacheInvalidator: m.setInvalidator,
-          });
-        } catch (err) {
-          await m.layer.close().catch(() => undefined);
-          if (m.joined && isDmfsError(err, 'FUSE_UNAVAILABLE')) {
-            throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted elsewhere by this process; another mount of it must be kept coherent, which only the kernel FUSE transport can: ${err.message}`, err);
-          }
-          throw err;
-        }
-        try {
-          await this.serving(mountpoint, layerName, service, m.share);
-        } catch (err) {
-          await service.stop('start-up failed');
-          throw err;
-        }
-        return { layer: layerName, mountpoint, readOnly: m.layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
-      });
+      const service = await this.startServing(layerName, mountpoint, readOnly, { ...access, atime: atimeOf(req.atime) });
+      return { layer: layerName, mountpoint, readOnly: service.layer.readOnly, pid: process.pid, log: this.opts.logFile ?? null, recovered, transport: service.transport, servedBy: this.opts.daemon ? 'daemon' : 'process' };
     } finally {
       this.busy.delete(mountpoint);
     }
@@ -217,27 +196,8 @@ export class PoolHost implements PoolClient {
     this.claim(mp);
     try {
       await prepareMountpoint(mp, poolPaths(this.root).runDir);
-      // Like every mount here: joined to the layer's other mounts, kept coherent with them.
-      await this.layerTurn(name, async () => {
-        const m = await this.layerForMount(name, readOnly, mp);
-        let service: MountService;
-        try {
-          // MountService's own defaults: setuid and device nodes honoured as root (a rootfs needs them).
-          service = await MountService.start({
-            layer: m.layer, mountpoint: mp, allowOther: true, log: this.log,
-            ...(m.joined ? { transport: 'kernel' as const } : {}), onCacheInvalidator: m.setInvalidator,
-          });
-        } catch (err) {
-          await m.layer.close().catch(() => undefined);
-          throw err;
-        }
-        try {
-          await this.serving(mp, name, service, m.share);
-        } catch (err) {
-          await service.stop('start-up failed');
-          throw err;
-        }
-      });
+      // MountService's own defaults: setuid and device nodes honoured as root (a rootfs needs them).
+      await this.startServing(name, mp, readOnly, { allowOther: true });
     } finally {
       this.busy.delete(mp);
     }
@@ -254,6 +214,37 @@ export class PoolHost implements PoolClient {
     } finally {
       this.busy.delete(mp);
     }
+  }
+
+  /**
+   * Opens (or joins, kept coherent with the layer's other mounts) `layerName` and serves it
+   * at the prepared, claimed `mountpoint` with these MountService options; recorded and
+   * handed to the supervisor by serving().
+   */
+  private startServing(layerName: string, mountpoint: string, readOnly: boolean, options: Pick<MountServiceOptions, 'allowOther' | 'suid' | 'dev' | 'atime'>): Promise<MountService> {
+    return this.layerTurn(layerName, async () => {
+      const m = await this.layerForMount(layerName, readOnly, mountpoint);
+      let service: MountService;
+      try {
+        service = await MountService.start({
+          layer: m.layer, mountpoint, ...options, log: this.log,
+          ...(m.joined ? { transport: 'kernel' as const } : {}), onCacheInvalidator: m.setInvalidator,
+        });
+      } catch (err) {
+        await m.layer.close().catch(() => undefined);
+        if (m.joined && isDmfsError(err, 'FUSE_UNAVAILABLE')) {
+          throw dmfsError('LAYER_IN_USE', `layer '${layerName}' is mounted elsewhere by this process; another mount of it must be kept coherent, which only the kernel FUSE transport can: ${err.message}`, err);
+        }
+        throw err;
+      }
+      try {
+        await this.serving(mountpoint, layerName, service, m.share);
+      } catch (err) {
+        await service.stop('start-up failed');
+        throw err;
+      }
+      return service;
+    });
   }
 
   /** Runs `fn` once every earlier call for `layerName` has settled. */
