@@ -144,8 +144,18 @@ function mountThrough(fuseMount: NonNullable<RawAddon['fuseMount']>): NonNullabl
   return (source, target, fstype, flags, data) => fuseMount(c(source), c(target), c(fstype), flags, c(data));
 }
 
-/** The package root: the nearest ancestor holding dmfs's package.json (same from src/ and dist/). */
+let packageRootFound: string | null = null;
+
+/**
+ * The package root: the nearest ancestor holding dmfs's package.json (same from src/ and
+ * dist/). Found once per process: every commit asks for the addon's flock through here.
+ */
 export function packageRoot(): string {
+  packageRootFound ??= findPackageRoot();
+  return packageRootFound;
+}
+
+function findPackageRoot(): string {
   let dir = __dirname;
   for (let i = 0; i < 6; i++) {
     try {
