@@ -28,9 +28,13 @@ import { loadFileLock, type FileLockMode } from '../native';
 
 export const ENV_OPEN_LOCK_FILE = 'lmdb-open.lock';
 
+type FlockFn = NonNullable<ReturnType<typeof loadFileLock>>;
+
 interface LockFile {
   /** -1: no lock file (read-only file system, or no addon): locking is skipped. */
   fd: number;
+  /** The addon's flock, found once (per commit it would cost more than the flock itself); null with fd -1. */
+  flock: FlockFn | null;
   users: number;
   /** What this process holds now, and how many nested holders share it. */
   held: FileLockMode;
@@ -50,7 +54,9 @@ export class EnvOpenLock {
     const key = path.resolve(metadataDir);
     let file = lockFiles.get(key);
     if (!file) {
-      file = { fd: openLockFile(key, readOnly), users: 0, held: 0, depth: 0 };
+      const flock = loadFileLock();
+      const fd = flock ? openLockFile(key, readOnly) : -1;
+      file = { fd, flock: fd >= 0 ? flock : null, users: 0, held: 0, depth: 0 };
       lockFiles.set(key, file);
     }
     file.users++;
@@ -77,7 +83,8 @@ export class EnvOpenLock {
 
   private holding<T>(mode: FileLockMode, fn: () => T): T {
     const file = this.file;
-    if (file.fd < 0) return fn();
+    const flock = file.flock;
+    if (flock === null) return fn();
     // Nested (a commit inside an open, or the reverse): the outer hold already keeps the
     // other processes out; changing an flock lock in place is not atomic, so it is not done.
     if (file.depth > 0) {
@@ -88,7 +95,7 @@ export class EnvOpenLock {
         file.depth--;
       }
     }
-    setLock(file.fd, mode, this.key);
+    setLock(flock, file.fd, mode, this.key);
     file.held = mode;
     file.depth = 1;
     try {
@@ -96,7 +103,7 @@ export class EnvOpenLock {
     } finally {
       file.depth = 0;
       file.held = 0;
-      setLock(file.fd, 0, this.key);
+      setLock(flock, file.fd, 0, this.key);
     }
   }
 }
@@ -112,9 +119,7 @@ function lockWaitMs(): number {
 }
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
-function setLock(fd: number, mode: FileLockMode, dir: string): void {
-  const lock = loadFileLock();
-  if (!lock) return;
+function setLock(lock: FlockFn, fd: number, mode: FileLockMode, dir: string): void {
   let rc = lock(fd, mode);
   if (rc === -EWOULDBLOCK) {
     // Synchronous on purpose (a commit is): short sleeps, growing to 5 ms.
@@ -137,7 +142,6 @@ function setLock(fd: number, mode: FileLockMode, dir: string): void {
 }
 
 function openLockFile(dir: string, readOnly: boolean): number {
-  if (!loadFileLock()) return -1;
   const file = path.join(dir, ENV_OPEN_LOCK_FILE);
   try {
     // Created by read-only opens too where they can: a writer may start after them.
