@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { DmfsError } from '../errors';
+import { EnvOpenLock } from './env-open-lock';
 import { metaTxnids } from './lmdb-layout';
 import { describeDamage, verifyMetadataStable, type MetadataDamage, type MetadataVerifyReport } from './metadata-verify';
 
@@ -118,6 +119,18 @@ function restampAtExit(dir: string): void {
  * METADATA_CORRUPT naming the damaged pages and what to do next; touches nothing in the
  * file either way. A missing file is not this function's business (the open reports it).
  */
+/** verifyMetadataStable's last resort for the environment in dir: a walk while no process commits (its open lock held exclusively). */
+export function withoutCommits(dir: string): (walk: () => MetadataVerifyReport) => MetadataVerifyReport {
+  return (walk) => {
+    const lock = EnvOpenLock.acquire(dir, true);
+    try {
+      return lock.whileOpening(walk);
+    } finally {
+      lock.release();
+    }
+  };
+}
+
 export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = processMode): MetadataVerifyReport | null {
   const file = `${dir}/data.mdb`;
   if (!fs.existsSync(file)) return null;
@@ -129,7 +142,7 @@ export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = proce
       return null;
     }
   }
-  const report = verifyMetadataStable(file);
+  const report = verifyMetadataStable(file, withoutCommits(dir));
   if (!report.openable) {
     const root = dir.replace(/\/metadata\/?$/, '');
     const oneMetaLost = report.damage.every((d) => d.db === 'meta' || d.scope !== 'live') && report.metas.some((m) => m.sound);

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { dmfsError, isDmfsError } from '../errors';
 import { asDataBlock } from '../pool/block-address';
-import { damageSeenAtOpen } from '../pool/metadata-gate';
+import { damageSeenAtOpen, withoutCommits } from '../pool/metadata-gate';
 import { verifyMetadataStable, type MetadataDamage } from '../pool/metadata-verify';
 import { MetadataSnapshot, type BackupInfo } from '../pool/metadata-backup';
 import type { ThinPool } from '../pool/thin-pool';
@@ -132,7 +132,7 @@ async function checkOnce(pool: ThinPool, opts: CheckOptions): Promise<CheckRepor
 
   // The LMDB file's structure, page by page (MetadataEnv.open refused damage in what LMDB
   // reads; what remains to report is damage in the previous snapshot and leaked pages).
-  const md = verifyMetadataStable(path.join(pool.env.dir, 'data.mdb'));
+  const md = verifyMetadataStable(path.join(pool.env.dir, 'data.mdb'), withoutCommits(pool.env.dir));
   const seen = new Set<string>();
   const damage: MetadataDamage[] = [];
   for (const d of [...damageSeenAtOpen(pool.env.dir), ...md.damage]) {
