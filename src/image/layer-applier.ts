@@ -29,7 +29,7 @@
  * a directory this layer changes without an entry for it keeps the time it had.
  */
 import { dmfsError, isDmfsError } from '../errors';
-import type { Attr, Ino, LayerFs } from '../store/layer-store';
+import type { Attr, Ino, LayerFs, NamedEntry, NewEntry } from '../store/layer-store';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG } from '../store/layer-store';
 import { entryComponents, NAME_MAX_BYTES, whiteoutOf } from './entry-path';
 import type { TarEntry, TarItem } from './tar-reader';
@@ -60,6 +60,9 @@ export interface ApplyStats {
 }
 
 const WRITE_COALESCE_BYTES = 1 << 20;
+/** Most entries, and content bytes, made in one createEntries transaction. */
+const QUEUE_MAX_ENTRIES = 256;
+const QUEUE_MAX_BYTES = 8 << 20;
 
 /** The key of a name this layer wrote: its parent directory's inode and the name. */
 function writtenKey(parent: Ino, name: string): string {
@@ -106,6 +109,10 @@ export class LayerApplier {
     rewrittenInPlace: 0, sharedBytes: 0,
   };
   private blockBytes = 0;
+  /** Entries for createEntries not sent yet (see queueWhole), their keys and content bytes. */
+  private queue: NamedEntry[] = [];
+  private readonly queuedKeys = new Set<string>();
+  private queuedBytes = 0;
 
   constructor(private readonly fs: LayerFs, private readonly opts: ApplyOptions = {}) {
     this.maxFileBytes = opts.maxFileBytes ?? fs.sizeLimitBytes;
@@ -157,7 +164,7 @@ export class LayerApplier {
     const where = (): string => comps.join('/');
     const key = writtenKey(parent, base);
     const depth = this.entryChain.length;
-    const existing = await this.fs.lookup(parent, base);
+    const existing = await this.lookup(parent, base);
 
     if (entry.type === 'dir') {
       let ino: Ino;
@@ -190,7 +197,7 @@ export class LayerApplier {
         // Docker's tars say by carrying the target as a full file). Its other lower names
         // keep the lower inode. So the layer is the same whichever way the tar says it.
         linkTarget = await this.copyUp(t.dir, t.base, t.attr, t.depth);
-        cur = await this.fs.lookup(parent, base);
+        cur = await this.lookup(parent, base);
       }
       if (cur && cur.ino === linkTarget.ino) {
         this.markWritten(key, depth); // Already this very file (a link to itself, or a repeated link).
@@ -206,10 +213,14 @@ export class LayerApplier {
       this.markWritten(key, depth);
       return;
     }
-    const replaced = entry.type === 'hardlink' ? await this.fs.lookup(parent, base) : existing;
+    const replaced = entry.type === 'hardlink' ? await this.lookup(parent, base) : existing;
     if (replaced) await this.remove(parent, base, replaced);
     await this.touchDir(parent);
 
+    if (entry.type !== 'hardlink' && (await this.queueWhole(parent, base, entry, body, where))) {
+      this.markWritten(key, depth);
+      return;
+    }
     let node: Attr;
     switch (entry.type) {
       case 'file': {
@@ -253,8 +264,91 @@ export class LayerApplier {
     this.markWritten(key, depth);
   }
 
+  /**
+   * Queues a file (dense, up to WRITE_COALESCE_BYTES: read whole first), symlink, device
+   * or fifo entry for LayerFs.createEntries, which makes a run of them in one metadata
+   * transaction instead of one each for every node, its content and its times. False when
+   * the layer lacks it or the entry does not fit it (the caller then makes the node step by
+   * step). Queued names are not in the layer yet: `lookup` sends the queue before it looks
+   * one up, and everything else that reads the tree sends it first.
+   */
+  private async queueWhole(parent: Ino, name: string, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, where: () => string): Promise<boolean> {
+    if (!this.fs.createEntries) return false;
+    const times = { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs };
+    const ids = { uid: entry.uid, gid: entry.gid };
+    let made: NewEntry;
+    switch (entry.type) {
+      case 'file': {
+        if (entry.sparse !== null || entry.sizeBytes > WRITE_COALESCE_BYTES) return false;
+        made = { mode: S_IFREG | entry.mode, ...ids, ...times, content: await this.wholeContent(entry, body, where) };
+        this.stats.files++;
+        break;
+      }
+      case 'symlink':
+        made = { mode: 0o777, ...ids, ...times, target: entry.linkPath };
+        this.stats.symlinks++;
+        break;
+      case 'chardev':
+      case 'blockdev':
+      case 'fifo': {
+        const type = entry.type === 'chardev' ? S_IFCHR : entry.type === 'blockdev' ? S_IFBLK : S_IFIFO;
+        made = { mode: type | entry.mode, ...ids, ...times, ...(entry.type === 'fifo' ? {} : { rdev: makedev(entry.devMajor, entry.devMinor) }) };
+        this.stats.devices++;
+        break;
+      }
+      default:
+        return false;
+    }
+    this.queue.push({ dirIno: parent, name, entry: made });
+    this.queuedKeys.add(writtenKey(parent, name));
+    this.queuedBytes += made.content?.length ?? 0;
+    if (entry.xattrs.size > 0) {
+      // xattrs go through setxattr's checks (an image's are untrusted input), once the node exists.
+      const node = (await this.sendQueue()).pop()!;
+      await this.setXattrs(node.ino, entry, false);
+    } else if (this.queue.length >= QUEUE_MAX_ENTRIES || this.queuedBytes >= QUEUE_MAX_BYTES) {
+      await this.sendQueue();
+    }
+    return true;
+  }
+
+  /** Makes the queued entries (one transaction); returns their attributes in queue order. */
+  private async sendQueue(): Promise<Attr[]> {
+    if (this.queue.length === 0) return [];
+    const queued = this.queue;
+    this.queue = [];
+    this.queuedKeys.clear();
+    this.queuedBytes = 0;
+    return this.fs.createEntries!(queued);
+  }
+
+  /** fs.lookup, after sending the queue when it holds that very name. */
+  private async lookup(dir: Ino, name: string): Promise<Attr | null> {
+    if (this.queuedKeys.has(writtenKey(dir, name))) await this.sendQueue();
+    return this.fs.lookup(dir, name);
+  }
+
+  /** A file entry's whole content, its declared size (what the body leaves out is zeros, as writeContent's hole); BAD_IMAGE past that size. */
+  private async wholeContent(entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, where: () => string): Promise<Buffer> {
+    const chunks: { offsetBytes: number; data: Buffer }[] = [];
+    let dense = true;
+    let end = 0;
+    for await (const chunk of body) {
+      if (chunk.offsetBytes + chunk.data.length > entry.sizeBytes) throw dmfsError('BAD_IMAGE', `${where()}: content beyond the declared size`);
+      if (chunk.offsetBytes !== end) dense = false;
+      chunks.push(chunk);
+      end = chunk.offsetBytes + chunk.data.length;
+      this.stats.contentBytes += chunk.data.length;
+    }
+    if (dense && end === entry.sizeBytes) return chunks.length === 1 ? chunks[0].data : Buffer.concat(chunks.map((c) => c.data), end);
+    const content = Buffer.alloc(entry.sizeBytes);
+    for (const c of chunks) c.data.copy(content, c.offsetBytes);
+    return content;
+  }
+
   /** Applies the deferred directory times. Called by `apply`; call it after feeding `applyEntry` by hand. */
   async finish(): Promise<void> {
+    await this.sendQueue();
     for (const [ino, t] of this.dirTimes) {
       try {
         const cur = await this.fs.getattr(ino);
@@ -310,7 +404,7 @@ export class LayerApplier {
     let ino = same === 0 ? this.fs.rootIno : chain[same - 1].ino;
     const shown = (n: number): string => `/${comps.slice(0, n).join('/')}`;
     for (let i = same; i < comps.length; i++) {
-      const a = await this.fs.lookup(ino, comps[i]);
+      const a = await this.lookup(ino, comps[i]);
       if (a === null) {
         if (create === 'or-null') return null;
         if (!create) throw dmfsError('BAD_IMAGE', `${shown(i + 1)} does not exist`);
@@ -339,7 +433,7 @@ export class LayerApplier {
     const base = comps[comps.length - 1];
     if (whiteoutOf(base) !== null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path} to a whiteout name`);
     const dir = await this.resolveDir(comps.slice(0, -1), false, this.linkChain);
-    const a = await this.fs.lookup(dir, base);
+    const a = await this.lookup(dir, base);
     if (a === null) throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} does not exist`);
     if (a.kind === 'dir') throw dmfsError('BAD_IMAGE', `hard link ${entry.path}: target ${entry.linkPath} is a directory`);
     return { attr: a, dir, base, depth: this.linkChain.length };
@@ -356,7 +450,7 @@ export class LayerApplier {
     await this.touchDir(dir);
     const ids = { uid: lower.uid, gid: lower.gid };
     const tmp = COPY_UP_NAME;
-    const stale = await this.fs.lookup(dir, tmp);
+    const stale = await this.lookup(dir, tmp);
     if (stale) await this.remove(dir, tmp, stale);
     let copy = lower.kind === 'symlink'
       ? await this.fs.symlink(dir, tmp, await this.fs.readlink(lower.ino), ids)
@@ -391,7 +485,7 @@ export class LayerApplier {
   }
 
   private async whiteout(parent: Ino, name: string): Promise<void> {
-    const existing = await this.fs.lookup(parent, name);
+    const existing = await this.lookup(parent, name);
     if (existing === null) return; // Nothing below to hide.
     if (this.written.has(writtenKey(parent, name)) || (existing.kind === 'dir' && this.writtenUnder.has(existing.ino))) {
       // This layer's own entry stays; only what is below goes.
@@ -406,6 +500,7 @@ export class LayerApplier {
    * Iterative, one directory listing per level held: trees may be far deeper than the stack.
    */
   private async remove(parent: Ino, name: string, a: Attr): Promise<void> {
+    await this.sendQueue(); // It lists directories, and may remove queued names below one.
     await this.touchDir(parent);
     this.written.delete(writtenKey(parent, name));
     if (a.kind !== 'dir') {
@@ -432,7 +527,7 @@ export class LayerApplier {
         this.writtenUnder.delete(top.ino);
         continue;
       }
-      const ca = await this.fs.lookup(top.ino, child);
+      const ca = await this.lookup(top.ino, child);
       if (ca === null) continue;
       if (ca.kind === 'dir') stack.push(await open(top.ino, child, ca.ino));
       else await this.fs.unlink(top.ino, child);

@@ -7,7 +7,7 @@ import { InodeRecords, ROOT_INO } from './inode-records';
 import { LayerContext, type LayerContextOptions } from './layer-context';
 import { LayerNamespace, NAME_MAX_BYTES } from './layer-namespace';
 import type {
-  Attr, DirEntry, FallocateHow, Ino, LayerChange, LayerFs, NewNodeOptions, ReadOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
+  Attr, DirEntry, FallocateHow, Ino, LayerChange, LayerFs, NamedEntry, NewNodeOptions, ReadOptions, RenameFlags, SetAttr, StatFs, XattrSetFlags,
 } from './layer-store';
 import { layerStatfs } from './layer-statfs';
 import { LayerXattrs } from './layer-xattrs';
@@ -119,6 +119,10 @@ export class ChainLayerFs implements LayerFs {
 
   mknod(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr> {
     return this.namespace.mknod(dirIno, name, opts);
+  }
+
+  createEntries(entries: readonly NamedEntry[]): Promise<Attr[]> {
+    return this.namespace.createEntries(entries);
   }
 
   createUnnamed(dirIno: Ino, opts: NewNodeOptions): Promise<Attr> {

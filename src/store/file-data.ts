@@ -8,9 +8,19 @@ import type { LayerContext } from './layer-context';
 import type { Ino, ReadOptions } from './layer-store';
 import {
   bmapKey, bmapRange, blockContentMatches, isDataRef, isUnwrittenRef, nowTime, packBlockRef, packUsage, sectorCrcsOf, unpackBlockRef, unpackUsage,
-  usageBytes, type BlockRef,
+  usageBytes, type BlockRef, type InodeRecord,
 } from './records';
 import type { BlockRead, VerifiedBlockReader } from './verified-block-reader';
+
+/** A new file's content in written blocks and inline refs, not yet mapped (FileData.placeContents). */
+export interface PlacedContent {
+  /** Ref of each file block, from block 0. */
+  refs: BlockRef[];
+  /** Blocks taken from the pool for it; given back unless the creating transaction maps them. */
+  taken: DataBlock[];
+  sizeBytes: number;
+  inlineBytes: number;
+}
 
 /** Proved-complete block maps remembered per open layer; past it the set starts over (a recount each). */
 const INTACT_MAPS_MAX = 65536;
@@ -290,6 +300,64 @@ export class FileData {
       for (const b of taken) this.pool.untakeBlock(b);
       throw err;
     }
+  }
+
+  /**
+   * The whole content of files that have none yet, each laid out as write() lays it out
+   * (full blocks, the tail inline when small enough, else zero-padded in a block) in
+   * freshly taken blocks, all written (one gathered write) before this returns. Nothing is
+   * mapped: `mapPlacedContent` maps each inside the transaction that creates its file, and
+   * `unplace` gives the blocks back when that transaction does not commit.
+   */
+  async placeContents(contents: readonly Buffer[]): Promise<PlacedContent[]> {
+    const all: PlacedContent[] = [];
+    const pendingWrites: { block: DataBlock; offset: number; data: Buffer }[] = [];
+    try {
+      for (const data of contents) {
+        const placed: PlacedContent = { refs: [], taken: [], sizeBytes: data.length, inlineBytes: 0 };
+        all.push(placed);
+        for (let off = 0; off < data.length; off += this.bs) {
+          const slice = data.subarray(off, Math.min(off + this.bs, data.length));
+          if (slice.length <= this.ctx.inlineMaxBytes) {
+            placed.refs.push(Buffer.from(slice));
+            placed.inlineBytes += slice.length;
+            continue;
+          }
+          const block = this.takeBlockOrThrow();
+          placed.taken.push(block);
+          let full = slice;
+          if (slice.length < this.bs) {
+            full = Buffer.alloc(this.bs);
+            slice.copy(full);
+          }
+          pendingWrites.push({ block, offset: 0, data: full });
+          placed.refs.push({ block, sectorCrcs: sectorCrcsOf(full, this.ctx.sectorBytes) });
+        }
+      }
+      if (pendingWrites.length) await this.pool.writeBlocks(pendingWrites);
+    } catch (err) {
+      for (const placed of all) this.unplace(placed);
+      throw err;
+    }
+    return all;
+  }
+
+  /** Inside the transaction that creates ino (a regular file with no blocks yet): maps placed content; sets rec's size and count, not its times. LAYER_FULL past the limit. */
+  mapPlacedContent(ino: Ino, rec: InodeRecord, placed: PlacedContent): void {
+    this.checkLayerSpace(placed.taken.length, placed.inlineBytes);
+    placed.refs.forEach((ref, idx) => {
+      this.bmap.put(bmapKey(this.top, ino, idx), packBlockRef(ref));
+      if (isDataRef(ref)) this.pool.consumeBlock(asDataBlock(ref.block));
+    });
+    this.addUsage(placed.taken.length, placed.inlineBytes);
+    rec.mapped = placed.refs.length;
+    rec.size = placed.sizeBytes;
+  }
+
+  /** Gives back the blocks of content that was placed and not mapped. */
+  unplace(placed: PlacedContent): void {
+    for (const b of placed.taken) this.pool.untakeBlock(b);
+    placed.taken = [];
   }
 
   /**

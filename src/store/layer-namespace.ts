@@ -6,15 +6,24 @@ import { decodeAcl, POSIX_ACL_XATTRS } from './posix-acl';
 import type { LayerContext } from './layer-context';
 import {
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
-  type Attr, type DirEntry, type FileKind, type Ino, type LayerFs, fileKindOfMode, type NewNodeOptions, type RenameFlags,
+  type Attr, type DirEntry, type FileKind, type Ino, type LayerFs, fileKindOfMode, type NamedEntry, type NewEntry, type NewNodeOptions, type RenameFlags,
 } from './layer-store';
 import {
-  direntKey, direntRange, inodeKey, isWhiteout, nowTime, packDirent, unpackDirent, unpackInode,
+  direntKey, direntRange, inodeKey, isWhiteout, nowTime, nsToTime, packDirent, unpackDirent, unpackInode,
   type DirentRecord, type InodeRecord, type StoredTime,
 } from './records';
 
 export const NAME_MAX_BYTES = 255;
 const LINK_MAX = 65000;
+
+/** ENOENT for an empty symlink target, ENAMETOOLONG past PATH_MAX - 1 bytes (as Linux). */
+function checkSymlinkTarget(target: string): void {
+  if (!target || Buffer.byteLength(target) > 4095) throw dmfsError(target ? 'NAME_TOO_LONG' : 'NOT_FOUND', 'bad symlink target');
+}
+
+function entryKind(entry: NewEntry): FileKind {
+  return entry.target !== undefined ? 'symlink' : kindFromMode(entry.mode);
+}
 
 function kindFromMode(mode: number): FileKind {
   try {
@@ -204,10 +213,15 @@ export class LayerNamespace implements Pick<
     return out;
   }
 
-  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
+  /** Inside txn: a new inode named dirIno/name; `complete` finishes its record before it is put. */
+  private newInode(
+    dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string },
+    complete?: (ino: Ino, rec: InodeRecord) => void,
+  ): { ino: Ino; rec: InodeRecord } {
     const now = nowTime();
     const ino = this.ctx.pool.counter('ino');
     const rec = this.newRecord(dirIno, name, kind, opts, now);
+    complete?.(ino, rec);
     this.records.putRecord(ino, rec);
     this.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
     this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
@@ -218,14 +232,53 @@ export class LayerNamespace implements Pick<
     this.ctx.assertWritable();
     this.checkName(name);
     const { ino, rec } = this.ctx.pool.txn(() => {
-      const dir = this.dirRecord(dirIno);
-      if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
-      if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
-      if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
+      this.checkCanCreate(dirIno, name, kind);
       return this.newInode(dirIno, name, kind, opts);
     });
     this.ctx.markDirty();
     return this.records.toAttr(ino, rec);
+  }
+
+  /** Inside txn: NOT_FOUND / EXISTS / TOO_MANY_LINKS unless dirIno can take a new `kind` named name. */
+  private checkCanCreate(dirIno: Ino, name: string, kind: FileKind): void {
+    const dir = this.dirRecord(dirIno);
+    if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
+    if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
+    if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
+  }
+
+  /** See LayerFs.createEntries. All content goes into blocks before the one transaction that names, maps and dates every node. */
+  async createEntries(entries: readonly NamedEntry[]): Promise<Attr[]> {
+    this.ctx.assertWritable();
+    const contents: Buffer[] = [];
+    for (const { name, entry } of entries) {
+      this.checkName(name);
+      const kind = entryKind(entry);
+      if (kind === 'dir') throw dmfsError('INVALID', 'createEntries does not make directories');
+      if (kind === 'symlink') checkSymlinkTarget(entry.target!);
+      const content = entry.content ?? Buffer.alloc(0);
+      if (kind !== 'file' && content.length > 0) throw dmfsError('INVALID', 'only a regular file has content');
+      if (content.length > this.ctx.sizeLimitBytes) throw dmfsError('FILE_TOO_BIG', `${name}: past the layer's size limit of ${this.ctx.sizeLimitBytes} bytes`);
+      contents.push(content);
+    }
+    const placed = await this.data.placeContents(contents);
+    let made: { ino: Ino; rec: InodeRecord }[];
+    try {
+      made = this.ctx.pool.txn(() => entries.map(({ dirIno, name, entry }, i) => {
+        const kind = entryKind(entry);
+        this.checkCanCreate(dirIno, name, kind);
+        return this.newInode(dirIno, name, kind, kind === 'symlink' ? { ...entry, mode: 0o777 } : entry, (ino, rec) => {
+          if (placed[i].refs.length > 0) this.data.mapPlacedContent(ino, rec, placed[i]);
+          rec.mtime = nsToTime(entry.mtimeNs);
+          rec.atime = nsToTime(entry.atimeNs);
+        });
+      }));
+    } catch (err) {
+      for (const p of placed) this.data.unplace(p);
+      throw err;
+    }
+    this.ctx.markDirty();
+    return made.map(({ ino, rec }) => this.records.toAttr(ino, rec));
   }
 
   /**
@@ -262,7 +315,7 @@ export class LayerNamespace implements Pick<
   }
 
   async symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr> {
-    if (!target || Buffer.byteLength(target) > 4095) throw dmfsError(target ? 'NAME_TOO_LONG' : 'NOT_FOUND', 'bad symlink target');
+    checkSymlinkTarget(target);
     return this.create(dirIno, name, 'symlink', { ...opts, mode: 0o777, target });
   }
 

@@ -134,6 +134,25 @@ export interface NewNodeOptions {
   xattrs?: Record<string, Buffer>;
 }
 
+/**
+ * A node as an image entry describes it (LayerFs.createEntries): a regular file, device or
+ * fifo by `mode`, or a symlink when `target` is given; born with these times and xattrs.
+ */
+export interface NewEntry extends NewNodeOptions {
+  mtimeNs: bigint;
+  atimeNs: bigint;
+  /** A regular file's whole content (dense: holes are zeros written). */
+  content?: Buffer;
+  target?: string;
+}
+
+/** A NewEntry and where it goes (LayerFs.createEntries). */
+export interface NamedEntry {
+  dirIno: Ino;
+  name: string;
+  entry: NewEntry;
+}
+
 /** Fields left undefined are unchanged. Changing sizeBytes truncates or extends (with a hole). */
 export interface SetAttr {
   mode?: number;
@@ -250,6 +269,15 @@ export interface LayerFs {
    * cannot make unnamed files (EOPNOTSUPP).
    */
   createUnnamed?(dirIno: Ino, opts: NewNodeOptions): Promise<Attr>;
+  /**
+   * New non-directory nodes, each whole, in one metadata transaction: regular files with
+   * all their content, symlinks, devices, fifos, with their entries' times (ctime is now).
+   * What an import writes, a run of entries at a time. Content goes to blocks before that
+   * transaction; all or nothing: a failure (EXISTS for any name, LAYER_FULL, ...) leaves no
+   * name and no block taken. Optional: without it the importer makes each node with
+   * mknod/symlink, write and setattr.
+   */
+  createEntries?(entries: readonly NamedEntry[]): Promise<Attr[]>;
   mkdir(dirIno: Ino, name: string, opts: NewNodeOptions): Promise<Attr>;
   symlink(dirIno: Ino, name: string, target: string, opts: Omit<NewNodeOptions, 'mode'>): Promise<Attr>;
   /** New name for an existing non-directory inode; returns its attributes (nlink + 1). */
