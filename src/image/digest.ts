@@ -40,14 +40,14 @@ export function chainIds(diffIds: readonly string[]): string[] {
   return out;
 }
 
-/** Hashes and counts what flows through `tap`. */
+/** Hashes and counts what flows through `tap` (only counts, made with `hashing` false: digest() then throws). */
 export class DigestTap {
-  private readonly hash: Hash;
+  private readonly hash: Hash | null;
   sizeBytes = 0;
   private result: string | null = null;
 
-  constructor(readonly algorithm: 'sha256' | 'sha512' = 'sha256') {
-    this.hash = createHash(algorithm);
+  constructor(readonly algorithm: 'sha256' | 'sha512' = 'sha256', hashing = true) {
+    this.hash = hashing ? createHash(algorithm) : null;
   }
 
   async *tap(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
@@ -58,12 +58,13 @@ export class DigestTap {
   }
 
   update(chunk: Buffer): void {
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.sizeBytes += chunk.length;
   }
 
   /** `algorithm:hex` of everything seen; call once the stream is done. */
   digest(): string {
+    if (this.hash === null) throw new Error('DigestTap: made to count only');
     if (this.result === null) this.result = `${this.algorithm}:${this.hash.digest('hex')}`;
     return this.result;
   }
