@@ -342,14 +342,16 @@ export class FileData {
     return all;
   }
 
-  /** Inside the transaction that creates ino (a regular file with no blocks yet): maps placed content; sets rec's size and count, not its times. LAYER_FULL past the limit. */
+  /**
+   * Inside the transaction that creates ino (a regular file with no blocks yet): maps placed
+   * content; sets rec's size and count, not its times. The caller checks the layer's space
+   * (checkLayerSpace) and adds the usage (addUsage) of everything it maps in the transaction.
+   */
   mapPlacedContent(ino: Ino, rec: InodeRecord, placed: PlacedContent): void {
-    this.checkLayerSpace(placed.taken.length, placed.inlineBytes);
     placed.refs.forEach((ref, idx) => {
       this.bmap.put(bmapKey(this.top, ino, idx), packBlockRef(ref));
       if (isDataRef(ref)) this.pool.consumeBlock(asDataBlock(ref.block));
     });
-    this.addUsage(placed.taken.length, placed.inlineBytes);
     rec.mapped = placed.refs.length;
     rec.size = placed.sizeBytes;
   }

@@ -213,18 +213,24 @@ export class LayerNamespace implements Pick<
     return out;
   }
 
-  /** Inside txn: a new inode named dirIno/name; `complete` finishes its record before it is put. */
-  private newInode(
-    dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string },
+  /** Inside txn: a new inode named dirIno/name, its directory touched. */
+  private newInode(dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }): { ino: Ino; rec: InodeRecord } {
+    const now = nowTime();
+    const made = this.putInode(dirIno, name, kind, opts, now);
+    this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
+    return made;
+  }
+
+  /** Inside txn: a new inode's record and its entry dirIno/name, the directory's own record untouched; `complete` finishes the record before it is put. */
+  private putInode(
+    dirIno: Ino, name: string, kind: FileKind, opts: NewNodeOptions & { target?: string }, now: StoredTime,
     complete?: (ino: Ino, rec: InodeRecord) => void,
   ): { ino: Ino; rec: InodeRecord } {
-    const now = nowTime();
     const ino = this.ctx.pool.counter('ino');
     const rec = this.newRecord(dirIno, name, kind, opts, now);
     complete?.(ino, rec);
     this.records.putRecord(ino, rec);
     this.dirents.put(direntKey(this.top, dirIno, name), packDirent({ v: 1, ino, kind }));
-    this.touchDir(dirIno, now, kind === 'dir' ? 1 : 0);
     return { ino, rec };
   }
 
@@ -241,10 +247,16 @@ export class LayerNamespace implements Pick<
 
   /** Inside txn: NOT_FOUND / EXISTS / TOO_MANY_LINKS unless dirIno can take a new `kind` named name. */
   private checkCanCreate(dirIno: Ino, name: string, kind: FileKind): void {
-    const dir = this.dirRecord(dirIno);
-    if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
+    const dir = this.liveDirRecord(dirIno);
     if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
     if (kind === 'dir' && dir.rec.nlink >= LINK_MAX) throw dmfsError('TOO_MANY_LINKS', 'too many subdirectories');
+  }
+
+  /** Inside txn: dirIno's record; NOT_FOUND once it was removed. */
+  private liveDirRecord(dirIno: Ino): InodeInChain {
+    const dir = this.dirRecord(dirIno);
+    if (dir.rec.nlink === 0) throw dmfsError('NOT_FOUND', 'directory was removed');
+    return dir;
   }
 
   /** See LayerFs.createEntries. All content goes into blocks before the one transaction that names, maps and dates every node. */
@@ -262,17 +274,30 @@ export class LayerNamespace implements Pick<
       contents.push(content);
     }
     const placed = await this.data.placeContents(contents);
+    const newBlocks = placed.reduce((n, p) => n + p.taken.length, 0);
+    const newInlineBytes = placed.reduce((n, p) => n + p.inlineBytes, 0);
     let made: { ino: Ino; rec: InodeRecord }[];
     try {
-      made = this.ctx.pool.txn(() => entries.map(({ dirIno, name, entry }, i) => {
-        const kind = entryKind(entry);
-        this.checkCanCreate(dirIno, name, kind);
-        return this.newInode(dirIno, name, kind, kind === 'symlink' ? { ...entry, mode: 0o777 } : entry, (ino, rec) => {
-          if (placed[i].refs.length > 0) this.data.mapPlacedContent(ino, rec, placed[i]);
-          rec.mtime = nsToTime(entry.mtimeNs);
-          rec.atime = nsToTime(entry.atimeNs);
+      made = this.ctx.pool.txn(() => {
+        // Each directory is checked, and its times and record written, once for the run.
+        const now = nowTime();
+        const dirs = new Set<Ino>();
+        const out = entries.map(({ dirIno, name, entry }, i) => {
+          if (!dirs.has(dirIno)) this.liveDirRecord(dirIno);
+          dirs.add(dirIno);
+          if (this.findEntry(dirIno, name)) throw dmfsError('EXISTS', `'${name}' already exists`);
+          const kind = entryKind(entry);
+          return this.putInode(dirIno, name, kind, kind === 'symlink' ? { ...entry, mode: 0o777 } : entry, now, (ino, rec) => {
+            if (placed[i].refs.length > 0) this.data.mapPlacedContent(ino, rec, placed[i]);
+            rec.mtime = nsToTime(entry.mtimeNs);
+            rec.atime = nsToTime(entry.atimeNs);
+          });
         });
-      }));
+        this.data.checkLayerSpace(newBlocks, newInlineBytes);
+        for (const dirIno of dirs) this.touchDir(dirIno, now);
+        this.data.addUsage(newBlocks, newInlineBytes);
+        return out;
+      });
     } catch (err) {
       for (const p of placed) this.data.unplace(p);
       throw err;
