@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { open, type Database, type RootDatabase, type Key } from 'lmdb';
 import { EnvOpenLock } from './env-open-lock';
@@ -162,6 +162,8 @@ export class MetadataEnv {
   private afterCommitHooks: (() => void)[] = [];
   private openedInTxn: string[] = [];
   private dataMdbFd: number | null = null;
+  /** A headroom reservation under way (sync), so concurrent syncs start one. */
+  private reserving: Promise<void> | null = null;
   /** data.mdb bytes [0, reservedEndBytes) are known to be allocated on the host. */
   private reservedEndBytes = 0;
   /** The last headroom reservation failed for lack of host space. */
@@ -277,20 +279,55 @@ export class MetadataEnv {
         /* no lock file or no fallocate: nothing to reserve */
       }
     }
+    const needEnd = this.headroomToReserve();
+    if (needEnd === null) return;
+    try {
+      fallocate(path.join(this.dir, 'data.mdb'), 0, needEnd, true);
+      this.headroomReserved(needEnd);
+    } catch (err) {
+      this.headroomNotReserved(err);
+    }
+  }
+
+  /** sync()'s reserveHostSpace: fallocate runs without blocking the event loop (a fork and wait took ~30 ms of a large process). */
+  private reserveHostSpaceInBackground(): Promise<void> {
+    if (this.reserving) return this.reserving;
+    const needEnd = this.headroomToReserve();
+    if (needEnd === null) return Promise.resolve();
+    this.reserving = fallocateInBackground(path.join(this.dir, 'data.mdb'), 0, needEnd, true)
+      .then(() => this.headroomReserved(needEnd), (err: unknown) => this.headroomNotReserved(err))
+      .finally(() => {
+        this.reserving = null;
+      });
+    return this.reserving;
+  }
+
+  /** The end data.mdb's allocation must reach, or null when it does (less than half the headroom used). */
+  private headroomToReserve(): number | null {
     const needEnd = this.pagesInUseBytes() + METADATA_HEADROOM_BYTES;
-    if (this.reservedEndBytes >= needEnd - METADATA_HEADROOM_BYTES / 2) return;
-    const dataMdb = path.join(this.dir, 'data.mdb');
+    if (this.reservedEndBytes >= needEnd - METADATA_HEADROOM_BYTES / 2) return null;
     try {
       // Allocated blocks beyond the pages in use (st_blocks counts KEEP_SIZE extents too):
       // already reserved by an earlier process, no need to run fallocate.
-      if (fs.statSync(dataMdb).blocks * 512 < needEnd) fallocate(dataMdb, 0, needEnd, true);
-      this.reservedEndBytes = needEnd;
-      this.headroomShortFlag = false;
-    } catch (err) {
-      if (isHostFullError(err)) this.headroomShortFlag = true;
-      // No fallocate here (missing tool, file system without it): stop trying every sync.
-      else this.reservedEndBytes = Number.MAX_SAFE_INTEGER;
+      if (fs.statSync(path.join(this.dir, 'data.mdb')).blocks * 512 >= needEnd) {
+        this.headroomReserved(needEnd);
+        return null;
+      }
+    } catch {
+      /* fallocate says why */
     }
+    return needEnd;
+  }
+
+  private headroomReserved(endBytes: number): void {
+    this.reservedEndBytes = Math.max(this.reservedEndBytes, endBytes);
+    this.headroomShortFlag = false;
+  }
+
+  private headroomNotReserved(err: unknown): void {
+    if (isHostFullError(err)) this.headroomShortFlag = true;
+    // No fallocate here (missing tool, file system without it): stop trying every sync.
+    else this.reservedEndBytes = Number.MAX_SAFE_INTEGER;
   }
 
   /** Whether the metadata headroom could not be reserved for lack of host space. */
@@ -418,7 +455,7 @@ export class MetadataEnv {
   /** Flushes committed transactions to stable storage (fsync of the environment file). */
   async sync(): Promise<void> {
     if (this.readOnly) return;
-    this.reserveHostSpace();
+    await this.reserveHostSpaceInBackground();
     if (this.dataMdbFd === null) this.dataMdbFd = fs.openSync(path.join(this.dir, 'data.mdb'), 'r');
     await new Promise<void>((resolve, reject) => fs.fsync(this.dataMdbFd!, (err) => (err ? reject(err) : resolve())));
   }
@@ -530,12 +567,30 @@ function checkLmdbHeader(dir: string): void {
  * (Node has no binding; the native addon only moves data blocks). keepSize: FALLOC_FL_KEEP_SIZE.
  * Throws an error whose code is 'ENOSPC' when the host has no room.
  */
+/** fallocate(1) (Node has no fallocate): ENOSPC when the host is full. */
 function fallocate(file: string, offsetBytes: number, lengthBytes: number, keepSize: boolean): void {
   try {
-    execFileSync('fallocate', [...(keepSize ? ['-n'] : []), '-o', String(offsetBytes), '-l', String(lengthBytes), file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('fallocate', fallocateArgs(file, offsetBytes, lengthBytes, keepSize), { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (err) {
-    const stderr = String((err as { stderr?: unknown }).stderr ?? '');
-    if (/No space left|Disk quota/i.test(stderr)) throw Object.assign(new Error(`fallocate ${file}: ${stderr.trim()}`), { code: 'ENOSPC' });
-    throw err;
+    throw fallocateError(file, err);
   }
+}
+
+function fallocateInBackground(file: string, offsetBytes: number, lengthBytes: number, keepSize: boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('fallocate', fallocateArgs(file, offsetBytes, lengthBytes, keepSize), (err, _stdout, stderr) => {
+      if (err) reject(fallocateError(file, Object.assign(err, { stderr })));
+      else resolve();
+    });
+  });
+}
+
+function fallocateArgs(file: string, offsetBytes: number, lengthBytes: number, keepSize: boolean): string[] {
+  return [...(keepSize ? ['-n'] : []), '-o', String(offsetBytes), '-l', String(lengthBytes), file];
+}
+
+function fallocateError(file: string, err: unknown): unknown {
+  const stderr = String((err as { stderr?: unknown }).stderr ?? '');
+  if (/No space left|Disk quota/i.test(stderr)) return Object.assign(new Error(`fallocate ${file}: ${stderr.trim()}`), { code: 'ENOSPC' });
+  return err;
 }
