@@ -111,8 +111,11 @@ export class LayerApplier {
   private blockBytes = 0;
   /** Entries for createEntries not sent yet (see queueWhole), their keys and content bytes. */
   private queue: NamedEntry[] = [];
-  private readonly queuedKeys = new Set<string>();
+  private queuedKeys = new Set<string>();
   private queuedBytes = 0;
+  /** The run sent to createEntries and not made yet (one at most: runs are made in order), and its keys. */
+  private sending: Promise<Attr[]> | null = null;
+  private sendingKeys = new Set<string>();
 
   constructor(private readonly fs: LayerFs, private readonly opts: ApplyOptions = {}) {
     this.maxFileBytes = opts.maxFileBytes ?? fs.sizeLimitBytes;
@@ -120,12 +123,18 @@ export class LayerApplier {
 
   /** Applies every entry, then the deferred directory times. */
   async apply(items: AsyncIterable<TarItem>): Promise<ApplyStats> {
-    for await (const item of items) {
-      await this.applyEntry(item);
-      this.stats.entries++;
-      this.opts.onEntry?.(this.stats.entries);
+    try {
+      for await (const item of items) {
+        await this.applyEntry(item);
+        this.stats.entries++;
+        this.opts.onEntry?.(this.stats.entries);
+      }
+      await this.finish();
+    } catch (err) {
+      // Nothing of this layer may still be in the making when the caller removes it.
+      await this.waitSent().catch(() => undefined);
+      throw err;
     }
-    await this.finish();
     return this.stats;
   }
 
@@ -269,8 +278,10 @@ export class LayerApplier {
    * or fifo entry for LayerFs.createEntries, which makes a run of them in one metadata
    * transaction instead of one each for every node, its content and its times. False when
    * the layer lacks it or the entry does not fit it (the caller then makes the node step by
-   * step). Queued names are not in the layer yet: `lookup` sends the queue before it looks
-   * one up, and everything else that reads the tree sends it first.
+   * step). A full queue is sent and made while the next entries are read (its data write
+   * overlaps their parsing). Queued and sent names are not in the layer yet: `lookup`
+   * waits for them to be made before it looks one up, and everything else that reads the
+   * tree waits for all of them first (drainQueue).
    */
   private async queueWhole(parent: Ino, name: string, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, where: () => string): Promise<boolean> {
     if (!this.fs.createEntries) return false;
@@ -304,7 +315,7 @@ export class LayerApplier {
     this.queuedBytes += made.content?.length ?? 0;
     if (entry.xattrs.size > 0) {
       // xattrs go through setxattr's checks (an image's are untrusted input), once the node exists.
-      const node = (await this.sendQueue()).pop()!;
+      const node = (await this.drainQueue()).pop()!;
       await this.setXattrs(node.ino, entry, false);
     } else if (this.queue.length >= QUEUE_MAX_ENTRIES || this.queuedBytes >= QUEUE_MAX_BYTES) {
       await this.sendQueue();
@@ -312,19 +323,41 @@ export class LayerApplier {
     return true;
   }
 
-  /** Makes the queued entries (one transaction); returns their attributes in queue order. */
-  private async sendQueue(): Promise<Attr[]> {
-    if (this.queue.length === 0) return [];
-    const queued = this.queue;
+  /** Sends the queued entries to createEntries (one transaction) once the previous run is made; does not wait for them. */
+  private async sendQueue(): Promise<void> {
+    await this.waitSent();
+    if (this.queue.length === 0) return;
+    const run = this.fs.createEntries!(this.queue);
+    run.catch(() => undefined); // Thrown by waitSent; not an unhandled rejection meanwhile.
+    this.sending = run;
+    this.sendingKeys = this.queuedKeys;
     this.queue = [];
-    this.queuedKeys.clear();
+    this.queuedKeys = new Set();
     this.queuedBytes = 0;
-    return this.fs.createEntries!(queued);
   }
 
-  /** fs.lookup, after sending the queue when it holds that very name. */
+  /** Waits until the run sent is made; returns its attributes in queue order ([] when none was). */
+  private async waitSent(): Promise<Attr[]> {
+    const run = this.sending;
+    if (run === null) return [];
+    try {
+      return await run;
+    } finally {
+      this.sending = null;
+      this.sendingKeys = new Set();
+    }
+  }
+
+  /** Sends the queue and waits until all of it is made; returns the last run's attributes. */
+  private async drainQueue(): Promise<Attr[]> {
+    await this.sendQueue();
+    return this.waitSent();
+  }
+
+  /** fs.lookup, after the queue is made when it holds that very name. */
   private async lookup(dir: Ino, name: string): Promise<Attr | null> {
-    if (this.queuedKeys.has(writtenKey(dir, name))) await this.sendQueue();
+    const key = writtenKey(dir, name);
+    if (this.queuedKeys.has(key) || this.sendingKeys.has(key)) await this.drainQueue();
     return this.fs.lookup(dir, name);
   }
 
@@ -348,7 +381,7 @@ export class LayerApplier {
 
   /** Applies the deferred directory times. Called by `apply`; call it after feeding `applyEntry` by hand. */
   async finish(): Promise<void> {
-    await this.sendQueue();
+    await this.drainQueue();
     for (const [ino, t] of this.dirTimes) {
       try {
         const cur = await this.fs.getattr(ino);
@@ -500,7 +533,7 @@ export class LayerApplier {
    * Iterative, one directory listing per level held: trees may be far deeper than the stack.
    */
   private async remove(parent: Ino, name: string, a: Attr): Promise<void> {
-    await this.sendQueue(); // It lists directories, and may remove queued names below one.
+    await this.drainQueue(); // It lists directories, and may remove queued names below one.
     await this.touchDir(parent);
     this.written.delete(writtenKey(parent, name));
     if (a.kind !== 'dir') {

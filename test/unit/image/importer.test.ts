@@ -74,6 +74,33 @@ describe.each(storeFactories())('import into %s store', (_label, make) => {
     fs.rmSync(work, { recursive: true, force: true });
   });
 
+  test('entries made a run at a time read back as the tar says: many runs, a name twice, links and whiteouts of queued names', async () => {
+    const many = Array.from({ length: 700 }, (_, i) => file(`many/f${i}`, `content ${i}\n`.repeat(i % 50), { mtimeNs: T0 + BigInt(i) }));
+    const oci = path.join(work, 'oci-runs');
+    await buildOci(oci, [{
+      entries: [
+        dir('many'), ...many,
+        file('dup', 'first'), symlink('s', 'dup'), file('dup', 'second wins', { mode: 0o600 }),
+        file('linked', 'one inode'), hardlink('linked2', 'linked'),
+        file('kept', 'own entry'), whiteout('kept'),
+        file('big', BIG),
+      ],
+    }]);
+    await importImage(t.store, oci, { name: 'runs' });
+    const tree = await readTree(t.store, 'runs');
+    for (let i = 0; i < 700; i += 99) {
+      const body = Buffer.from(`content ${i}\n`.repeat(i % 50));
+      expect(tree.get(`/many/f${i}`)).toMatchObject({ kind: 'file', content: body.length <= 256 ? body.toString() : sha256(body), mtimeNs: T0 + BigInt(i) });
+    }
+    expect([...tree.keys()].filter((k) => k.startsWith('/many/')).length).toBe(700);
+    expect(tree.get('/dup')).toMatchObject({ kind: 'file', content: 'second wins', mode: 0o600 });
+    expect(tree.get('/s')).toMatchObject({ kind: 'symlink', target: 'dup' });
+    expect(tree.get('/linked2')!.ino).toBe(tree.get('/linked')!.ino);
+    expect(tree.get('/linked')).toMatchObject({ nlink: 2, content: 'one inode' });
+    expect(tree.get('/kept')).toMatchObject({ kind: 'file', content: 'own entry' });
+    expect(tree.get('/big')).toMatchObject({ sizeBytes: BIG.length, content: sha256(BIG) });
+  });
+
   test('multi-layer OCI layout: whiteouts, opaque dirs, type changes, hardlinks, xattrs, devices', async () => {
     const oci = path.join(work, 'oci');
     const built = await buildOci(oci, threeLayers(), { ref: 'v1' });
@@ -266,6 +293,8 @@ describe.each(storeFactories())('import into %s store', (_label, make) => {
     test('name component over 255 bytes', () => expectRejected([{ entries: [file(`d/${'n'.repeat(256)}`, 'x')] }], 'NAME_TOO_LONG'));
     test('whiteout of ..', () => expectRejected([{ entries: [file('d/.wh...', '')] }], 'UNSAFE_PATH'));
     test('file under a file', () => expectRejected([{ entries: [file('ok/sub', 'x')] }], 'BAD_IMAGE'));
+    test('file under a file of the same layer, still queued', () =>
+      expectRejected([{ entries: [file('q1', 'a'), file('q2', 'b'), file('q2/sub', 'x')] }], 'BAD_IMAGE'));
     test('root entry that is not a directory', () => expectRejected([{ raw: Buffer.concat([rawHeader({ name: './', typeflag: '0' }), END]) }], 'BAD_IMAGE'));
     test('bad checksum', () => {
       const raw = Buffer.concat([rawHeader({ name: 'f', size: 1 }), pad512(Buffer.from('x')), END]);
