@@ -6,6 +6,7 @@
  */
 import { Pool } from '../../../src/api';
 import { S_IFCHR, S_IFIFO, S_IFREG, type Attr, type LayerFs, type NewEntry } from '../../../src/store/layer-store';
+import { readAll } from '../../support/layer-read';
 import { tempPool } from '../../support/temp-pool';
 
 const BS = 65536;
@@ -15,13 +16,6 @@ function pattern(length: number, seed: number): Buffer {
   const b = Buffer.alloc(length);
   for (let i = 0; i < length; i++) b[i] = (i * 31 + seed + (i >> 9)) & 0xff;
   return b;
-}
-
-async function readAll(l: LayerFs, ino: number): Promise<Buffer> {
-  const a = await l.getattr(ino);
-  const buf = Buffer.alloc(a.sizeBytes);
-  expect(await l.read(ino, buf, 0)).toBe(a.sizeBytes);
-  return buf;
 }
 
 async function withLayer(fn: (pool: Pool, l: LayerFs) => Promise<void>, sizeLimitBytes?: number): Promise<void> {

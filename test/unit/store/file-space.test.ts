@@ -11,6 +11,7 @@ import { Pool } from '../../../src/api';
 import { exportLayer } from '../../../src/image/exporter';
 import { dumpMetadata, restoreMetadata } from '../../../src/store/dump';
 import { S_IFREG, type FallocateHow, type LayerFs } from '../../../src/store/layer-store';
+import { readAll } from '../../support/layer-read';
 import { tempPool } from '../../support/temp-pool';
 
 const BS = 65536;
@@ -30,13 +31,6 @@ function pattern(length: number, seed: number): Buffer {
     b[i] = (x & 0xff) | 1;
   }
   return b;
-}
-
-async function readAll(l: LayerFs, ino: number): Promise<Buffer> {
-  const a = await l.getattr(ino);
-  const buf = Buffer.alloc(a.sizeBytes);
-  expect(await l.read(ino, buf, 0)).toBe(a.sizeBytes);
-  return buf;
 }
 
 async function newFile(l: LayerFs, name: string): Promise<number> {
