@@ -48,6 +48,7 @@ describeFuse('dmfs daemon: one service per pool', () => {
     expect(s).toMatchObject({ running: true, pid: started.pid, root, mounts: [], api: 1 });
     expect(s.rssBytes).toBeGreaterThan(10 << 20);
     expect(await dmfsOk('daemon status')).toMatch(new RegExp(`pid ${started.pid} \\(supervisor pid ${s.supervisorPid}, 0 restarts\\), up .* s, RSS .*no mounts`, 's'));
+    expect(await dmfsOk('daemon status')).toMatch(/^service containerd-snapshotter: /m);
   });
 
   it('serves every mount from its one process; create, ls, mount and umount go through it', async () => {
@@ -157,5 +158,15 @@ describeFuse('dmfs daemon: one service per pool', () => {
     await dmfsOk(`mount local1 ${mp}`);
     expect(await run(`cat ${mp}/x`)).toBe('local\n');
     await dmfsOk(`umount ${mp}`);
+  });
+
+  it('started with --no-snapshotter, status says that it serves no snapshots API', async () => {
+    await dmfsOk('daemon start --no-snapshotter');
+    try {
+      expect((await json('daemon status')).services).toEqual([]);
+      expect(await dmfsOk('daemon status')).toMatch(/^no services \(started with --no-snapshotter/m);
+    } finally {
+      await dmfsOk('daemon stop');
+    }
   });
 });

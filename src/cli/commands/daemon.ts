@@ -174,6 +174,8 @@ function printStatus(ctx: CommandContext, s: DaemonStatus, socket: string): void
       m.mountpoint, m.layer, m.readOnly ? 'ro' : 'rw', m.transport, String(m.openHandles), new Date(m.startedMs).toISOString().replace(/\.\d+Z$/, 'Z'),
     ])));
   } else ctx.stdout.write('no mounts\n');
+  // The daemon hosts no service only when told so at its start.
+  if (!s.services.length) ctx.stdout.write('no services (started with --no-snapshotter: containerd\'s snapshots API is not served)\n');
   for (const svc of s.services) {
     const detail = Object.entries(svc.detail).map(([k, v]) => `${k} ${String(v)}`).join(', ');
     ctx.stdout.write(`service ${svc.name}: ${svc.state}${detail ? ` (${detail})` : ''}${svc.error ? ` (${svc.error})` : ''}\n`);
