@@ -114,11 +114,6 @@ function restampAtExit(dir: string): void {
   });
 }
 
-/**
- * Proves the LMDB file of the metadata directory `dir` safe for liblmdb to open, or throws
- * METADATA_CORRUPT naming the damaged pages and what to do next; touches nothing in the
- * file either way. A missing file is not this function's business (the open reports it).
- */
 /** verifyMetadataStable's last resort for the environment in dir: a walk while no process commits (its open lock held exclusively). */
 export function withoutCommits(dir: string): (walk: () => MetadataVerifyReport) => MetadataVerifyReport {
   return (walk) => {
@@ -131,6 +126,11 @@ export function withoutCommits(dir: string): (walk: () => MetadataVerifyReport) 
   };
 }
 
+/**
+ * Proves the LMDB file of the metadata directory `dir` safe for liblmdb to open, or throws
+ * METADATA_CORRUPT naming the damaged pages and what to do next; touches nothing in the
+ * file either way. A missing file is not this function's business (the open reports it).
+ */
 export function proveMetadataSound(dir: string, mode: MetadataVerifyMode = processMode): MetadataVerifyReport | null {
   const file = `${dir}/data.mdb`;
   if (!fs.existsSync(file)) return null;
