@@ -372,7 +372,8 @@ export class Importer {
     const blobAlg = ls.blobDigest ? parseDigest(ls.blobDigest).algorithm : 'sha256';
     // The stored bytes are hashed when their digest is to be checked and the diff id check
     // does not already prove it (an uncompressed blob: its digest is its diff id).
-    const rawTap = new DigestTap(blobAlg, ls.blobDigest !== null && ls.blobDigest !== ls.diffId);
+    const checkBlobDigest = ls.blobDigest !== null && ls.blobDigest !== ls.diffId;
+    const rawTap = new DigestTap(blobAlg, checkBlobDigest);
     const self = this;
     async function* counted(): AsyncGenerator<Buffer> {
       for await (const chunk of ls!.open()) {
@@ -405,7 +406,7 @@ export class Importer {
     if (ls.blobSizeBytes !== null && rawTap.sizeBytes !== ls.blobSizeBytes) {
       throw dmfsError('BAD_IMAGE', `${ls.description}: ${rawTap.sizeBytes} bytes, expected ${ls.blobSizeBytes}`);
     }
-    if (ls.blobDigest && ls.blobDigest !== ls.diffId && rawTap.digest() !== ls.blobDigest) {
+    if (checkBlobDigest && rawTap.digest() !== ls.blobDigest) {
       throw dmfsError('BAD_IMAGE', `${ls.description}: blob digest mismatch (expected ${ls.blobDigest}, got ${rawTap.digest()})`);
     }
     const diffId = diffTap.digest();
