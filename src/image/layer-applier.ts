@@ -29,7 +29,7 @@
  * a directory this layer changes without an entry for it keeps the time it had.
  */
 import { dmfsError, isDmfsError } from '../errors';
-import type { Attr, Ino, LayerFs, NamedEntry, NewEntry } from '../store/layer-store';
+import type { Attr, Ino, LayerFs, NamedEntry, NewEntry, NewNodeOptions } from '../store/layer-store';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG } from '../store/layer-store';
 import { entryComponents, NAME_MAX_BYTES, whiteoutOf } from './entry-path';
 import type { TarEntry, TarItem } from './tar-reader';
@@ -68,6 +68,20 @@ const QUEUE_MAX_BYTES = 8 << 20;
 function writtenKey(parent: Ino, name: string): string {
   return `${parent}/${name}`;
 }
+/** mknod's options for a file, device or fifo entry: its type bits and mode, owner, device number. */
+function nodeOptions(entry: TarEntry): NewNodeOptions {
+  const ids = { uid: entry.uid, gid: entry.gid };
+  switch (entry.type) {
+    case 'chardev':
+    case 'blockdev':
+      return { mode: (entry.type === 'chardev' ? S_IFCHR : S_IFBLK) | entry.mode, ...ids, rdev: makedev(entry.devMajor, entry.devMinor) };
+    case 'fifo':
+      return { mode: S_IFIFO | entry.mode, ...ids };
+    default:
+      return { mode: S_IFREG | entry.mode, ...ids };
+  }
+}
+
 /** Where `copyUp` builds a copy: a reserved name no tar entry can take. */
 const COPY_UP_NAME = '.wh..wh.dmfs-copy-up';
 /** The root directory's own key (it has no parent entry). */
@@ -232,29 +246,17 @@ export class LayerApplier {
     }
     let node: Attr;
     switch (entry.type) {
-      case 'file': {
-        node = await this.fs.mknod(parent, base, { mode: S_IFREG | entry.mode, uid: entry.uid, gid: entry.gid });
+      case 'file':
+        node = await this.fs.mknod(parent, base, nodeOptions(entry));
         await this.writeContent(node.ino, entry, body, where);
-        this.stats.files++;
         break;
-      }
       case 'symlink':
         node = await this.fs.symlink(parent, base, entry.linkPath, { uid: entry.uid, gid: entry.gid });
-        this.stats.symlinks++;
         break;
       case 'chardev':
       case 'blockdev':
-        node = await this.fs.mknod(parent, base, {
-          mode: (entry.type === 'chardev' ? S_IFCHR : S_IFBLK) | entry.mode,
-          uid: entry.uid,
-          gid: entry.gid,
-          rdev: makedev(entry.devMajor, entry.devMinor),
-        });
-        this.stats.devices++;
-        break;
       case 'fifo':
-        node = await this.fs.mknod(parent, base, { mode: S_IFIFO | entry.mode, uid: entry.uid, gid: entry.gid });
-        this.stats.devices++;
+        node = await this.fs.mknod(parent, base, nodeOptions(entry));
         break;
       case 'hardlink':
         await this.fs.link(linkTarget!.ino, parent, base);
@@ -264,6 +266,7 @@ export class LayerApplier {
       default:
         throw dmfsError('BAD_IMAGE', `unexpected entry type ${String((entry as TarEntry).type)}`);
     }
+    this.countMade(entry);
     await this.setXattrs(node.ino, entry, false);
     const after = await this.fs.setattr(node.ino, { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs });
     if (entry.type !== 'symlink' && (after.mode & 0o7777) !== entry.mode) {
@@ -286,30 +289,24 @@ export class LayerApplier {
   private async queueWhole(parent: Ino, name: string, entry: TarEntry, body: AsyncIterable<{ offsetBytes: number; data: Buffer }>, where: () => string): Promise<boolean> {
     if (!this.fs.createEntries) return false;
     const times = { mtimeNs: entry.mtimeNs, atimeNs: entry.atimeNs ?? entry.mtimeNs };
-    const ids = { uid: entry.uid, gid: entry.gid };
     let made: NewEntry;
     switch (entry.type) {
-      case 'file': {
+      case 'file':
         if (entry.sparse !== null || entry.sizeBytes > WRITE_COALESCE_BYTES) return false;
-        made = { mode: S_IFREG | entry.mode, ...ids, ...times, content: await this.wholeContent(entry, body, where) };
-        this.stats.files++;
+        made = { ...nodeOptions(entry), ...times, content: await this.wholeContent(entry, body, where) };
         break;
-      }
       case 'symlink':
-        made = { mode: 0o777, ...ids, ...times, target: entry.linkPath };
-        this.stats.symlinks++;
+        made = { mode: 0o777, uid: entry.uid, gid: entry.gid, ...times, target: entry.linkPath };
         break;
       case 'chardev':
       case 'blockdev':
-      case 'fifo': {
-        const type = entry.type === 'chardev' ? S_IFCHR : entry.type === 'blockdev' ? S_IFBLK : S_IFIFO;
-        made = { mode: type | entry.mode, ...ids, ...times, ...(entry.type === 'fifo' ? {} : { rdev: makedev(entry.devMajor, entry.devMinor) }) };
-        this.stats.devices++;
+      case 'fifo':
+        made = { ...nodeOptions(entry), ...times };
         break;
-      }
       default:
         return false;
     }
+    this.countMade(entry);
     this.queue.push({ dirIno: parent, name, entry: made });
     this.queuedKeys.add(writtenKey(parent, name));
     this.queuedBytes += made.content?.length ?? 0;
@@ -321,6 +318,13 @@ export class LayerApplier {
       await this.sendQueue();
     }
     return true;
+  }
+
+  /** Counts a file, symlink, device or fifo entry made. */
+  private countMade(entry: TarEntry): void {
+    if (entry.type === 'file') this.stats.files++;
+    else if (entry.type === 'symlink') this.stats.symlinks++;
+    else this.stats.devices++;
   }
 
   /** Sends the queued entries to createEntries (one transaction) once the previous run is made; does not wait for them. */
